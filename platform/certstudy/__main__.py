@@ -1,0 +1,7 @@
+"""``python -m certstudy`` is the ``certstudy`` command."""
+
+import sys
+
+from certstudy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,222 @@
+"""``certstudy``: validate | launch | export | run | ui.
+
+Every command takes ``--workdir`` (default ``./certstudy-runs`` or ``$CERTSTUDY_HOME``). Bad input
+exits 2 with one line naming the file, the field, the value and what is allowed; nothing starts.
+Heavy imports (Ray, MLflow, Optuna) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from certstudy import __version__
+from certstudy.errors import CertstudyError
+from certstudy.workdir import Workdir
+
+# Off a terminal (CI logs, pipes) rich would wrap at 80 columns; tables read better wider.
+console = Console() if sys.stdout.isatty() else Console(width=160)
+err_console = Console(stderr=True, soft_wrap=True)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _add_workdir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", help="work directory (default: $CERTSTUDY_HOME or ./certstudy-runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="certstudy", description="Hyperparameter studies of certified-robust training (Ray Tune + Optuna + MLflow).")
+    parser.add_argument("--version", action="version", version=f"certstudy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check study files without running anything")
+    p.add_argument("files", nargs="+", type=Path)
+    _add_workdir(p)
+
+    p = sub.add_parser("launch", help="run a study: Ray Tune trials proposed by Optuna, tracked in MLflow")
+    p.add_argument("file", type=Path)
+    _add_workdir(p)
+    p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or HOST:PORT); default: start Ray locally")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the work directory)")
+    p.add_argument("--overwrite", action="store_true", help="start again a study that already has results in the work directory")
+    p.add_argument("--num-trials", type=int, help="override search.num_trials")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
+
+    p = sub.add_parser("export", help="write the best configurations of a study as re-runnable study files")
+    p.add_argument("study")
+    _add_workdir(p)
+    p.add_argument("--metric", help="rank by this metric (default: the study's first objective)")
+    p.add_argument("--mode", choices=["min", "max"], help="default: the objective's mode, else max")
+    p.add_argument("--top", type=int, default=1, help="how many configurations to write (default 1)")
+    p.add_argument("--pareto", action="store_true", help="write the Pareto front of a multi-objective study")
+    p.add_argument("-o", "--output", type=Path, help="default: <workdir>/<study>/best.yaml")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
+
+    p = sub.add_parser("run", help="train one fixed configuration once, without Ray (e.g. an exported one)")
+    p.add_argument("file", type=Path)
+    _add_workdir(p)
+    p.add_argument("--index", type=int, default=1, help="which document of a multi-document file (1-based; default 1)")
+    p.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
+
+    p = sub.add_parser("ui", help="start the MLflow UI for the work directory on 127.0.0.1")
+    _add_workdir(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="default 5000, or the next free port")
+    p.add_argument("--study", help="print the link to this study's parent run")
+    return parser
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from certstudy.study.spec import load_documents
+
+    for path in args.files:
+        for spec in load_documents(path):
+            searched = sum(len(s) for s in [spec.model.search, spec.training.search, spec.dataset.search] + [m.search for m in spec.method_entries])
+            kind = "fixed configuration" if spec.is_fixed() else f"{spec.search.num_trials} trials, {len(spec.method_entries)} method(s), {searched} searched parameter(s)"
+            console.print(f"ok: {path}: study {spec.name!r} ({kind})", highlight=False)
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from certstudy.study.spec import load_study
+
+    spec = load_study(args.file)
+    if args.num_trials is not None:
+        if args.num_trials < 1:
+            raise CertstudyError("--num-trials: must be at least 1")
+        spec = spec.model_copy(update={"search": spec.search.model_copy(update={"num_trials": args.num_trials})})
+    workdir = Workdir.resolve(args.workdir)
+    from certstudy.study.runner import launch
+
+    outcome = launch(spec, workdir, address=args.address, tracking_uri=args.tracking_uri, overwrite=args.overwrite, verbose=args.verbose, console=console)
+    c = outcome.counts
+    console.print(
+        f"study {outcome.name}: {c.get('completed', 0)} completed, {c.get('failed', 0)} failed in {outcome.timings.get('total', 0):.0f}s; "
+        f"MLflow experiment {outcome.experiment_id}, parent run {outcome.parent_run_id} (certstudy ui --workdir {workdir.root}); "
+        f"next: certstudy export {outcome.name} --workdir {workdir.root}",
+        highlight=False,
+    )
+    return 0 if c.get("completed", 0) > 0 else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from certstudy.study.export import export
+
+    if args.top < 1:
+        raise CertstudyError("--top: must be at least 1")
+    out, docs = export(Workdir.resolve(args.workdir), args.study, metric=args.metric, mode=args.mode, top=args.top, pareto=args.pareto, out=args.output, tracking_uri=args.tracking_uri)
+    table = Table(title=f"exported to {out}")
+    table.add_column("#")
+    table.add_column("method")
+    table.add_column("by")
+    table.add_column("value", justify="right")
+    table.add_column("mlflow run")
+    for doc in docs:
+        prov = doc["provenance"]
+        by = prov["by"] if prov["by"] != "pareto" else prov["objectives"][0]["metric"]
+        table.add_row(str(prov["rank"]), doc["method"]["name"], by, f"{prov['metrics'].get(by, float('nan')):.4f}", prov["mlflow_run_id"])
+    console.print(table)
+    console.print(f"re-run one with: certstudy run {out} --index 1", highlight=False)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from certstudy.errors import SpecError
+    from certstudy.study.spec import load_documents
+
+    docs = load_documents(args.file)
+    if not 1 <= args.index <= len(docs):
+        raise SpecError(str(args.file), "--index", args.index, f"the file holds {len(docs)} document(s)")
+    spec = docs[args.index - 1]
+    from certstudy.study.single import run_fixed
+
+    def on_epoch(m: dict[str, float]) -> None:
+        console.print(f"epoch {int(m['epoch'])}: train/loss {m['train/loss']:.4f}  val/clean_acc {m['val/clean_acc']:.4f}  val/robust_acc {m['val/robust_acc']:.4f}", highlight=False)
+
+    outcome = run_fixed(spec, Workdir.resolve(args.workdir), track=not args.no_track, on_epoch=on_epoch, source=str(args.file))
+    table = Table(title=f"final metrics of {spec.name}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if outcome.compared:
+        table.add_column("exported", justify="right")
+        table.add_column("diff", justify="right")
+    for key in sorted(k for k in outcome.metrics if "/" in k):
+        row = [key, f"{outcome.metrics[key]:.6f}"]
+        if outcome.compared:
+            ref = outcome.compared.get(key)
+            row += [f"{ref[0]:.6f}", f"{ref[1] - ref[0]:+.2e}"] if ref else ["-", "-"]
+        table.add_row(*row)
+    console.print(table)
+    if outcome.compared:
+        same = outcome.max_abs_diff == 0.0
+        console.print(f"reproduced the exported metrics {'exactly' if same else f'up to {outcome.max_abs_diff:.3e}'} ({len(outcome.compared)} metrics compared)", highlight=False)
+    if outcome.run_id:
+        console.print(f"MLflow run {outcome.run_id}", highlight=False)
+    return 0
+
+
+def _free_port(host: str, start: int) -> int:
+    for port in range(start, start + 100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise CertstudyError(f"no free port in {start}..{start + 99} on {host}")
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    workdir = Workdir.resolve(args.workdir)
+    workdir.ensure()
+    port = _free_port(args.host, args.port)
+    url = f"http://{args.host}:{port}"
+    console.print(f"MLflow UI for {workdir.root} at {url}  (Ctrl-C to stop)", highlight=False)
+    if args.study:
+        from certstudy.study.export import study_spec
+        from certstudy.study.runner import experiment_name
+        from certstudy.study.tracking import Tracker
+
+        spec = study_spec(workdir, args.study)
+        tracker = Tracker(spec.tracking.tracking_uri or workdir.tracking_uri)
+        exp = tracker.client.get_experiment_by_name(experiment_name(spec))
+        parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
+        if parent is not None:
+            console.print(f"study {spec.name}: {url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}", highlight=False)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", workdir.tracking_uri, "--default-artifact-root", workdir.artifact_root.as_uri(), "--host", args.host, "--port", str(port)]
+    sys.stdout.flush()
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+COMMANDS = {"validate": cmd_validate, "launch": cmd_launch, "export": cmd_export, "run": cmd_run, "ui": cmd_ui}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CertstudyError as exc:
+        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""PGD adversarial training (Madry et al. 2018): minimise the cross-entropy at PGD points.
+
+Guarantees nothing by itself (PGD is a heuristic inner maximiser); it is the empirical-robustness
+baseline and the setting in which robust overfitting (Rice et al. 2020) and benign overfitting
+(Wang, Zhang & Arora 2024) are studied.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from certstudy.attacks import pgd
+from certstudy.methods.base import Method, MethodParams
+from certstudy.methods.registry import METHODS
+
+
+class AdversarialParams(MethodParams):
+    eps: float = Field(0.1, ge=0, description="training radius in input space")
+    norm: Literal["l2", "linf"] = "linf"
+    steps: int = Field(7, ge=1, le=1000)
+    step_size: float | None = Field(None, gt=0, description="default 2.5 * eps / steps")
+    random_start: bool = True
+
+
+@METHODS.register("adversarial")
+class AdversarialTraining(Method):
+    Params = AdversarialParams
+    params: AdversarialParams
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        p = self.params
+        x_adv = pgd(model, x, y, eps=p.eps, norm=p.norm, steps=p.steps, step_size=p.step_size, random_init=p.random_start, bounds=self.context.bounds)
+        return F.cross_entropy(model(x_adv), y)

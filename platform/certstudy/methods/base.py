@@ -1,0 +1,63 @@
+"""The one interface every training method implements.
+
+A method is constructed from its typed params and a ``MethodContext`` and must provide
+``loss(model, x, y) -> Tensor`` (a scalar to minimise). Optional hooks have no-op defaults here,
+so the trial loop calls them on every method alike and never asks which method it is running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+
+class MethodParams(BaseModel):
+    """Base for a method's hyperparameters (the study file's ``params`` / ``search`` keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know about the data and where it runs."""
+
+    num_classes: int
+    input_shape: tuple[int, ...]
+    bounds: tuple[float, float] | None
+    device: torch.device
+    epochs: int
+
+
+class Method:
+    """Base class; subclasses set ``Params`` and implement ``loss``."""
+
+    Params: ClassVar[type[MethodParams]] = MethodParams
+
+    def __init__(self, params: MethodParams, context: MethodContext) -> None:
+        self.params = params
+        self.context = context
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The network the method trains (e.g. with extra outputs); default: unchanged."""
+        return model
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        """Called before each training epoch (0-based), e.g. for eps schedules."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Method-specific metrics for the epoch just trained (e.g. ``train/hr_loss``)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Tensor | float | int]:
+        """Method state that must survive a checkpoint/resume."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor | float | int]) -> None:
+        pass

@@ -1,0 +1,7 @@
+"""Models by name (see base.ModelFactory)."""
+
+from certstudy.models import cnn, mlp  # noqa: F401  (registration)
+from certstudy.models.base import ModelParams
+from certstudy.models.registry import MODELS
+
+__all__ = ["MODELS", "ModelParams"]

@@ -1,0 +1,5 @@
+"""The model registry."""
+
+from certstudy.registry import Registry
+
+MODELS: Registry = Registry("model")

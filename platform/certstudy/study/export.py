@@ -1,0 +1,123 @@
+"""``certstudy export``: the best trials of a study as re-runnable study files.
+
+Reads the study's latest parent run in MLflow and its finished child runs. Each exported entry is
+a complete study document (the trial's resolved configuration: every hyperparameter fixed) with a
+``provenance`` block: the metrics it reached, its MLflow run id and its Optuna trial number.
+``--top K`` ranks by one metric; ``--pareto`` keeps the trials no other trial beats on every
+objective of the study.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.entities import Run
+
+from certstudy.errors import CertstudyError, SpecError
+from certstudy.study.spec import Objective, StudySpec, load_study
+from certstudy.study.tracking import OPTUNA_TAG, STATUS_TAG, TRIAL_STUDY_ARTIFACT, Tracker
+from certstudy.workdir import Workdir
+
+STUDY_COPY = "study.yaml"
+
+
+@dataclass
+class Candidate:
+    run: Run
+    metrics: dict[str, float]
+
+    def value(self, metric: str) -> float:
+        return self.metrics.get(metric, math.nan)
+
+
+def study_spec(workdir: Workdir, study: str) -> StudySpec:
+    path = workdir.study_dir(study) / STUDY_COPY
+    if not path.exists():
+        raise SpecError(str(workdir.root), "study", study, f"no study of that name in this work directory (looked for {path})")
+    return load_study(path)
+
+
+def finished_trials(tracker: Tracker, spec: StudySpec) -> tuple[Run, list[Candidate]]:
+    exp = tracker.client.get_experiment_by_name(spec.tracking.experiment or spec.name)
+    parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
+    if parent is None:
+        raise CertstudyError(f"no MLflow runs for study {spec.name!r} at {tracker.tracking_uri}")
+    runs = [r for r in tracker.child_runs(exp.experiment_id, parent.info.run_id) if r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) == "completed"]
+    return parent, [Candidate(r, dict(r.data.metrics)) for r in runs]
+
+
+def rank(candidates: list[Candidate], metric: str, mode: str) -> list[Candidate]:
+    usable = [c for c in candidates if math.isfinite(c.value(metric))]
+    return sorted(usable, key=lambda c: c.value(metric), reverse=mode == "max")
+
+
+def pareto_front(candidates: list[Candidate], objectives: list[Objective]) -> list[Candidate]:
+    """Candidates no other candidate matches or beats on every objective and beats on one."""
+
+    def oriented(c: Candidate) -> list[float]:
+        return [c.value(o.metric) if o.mode == "max" else -c.value(o.metric) for o in objectives]
+
+    usable = [c for c in candidates if all(math.isfinite(v) for v in oriented(c))]
+    front = []
+    for c in usable:
+        a = oriented(c)
+        dominated = any(all(x >= y for x, y in zip(oriented(d), a)) and any(x > y for x, y in zip(oriented(d), a)) for d in usable if d is not c)
+        if not dominated:
+            front.append(c)
+    return rank(front, objectives[0].metric, objectives[0].mode)
+
+
+def _entry(tracker: Tracker, spec: StudySpec, parent: Run, cand: Candidate, rank_: int, selection: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = tracker.client.download_artifacts(cand.run.info.run_id, TRIAL_STUDY_ARTIFACT, tmp)
+        doc = yaml.safe_load(Path(local).read_text())
+    doc["name"] = f"{spec.name}-best-{rank_}"
+    doc["description"] = f"rank {rank_} of study {spec.name} by {selection['by']}"
+    optuna_number = cand.run.data.tags.get(OPTUNA_TAG)
+    doc["provenance"] = {
+        "study": spec.name,
+        "rank": rank_,
+        **selection,
+        "mlflow_run_id": cand.run.info.run_id,
+        "mlflow_parent_run_id": parent.info.run_id,
+        "mlflow_experiment_id": cand.run.info.experiment_id,
+        "optuna_trial": int(optuna_number) if optuna_number not in (None, "None") else None,
+        "metrics": {k: cand.metrics[k] for k in sorted(cand.metrics)},
+    }
+    return doc
+
+
+def export(workdir: Workdir, study: str, *, metric: str | None = None, mode: str | None = None, top: int = 1, pareto: bool = False, out: Path | None = None, tracking_uri: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    spec = study_spec(workdir, study)
+    tracker = Tracker(tracking_uri or spec.tracking.tracking_uri or workdir.tracking_uri)
+    parent, candidates = finished_trials(tracker, spec)
+    if not candidates:
+        raise CertstudyError(f"study {study!r} has no completed trials to export")
+    if pareto:
+        if not spec.multi_objective:
+            raise SpecError(study, "--pareto", [o.metric for o in spec.objectives], "a Pareto front needs a study with two or more objectives; use --metric/--top")
+        chosen = pareto_front(candidates, spec.objectives)
+        selection: dict[str, Any] = {"by": "pareto", "objectives": [o.model_dump() for o in spec.objectives]}
+    else:
+        objective = next((o for o in spec.objectives if o.metric == (metric or spec.objectives[0].metric)), None)
+        metric = metric or spec.objectives[0].metric
+        mode = mode or (objective.mode if objective else "max")
+        known = sorted({k for c in candidates for k in c.metrics})
+        if metric not in known:
+            raise SpecError(study, "--metric", metric, f"not a metric of this study's runs; known: {', '.join(known)}")
+        chosen = rank(candidates, metric, mode)[:top]
+        selection = {"by": metric, "mode": mode}
+    docs = [_entry(tracker, spec, parent, c, i + 1, selection) for i, c in enumerate(chosen)]
+    out = out or workdir.export_path(study)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(f"# best configurations of study {study} ({selection['by']}); each document is a study file: certstudy run {out.name} --index K\n")
+        yaml.safe_dump_all(docs, fh, sort_keys=False)
+    tmp.replace(out)  # never leave a half-written export behind
+    return out, docs

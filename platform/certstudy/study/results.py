@@ -1,0 +1,35 @@
+"""Keys the trainable adds to a trial's results beside the trial's own metrics.
+
+A trial that fails inside its own code (diverged loss, out of memory, bad data) does not raise
+into Ray, which would retry it like a lost worker; it reports one last result carrying
+``FAILURE_KEY`` with the reason, and the searcher and tracker record it as failed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+FAILURE_KEY = "certstudy_failure"
+OPTUNA_TRIAL_KEY = "_optuna_trial"
+
+
+def failure_reason(result: Mapping[str, Any] | None) -> str | None:
+    if not result:
+        return None
+    reason = result.get(FAILURE_KEY)
+    return str(reason) if reason else None
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The trial's metrics in a result: 'section/name' keys with finite numeric values."""
+    out = {}
+    for key, value in result.items():
+        if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = float(value)
+    return out

@@ -1,0 +1,173 @@
+"""``certstudy launch``: a study file becomes Ray Tune trials proposed by Optuna, tracked in MLflow.
+
+Order of work: validate (done by the caller) -> prepare the work directory -> MLflow experiment
+and parent run -> Optuna study in sqlite -> Ray (local, or ``address``) -> ``Tuner.fit`` -> close
+every run that is still open -> summary. Whatever happens during ``fit``, no MLflow run is left
+RUNNING: the parent ends FINISHED, FAILED or KILLED, and so does every child.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import yaml
+from rich.console import Console
+from ray import tune
+
+from certstudy.errors import CertstudyError
+from certstudy.study.callbacks import MlflowTrialCallback, ProgressCallback
+from certstudy.study.optuna_bridge import StudyScheduler, StudySearcher, make_sampler
+from certstudy.study.progress import Progress
+from certstudy.study.results import OPTUNA_TRIAL_KEY
+from certstudy.study.space import SearchSpace
+from certstudy.study.spec import StudySpec, dump_study
+from certstudy.study.tracking import REASON_TAG, STATUS_TAG, Tracker
+from certstudy.study.trainable import train_trial
+from certstudy.workdir import Workdir
+
+STUDY_COPY = "study.yaml"
+
+
+@dataclass
+class StudyOutcome:
+    name: str
+    experiment_id: str
+    parent_run_id: str
+    counts: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def tracking_uri_for(spec: StudySpec, workdir: Workdir, override: str | None = None) -> str:
+    return override or spec.tracking.tracking_uri or workdir.tracking_uri
+
+
+def experiment_name(spec: StudySpec) -> str:
+    return spec.tracking.experiment or spec.name
+
+
+def _prepare_study_dir(spec: StudySpec, workdir: Workdir, overwrite: bool) -> Path:
+    study_dir = workdir.study_dir(spec.name)
+    if study_dir.exists() and any(study_dir.iterdir()):
+        if not overwrite:
+            raise CertstudyError(f"study {spec.name!r} already has results in {study_dir}; pass --overwrite to start it again (earlier MLflow runs are kept)")
+        shutil.rmtree(study_dir)
+    workdir.ensure(spec.name)
+    (study_dir / STUDY_COPY).write_text(yaml.safe_dump(dump_study(spec), sort_keys=False))
+    return study_dir
+
+
+def _make_searcher(spec: StudySpec, workdir: Workdir) -> StudySearcher:
+    metric: Any = [o.metric for o in spec.objectives] if spec.multi_objective else spec.objectives[0].metric
+    mode: Any = [o.mode for o in spec.objectives] if spec.multi_objective else spec.objectives[0].mode
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return StudySearcher(
+        space=SearchSpace(spec),
+        metric=metric,
+        mode=mode,
+        sampler=make_sampler(spec.search.sampler, spec.multi_objective, spec.search.seed),
+        study_name=spec.name,
+        storage=optuna.storages.RDBStorage(workdir.optuna_url(spec.name)),
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Tune's default spells out every parameter)."""
+    return f"trial_{trial.config.get(OPTUNA_TRIAL_KEY, 'x')}_{trial.trial_id}"
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Our own progress replaces Ray's console output; keep the libraries' chatter off it."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    if not verbose:
+        for name in ("mlflow", "alembic", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _init_ray(address: str | None, verbose: bool) -> bool:
+    """Starts (or joins) Ray; returns True when this call started it."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose, "logging_level": "INFO" if verbose else "WARNING"}
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tracking_uri: str | None = None, overwrite: bool = False, verbose: bool = False, console: Console | None = None) -> StudyOutcome:
+    console = console or Console()
+    _quiet_libraries(verbose)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    study_dir = _prepare_study_dir(spec, workdir, overwrite)
+    uri = tracking_uri_for(spec, workdir, tracking_uri)
+    tracker = Tracker(uri, workdir.artifact_root)
+    experiment_id = tracker.experiment_id(experiment_name(spec))
+    study_yaml = (study_dir / STUDY_COPY).read_text()
+    parent = tracker.start_study(experiment_id, spec.name, {"search": spec.search.model_dump(), "objectives": [o.model_dump() for o in spec.objectives], "methods": [m.key for m in spec.method_entries], "dataset": spec.dataset.name, "model": spec.model.name}, study_yaml)
+    searcher = _make_searcher(spec, workdir)
+    searcher.study.set_user_attr("mlflow_parent_run_id", parent)
+    searcher.study.set_user_attr("mlflow_experiment_id", experiment_id)
+    timings["setup"] = time.perf_counter() - t0
+
+    progress = Progress(spec.name, spec.objectives, spec.search.num_trials, spec.method_entries[0].key, console)
+    status, reason = "KILLED", "interrupted"
+    started_ray = False
+    try:
+        t1 = time.perf_counter()
+        started_ray = _init_ray(address, verbose)
+        timings["ray_start"] = time.perf_counter() - t1
+        trainable = tune.with_parameters(train_trial, study=spec.model_dump(mode="json"), data_dir=str(workdir.data_dir))
+        resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=StudyScheduler(searcher),
+                num_samples=spec.search.num_trials,
+                max_concurrent_trials=spec.search.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=workdir.ray_experiment_dir(spec.name).name,
+                storage_path=str(study_dir),
+                callbacks=[MlflowTrialCallback(uri, str(workdir.artifact_root), experiment_id, parent, spec.model_dump(mode="json")), ProgressCallback(progress)],
+                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                verbose=0,
+            ),
+        )
+        t2 = time.perf_counter()
+        with progress:
+            tuner.fit()
+        timings["fit"] = time.perf_counter() - t2
+        status, reason = "FINISHED", ""
+    except KeyboardInterrupt:
+        status, reason = "KILLED", "interrupted by the user"
+        raise
+    except Exception as exc:
+        status, reason = "FAILED", " ".join(str(exc).split())[:500]
+        raise
+    finally:
+        _close_open_runs(tracker, experiment_id, parent, reason or "study ended before the trial finished")
+        tracker.end_run(parent, status, {STATUS_TAG: status.lower(), **({REASON_TAG: reason} if reason else {})})
+        if started_ray:
+            ray.shutdown()
+    console.print(progress.summary())
+    timings["total"] = time.perf_counter() - t0
+    return StudyOutcome(spec.name, experiment_id, parent, progress.counts(), timings)
+
+
+def _close_open_runs(tracker: Tracker, experiment_id: str, parent: str, reason: str) -> None:
+    for run in tracker.child_runs(experiment_id, parent):
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            tracker.end_run(run.info.run_id, "KILLED", {STATUS_TAG: "killed", REASON_TAG: reason})

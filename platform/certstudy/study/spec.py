@@ -1,0 +1,376 @@
+"""Study files: the YAML schema, its validation, and one-line errors that name the field.
+
+A study file fixes some hyperparameters (``params``) and searches others (``search``) in each
+section that has typed parameters: ``dataset`` (its options), ``model``, every entry of
+``methods`` and ``training``. Searched names are checked against the component's own pydantic
+model, and so are the bounds of each range, so a study that validates cannot propose a trial
+that its components reject.
+
+An exported best configuration is a study file too (every value fixed, ``provenance`` filled in);
+a file may hold several YAML documents, one study each.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from certstudy.data import DATASETS
+from certstudy.errors import SpecError
+from certstudy.methods import METHODS
+from certstudy.models import MODELS
+from certstudy.trial.config import (
+    ComponentConfig,
+    DatasetConfig,
+    EvaluationConfig,
+    TrainingConfig,
+    TrialConfig,
+)
+from certstudy.trial.evaluation import EPOCH_METRICS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- search distributions -------------------------------------------------------------------
+
+
+class FloatRange(Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FloatRange":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("step cannot be combined with log")
+        return self
+
+    def probes(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class IntRange(Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IntRange":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if self.log and self.step != 1:
+            raise ValueError("step cannot be combined with log")
+        return self
+
+    def probes(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class Categorical(Strict):
+    type: Literal["categorical"]
+    choices: list[Union[bool, int, float, str, None]] = Field(min_length=1)
+
+    def probes(self) -> list[Any]:
+        return list(self.choices)
+
+
+Distribution = Annotated[Union[FloatRange, IntRange, Categorical], Field(discriminator="type")]
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+class SearchableComponent(ComponentConfig):
+    search: dict[str, Distribution] = Field(default_factory=dict)
+
+
+class MethodEntry(SearchableComponent):
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$", description="distinguishes two entries of one method")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class SearchableDataset(DatasetConfig):
+    search: dict[str, Distribution] = Field(default_factory=dict)
+
+
+class SearchableTraining(TrainingConfig):
+    search: dict[str, Distribution] = Field(default_factory=dict)
+
+
+class Objective(Strict):
+    metric: str
+    mode: Literal["min", "max"] = "max"
+
+
+class SearchConfig(Strict):
+    sampler: Literal["auto", "tpe", "nsga2", "random"] = "auto"
+    num_trials: int = Field(8, ge=1, le=100000)
+    max_concurrent: int = Field(2, ge=1, le=10000)
+    seed: int = Field(0, ge=0)
+    max_failures: int = Field(1, ge=0, le=100, description="retries of a trial whose worker died")
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0, le=1024)
+    gpu: float = Field(0.0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _whole_or_fraction(self) -> "Resources":
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError(f"gpu above 1 must be a whole number, got {self.gpu}")
+        return self
+
+
+class Tracking(Strict):
+    experiment: str | None = None
+    tracking_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _no_file_store(self) -> "Tracking":
+        if self.tracking_uri and (self.tracking_uri.startswith("file:") or "://" not in self.tracking_uri):
+            raise ValueError("tracking_uri must be a database or server URI (sqlite:///..., postgresql://..., http://...); MLflow 3 file stores are not supported")
+        return self
+
+
+class StudySpec(Strict):
+    """A whole study file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+    description: str = ""
+    dataset: SearchableDataset = Field(default_factory=SearchableDataset)
+    model: SearchableComponent = Field(default_factory=lambda: SearchableComponent(name="mlp"))
+    method: MethodEntry | None = None
+    methods: list[MethodEntry] | None = Field(None, min_length=1)
+    training: SearchableTraining = Field(default_factory=SearchableTraining)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val/robust_acc", mode="max")], min_length=1)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: Resources = Field(default_factory=Resources)
+    tracking: Tracking = Field(default_factory=Tracking)
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    provenance: dict[str, Any] | None = Field(None, description="written by export; ignored by launch")
+
+    @model_validator(mode="after")
+    def _one_method_key(self) -> "StudySpec":
+        if (self.method is None) == (self.methods is None):
+            raise ValueError("give exactly one of 'method' or 'methods'")
+        return self
+
+    @property
+    def method_entries(self) -> list[MethodEntry]:
+        return self.methods if self.methods is not None else [self.method]  # type: ignore[list-item]
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.resources.cpu))
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def is_fixed(self) -> bool:
+        """True when there is nothing to search: one method, no ``search`` entries."""
+        sections = [self.dataset.search, self.model.search, self.training.search] + [m.search for m in self.method_entries]
+        return len(self.method_entries) == 1 and not any(sections)
+
+    def trial_config(self) -> TrialConfig:
+        """The trial of a fixed study (see ``space.resolve`` for a searched one)."""
+        if not self.is_fixed():
+            raise ValueError("the study still searches hyperparameters; resolve a trial first")
+        m = self.method_entries[0]
+        return TrialConfig(
+            dataset=DatasetConfig(**self.dataset.model_dump(exclude={"search"})),
+            model=ComponentConfig(name=self.model.name, params=self.model.params),
+            method=ComponentConfig(name=m.name, params=m.params),
+            training=TrainingConfig(**self.training.model_dump(exclude={"search"})),
+            evaluation=self.evaluation,
+            seed=self.seed,
+            device=self.device,
+            threads=self.threads,
+        )
+
+
+# --- loading and errors ---------------------------------------------------------------------
+
+
+def _path(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed at ``loc`` inside pydantic ``model`` (best effort, for messages)."""
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _lookup(data: Any, loc: Iterable[Any]) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return "<missing>"
+    return data
+
+
+def _first_error(source: str, exc: ValidationError, data: Any, prefix: tuple[Any, ...] = (), model: Any = None) -> SpecError:
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(p for p in err["loc"] if p not in ("float", "int", "categorical"))
+    full = prefix + loc
+    if err["type"] == "missing":
+        return SpecError(source, _path(full), "<missing>", "this field is required")
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1]) if model is not None else []
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return SpecError(source, _path(full), loc[-1], f"unknown key{hint}")
+    msg = err["msg"]
+    msg = msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
+    value = err.get("input", _lookup(data, loc))
+    if not loc and isinstance(value, dict):
+        value = "<section>"
+    return SpecError(source, _path(full), value, msg[0].lower() + msg[1:] if msg else "invalid")
+
+
+def _check_component(source: str, path: str, registry: Any, name: str, params_attr: str, fixed: dict[str, Any], search: dict[str, Any]) -> None:
+    if name not in registry:
+        raise SpecError(source, f"{path}.name", name, f"known {registry.kind}s: {', '.join(registry.names())}")
+    params_model = getattr(registry.get(name), params_attr)
+    _check_params(source, path, params_model, fixed, search, fixed_key="options" if params_attr == "Options" else "params")
+
+
+def _check_params(source: str, path: str, params_model: type[BaseModel], fixed: dict[str, Any], search: dict[str, Any], fixed_key: str) -> None:
+    try:
+        params_model(**fixed)
+    except ValidationError as exc:
+        raise _first_error(source, exc, fixed, (path, fixed_key) if fixed_key else (path,), model=params_model) from None
+    for key, dist in search.items():
+        if key not in params_model.model_fields:
+            raise SpecError(source, f"{path}.search.{key}", key, f"not a parameter of this section; parameters: {', '.join(params_model.model_fields)}")
+        if key in fixed:
+            raise SpecError(source, f"{path}.search.{key}", key, f"is also fixed in {path}.{fixed_key}.{key}; fix it or search it, not both")
+        for probe in dist.probes():
+            try:
+                params_model(**{**fixed, key: probe})
+            except ValidationError as exc:
+                msg = exc.errors(include_url=False)[0]["msg"]
+                raise SpecError(source, f"{path}.search.{key}", probe, f"outside what {key} allows ({msg})") from None
+
+
+def validate_spec(data: Any, source: str) -> StudySpec:
+    """Parses one study document; raises ``SpecError`` with the first problem, path included."""
+    if not isinstance(data, dict):
+        raise SpecError(source, "", type(data).__name__, "a study file must be a YAML mapping")
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(source, exc, data, model=StudySpec) from None
+    _check_component(source, "dataset", DATASETS, spec.dataset.name, "Options", spec.dataset.options, spec.dataset.search)
+    _check_component(source, "model", MODELS, spec.model.name, "Params", spec.model.params, spec.model.search)
+    entries = spec.method_entries
+    key = "methods" if spec.methods is not None else "method"
+    for i, m in enumerate(entries):
+        _check_component(source, f"{key}[{i}]" if spec.methods is not None else key, METHODS, m.name, "Params", m.params, m.search)
+    seen: set[str] = set()
+    for i, m in enumerate(entries):
+        if m.key in seen:
+            raise SpecError(source, f"methods[{i}].label", m.label, f"method {m.key!r} is listed twice; give each entry a distinct label")
+        seen.add(m.key)
+    training_fixed = spec.training.model_dump(exclude={"search"})
+    for k in spec.training.search:
+        if k in spec.training.model_fields_set:
+            raise SpecError(source, f"training.search.{k}", k, f"is also fixed in training.{k}; fix it or search it, not both")
+        training_fixed.pop(k, None)
+    _check_params(source, "training", TrainingConfig, training_fixed, spec.training.search, fixed_key="")
+    for i, obj in enumerate(spec.objectives):
+        if obj.metric not in EPOCH_METRICS and not re.fullmatch(r"(train|val|gap)/[A-Za-z0-9_.\-]+", obj.metric):
+            raise SpecError(source, f"objectives[{i}].metric", obj.metric, f"objectives are per-epoch metrics, e.g. {', '.join(m for m in EPOCH_METRICS if m.startswith('val/'))}")
+    if len({o.metric for o in spec.objectives}) != len(spec.objectives):
+        raise SpecError(source, "objectives", [o.metric for o in spec.objectives], "each metric may appear once")
+    if spec.is_fixed():
+        try:
+            spec.trial_config()
+        except ValidationError as exc:
+            raise _first_error(source, exc, data) from None
+    return spec
+
+
+def load_documents(path: str | Path) -> list[StudySpec]:
+    """All study documents in a YAML file (an export may hold several)."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(source, "", str(path), f"cannot read the file ({exc.strerror})") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError(source, "", where, f"not valid YAML: {problem}") from None
+    if not docs:
+        raise SpecError(source, "", "<empty>", "the file holds no study")
+    return [validate_spec(d, source if len(docs) == 1 else f"{source} (document {i + 1})") for i, d in enumerate(docs)]
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """The single study in a file (the first, for a multi-document export)."""
+    return load_documents(path)[0]
+
+
+def dump_study(spec: StudySpec) -> dict[str, Any]:
+    """A study as plain data for YAML: defaults included, so the file is complete on its own."""
+    data = spec.model_dump(mode="json", exclude_none=False)
+    for key in spec.training.search:  # a searched field has no fixed value to write
+        data["training"].pop(key, None)
+    if data.get("provenance") is None:
+        data.pop("provenance", None)
+    for key in ("method", "methods"):
+        if data.get(key) is None:
+            data.pop(key, None)
+    sections = [data["dataset"], data["model"], data["training"]] + ([data["method"]] if "method" in data else data["methods"])
+    for section in sections:
+        if not section.get("search"):
+            section.pop("search", None)
+        if section.get("label", "") is None:
+            section.pop("label")
+    return data

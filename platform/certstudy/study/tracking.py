@@ -1,0 +1,110 @@
+"""MLflow records of a study: one experiment, a parent run for the study, a child run per trial.
+
+Everything is written from the driver through ``MlflowClient`` (trials never talk to MLflow):
+one writer per store, no per-trial MLflow import, status kept in step with Ray's view of each
+trial, and a trial retried after a lost worker keeps logging into its own run, found again by its
+``ray.trial_id`` tag. Metrics go in one ``log_batch`` call per epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.tracking import MlflowClient
+
+ROLE_TAG = "certstudy.role"
+STUDY_TAG = "certstudy.study"
+STATUS_TAG = "certstudy.status"
+REASON_TAG = "certstudy.fail_reason"
+TRIAL_ID_TAG = "ray.trial_id"
+OPTUNA_TAG = "optuna.trial_number"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_STUDY_ARTIFACT = "trial_study.yaml"
+MODEL_ARTIFACT_DIR = "model"
+
+_MAX_BATCH = 100  # MLflow accepts at most 100 params (and 1000 metrics) per log_batch
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {'a.b.c': 'value'} with every leaf, so each run records the full config."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+class Tracker:
+    """Thin, typed wrapper around ``MlflowClient`` for certstudy's run layout."""
+
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri)
+
+    # experiments and the study run ----------------------------------------------------------
+
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = (self.artifact_root / name).as_uri() if self.artifact_root else None
+        return self.client.create_experiment(name, artifact_location=location, tags={"certstudy": "1"})
+
+    def start_study(self, experiment_id: str, study: str, params: Mapping[str, Any], study_yaml: str, tags: Mapping[str, str] | None = None) -> str:
+        run = self.client.create_run(experiment_id, run_name=study, tags={ROLE_TAG: "study", STUDY_TAG: study, STATUS_TAG: "running", **(tags or {})})
+        self._log_params(run.info.run_id, flatten(params))
+        self.client.log_text(run.info.run_id, study_yaml, "study.yaml")
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+        """status: FINISHED, FAILED or KILLED (MLflow's terminal states)."""
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.set_terminated(run_id, status=status)
+
+    def latest_study_run(self, experiment_id: str, study: str) -> Run | None:
+        runs = self.client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study}'", order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    # trial runs ------------------------------------------------------------------------------
+
+    def find_trial_run(self, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
+        runs = self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_ID_TAG}` = '{trial_id}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def start_trial(self, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str], trial_yaml: str) -> str:
+        """The trial's child run: created once, found again (and reopened) on a retry or resume."""
+        existing = self.find_trial_run(experiment_id, parent_run_id, trial_id)
+        if existing is not None:
+            self.client.update_run(existing, status="RUNNING")
+            return existing
+        run = self.client.create_run(experiment_id, run_name=run_name, tags={ROLE_TAG: "trial", PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, STATUS_TAG: "running", **tags})
+        run_id = run.info.run_id
+        self._log_params(run_id, flatten(params))
+        self.client.log_text(run_id, trial_yaml, TRIAL_STUDY_ARTIFACT)
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+    def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Run]:
+        return self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50000)
+
+    def _log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), _MAX_BATCH):
+            self.client.log_batch(run_id, params=items[i : i + _MAX_BATCH])

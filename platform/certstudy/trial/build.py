@@ -1,0 +1,38 @@
+"""Turns a ``TrialConfig`` into data, a model and a method, through the registries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from certstudy.data import DATASETS, Splits, poison
+from certstudy.methods import METHODS, Method, MethodContext
+from certstudy.models import MODELS
+from certstudy.trial.config import TrialConfig
+
+
+@dataclass
+class TrialParts:
+    splits: Splits
+    model: nn.Module
+    method: Method
+
+
+def load_splits(cfg: TrialConfig, data_dir: str) -> Splits:
+    dataset = DATASETS.get(cfg.dataset.name)
+    splits = dataset.load(dataset.Options(**cfg.dataset.options), cfg.seed, data_dir)
+    return poison(splits, cfg.dataset.poisoning, cfg.seed)
+
+
+def build_parts(cfg: TrialConfig, data_dir: str, device: torch.device) -> TrialParts:
+    """Data on ``device``, a freshly initialised model (seeded on the CPU) and the method."""
+    splits = load_splits(cfg, data_dir).to(device)
+    factory = MODELS.get(cfg.model.name)
+    model = factory.build(factory.Params(**cfg.model.params), splits.input_shape, splits.num_classes)
+    method_cls = METHODS.get(cfg.method.name)
+    context = MethodContext(splits.num_classes, splits.input_shape, splits.bounds, device, cfg.training.epochs)
+    method = method_cls(method_cls.Params(**cfg.method.params), context)
+    model = method.wrap_model(model).to(device)
+    return TrialParts(splits, model, method)

@@ -1,0 +1,45 @@
+"""Per-epoch checkpoints: model, optimizer, schedule, method state, RNG states, history.
+
+Everything saved is a tensor or a plain container of numbers/strings, so checkpoints load with
+``torch.load(weights_only=True)``: a checkpoint file cannot run code when it is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FILE = "trial_state.pt"
+MODEL_FILE = "model.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(directory: str | Path, state: dict[str, Any], model_state: dict[str, torch.Tensor]) -> None:
+    directory = Path(directory)
+    torch.save(state, directory / CHECKPOINT_FILE)
+    torch.save(model_state, directory / MODEL_FILE)
+
+
+def load(directory: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location=map_location, weights_only=True)
+
+
+def load_model_state(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    return torch.load(path, map_location=map_location, weights_only=True)

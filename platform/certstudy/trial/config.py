@@ -1,0 +1,87 @@
+"""The fully resolved configuration of one trial: every hyperparameter fixed.
+
+Component params (dataset options, model params, method params) stay plain dicts here and are
+validated against the registered component's own pydantic model when the trial is built (and
+earlier, with field paths, when a study file is loaded), so this module needs no knowledge of
+which components exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from certstudy.data.poisoning import Poisoning
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(Strict):
+    name: str = "digits"
+    options: dict[str, Any] = Field(default_factory=dict)
+    poisoning: Poisoning = Field(default_factory=Poisoning)
+
+
+class ComponentConfig(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleConfig(Strict):
+    name: Literal["constant", "cosine", "step", "multistep"] = "constant"
+    step_size: int = Field(30, ge=1, description="step: epochs between decays")
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step / multistep decay factor")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from lr/10")
+
+
+class TrainingConfig(Strict):
+    epochs: int = Field(10, ge=1, le=100000)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient's global norm")
+    full_batch: bool = Field(False, description="one step per epoch on the whole train split (GD)")
+
+
+class AttackConfig(Strict):
+    norm: Literal["l2", "linf"] = "linf"
+    eps: float = Field(0.1, ge=0)
+    steps: int = Field(10, ge=0, le=10000)
+    step_size: float | None = Field(None, gt=0, description="default 2.5 * eps / steps")
+    restarts: int = Field(1, ge=1, le=100)
+    random_start: bool = True
+
+
+class EvaluationConfig(Strict):
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    val_subset: int | None = Field(None, ge=1, description="fixed val points evaluated each epoch (None: all)")
+    train_subset: int | None = Field(None, ge=1, description="fixed train points for train/robust_acc (None: as many as val)")
+    test_subset: int | None = Field(None, ge=1, description="test points evaluated at the end (None: all)")
+    batch_size: int = Field(512, ge=1)
+
+
+class TrialConfig(Strict):
+    """What ``run_trial`` needs; a study's resolved trial, or an exported configuration."""
+
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))
+    method: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="erm"))
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    threads: int = Field(1, ge=1, description="torch intra-op threads (the trial's CPU share)")
+
+    @model_validator(mode="after")
+    def _milestones_in_range(self) -> "TrialConfig":
+        bad = [m for m in self.training.schedule.milestones if not 0 < m < self.training.epochs]
+        if bad:
+            raise ValueError(f"training.schedule.milestones {bad} must lie in (0, epochs={self.training.epochs})")
+        return self

@@ -1,0 +1,58 @@
+"""Where a study's state lives (shared/design.md): one work directory per user or project.
+
+    <workdir>/mlflow.db            MLflow tracking store (sqlite)
+    <workdir>/mlartifacts/         MLflow artifacts
+    <workdir>/data/                downloaded datasets
+    <workdir>/<study>/optuna.db    Optuna storage
+    <workdir>/<study>/ray/         Ray Tune experiment (trial dirs, checkpoints)
+    <workdir>/<study>/best.yaml    default export
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_WORKDIR = "certstudy-runs"
+ENV_VAR = "CERTSTUDY_HOME"
+RAY_EXPERIMENT = "ray"
+
+
+@dataclass(frozen=True)
+class Workdir:
+    root: Path
+
+    @classmethod
+    def resolve(cls, arg: str | os.PathLike[str] | None = None) -> "Workdir":
+        """``--workdir`` if given, else ``$CERTSTUDY_HOME``, else ``./certstudy-runs``; absolute."""
+        chosen = arg or os.environ.get(ENV_VAR) or DEFAULT_WORKDIR
+        return cls(Path(chosen).expanduser().resolve())
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def study_dir(self, study: str) -> Path:
+        return self.root / study
+
+    def optuna_url(self, study: str) -> str:
+        return f"sqlite:///{self.study_dir(study) / 'optuna.db'}"
+
+    def ray_experiment_dir(self, study: str) -> Path:
+        return self.study_dir(study) / RAY_EXPERIMENT
+
+    def export_path(self, study: str) -> Path:
+        return self.study_dir(study) / "best.yaml"
+
+    def ensure(self, study: str | None = None) -> None:
+        for d in (self.root, self.artifact_root, self.data_dir) + ((self.study_dir(study),) if study else ()):
+            d.mkdir(parents=True, exist_ok=True)
