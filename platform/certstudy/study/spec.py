@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from certstudy.data import DATASETS
 from certstudy.errors import SpecError
@@ -133,22 +133,24 @@ class Resources(Strict):
     cpu: float = Field(1.0, gt=0, le=1024)
     gpu: float = Field(0.0, ge=0, le=64)
 
-    @model_validator(mode="after")
-    def _whole_or_fraction(self) -> "Resources":
-        if self.gpu > 1 and self.gpu != int(self.gpu):
-            raise ValueError(f"gpu above 1 must be a whole number, got {self.gpu}")
-        return self
+    @field_validator("gpu")
+    @classmethod
+    def _whole_or_fraction(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError("a GPU request above 1 must be a whole number (fractions pack trials onto one GPU)")
+        return gpu
 
 
 class Tracking(Strict):
     experiment: str | None = None
     tracking_uri: str | None = None
 
-    @model_validator(mode="after")
-    def _no_file_store(self) -> "Tracking":
-        if self.tracking_uri and (self.tracking_uri.startswith("file:") or "://" not in self.tracking_uri):
-            raise ValueError("tracking_uri must be a database or server URI (sqlite:///..., postgresql://..., http://...); MLflow 3 file stores are not supported")
-        return self
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_file_store(cls, uri: str | None) -> str | None:
+        if uri and (uri.startswith("file:") or "://" not in uri):
+            raise ValueError("must be a database or server URI (sqlite:///..., postgresql://..., http://...); MLflow 3 file stores are not supported")
+        return uri
 
 
 class StudySpec(Strict):
@@ -169,12 +171,6 @@ class StudySpec(Strict):
     seed: int = Field(0, ge=0)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     provenance: dict[str, Any] | None = Field(None, description="written by export; ignored by launch")
-
-    @model_validator(mode="after")
-    def _one_method_key(self) -> "StudySpec":
-        if (self.method is None) == (self.methods is None):
-            raise ValueError("give exactly one of 'method' or 'methods'")
-        return self
 
     @property
     def method_entries(self) -> list[MethodEntry]:
@@ -298,6 +294,9 @@ def validate_spec(data: Any, source: str) -> StudySpec:
     """Parses one study document; raises ``SpecError`` with the first problem, path included."""
     if not isinstance(data, dict):
         raise SpecError(source, "", type(data).__name__, "a study file must be a YAML mapping")
+    if ("method" in data) == ("methods" in data):
+        both = "method" in data
+        raise SpecError(source, "methods" if both else "method", "<both given>" if both else "<missing>", "give exactly one of 'method' (one method) or 'methods' (a list)")
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as exc:

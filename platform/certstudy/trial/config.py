@@ -49,6 +49,13 @@ class TrainingConfig(Strict):
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient's global norm")
     full_batch: bool = Field(False, description="one step per epoch on the whole train split (GD)")
 
+    @model_validator(mode="after")
+    def _milestones_in_range(self) -> "TrainingConfig":
+        bad = [m for m in self.schedule.milestones if not 0 < m < self.epochs]
+        if bad:
+            raise ValueError(f"schedule.milestones {bad} must lie in (0, epochs={self.epochs})")
+        return self
+
 
 class AttackConfig(Strict):
     norm: Literal["l2", "linf"] = "linf"
@@ -78,10 +85,3 @@ class TrialConfig(Strict):
     seed: int = Field(0, ge=0)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     threads: int = Field(1, ge=1, description="torch intra-op threads (the trial's CPU share)")
-
-    @model_validator(mode="after")
-    def _milestones_in_range(self) -> "TrialConfig":
-        bad = [m for m in self.training.schedule.milestones if not 0 < m < self.training.epochs]
-        if bad:
-            raise ValueError(f"training.schedule.milestones {bad} must lie in (0, epochs={self.training.epochs})")
-        return self
