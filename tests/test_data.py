@@ -118,3 +118,13 @@ def test_missing_files_without_download_fail_in_one_line(tmp_path: Path) -> None
     with pytest.raises(TrialFailed) as info:
         ds.load(ds.Options(download=False), 0, str(tmp_path))
     assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_digits_file_reader_matches_sklearn_load_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    from certstudy.data.digits import _read_digits
+
+    pixels, labels = _read_digits()
+    bunch = load_digits()
+    assert (pixels == bunch.data).all() and (labels == bunch.target).all()

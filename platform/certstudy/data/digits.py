@@ -1,7 +1,16 @@
-"""scikit-learn's bundled 8x8 digits: the embedded default (ships with sklearn, no download)."""
+"""scikit-learn's bundled 8x8 digits: the embedded default (ships with sklearn, no download).
+
+The data file is read straight from the installed scikit-learn package: importing
+``sklearn.datasets`` costs seconds (it pulls in most of scikit-learn and SciPy), paid again by
+every fresh Ray worker; ``load_digits`` is the fallback when the file is not where it should be.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -22,10 +31,22 @@ class Digits:
 
     @staticmethod
     def load(options: DigitsOptions, seed: int, data_dir: str) -> Splits:
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        y = torch.tensor(bunch.target, dtype=torch.long)
+        pixels, labels = _read_digits()
+        x = torch.tensor(pixels, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+        y = torch.tensor(labels, dtype=torch.long)
         train, val, test = split_indices(len(y), options.val_fraction, options.test_fraction, seed)
         return Splits(x[train], y[train], x[val], y[val], x[test], y[test], num_classes=10)
+
+
+def _read_digits() -> tuple[np.ndarray, np.ndarray]:
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for root in locations:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.exists():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.data, bunch.target

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import yaml
 from ray.tune import Callback
@@ -16,13 +24,40 @@ from certstudy.study.tracking import MODEL_ARTIFACT_DIR, OPTUNA_TAG, REASON_TAG,
 from certstudy.trial.checkpoint import MODEL_FILE
 
 
+logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def timed(method: F) -> F:
+    """Adds the hook's run time to ``self.seconds`` (the driver's cost of tracking)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    return wrapper  # type: ignore[return-value]
+
+
 def trial_label(trial: Any) -> str:
     number = trial.config.get(OPTUNA_TRIAL_KEY)
     return f"trial {number}" if number is not None else trial.trial_id
 
 
 class MlflowTrialCallback(Callback):
-    """One nested MLflow run per Ray trial, ended with the trial's real outcome."""
+    """One nested MLflow run per Ray trial, ended with the trial's real outcome.
+
+    Ray's function trainables wait, at every ``tune.report``, until the driver has processed the
+    previous result, and on a small machine the driver's CPU time is taken from the trials. The
+    hooks therefore only enqueue; one writer thread does the MLflow calls in order and batches
+    metrics: a run's epochs are written together at most every ``FLUSH_SECONDS`` (and always
+    before the run ends). ``flush()`` waits until everything queued is written.
+    """
+
+    FLUSH_SECONDS = 2.0
 
     def __init__(self, tracking_uri: str, artifact_root: str | None, experiment_id: str, parent_run_id: str, spec: dict[str, Any]) -> None:
         self.tracking_uri = tracking_uri
@@ -30,22 +65,26 @@ class MlflowTrialCallback(Callback):
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.spec = spec
-        self._runs: dict[str, str] = {}
+        self.seconds = 0.0
+        self._runs: dict[str, str] = {}  # trial id -> MLflow run id (writer thread only)
+        self._started: set[str] = set()  # driver thread only, like _ended
         self._ended: set[str] = set()
         self._tracker: Tracker | None = None
         self._study: StudySpec | None = None
+        self._queue: queue.Queue | None = None
+        self._writer: threading.Thread | None = None
+        self._pending: dict[str, tuple[dict[str, Any], list[tuple[dict[str, float], int]]]] = {}  # writer thread only
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_tracker"] = None  # holds DB connections; rebuilt after unpickling
-        state["_study"] = None
+        for key in ("_tracker", "_study", "_queue", "_writer"):
+            state[key] = None  # connections and threads are rebuilt after unpickling
+        state["_pending"] = {}
         return state
 
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            from pathlib import Path
-
             self._tracker = Tracker(self.tracking_uri, Path(self.artifact_root) if self.artifact_root else None)
         return self._tracker
 
@@ -55,12 +94,51 @@ class MlflowTrialCallback(Callback):
             self._study = StudySpec.model_validate(self.spec)
         return self._study
 
-    def _run_id(self, trial: Any) -> str:
-        if trial.trial_id not in self._runs:
-            resolved = resolve(self.study, trial.config)
+    # the writer thread -----------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._queue is None:
+            self._queue = queue.Queue()
+            self._writer = threading.Thread(target=self._drain, name="certstudy-mlflow", daemon=True)
+            self._writer.start()
+        self._queue.put((fn, args))
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        last_flush = time.monotonic()
+        while True:
+            try:
+                fn, args = self._queue.get(timeout=self.FLUSH_SECONDS)
+            except queue.Empty:
+                fn, args = None, ()
+            try:
+                if fn is not None and fn != self._buffer_metrics:
+                    self._write_pending()  # keep MLflow calls in the order they were made
+                if fn is not None:
+                    fn(*args)
+                if time.monotonic() - last_flush >= self.FLUSH_SECONDS:
+                    self._write_pending()
+                    last_flush = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - tracking must not take the study down
+                logger.warning("MLflow write failed (%s): %s", getattr(fn, "__name__", fn), exc)
+            finally:
+                if fn is not None:
+                    self._queue.task_done()
+
+    def flush(self) -> None:
+        """Waits until every queued MLflow write is done, buffered metrics included."""
+        if self._queue is not None:
+            self._submit(self._write_pending)
+            self._queue.join()
+
+    # work done on the writer thread ----------------------------------------------------------
+
+    def _run_id(self, trial_id: str, config: dict[str, Any]) -> str:
+        if trial_id not in self._runs:
+            resolved = resolve(self.study, config)
             cfg = resolved.trial_config()
             entry = resolved.method_entries[0]
-            number = trial.config.get(OPTUNA_TRIAL_KEY)
+            number = config.get(OPTUNA_TRIAL_KEY)
             tags = {
                 STUDY_TAG: self.study.name,
                 "certstudy.method": cfg.method.name,
@@ -69,51 +147,79 @@ class MlflowTrialCallback(Callback):
                 "certstudy.model": cfg.model.name,
                 OPTUNA_TAG: str(number),
             }
-            name = f"{self.study.name}-{number:04d}-{entry.key}" if number is not None else f"{self.study.name}-{trial.trial_id}"
-            self._runs[trial.trial_id] = self.tracker.start_trial(
-                self.experiment_id, self.parent_run_id, trial.trial_id, name, cfg.model_dump(mode="json"), tags, yaml.safe_dump(dump_study(resolved), sort_keys=False)
+            name = f"{self.study.name}-{number:04d}-{entry.key}" if number is not None else f"{self.study.name}-{trial_id}"
+            self._runs[trial_id] = self.tracker.start_trial(
+                self.experiment_id, self.parent_run_id, trial_id, name, cfg.model_dump(mode="json"), tags, yaml.safe_dump(dump_study(resolved), sort_keys=False)
             )
-        return self._runs[trial.trial_id]
+        return self._runs[trial_id]
 
+    def _buffer_metrics(self, trial_id: str, config: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        self._pending.setdefault(trial_id, (config, []))[1].append((metrics, step))
+
+    def _write_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for trial_id, (config, epochs) in pending.items():
+            self.tracker.log_metric_steps(self._run_id(trial_id, config), epochs)
+
+    def _write_end(self, trial_id: str, config: dict[str, Any], status: str, tags: dict[str, str], model_dir: str | None) -> None:
+        run_id = self._run_id(trial_id, config)
+        if model_dir is not None:
+            self.tracker.log_artifacts(run_id, [Path(model_dir) / MODEL_FILE], MODEL_ARTIFACT_DIR)
+        self.tracker.end_run(run_id, status, tags)
+
+    def _write_retry(self, trial_id: str, config: dict[str, Any], retries: int) -> None:
+        self.tracker.client.set_tag(self._run_id(trial_id, config), "certstudy.retries", str(retries))
+
+    # Ray hooks (driver thread): enqueue only -------------------------------------------------
+
+    @timed
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._started.add(trial.trial_id)
         self._ended.discard(trial.trial_id)
-        self._run_id(trial)
+        self._submit(self._run_id, trial.trial_id, dict(trial.config))
 
+    @timed
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if failure_reason(result) is not None:
             return
-        self.tracker.log_metrics(self._run_id(trial), numeric_metrics(result), step=int(result.get("epoch", result.get("training_iteration", 0))))
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        self._submit(self._buffer_metrics, trial.trial_id, dict(trial.config), numeric_metrics(result), step)
 
+    @timed
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_id(trial)
         reason = failure_reason(trial.last_result)
         if reason is not None:
             self._end(trial, "FAILED", {STATUS_TAG: "failed", REASON_TAG: reason})
             return
-        if trial.checkpoint is not None:
-            with trial.checkpoint.as_directory() as d:
-                from pathlib import Path
+        model_dir = None
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:  # local storage: the path itself; remote: a copy
+                if (Path(d) / MODEL_FILE).exists():
+                    model_dir = tempfile.mkdtemp(prefix="certstudy-model-")
+                    shutil.copy(Path(d) / MODEL_FILE, model_dir)
+        self._end(trial, "FINISHED", {STATUS_TAG: "completed"}, model_dir)
 
-                model = Path(d) / MODEL_FILE
-                if model.exists():
-                    self.tracker.log_artifacts(run_id, [model], MODEL_ARTIFACT_DIR)
-        self._end(trial, "FINISHED", {STATUS_TAG: "completed"})
-
+    @timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "FAILED", {STATUS_TAG: "failed", REASON_TAG: trial_error_reason(trial)})
 
+    @timed
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_id(trial)
-        self.tracker.client.set_tag(run_id, "certstudy.retries", str(trial.run_metadata.num_failures))
+        self._submit(self._write_retry, trial.trial_id, dict(trial.config), trial.run_metadata.num_failures)
 
+    @timed
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in trials:
-            if trial.trial_id in self._runs and trial.trial_id not in self._ended:
+            if trial.trial_id in self._started and trial.trial_id not in self._ended:
                 self._end(trial, "KILLED", {STATUS_TAG: "killed", REASON_TAG: f"study ended while the trial was {trial.status}"})
+        self.flush()
 
-    def _end(self, trial: Any, status: str, tags: dict[str, str]) -> None:
-        self.tracker.end_run(self._run_id(trial), status, tags)
+    def _end(self, trial: Any, status: str, tags: dict[str, str], model_dir: str | None = None) -> None:
         self._ended.add(trial.trial_id)
+        self._submit(self._write_end, trial.trial_id, dict(trial.config), status, tags, model_dir)
+        if model_dir is not None:
+            self._submit(shutil.rmtree, model_dir, True)
 
 
 class ProgressCallback(Callback):

@@ -27,6 +27,9 @@ class TrialView:
     epoch: int = -1
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    compute_s: float = 0.0  # Ray's time_total_s: time inside the trainable's epochs
 
 
 class Progress:
@@ -60,7 +63,7 @@ class Progress:
     # events ----------------------------------------------------------------------------------
 
     def started(self, trial_id: str, label: str, method: str) -> None:
-        view = self.trials.setdefault(trial_id, TrialView(label, method or self.default_method))
+        view = self.trials.setdefault(trial_id, TrialView(label, method or self.default_method, started_at=time.monotonic()))
         view.state = "running"
         self._event(f"{label} ({view.method}) started")
 
@@ -69,6 +72,7 @@ class Progress:
         if view is None:
             return
         view.epoch = int(result.get("epoch", view.epoch))
+        view.compute_s = float(result.get("time_total_s", view.compute_s))
         view.metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self._refresh()
 
@@ -78,14 +82,14 @@ class Progress:
             return
         if result:
             self.result(trial_id, result)
-        view.state = "completed"
+        view.state, view.ended_at = "completed", time.monotonic()
         self._event(f"{view.label} ({view.method}) completed: {self._objective_text(view)}")
 
     def failed(self, trial_id: str, reason: str) -> None:
         view = self.trials.get(trial_id)
         if view is None:
             return
-        view.state, view.reason = "failed", reason
+        view.state, view.reason, view.ended_at = "failed", reason, time.monotonic()
         self._event(f"{view.label} ({view.method}) failed: {reason}")
 
     # rendering -------------------------------------------------------------------------------
@@ -95,6 +99,12 @@ class Progress:
         for v in self.trials.values():
             out[v.state] = out.get(v.state, 0) + 1
         return out
+
+    def trial_seconds(self) -> dict[str, float]:
+        """Summed over finished trials: wall time from start to end, and time inside epochs."""
+        ended = [v for v in self.trials.values() if v.ended_at]
+        first = min((v.started_at for v in self.trials.values()), default=self.t0)
+        return {"trial_wall": sum(v.ended_at - v.started_at for v in ended), "trial_compute": sum(v.compute_s for v in ended), "first_trial_start": first - self.t0}
 
     def best(self) -> TrialView | None:
         obj = self.objectives[0]

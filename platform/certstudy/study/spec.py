@@ -127,6 +127,7 @@ class SearchConfig(Strict):
     max_concurrent: int = Field(2, ge=1, le=10000)
     seed: int = Field(0, ge=0)
     max_failures: int = Field(1, ge=0, le=100, description="retries of a trial whose worker died")
+    start_points: list[dict[str, Any]] = Field(default_factory=list, description="parameter values tried first, by search-space name")
 
 
 class Resources(Strict):
@@ -323,12 +324,49 @@ def validate_spec(data: Any, source: str) -> StudySpec:
             raise SpecError(source, f"objectives[{i}].metric", obj.metric, f"objectives are per-epoch metrics, e.g. {', '.join(m for m in EPOCH_METRICS if m.startswith('val/'))}")
     if len({o.metric for o in spec.objectives}) != len(spec.objectives):
         raise SpecError(source, "objectives", [o.metric for o in spec.objectives], "each metric may appear once")
+    _check_start_points(source, spec)
     if spec.is_fixed():
         try:
             spec.trial_config()
         except ValidationError as exc:
             raise _first_error(source, exc, data) from None
     return spec
+
+
+def space_names(spec: StudySpec) -> dict[str, Any]:
+    """Every search-space parameter name (see study/space.py) with its distribution."""
+    names: dict[str, Any] = {}
+    entries = spec.method_entries
+    if len(entries) > 1:
+        names["method"] = Categorical(type="categorical", choices=[m.key for m in entries])
+    for m in entries:
+        names.update({f"{m.key}.{k}": d for k, d in m.search.items()})
+    for section, search in (("model", spec.model.search), ("training", spec.training.search), ("dataset", spec.dataset.search)):
+        names.update({f"{section}.{k}": d for k, d in search.items()})
+    return names
+
+
+def _inside(dist: Any, value: Any) -> bool:
+    if isinstance(dist, Categorical):
+        return value in dist.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(dist, IntRange) and value != int(value):
+        return False
+    return dist.low <= value <= dist.high
+
+
+def _check_start_points(source: str, spec: StudySpec) -> None:
+    names = space_names(spec)
+    for i, point in enumerate(spec.search.start_points):
+        for key, value in point.items():
+            where = f"search.start_points[{i}].{key}"
+            if key not in names:
+                raise SpecError(source, where, key, f"not a search-space parameter; parameters: {', '.join(names) or 'none'}")
+            if not _inside(names[key], value):
+                raise SpecError(source, where, value, f"outside the searched range of {key}")
+    if len(spec.search.start_points) > spec.search.num_trials:
+        raise SpecError(source, "search.start_points", len(spec.search.start_points), f"more start points than num_trials ({spec.search.num_trials})")
 
 
 def load_documents(path: str | Path) -> list[StudySpec]:

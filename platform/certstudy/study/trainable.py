@@ -44,3 +44,4 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) ->
             raise
         objectives = {o.metric: last.get(o.metric, math.nan) for o in spec.objectives}
         tune.report({**objectives, "epoch": last.get("epoch", -1.0), FAILURE_KEY: one_line(exc)})
+

@@ -1,0 +1,53 @@
+"""Contract with Ray Tune internals that study/optuna_bridge.py relies on (Ray is pinned 2.60.*).
+
+If any of these fail after an upgrade, re-read ray/tune/search/optuna/optuna_search.py and
+ray/tune/execution/tune_controller.py before changing the pin.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import optuna
+import ray
+from ray.tune.execution import tune_controller
+from ray.tune.search.optuna import OptunaSearch
+
+from certstudy.study.optuna_bridge import StudySearcher
+from certstudy.study.results import OPTUNA_TRIAL_KEY
+
+
+def test_ray_is_the_pinned_version() -> None:
+    assert ray.__version__.startswith("2.60."), ray.__version__
+
+
+def test_optuna_search_private_state_names() -> None:
+    s = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max")
+    for name in ("_ot_trials", "_ot_study", "_completed_trials", "_setup_study"):
+        assert hasattr(s, name), f"OptunaSearch no longer has {name}"
+    assert isinstance(s._ot_study, optuna.Study)
+    assert isinstance(s._ot_trials, dict) and isinstance(s._completed_trials, set)
+
+
+def test_failure_is_shown_to_the_scheduler_before_the_searcher_records_it() -> None:
+    src = inspect.getsource(tune_controller.TuneController._process_trial_failure)
+    assert src.index("_scheduler_alg.on_trial_error") < src.index("_search_alg.on_trial_complete(trial.trial_id, error=True)")
+
+
+def test_stock_optuna_search_records_an_errored_trial_with_results_as_complete() -> None:
+    """The reason StudySearcher overrides on_trial_complete; if Ray fixes it, simplify ours."""
+    src = inspect.getsource(OptunaSearch.on_trial_complete)
+    assert "if val is None:" in src and "if error:" in src
+
+
+def test_study_searcher_tags_trials_and_records_failures_as_fail() -> None:
+    s = StudySearcher(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max")
+    config = s.suggest("t1")
+    assert config[OPTUNA_TRIAL_KEY] == 0 and 0 <= config["x"] <= 1
+    s.on_trial_result("t1", {"m": 0.5, "training_iteration": 1})
+    s.note_error("t1", "RuntimeError: boom")
+    s.on_trial_complete("t1", result={"m": 0.5}, error=True)
+    trial = s.study.trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs == {"ray_trial_id": "t1", "fail_reason": "RuntimeError: boom"}
+    assert trial.intermediate_values == {1: 0.5}

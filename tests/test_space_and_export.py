@@ -1,0 +1,56 @@
+"""Search spaces are conditional on the method; resolution and the Pareto front are exact."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.entities import Run, RunData, RunInfo
+
+from certstudy.study.export import Candidate, pareto_front, rank
+from certstudy.study.space import SearchSpace, resolve
+from certstudy.study.spec import Objective, validate_spec, dump_study
+from conftest import tiny_study
+
+
+def test_method_parameters_are_sampled_only_for_the_chosen_method() -> None:
+    spec = validate_spec(tiny_study(search={"sampler": "random", "num_trials": 20, "seed": 0}), "t")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    methods = set()
+    for _ in range(20):
+        trial = study.ask()
+        SearchSpace(spec)(trial)
+        methods.add(trial.params["method"])
+        assert ("adversarial.eps" in trial.params) == (trial.params["method"] == "adversarial")
+        assert 1e-3 <= trial.params["training.lr"] <= 1e-2
+    assert methods == {"erm", "adversarial"}
+
+
+def test_resolve_fixes_every_hyperparameter_and_keeps_the_rest() -> None:
+    spec = validate_spec(tiny_study(), "t")
+    fixed = resolve(spec, {"method": "adversarial", "adversarial.eps": 0.07, "training.lr": 0.004, "_optuna_trial": 3})
+    assert fixed.is_fixed()
+    cfg = fixed.trial_config()
+    assert cfg.method.name == "adversarial" and cfg.method.params == {"steps": 2, "eps": 0.07}
+    assert cfg.training.lr == 0.004 and cfg.training.epochs == 3 and cfg.model.params == {"width": 32, "depth": 1}
+    again = validate_spec(dump_study(fixed), "t")
+    assert again.trial_config() == cfg
+
+
+def _cand(name: str, a: float, b: float) -> Candidate:
+    run = Run(RunInfo(name, "0", "u", "FINISHED", 0, 0, "active", run_name=name), RunData())
+    return Candidate(run, {"val/a": a, "val/b": b})
+
+
+def test_pareto_front_keeps_exactly_the_non_dominated_trials() -> None:
+    cands = [_cand("p", 0.9, 0.1), _cand("q", 0.5, 0.5), _cand("r", 0.4, 0.4), _cand("s", 0.1, 0.9), _cand("t", 0.5, 0.5)]
+    objectives = [Objective(metric="val/a", mode="max"), Objective(metric="val/b", mode="max")]
+    front = [c.run.info.run_id for c in pareto_front(cands, objectives)]
+    assert front[0] == "p" and sorted(front) == ["p", "q", "s", "t"]
+    minimise_b = [Objective(metric="val/a", mode="max"), Objective(metric="val/b", mode="min")]
+    assert [c.run.info.run_id for c in pareto_front(cands, minimise_b)] == ["p"]
+
+
+def test_rank_orders_by_mode_and_drops_missing_values() -> None:
+    cands = [_cand("x", 0.2, 0), _cand("y", 0.7, 0), Candidate(_cand("z", 0, 0).run, {})]
+    assert [c.run.info.run_id for c in rank(cands, "val/a", "max")] == ["y", "x"]
+    assert [c.run.info.run_id for c in rank(cands, "val/a", "min")] == ["x", "y"]
