@@ -151,13 +151,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.compared:
         table.add_column("exported", justify="right")
         table.add_column("diff", justify="right")
-    for key in sorted(k for k in outcome.metrics if "/" in k):
-        row = [key, f"{outcome.metrics[key]:.6f}"]
+    from certstudy.study.results import numeric_metrics, result_tags
+
+    values = numeric_metrics(outcome.metrics)
+    for key in sorted(values):
+        row = [key, f"{values[key]:.6f}"]
         if outcome.compared:
             ref = outcome.compared.get(key)
             row += [f"{ref[0]:.6f}", f"{ref[1] - ref[0]:+.2e}"] if ref else ["-", "-"]
         table.add_row(*row)
     console.print(table)
+    for key, value in result_tags(outcome.metrics).items():
+        console.print(f"{key}: {value}", highlight=False)
     if outcome.compared:
         same = outcome.max_abs_diff == 0.0
         console.print(f"reproduced the exported metrics {'exactly' if same else f'up to {outcome.max_abs_diff:.3e}'} ({len(outcome.compared)} metrics compared)", highlight=False)

@@ -14,6 +14,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from certstudy.data.base import Splits
+
 
 class MethodParams(BaseModel):
     """Base for a method's hyperparameters (the study file's ``params`` / ``search`` keys)."""
@@ -53,6 +55,13 @@ class Method:
 
     def epoch_metrics(self) -> dict[str, float]:
         """Method-specific metrics for the epoch just trained (e.g. ``train/hr_loss``)."""
+        return {}
+
+    def final_metrics(self, model: nn.Module, splits: Splits, *, batch_size: int, seed: int) -> dict[str, float | str]:
+        """Method-specific results at the end of training (e.g. a certificate's two sides).
+
+        Float values are metrics; string values under ``tags/<name>`` become run tags.
+        """
         return {}
 
     def state_dict(self) -> dict[str, Tensor | float | int]:

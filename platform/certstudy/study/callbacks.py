@@ -17,7 +17,7 @@ from ray.tune import Callback
 
 from certstudy.study.optuna_bridge import trial_error_reason
 from certstudy.study.progress import Progress
-from certstudy.study.results import OPTUNA_TRIAL_KEY, failure_reason, numeric_metrics
+from certstudy.study.results import OPTUNA_TRIAL_KEY, failure_reason, numeric_metrics, result_tags
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec, dump_study
 from certstudy.study.tracking import MODEL_ARTIFACT_DIR, OPTUNA_TAG, REASON_TAG, STATUS_TAG, STUDY_TAG, Tracker
@@ -167,6 +167,11 @@ class MlflowTrialCallback(Callback):
             self.tracker.log_artifacts(run_id, [Path(model_dir) / MODEL_FILE], MODEL_ARTIFACT_DIR)
         self.tracker.end_run(run_id, status, tags)
 
+    def _write_tags(self, trial_id: str, config: dict[str, Any], tags: dict[str, str]) -> None:
+        run_id = self._run_id(trial_id, config)
+        for key, value in tags.items():
+            self.tracker.client.set_tag(run_id, key, value)
+
     def _write_retry(self, trial_id: str, config: dict[str, Any], retries: int) -> None:
         self.tracker.client.set_tag(self._run_id(trial_id, config), "certstudy.retries", str(retries))
 
@@ -184,6 +189,9 @@ class MlflowTrialCallback(Callback):
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         self._submit(self._buffer_metrics, trial.trial_id, dict(trial.config), numeric_metrics(result), step)
+        tags = result_tags(result)
+        if tags:
+            self._submit(self._write_tags, trial.trial_id, dict(trial.config), tags)
 
     @timed
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

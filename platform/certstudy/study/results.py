@@ -26,6 +26,14 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+TAG_PREFIX = "tags/"
+
+
+def result_tags(result: Mapping[str, Any]) -> dict[str, str]:
+    """String results under ``tags/<name>``: run tags (e.g. ``hr.bound_holds``)."""
+    return {k[len(TAG_PREFIX) :]: str(v) for k, v in result.items() if k.startswith(TAG_PREFIX) and isinstance(v, str)}
+
+
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The trial's metrics in a result: 'section/name' keys with finite numeric values."""
     out = {}

@@ -15,6 +15,7 @@ from typing import Callable
 import yaml
 
 from certstudy.errors import SpecError
+from certstudy.study.results import numeric_metrics, result_tags
 from certstudy.study.spec import StudySpec, dump_study
 from certstudy.trial import run_trial
 from certstudy.trial.checkpoint import MODEL_FILE
@@ -23,7 +24,7 @@ from certstudy.workdir import Workdir
 
 @dataclass
 class RunOutcome:
-    metrics: dict[str, float]
+    metrics: dict[str, float | str]
     run_id: str | None = None
     compared: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (exported, now)
 
@@ -50,9 +51,11 @@ def run_fixed(spec: StudySpec, workdir: Workdir, *, track: bool = True, on_epoch
             tracker.client.log_param(run_id, key, value[:6000])
         tracker.client.log_text(run_id, yaml.safe_dump(dump_study(spec), sort_keys=False), "study.yaml")
 
-    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+    def report(metrics: dict[str, float | str], checkpoint_dir: str | None) -> None:
         if tracker is not None and run_id is not None:
-            tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if "/" in k}, step=int(metrics["epoch"]))
+            tracker.log_metrics(run_id, numeric_metrics(metrics), step=int(metrics["epoch"]))
+            for key, value in result_tags(metrics).items():
+                tracker.client.set_tag(run_id, key, value)
             if checkpoint_dir and "test/clean_acc" in metrics:
                 tracker.log_artifacts(run_id, [Path(checkpoint_dir) / MODEL_FILE], "model")
         if on_epoch:
@@ -69,6 +72,7 @@ def run_fixed(spec: StudySpec, workdir: Workdir, *, track: bool = True, on_epoch
     outcome = RunOutcome(metrics, run_id)
     exported = (spec.provenance or {}).get("metrics") or {}
     for key, value in exported.items():
-        if key in metrics and math.isfinite(value):
-            outcome.compared[key] = (float(value), metrics[key])
+        now = metrics.get(key)
+        if isinstance(now, float) and math.isfinite(value):
+            outcome.compared[key] = (float(value), now)
     return outcome

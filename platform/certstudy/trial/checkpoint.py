@@ -28,10 +28,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(directory: str | Path, state: dict[str, Any], model_state: dict[str, torch.Tensor]) -> None:
+def save(directory: str | Path, state: dict[str, Any], model_state: dict[str, torch.Tensor] | None = None) -> None:
+    """The trial state; plus the bare model weights (``model.pt``) when given, e.g. at the end."""
     directory = Path(directory)
     torch.save(state, directory / CHECKPOINT_FILE)
-    torch.save(model_state, directory / MODEL_FILE)
+    if model_state is not None:
+        torch.save(model_state, directory / MODEL_FILE)
 
 
 def load(directory: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:

@@ -24,7 +24,7 @@ from certstudy.trial.environment import seed_everything, select_device
 from certstudy.trial.evaluation import Scores, evaluate
 from certstudy.trial.optim import build_optimizer, build_schedule
 
-Reporter = Callable[[dict[str, float], "str | None"], None]
+Reporter = Callable[[dict[str, "float | str"], "str | None"], None]
 
 
 def _fixed_subset(n: int, size: int | None, seed: int) -> Tensor:
@@ -60,7 +60,7 @@ def train_epoch(parts: TrialParts, cfg: TrialConfig, optimizer: torch.optim.Opti
     return total / seen
 
 
-def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from: str | Path | None = None) -> dict[str, float]:
+def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from: str | Path | None = None) -> dict[str, float | str]:
     """Trains and evaluates one configuration; returns the last report's metrics (test included)."""
     seed_everything(cfg.seed, cfg.threads)
     device = select_device(cfg.device)
@@ -82,7 +82,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
         checkpoint.set_rng_state(state["rng"])
         start, history = int(state["epoch"]) + 1, list(state["history"])
 
-    metrics: dict[str, float] = dict(history[-1]) if history else {}
+    metrics: dict[str, float | str] = dict(history[-1]) if history else {}
     for epoch in range(start, cfg.training.epochs):
         parts.method.on_epoch_start(model, epoch)
         lr = optimizer.param_groups[0]["lr"]
@@ -106,7 +106,9 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
         if epoch == cfg.training.epochs - 1:
             test = evaluate(model, splits.x_test[test_idx], splits.y_test[test_idx], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
             metrics = {**metrics, **_scores("test", test)}
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            test_split = type(splits)(splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test[test_idx], splits.y_test[test_idx], splits.num_classes, splits.bounds, splits.poisoned)
+            metrics.update(parts.method.final_metrics(model, test_split, batch_size=ev.batch_size, seed=cfg.seed + 14))
+        bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise TrialFailed(f"metric {bad[0]} is {metrics[bad[0]]} at epoch {epoch}")
         state = {
@@ -119,6 +121,6 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
             "history": history,
         }
         with tempfile.TemporaryDirectory(prefix="certstudy-ckpt-") as tmp:
-            checkpoint.save(tmp, state, model.state_dict())
+            checkpoint.save(tmp, state, model.state_dict() if epoch == cfg.training.epochs - 1 else None)
             report(metrics, tmp)
     return metrics
