@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
@@ -18,12 +19,23 @@ from certstudy.methods.base import Method, MethodParams
 from certstudy.methods.registry import METHODS
 
 
-class AdversarialParams(MethodParams):
+class PGDParams(MethodParams):
+    """The training attack; shared by every method that trains on PGD points."""
+
     eps: float = Field(0.1, ge=0, description="training radius in input space")
     norm: Literal["l2", "linf"] = "linf"
     steps: int = Field(7, ge=1, le=1000)
     step_size: float | None = Field(None, gt=0, description="default 2.5 * eps / steps")
     random_start: bool = True
+
+
+def pgd_points(params: PGDParams, model: nn.Module, x: Tensor, y: Tensor, bounds: tuple[float, float] | None, generator: torch.Generator | None = None) -> Tensor:
+    """PGD points of (x, y) under the method's training attack (x itself when eps = 0)."""
+    return pgd(model, x, y, eps=params.eps, norm=params.norm, steps=params.steps, step_size=params.step_size, random_init=params.random_start, bounds=bounds, generator=generator)
+
+
+class AdversarialParams(PGDParams):
+    """PGD-AT has only the attack's parameters."""
 
 
 @METHODS.register("adversarial")
@@ -32,6 +44,4 @@ class AdversarialTraining(Method):
     params: AdversarialParams
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        p = self.params
-        x_adv = pgd(model, x, y, eps=p.eps, norm=p.norm, steps=p.steps, step_size=p.step_size, random_init=p.random_start, bounds=self.context.bounds)
-        return F.cross_entropy(model(x_adv), y)
+        return F.cross_entropy(model(pgd_points(self.params, model, x, y, self.context.bounds)), y)

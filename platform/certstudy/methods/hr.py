@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from certstudy.attacks import pgd
 from certstudy.data.base import Splits
-from certstudy.methods.base import Method, MethodParams
+from certstudy.methods.adversarial import PGDParams, pgd_points
+from certstudy.methods.base import Method
 from certstudy.methods.registry import METHODS
 
 _GRID = 64  # points per refinement round
@@ -113,14 +113,12 @@ def hr_value(losses: Tensor, alpha: float, r: float) -> Tensor:
     return worst_case_weights(losses, alpha, r).to(losses.dtype) @ losses
 
 
-class HRParams(MethodParams):
+class HRParams(PGDParams):
     alpha: float = Field(0.05, ge=0, lt=1, description="poisoning budget: fraction of mass that may move anywhere")
     r: float = Field(0.1, ge=0, description="KL radius (statistical error)")
     eps: float = Field(0.0, ge=0, description="evasion radius in input space; 0 skips the attack")
     norm: Literal["l2", "linf"] = "l2"
     steps: int = Field(10, ge=1, le=1000)
-    step_size: float | None = Field(None, gt=0, description="default 2.5 * eps / steps")
-    random_start: bool = True
 
 
 @METHODS.register("hr")
@@ -130,13 +128,9 @@ class HolisticRobust(Method):
     Params = HRParams
     params: HRParams
 
-    def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        p = self.params
-        return pgd(model, x, y, eps=p.eps, norm=p.norm, steps=p.steps, step_size=p.step_size, random_init=p.random_start, bounds=self.context.bounds, generator=generator)
-
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         p = self.params
-        x_adv = self._adversarial(model, x, y)
+        x_adv = pgd_points(p, model, x, y, self.context.bounds)
         if p.alpha == 0 and p.r == 0:
             return F.cross_entropy(model(x_adv), y)  # the same computation as ERM / PGD-AT
         losses = F.cross_entropy(model(x_adv), y, reduction="none")
@@ -160,7 +154,7 @@ class HolisticRobust(Method):
         try:
             for i in range(0, len(y), batch_size):
                 xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-                x_adv = self._adversarial(model, xb, yb, gen)
+                x_adv = pgd_points(self.params, model, xb, yb, self.context.bounds, gen)
                 with torch.no_grad():
                     out.append(F.cross_entropy(model(x_adv), yb, reduction="none"))
         finally:
