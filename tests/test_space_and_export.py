@@ -36,6 +36,13 @@ def test_resolve_fixes_every_hyperparameter_and_keeps_the_rest() -> None:
     assert again.trial_config() == cfg
 
 
+def test_resolved_trial_of_a_study_with_start_points_is_a_valid_fixed_study() -> None:
+    spec = validate_spec(tiny_study(search={"num_trials": 3, "start_points": [{"method": "erm", "training.lr": 0.005}]}), "t")
+    fixed = resolve(spec, spec.search.start_points[0])
+    again = validate_spec(dump_study(fixed), "t")
+    assert again.is_fixed() and again.search.start_points == [] and again.trial_config().training.lr == 0.005
+
+
 def _cand(name: str, a: float, b: float) -> Candidate:
     run = Run(RunInfo(name, "0", "u", "FINISHED", 0, 0, "active", run_name=name), RunData())
     return Candidate(run, {"val/a": a, "val/b": b})

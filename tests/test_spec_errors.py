@@ -58,6 +58,9 @@ CASES = [
     ("empty-categorical", _with("model.search", {"activation": {"type": "categorical", "choices": []}}), "model.search.activation.choices", "at least 1 item"),
     ("milestone-after-end", {**_with("training.search", {}), "training": {"epochs": 5, "schedule": {"name": "multistep", "milestones": [3, 9]}}}, "training", "milestones [9]"),
     ("searched-and-fixed", {**VALID, "training": {"epochs": 3, "lr": 0.01, "search": {"lr": {"type": "float", "low": 0.001, "high": 0.1}}}}, "training.search.lr", "fix it or search it"),
+    ("start-point-unknown-name", {**VALID, "search": {"num_trials": 3, "start_points": [{"training.learning_rate": 0.01}]}}, "search.start_points[0].training.learning_rate", "parameters: method, adversarial.eps, training.lr"),
+    ("start-point-out-of-range", {**VALID, "search": {"num_trials": 3, "start_points": [{"method": "adversarial", "adversarial.eps": 0.5}]}}, "search.start_points[0].adversarial.eps", "outside the searched range"),
+    ("start-point-unknown-method", {**VALID, "search": {"num_trials": 3, "start_points": [{"method": "hr"}]}}, "search.start_points[0].method", "outside the searched range"),
     ("bad-yaml", "name: x\nmethods: [ {name: erm\n", "", "not valid YAML"),
     ("not-a-mapping", "- just\n- a list\n", "", "must be a YAML mapping"),
 ]

@@ -107,6 +107,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
         f"next: certstudy export {outcome.name} --workdir {workdir.root}",
         highlight=False,
     )
+    if outcome.interrupted:
+        err_console.print(f"study {outcome.name} was interrupted; every open MLflow run was closed as KILLED", highlight=False)
+        return 130
     return 0 if c.get("completed", 0) > 0 else 1
 
 

@@ -8,6 +8,7 @@ initialisation and the training randomness) and reported as mean +- standard dev
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +23,8 @@ from certstudy.study.export import finished_trials, rank, study_spec
 from certstudy.study.spec import StudySpec, validate_spec
 from certstudy.study.tracking import TRIAL_STUDY_ARTIFACT, Tracker
 from certstudy.workdir import Workdir
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @dataclass

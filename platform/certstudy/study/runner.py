@@ -45,6 +45,7 @@ class StudyOutcome:
     parent_run_id: str
     counts: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
 
 
 def tracking_uri_for(spec: StudySpec, workdir: Workdir, override: str | None = None) -> str:
@@ -192,7 +193,12 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
         timings["fit"] = time.perf_counter() - t2
         timings["tracking"] = tracking_cb.seconds
         timings.update(progress.trial_seconds())
-        status, reason = "FINISHED", ""
+        counts = progress.counts()
+        ended = counts.get("completed", 0) + counts.get("failed", 0)
+        if ended < spec.search.num_trials:  # Ray Tune turns a first Ctrl-C into a graceful stop
+            status, reason = "KILLED", f"interrupted after {ended} of {spec.search.num_trials} trials"
+        else:
+            status, reason = "FINISHED", ""
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted by the user"
         raise
@@ -210,7 +216,7 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
         timings["teardown"] = time.perf_counter() - t3
     console.print(progress.summary())
     timings["total"] = time.perf_counter() - t0
-    return StudyOutcome(spec.name, experiment_id, parent, progress.counts(), timings)
+    return StudyOutcome(spec.name, experiment_id, parent, progress.counts(), timings, interrupted=status == "KILLED")
 
 
 def _close_open_runs(tracker: Tracker, experiment_id: str, parent: str, reason: str) -> None:

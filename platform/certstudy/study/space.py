@@ -60,6 +60,6 @@ def resolve(spec: StudySpec, values: dict[str, Any]) -> StudySpec:
     model = spec.model.model_copy(update={"params": {**spec.model.params, **picked("model")}, "search": {}})
     training = spec.training.model_copy(update={**picked("training"), "search": {}})
     dataset = spec.dataset.model_copy(update={"options": {**spec.dataset.options, **picked("dataset")}, "search": {}})
-    search = spec.search.model_copy(update={"num_trials": 1, "max_concurrent": 1})
+    search = spec.search.model_copy(update={"num_trials": 1, "max_concurrent": 1, "start_points": []})
     data = {**spec.model_dump(), "method": method.model_dump(), "methods": None, "model": model.model_dump(), "training": training.model_dump(), "dataset": dataset.model_dump(), "search": search.model_dump()}
     return StudySpec.model_validate(data)
