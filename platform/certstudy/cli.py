@@ -193,12 +193,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     console.print(f"MLflow UI for {workdir.root} at {url}  (Ctrl-C to stop)", highlight=False)
     if args.study:
         from certstudy.study.export import study_spec
-        from certstudy.study.runner import experiment_name
         from certstudy.study.tracking import Tracker
 
         spec = study_spec(workdir, args.study)
-        tracker = Tracker(spec.tracking.tracking_uri or workdir.tracking_uri)
-        exp = tracker.client.get_experiment_by_name(experiment_name(spec))
+        tracker = Tracker(spec.tracking_uri(workdir.tracking_uri))
+        exp = tracker.client.get_experiment_by_name(spec.experiment_name)
         parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
         if parent is not None:
             console.print(f"study {spec.name}: {url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}", highlight=False)

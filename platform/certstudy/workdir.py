@@ -3,6 +3,7 @@
     <workdir>/mlflow.db            MLflow tracking store (sqlite)
     <workdir>/mlartifacts/         MLflow artifacts
     <workdir>/data/                downloaded datasets
+    <workdir>/<study>/study.yaml   the study as launched
     <workdir>/<study>/optuna.db    Optuna storage
     <workdir>/<study>/ray/         Ray Tune experiment (trial dirs, checkpoints)
     <workdir>/<study>/best.yaml    default export
@@ -49,6 +50,10 @@ class Workdir:
 
     def ray_experiment_dir(self, study: str) -> Path:
         return self.study_dir(study) / RAY_EXPERIMENT
+
+    def study_file(self, study: str) -> Path:
+        """The study as launched (what export, reruns and the UI read back)."""
+        return self.study_dir(study) / "study.yaml"
 
     def export_path(self, study: str) -> Path:
         return self.study_dir(study) / "best.yaml"

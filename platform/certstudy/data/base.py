@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,8 +38,7 @@ class Splits:
         return tuple(self.x_train.shape[1:])
 
     def to(self, device: torch.device | str) -> "Splits":
-        moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
-        return Splits(**moved, num_classes=self.num_classes, bounds=self.bounds, poisoned=self.poisoned)
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")})
 
 
 class Dataset(Protocol):

@@ -7,6 +7,7 @@ target is named), optionally drawing the flipped samples only from class ``sourc
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -59,4 +60,4 @@ def poison(splits: Splits, spec: Poisoning, seed: int) -> Splits:
         y[chosen] = spec.target
     else:
         y[chosen] = (y[chosen] + 1) % k
-    return Splits(splits.x_train, y, splits.x_val, splits.y_val, splits.x_test, splits.y_test, splits.num_classes, splits.bounds, chosen)
+    return dataclasses.replace(splits, y_train=y, poisoned=chosen)

@@ -23,9 +23,6 @@ from certstudy.study.spec import Objective, StudySpec, load_study
 from certstudy.study.tracking import OPTUNA_TAG, STATUS_TAG, TRIAL_STUDY_ARTIFACT, Tracker
 from certstudy.workdir import Workdir
 
-STUDY_COPY = "study.yaml"
-
-
 @dataclass
 class Candidate:
     run: Run
@@ -36,14 +33,14 @@ class Candidate:
 
 
 def study_spec(workdir: Workdir, study: str) -> StudySpec:
-    path = workdir.study_dir(study) / STUDY_COPY
+    path = workdir.study_file(study)
     if not path.exists():
         raise SpecError(str(workdir.root), "study", study, f"no study of that name in this work directory (looked for {path})")
     return load_study(path)
 
 
 def finished_trials(tracker: Tracker, spec: StudySpec) -> tuple[Run, list[Candidate]]:
-    exp = tracker.client.get_experiment_by_name(spec.tracking.experiment or spec.name)
+    exp = tracker.client.get_experiment_by_name(spec.experiment_name)
     parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
     if parent is None:
         raise CertstudyError(f"no MLflow runs for study {spec.name!r} at {tracker.tracking_uri}")
@@ -94,7 +91,7 @@ def _entry(tracker: Tracker, spec: StudySpec, parent: Run, cand: Candidate, rank
 
 def export(workdir: Workdir, study: str, *, metric: str | None = None, mode: str | None = None, top: int = 1, pareto: bool = False, out: Path | None = None, tracking_uri: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
     spec = study_spec(workdir, study)
-    tracker = Tracker(tracking_uri or spec.tracking.tracking_uri or workdir.tracking_uri)
+    tracker = Tracker(spec.tracking_uri(workdir.tracking_uri, tracking_uri))
     parent, candidates = finished_trials(tracker, spec)
     if not candidates:
         raise CertstudyError(f"study {study!r} has no completed trials to export")

@@ -35,9 +35,6 @@ from certstudy.study.tracking import REASON_TAG, STATUS_TAG, Tracker
 from certstudy.study.trainable import train_trial
 from certstudy.workdir import Workdir
 
-STUDY_COPY = "study.yaml"
-
-
 @dataclass
 class StudyOutcome:
     name: str
@@ -48,14 +45,6 @@ class StudyOutcome:
     interrupted: bool = False
 
 
-def tracking_uri_for(spec: StudySpec, workdir: Workdir, override: str | None = None) -> str:
-    return override or spec.tracking.tracking_uri or workdir.tracking_uri
-
-
-def experiment_name(spec: StudySpec) -> str:
-    return spec.tracking.experiment or spec.name
-
-
 def _prepare_study_dir(spec: StudySpec, workdir: Workdir, overwrite: bool) -> Path:
     study_dir = workdir.study_dir(spec.name)
     if study_dir.exists() and any(study_dir.iterdir()):
@@ -63,7 +52,7 @@ def _prepare_study_dir(spec: StudySpec, workdir: Workdir, overwrite: bool) -> Pa
             raise CertstudyError(f"study {spec.name!r} already has results in {study_dir}; pass --overwrite to start it again (earlier MLflow runs are kept)")
         shutil.rmtree(study_dir)
     workdir.ensure(spec.name)
-    (study_dir / STUDY_COPY).write_text(yaml.safe_dump(dump_study(spec), sort_keys=False))
+    workdir.study_file(spec.name).write_text(yaml.safe_dump(dump_study(spec), sort_keys=False))
     return study_dir
 
 
@@ -121,7 +110,7 @@ class _Tracking:
 def _setup_tracking(spec: StudySpec, workdir: Workdir, uri: str, study_yaml: str) -> _Tracking:
     """MLflow experiment and parent run, and the Optuna study that links back to them."""
     tracker = Tracker(uri, workdir.artifact_root)
-    experiment_id = tracker.experiment_id(experiment_name(spec))
+    experiment_id = tracker.experiment_id(spec.experiment_name)
     summary = {"search": spec.search.model_dump(), "objectives": [o.model_dump() for o in spec.objectives], "methods": [m.key for m in spec.method_entries], "dataset": spec.dataset.name, "model": spec.model.name}
     parent = tracker.start_study(experiment_id, spec.name, summary, study_yaml)
     try:
@@ -140,10 +129,10 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     study_dir = _prepare_study_dir(spec, workdir, overwrite)
-    uri = tracking_uri_for(spec, workdir, tracking_uri)
+    uri = spec.tracking_uri(workdir.tracking_uri, tracking_uri)
     # MLflow's and Optuna's sqlite set-up runs while Ray starts: both take seconds.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_setup_tracking, spec, workdir, uri, (study_dir / STUDY_COPY).read_text())
+        pending = pool.submit(_setup_tracking, spec, workdir, uri, workdir.study_file(spec.name).read_text())
         try:
             started_ray = _init_ray(address, verbose)
         except BaseException:

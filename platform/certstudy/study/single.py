@@ -40,11 +40,10 @@ def run_fixed(spec: StudySpec, workdir: Workdir, *, track: bool = True, on_epoch
     workdir.ensure()
     tracker = run_id = None
     if track:
-        from certstudy.study.runner import experiment_name, tracking_uri_for
         from certstudy.study.tracking import ROLE_TAG, STUDY_TAG, Tracker, flatten
 
-        tracker = Tracker(tracking_uri_for(spec, workdir), workdir.artifact_root)
-        exp = tracker.experiment_id(experiment_name(spec))
+        tracker = Tracker(spec.tracking_uri(workdir.tracking_uri), workdir.artifact_root)
+        exp = tracker.experiment_id(spec.experiment_name)
         run = tracker.client.create_run(exp, run_name=f"{spec.name}-run", tags={ROLE_TAG: "run", STUDY_TAG: spec.name, "certstudy.method": cfg.method.name})
         run_id = run.info.run_id
         for key, value in flatten(cfg.model_dump(mode="json")).items():

@@ -178,6 +178,15 @@ class StudySpec(Strict):
         return self.methods if self.methods is not None else [self.method]  # type: ignore[list-item]
 
     @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment: ``tracking.experiment``, else the study's name."""
+        return self.tracking.experiment or self.name
+
+    def tracking_uri(self, default: str, override: str | None = None) -> str:
+        """A command-line override, else ``tracking.tracking_uri``, else ``default`` (the work dir's)."""
+        return override or self.tracking.tracking_uri or default
+
+    @property
     def threads(self) -> int:
         return max(1, int(self.resources.cpu))
 

@@ -39,9 +39,3 @@ def save(directory: str | Path, state: dict[str, Any], model_state: dict[str, to
 def load(directory: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
     return torch.load(Path(directory) / CHECKPOINT_FILE, map_location=map_location, weights_only=True)
 
-
-def load_model_state(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    return torch.load(path, map_location=map_location, weights_only=True)

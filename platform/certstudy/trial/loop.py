@@ -8,6 +8,7 @@ streams, so a resumed trial ends with the same metrics as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from pathlib import Path
@@ -106,7 +107,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
         if epoch == cfg.training.epochs - 1:
             test = evaluate(model, splits.x_test[test_idx], splits.y_test[test_idx], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
             metrics = {**metrics, **_scores("test", test)}
-            test_split = type(splits)(splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test[test_idx], splits.y_test[test_idx], splits.num_classes, splits.bounds, splits.poisoned)
+            test_split = dataclasses.replace(splits, x_test=splits.x_test[test_idx], y_test=splits.y_test[test_idx])
             metrics.update(parts.method.final_metrics(model, test_split, batch_size=ev.batch_size, seed=cfg.seed + 14))
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
