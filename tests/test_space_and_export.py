@@ -61,3 +61,26 @@ def test_rank_orders_by_mode_and_drops_missing_values() -> None:
     cands = [_cand("x", 0.2, 0), _cand("y", 0.7, 0), Candidate(_cand("z", 0, 0).run, {})]
     assert [c.run.info.run_id for c in rank(cands, "val/a", "max")] == ["y", "x"]
     assert [c.run.info.run_id for c in rank(cands, "val/a", "min")] == ["x", "y"]
+
+
+def test_launching_a_study_again_keeps_the_earlier_results_aside(tmp_path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from certstudy.study.runner import _prepare_study_dir
+    from certstudy.workdir import Workdir
+
+    work = Workdir.resolve(tmp_path / "w")
+    spec = validate_spec(tiny_study("again"), "t")
+    out = io.StringIO()
+    first = _prepare_study_dir(spec, work, overwrite=False, console=Console(file=out))
+    (first / "optuna.db").write_text("earlier")
+    second = _prepare_study_dir(spec, work, overwrite=False, console=Console(file=out))
+    kept = [p for p in work.root.iterdir() if p.name.startswith("again.prev-")]
+    assert second == first and len(kept) == 1 and (kept[0] / "optuna.db").read_text() == "earlier"
+    assert not (second / "optuna.db").exists() and (second / "study.yaml").exists()
+    assert "moved to" in out.getvalue()
+    (second / "optuna.db").write_text("later")
+    _prepare_study_dir(spec, work, overwrite=True, console=Console(file=out))
+    assert not (second / "optuna.db").exists() and len([p for p in work.root.iterdir() if p.name.startswith("again.prev-")]) == 1

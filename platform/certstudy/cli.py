@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workdir(p)
     p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or HOST:PORT); default: start Ray locally")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the work directory)")
-    p.add_argument("--overwrite", action="store_true", help="start again a study that already has results in the work directory")
+    p.add_argument("--overwrite", action="store_true", help="delete earlier results of a study of the same name (default: move them to <study>.prev-<time>)")
     p.add_argument("--num-trials", type=int, help="override search.num_trials")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
 

@@ -24,7 +24,6 @@ import yaml
 from rich.console import Console
 from ray import tune
 
-from certstudy.errors import CertstudyError
 from certstudy.study.callbacks import MlflowTrialCallback, ProgressCallback
 from certstudy.study.optuna_bridge import StudyScheduler, StudySearcher, make_sampler
 from certstudy.study.progress import Progress
@@ -45,12 +44,21 @@ class StudyOutcome:
     interrupted: bool = False
 
 
-def _prepare_study_dir(spec: StudySpec, workdir: Workdir, overwrite: bool) -> Path:
+def _prepare_study_dir(spec: StudySpec, workdir: Workdir, overwrite: bool, console: Console) -> Path:
+    """A fresh study folder. Earlier results of a study of the same name are moved aside to
+    ``<study>.prev-<time>`` (or deleted with ``overwrite``); their MLflow runs stay where they are."""
     study_dir = workdir.study_dir(spec.name)
     if study_dir.exists() and any(study_dir.iterdir()):
-        if not overwrite:
-            raise CertstudyError(f"study {spec.name!r} already has results in {study_dir}; pass --overwrite to start it again (earlier MLflow runs are kept)")
-        shutil.rmtree(study_dir)
+        if overwrite:
+            shutil.rmtree(study_dir)
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            kept = study_dir.with_name(f"{spec.name}.prev-{stamp}")
+            n = 1
+            while kept.exists():
+                kept, n = study_dir.with_name(f"{spec.name}.prev-{stamp}-{n}"), n + 1
+            study_dir.rename(kept)
+            console.print(f"earlier results of study {spec.name} moved to {kept}", highlight=False)
     workdir.ensure(spec.name)
     workdir.study_file(spec.name).write_text(yaml.safe_dump(dump_study(spec), sort_keys=False))
     return study_dir
@@ -128,7 +136,7 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
     _quiet_libraries(verbose)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    study_dir = _prepare_study_dir(spec, workdir, overwrite)
+    study_dir = _prepare_study_dir(spec, workdir, overwrite, console)
     uri = spec.tracking_uri(workdir.tracking_uri, tracking_uri)
     # MLflow's and Optuna's sqlite set-up runs while Ray starts: both take seconds.
     with ThreadPoolExecutor(max_workers=1) as pool:
