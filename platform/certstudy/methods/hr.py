@@ -63,26 +63,27 @@ def trimmed_masses(losses: Tensor, alpha: float) -> Tensor:
 def _kl(log_u: Tensor, q: Tensor, gap: Tensor) -> Tensor:
     """KL(q || p(u)) for p_j(u) proportional to q_j / (u + gap_j), at every u = exp(log_u)."""
     d = log_u.exp().unsqueeze(-1) + gap
-    return (q / d).sum(-1).log() + (q * d.log()).sum(-1)
+    return (d.reciprocal() @ q).log() + d.log() @ q
 
 
 def kl_tilt(q: Tensor, gap: Tensor, r: float) -> Tensor:
     """The worst-case p with KL(q || p) <= r for losses l_j = l_max - gap_j: p_j ~ q_j / (u + gap_j).
 
     KL(u) falls strictly from +inf (u -> 0, when some mass has a positive gap) to 0 (u -> inf),
-    so the root of KL(u) = r is unique; it is bracketed by rounds of a vectorised grid in log u
-    and placed by linear interpolation inside the last bracket.
+    so the root of KL(u) = r is unique; it is bracketed by rounds of an evenly spaced grid in
+    log u (each round keeps the one cell where KL crosses r) and placed by linear interpolation
+    inside the last cell.
     """
-    scale = (gap * (q > 0)).max().clamp_min(1e-30).log()
-    lo, hi = scale - _SPAN, scale + _SPAN
-    steps = torch.linspace(0.0, 1.0, _GRID, device=q.device, dtype=torch.float64)
+    lo = (gap * (q > 0)).max().clamp_min(1e-30).log() - _SPAN
+    width = torch.full_like(lo, 2 * _SPAN)
+    steps = torch.arange(_GRID, device=q.device, dtype=torch.float64) / (_GRID - 1)
     for _ in range(_ROUNDS):
-        ts = lo + (hi - lo) * steps
-        above = (_kl(ts, q, gap) > r).sum().clamp(1, _GRID - 1).view(1)
-        lo, hi = ts.index_select(0, above - 1).squeeze(0), ts.index_select(0, above).squeeze(0)
-    k_lo, k_hi = _kl(torch.stack([lo, hi]), q, gap)
+        above = (_kl(lo + width * steps, q, gap) > r).sum().clamp(1, _GRID - 1)
+        width = width / (_GRID - 1)
+        lo = lo + (above - 1) * width
+    k_lo, k_hi = _kl(torch.stack([lo, lo + width]), q, gap)
     frac = torch.where(k_lo > k_hi, ((k_lo - r) / (k_lo - k_hi)).clamp(0.0, 1.0), torch.ones_like(k_lo))
-    w = q / ((lo + frac * (hi - lo)).exp() + gap)
+    w = q / ((lo + frac * width).exp() + gap)
     return w / w.sum()
 
 
