@@ -11,10 +11,8 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import optuna
 import pytest

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import optuna
-import pytest
 from mlflow.entities import Run, RunData, RunInfo
 
 from certstudy.study.export import Candidate, pareto_front, rank

@@ -10,7 +10,6 @@ objective of the study.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from mlflow.entities import Run
 
 from certstudy.errors import CertstudyError, SpecError
 from certstudy.study.spec import Objective, StudySpec, load_study
-from certstudy.study.tracking import OPTUNA_TAG, STATUS_TAG, TRIAL_STUDY_ARTIFACT, Tracker
+from certstudy.study.tracking import OPTUNA_TAG, STATUS_TAG, Tracker
 from certstudy.workdir import Workdir
 
 @dataclass
@@ -70,9 +69,7 @@ def pareto_front(candidates: list[Candidate], objectives: list[Objective]) -> li
 
 
 def _entry(tracker: Tracker, spec: StudySpec, parent: Run, cand: Candidate, rank_: int, selection: dict[str, Any]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        local = tracker.client.download_artifacts(cand.run.info.run_id, TRIAL_STUDY_ARTIFACT, tmp)
-        doc = yaml.safe_load(Path(local).read_text())
+    doc = tracker.trial_study(cand.run.info.run_id)
     doc["name"] = f"{spec.name}-best-{rank_}"
     doc["description"] = f"rank {rank_} of study {spec.name} by {selection['by']}"
     optuna_number = cand.run.data.tags.get(OPTUNA_TAG)

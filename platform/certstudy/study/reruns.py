@@ -10,14 +10,12 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from certstudy.study.export import finished_trials, rank, study_spec
 from certstudy.study.spec import StudySpec, validate_spec
@@ -57,11 +55,13 @@ def best_per_method(workdir: Workdir, study: str, metric: str | None = None) -> 
         if not ranked:
             continue
         best = ranked[0]
-        with tempfile.TemporaryDirectory() as tmp:
-            local = tracker.client.download_artifacts(best.run.info.run_id, TRIAL_STUDY_ARTIFACT, tmp)
-            fixed = validate_spec(yaml.safe_load(Path(local).read_text()), TRIAL_STUDY_ARTIFACT)
-        params = best.run.data.params
-        searched = {f"{sec}.{k}": params.get(f"{sec}.params.{k}" if sec in ("method", "model") else f"{sec}.{k}") for sec, keys in (("method", entry.search), ("model", spec.model.search), ("training", spec.training.search)) for k in keys}
+        fixed = validate_spec(tracker.trial_study(best.run.info.run_id), TRIAL_STUDY_ARTIFACT)
+        chosen = fixed.method_entries[0]
+        searched = {
+            **{f"method.{k}": chosen.params.get(k) for k in entry.search},
+            **{f"model.{k}": fixed.model.params.get(k) for k in spec.model.search},
+            **{f"training.{k}": getattr(fixed.training, k) for k in spec.training.search},
+        }
         results.append(MethodResult(entry.key, best.value(metric), fixed, searched))
     return spec, results
 

@@ -21,9 +21,14 @@ def failure_reason(result: Mapping[str, Any] | None) -> str | None:
     return str(reason) if reason else None
 
 
-def one_line(exc: BaseException, limit: int = 500) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+def collapse(text: str, limit: int = 500) -> str:
+    """``text`` on one line (whitespace runs become one space), at most ``limit`` characters."""
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    return collapse(f"{type(exc).__name__}: {exc}", limit)
 
 
 TAG_PREFIX = "tags/"

@@ -27,7 +27,7 @@ from ray import tune
 from certstudy.study.callbacks import MlflowTrialCallback, ProgressCallback
 from certstudy.study.optuna_bridge import StudyScheduler, StudySearcher, make_sampler
 from certstudy.study.progress import Progress
-from certstudy.study.results import OPTUNA_TRIAL_KEY
+from certstudy.study.results import OPTUNA_TRIAL_KEY, collapse
 from certstudy.study.space import SearchSpace
 from certstudy.study.spec import StudySpec, dump_study
 from certstudy.study.tracking import REASON_TAG, STATUS_TAG, Tracker
@@ -126,7 +126,7 @@ def _setup_tracking(spec: StudySpec, workdir: Workdir, uri: str, study_yaml: str
         searcher.study.set_user_attr("mlflow_parent_run_id", parent)
         searcher.study.set_user_attr("mlflow_experiment_id", experiment_id)
     except BaseException as exc:
-        tracker.end_run(parent, "FAILED", {STATUS_TAG: "failed", REASON_TAG: " ".join(str(exc).split())[:500]})
+        tracker.end_run(parent, "FAILED", {STATUS_TAG: "failed", REASON_TAG: collapse(str(exc))})
         raise
     return _Tracking(tracker, experiment_id, parent, searcher)
 
@@ -200,7 +200,7 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
         status, reason = "KILLED", "interrupted by the user"
         raise
     except Exception as exc:
-        status, reason = "FAILED", " ".join(str(exc).split())[:500]
+        status, reason = "FAILED", collapse(str(exc))
         raise
     finally:
         t3 = time.perf_counter()

@@ -8,10 +8,12 @@ trial, and a trial retried after a lost worker keeps logging into its own run, f
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import yaml
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -104,6 +106,12 @@ class Tracker:
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str) -> None:
         for path in paths:
             self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def trial_study(self, run_id: str) -> dict[str, Any]:
+        """The trial's resolved study file (artifact ``trial_study.yaml``) as plain data."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(run_id, TRIAL_STUDY_ARTIFACT, tmp)
+            return yaml.safe_load(Path(local).read_text())
 
     def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Run]:
         return self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50000)
