@@ -36,3 +36,26 @@ def tiny_study(name: str = "tiny", **overrides: object) -> dict:
     }
     study.update(overrides)
     return study
+
+
+def launch_study(root: Path, spec: dict) -> dict:
+    """Launches ``spec`` for real (local Ray, MLflow and Optuna on sqlite under ``root``) and
+    returns what the tests read back: the MLflow client, parent and child runs, the Optuna study."""
+    import optuna
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from certstudy.cli import main
+
+    name = spec["name"]
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    work = root / "work"
+    assert main(["launch", str(path), "--workdir", str(work)]) == 0
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("certstudy.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("certstudy.role") == "trial"]
+    ot = optuna.load_study(study_name=name, storage=f"sqlite:///{work / name / 'optuna.db'}")
+    return {"work": work, "client": client, "exp": exp, "parents": parents, "children": children, "optuna": ot, "root": root}

@@ -14,13 +14,11 @@ import subprocess
 import time
 import urllib.request
 
-import optuna
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from certstudy.cli import main
-from conftest import tiny_study
+from conftest import launch_study, tiny_study
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +33,7 @@ SPEC = tiny_study(
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("study")
-    path = root / "itest.yaml"
-    path.write_text(yaml.safe_dump(SPEC))
-    work = root / "work"
-    code = main(["launch", str(path), "--workdir", str(work)])
-    assert code == 0
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("itest")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("certstudy.role") == "study"]
-    children = [r for r in runs if r.data.tags.get("certstudy.role") == "trial"]
-    ot = optuna.load_study(study_name="itest", storage=f"sqlite:///{work / 'itest' / 'optuna.db'}")
-    return {"work": work, "client": client, "exp": exp, "parents": parents, "children": children, "optuna": ot, "root": root}
+    return launch_study(tmp_path_factory.mktemp("study"), SPEC)
 
 
 def test_one_parent_run_and_one_nested_child_per_trial(study: dict) -> None:

@@ -8,7 +8,7 @@ so the trial loop calls them on every method alike and never asks which method i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -45,6 +45,12 @@ class Method:
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def certifier_defaults(cls, params: MethodParams) -> dict[str, dict[str, Any]]:
+        """Certifier params this method's hyperparameters imply, by certifier name (e.g. the
+        smoothing certifier's sigma is the training sigma); a study's own values override them."""
+        return {}
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """The network the method trains (e.g. with extra outputs); default: unchanged."""

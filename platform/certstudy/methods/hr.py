@@ -37,6 +37,7 @@ from certstudy.data.base import Splits
 from certstudy.methods.adversarial import PGDParams, pgd_points
 from certstudy.methods.base import Method
 from certstudy.methods.registry import METHODS
+from certstudy.models.base import eval_mode
 
 _GRID = 64  # points per refinement round
 _ROUNDS = 3  # 100 / 64**3 ~ 4e-4 in log u; the final interpolation's error is ~ its square
@@ -148,16 +149,12 @@ class HolisticRobust(Method):
         return {"test/hr_objective": objective, "test/hr_robust_loss": test_loss, "test/hr_bound_holds": float(holds), "tags/hr.bound_holds": str(holds).lower()}
 
     def _losses(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int, seed: int) -> Tensor:
-        was_training = model.training
-        model.eval()
         gen = torch.Generator(device=x.device).manual_seed(seed)
         out = []
-        try:
+        with eval_mode(model):
             for i in range(0, len(y), batch_size):
                 xb, yb = x[i : i + batch_size], y[i : i + batch_size]
                 x_adv = pgd_points(self.params, model, xb, yb, self.context.bounds, gen)
                 with torch.no_grad():
                     out.append(F.cross_entropy(model(x_adv), yb, reduction="none"))
-        finally:
-            model.train(was_training)
         return torch.cat(out).to(torch.float64)

@@ -6,7 +6,8 @@ the certifiers (IBP, CROWN, Lipschitz bounds) can walk them layer by layer.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from contextlib import contextmanager
+from typing import Iterator, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -26,3 +27,14 @@ class ModelFactory(Protocol):
 Activation = Literal["relu", "tanh", "gelu"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` for the block, then the train/eval mode it had before (even on error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -21,7 +21,7 @@ from certstudy.study.results import OPTUNA_TRIAL_KEY, failure_reason, numeric_me
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec, dump_study
 from certstudy.study.tracking import MODEL_ARTIFACT_DIR, OPTUNA_TAG, REASON_TAG, STATUS_TAG, STUDY_TAG, Tracker
-from certstudy.trial.checkpoint import MODEL_FILE
+from certstudy.trial.checkpoint import ARTIFACTS_DIR, MODEL_FILE
 
 
 logger = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ class MlflowTrialCallback(Callback):
         run_id = self._run_id(trial_id, config)
         if model_dir is not None:
             self.tracker.log_artifacts(run_id, [Path(model_dir) / MODEL_FILE], MODEL_ARTIFACT_DIR)
+            self.tracker.log_artifact_dir(run_id, Path(model_dir) / ARTIFACTS_DIR)
         self.tracker.end_run(run_id, status, tags)
 
     def _write_tags(self, trial_id: str, config: dict[str, Any], tags: dict[str, str]) -> None:
@@ -206,6 +207,8 @@ class MlflowTrialCallback(Callback):
                 if (Path(d) / MODEL_FILE).exists():
                     model_dir = tempfile.mkdtemp(prefix="certstudy-model-")
                     shutil.copy(Path(d) / MODEL_FILE, model_dir)
+                    if (Path(d) / ARTIFACTS_DIR).is_dir():
+                        shutil.copytree(Path(d) / ARTIFACTS_DIR, Path(model_dir) / ARTIFACTS_DIR)
         self._end(trial, "FINISHED", {STATUS_TAG: "completed"}, model_dir)
 
     @timed

@@ -11,6 +11,7 @@ experiment state, so after ``Tuner.restore`` the scheduler still points at the r
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -46,8 +47,12 @@ class StudySearcher(OptunaSearch):
         return {**config, OPTUNA_TRIAL_KEY: ot_trial.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if failure_reason(result) is None:
-            super().on_trial_result(trial_id, result)
+        if failure_reason(result) is not None:
+            return
+        value = result.get(self.metric) if isinstance(self.metric, str) else None
+        if isinstance(value, float) and math.isnan(value):
+            return  # an objective measured only at the end (e.g. certified val accuracy)
+        super().on_trial_result(trial_id, result)
 
     def note_error(self, trial_id: str, reason: str) -> None:
         self._errors[trial_id] = reason

@@ -18,7 +18,7 @@ from certstudy.errors import SpecError
 from certstudy.study.results import numeric_metrics, result_tags
 from certstudy.study.spec import StudySpec, dump_study
 from certstudy.trial import run_trial
-from certstudy.trial.checkpoint import MODEL_FILE
+from certstudy.trial.checkpoint import ARTIFACTS_DIR, MODEL_FILE
 from certstudy.workdir import Workdir
 
 
@@ -57,6 +57,7 @@ def run_fixed(spec: StudySpec, workdir: Workdir, *, track: bool = True, on_epoch
                 tracker.client.set_tag(run_id, key, value)
             if checkpoint_dir and "test/clean_acc" in metrics:
                 tracker.log_artifacts(run_id, [Path(checkpoint_dir) / MODEL_FILE], "model")
+                tracker.log_artifact_dir(run_id, Path(checkpoint_dir) / ARTIFACTS_DIR)
         if on_epoch:
             on_epoch(metrics)
 

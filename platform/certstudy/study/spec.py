@@ -19,6 +19,8 @@ from typing import Annotated, Any, Iterable, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from certstudy.certify import CERTIFIERS
+from certstudy.certify.metrics import CERTIFICATION_METRIC, certificate_metric_names
 from certstudy.data import DATASETS
 from certstudy.errors import SpecError
 from certstudy.methods import METHODS
@@ -30,6 +32,7 @@ from certstudy.trial.config import (
     TrainingConfig,
     TrialConfig,
 )
+from certstudy.trial.build import certifier_params
 from certstudy.trial.evaluation import EPOCH_METRICS
 
 
@@ -287,9 +290,10 @@ def _check_params(source: str, path: str, params_model: type[BaseModel], fixed: 
         params_model(**fixed)
     except ValidationError as exc:
         raise _first_error(source, exc, fixed, (path, fixed_key) if fixed_key else (path,), model=params_model) from None
+    names = param_names(params_model)
     for key, dist in search.items():
-        if key not in params_model.model_fields:
-            raise SpecError(source, f"{path}.search.{key}", key, f"not a parameter of this section; parameters: {', '.join(params_model.model_fields)}")
+        if key not in names:
+            raise SpecError(source, f"{path}.search.{key}", key, f"not a parameter of this section; parameters: {', '.join(names)}")
         if key in fixed:
             raise SpecError(source, f"{path}.search.{key}", key, f"is also fixed in {path}.{fixed_key}.{key}; fix it or search it, not both")
         for probe in dist.probes():
@@ -298,6 +302,64 @@ def _check_params(source: str, path: str, params_model: type[BaseModel], fixed: 
             except ValidationError as exc:
                 msg = exc.errors(include_url=False)[0]["msg"]
                 raise SpecError(source, f"{path}.search.{key}", probe, f"outside what {key} allows ({msg})") from None
+
+
+def param_names(params_model: type[BaseModel]) -> list[str]:
+    """The names a study file uses for a params model's fields (its alias where it has one, e.g. ``lambda``)."""
+    return [f.alias or name for name, f in params_model.model_fields.items()]
+
+
+def _probe_params(entry: MethodEntry) -> Any:
+    """The method's params with each searched value at its first probe (valid by ``_check_params``)."""
+    method_cls = METHODS.get(entry.name)
+    return method_cls, method_cls.Params(**{**entry.params, **{k: d.probes()[0] for k, d in entry.search.items()}})
+
+
+def certificates_of(spec: StudySpec) -> list[tuple[str, str]]:
+    """(certificate, norm) of every configured certifier, for the metric names a study will report."""
+    out = []
+    for entry in spec.evaluation.certifiers:
+        cls = CERTIFIERS.get(entry.name)
+        for m in spec.method_entries:
+            method_cls, mparams = _probe_params(m)
+            out += [c for c in cls.certificates(certifier_params(cls, entry.name, entry.params, method_cls, mparams)) if c not in out]
+    return out
+
+
+def _check_certifiers(source: str, spec: StudySpec) -> None:
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(spec.evaluation.certifiers):
+        path = f"evaluation.certifiers[{i}]"
+        if entry.name not in CERTIFIERS:
+            raise SpecError(source, f"{path}.name", entry.name, f"known certifiers: {', '.join(CERTIFIERS.names())}")
+        cls = CERTIFIERS.get(entry.name)
+        for m in spec.method_entries:
+            method_cls, mparams = _probe_params(m)
+            try:
+                params = certifier_params(cls, entry.name, entry.params, method_cls, mparams)
+                cls.check(params)
+            except ValidationError as exc:
+                raise _first_error(source, exc, entry.params, (path, "params"), model=cls.Params) from None
+            except ValueError as exc:
+                raise SpecError(source, f"{path}.params", entry.params, f"{exc} (method {m.key})") from None
+            for name, _ in cls.certificates(params):
+                if seen.setdefault(name, i) != i:
+                    raise SpecError(source, f"{path}.name", entry.name, f"certificate {name!r} is already issued by evaluation.certifiers[{seen[name]}]")
+
+
+def _check_objectives(source: str, spec: StudySpec) -> None:
+    certified = set(certificate_metric_names("val", certificates_of(spec), spec.evaluation.radii))
+    for i, obj in enumerate(spec.objectives):
+        where = f"objectives[{i}].metric"
+        if obj.metric.startswith("test/"):
+            raise SpecError(source, where, obj.metric, "test metrics cannot steer the search (that would tune on the test split); use a val/ metric")
+        if CERTIFICATION_METRIC.match(obj.metric):
+            if not spec.evaluation.certify_val_subset:
+                raise SpecError(source, where, obj.metric, "certified val metrics need evaluation.certify_val_subset > 0 (val points certified at the end)")
+            if obj.metric not in certified:
+                raise SpecError(source, where, obj.metric, f"not reported by the configured certifiers and radii; e.g. {', '.join(sorted(certified)[:4]) or 'none (no certifiers)'}")
+        elif obj.metric not in EPOCH_METRICS and not re.fullmatch(r"(train|val|gap)/[A-Za-z0-9_.\-]+", obj.metric):
+            raise SpecError(source, where, obj.metric, f"objectives are per-epoch metrics, e.g. {', '.join(m for m in EPOCH_METRICS if m.startswith('val/'))}, or certified val metrics")
 
 
 def validate_spec(data: Any, source: str) -> StudySpec:
@@ -328,9 +390,8 @@ def validate_spec(data: Any, source: str) -> StudySpec:
             raise SpecError(source, f"training.search.{k}", k, f"is also fixed in training.{k}; fix it or search it, not both")
         training_fixed.pop(k, None)
     _check_params(source, "training", TrainingConfig, training_fixed, spec.training.search, fixed_key="")
-    for i, obj in enumerate(spec.objectives):
-        if obj.metric not in EPOCH_METRICS and not re.fullmatch(r"(train|val|gap)/[A-Za-z0-9_.\-]+", obj.metric):
-            raise SpecError(source, f"objectives[{i}].metric", obj.metric, f"objectives are per-epoch metrics, e.g. {', '.join(m for m in EPOCH_METRICS if m.startswith('val/'))}")
+    _check_certifiers(source, spec)
+    _check_objectives(source, spec)
     if len({o.metric for o in spec.objectives}) != len(spec.objectives):
         raise SpecError(source, "objectives", [o.metric for o in spec.objectives], "each metric may appear once")
     _check_start_points(source, spec)

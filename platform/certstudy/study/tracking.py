@@ -107,6 +107,11 @@ class Tracker:
         for path in paths:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_artifact_dir(self, run_id: str, directory: Path) -> None:
+        """Every file under ``directory``, at the same relative paths in the run's artifacts."""
+        if directory.is_dir():
+            self.client.log_artifacts(run_id, str(directory))
+
     def trial_study(self, run_id: str) -> dict[str, Any]:
         """The trial's resolved study file (artifact ``trial_study.yaml``) as plain data."""
         with tempfile.TemporaryDirectory() as tmp:

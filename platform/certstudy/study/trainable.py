@@ -30,6 +30,9 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) ->
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         last.clear()
         last.update(metrics)
+        # Objectives measured only at the end (certified val accuracy) are NaN before it: Ray
+        # requires every objective in every result, and the searcher skips NaN intermediates.
+        metrics = {**{o.metric: math.nan for o in spec.objectives}, **metrics}
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
     try:

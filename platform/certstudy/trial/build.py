@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from certstudy.certify import CERTIFIERS, Certifier, CertifierContext, CertifierParams
 from certstudy.data import DATASETS, Splits, poison
-from certstudy.methods import METHODS, Method, MethodContext
+from certstudy.methods import METHODS, Method, MethodContext, MethodParams
 from certstudy.models import MODELS
 from certstudy.trial.config import TrialConfig
 
@@ -18,6 +19,7 @@ class TrialParts:
     splits: Splits
     model: nn.Module
     method: Method
+    certifiers: list[Certifier] = field(default_factory=list)
 
 
 def load_splits(cfg: TrialConfig, data_dir: str) -> Splits:
@@ -35,4 +37,14 @@ def build_parts(cfg: TrialConfig, data_dir: str, device: torch.device) -> TrialP
     context = MethodContext(splits.num_classes, splits.input_shape, splits.bounds, device, cfg.training.epochs)
     method = method_cls(method_cls.Params(**cfg.method.params), context)
     model = method.wrap_model(model).to(device)
-    return TrialParts(splits, model, method)
+    cert_context = CertifierContext(splits.num_classes, splits.input_shape, splits.bounds, device)
+    certifiers = []
+    for entry in cfg.evaluation.certifiers:
+        certifier_cls = CERTIFIERS.get(entry.name)
+        certifiers.append(certifier_cls(certifier_params(certifier_cls, entry.name, entry.params, method_cls, method.params), cert_context))
+    return TrialParts(splits, model, method, certifiers)
+
+
+def certifier_params(certifier_cls: type[Certifier], name: str, params: dict, method_cls: type[Method], method_params: MethodParams) -> CertifierParams:
+    """The certifier's params: what the method implies (e.g. its noise level), overridden by the study's."""
+    return certifier_cls.Params(**{**method_cls.certifier_defaults(method_params).get(name, {}), **params})

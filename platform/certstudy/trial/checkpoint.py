@@ -13,6 +13,7 @@ import torch
 
 CHECKPOINT_FILE = "trial_state.pt"
 MODEL_FILE = "model.pt"
+ARTIFACTS_DIR = "artifacts"  # files logged with the trial's run (e.g. certification curves)
 
 
 def rng_state() -> dict[str, Any]:
@@ -28,12 +29,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(directory: str | Path, state: dict[str, Any], model_state: dict[str, torch.Tensor] | None = None) -> None:
-    """The trial state; plus the bare model weights (``model.pt``) when given, e.g. at the end."""
+def save(directory: str | Path, state: dict[str, Any], model_state: dict[str, torch.Tensor] | None = None, artifacts: dict[str, bytes] | None = None) -> None:
+    """The trial state; plus the bare model weights (``model.pt``) and result files when given (at the end)."""
     directory = Path(directory)
     torch.save(state, directory / CHECKPOINT_FILE)
     if model_state is not None:
         torch.save(model_state, directory / MODEL_FILE)
+    for name, data in (artifacts or {}).items():
+        path = directory / ARTIFACTS_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
 
 def load(directory: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:

@@ -66,12 +66,29 @@ class AttackConfig(Strict):
     random_start: bool = True
 
 
+def _default_radii() -> dict[str, list[float]]:
+    return {"l2": [0.0, 0.25, 0.5, 0.75, 1.0], "linf": [0.0, 0.01, 0.02, 0.05, 0.1]}
+
+
 class EvaluationConfig(Strict):
     attack: AttackConfig = Field(default_factory=AttackConfig)
+    certifiers: list[ComponentConfig] = Field(default_factory=list, description="certifiers run on the test points at the end")
+    radii: dict[Literal["l2", "linf"], list[float]] = Field(default_factory=_default_radii, description="the radius grid of certified-accuracy metrics, per norm")
+    certify_subset: int | None = Field(None, ge=1, description="test points certified (None: the evaluated test points)")
+    certify_val_subset: int = Field(0, ge=0, description="val points certified at the end, for val/certified_* objectives (0: none)")
     val_subset: int | None = Field(None, ge=1, description="fixed val points evaluated each epoch (None: all)")
     train_subset: int | None = Field(None, ge=1, description="fixed train points for train/robust_acc (None: as many as val)")
     test_subset: int | None = Field(None, ge=1, description="test points evaluated at the end (None: all)")
     batch_size: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _radii_valid(self) -> "EvaluationConfig":
+        for norm, grid in self.radii.items():
+            if any(not (r >= 0 and r < float("inf")) for r in grid):
+                raise ValueError(f"radii.{norm} must be finite and >= 0, got {grid}")
+            if len(set(grid)) != len(grid):
+                raise ValueError(f"radii.{norm} lists a radius twice: {grid}")
+        return self
 
 
 class TrialConfig(Strict):

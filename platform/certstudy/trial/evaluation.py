@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from certstudy.attacks import pgd
+from certstudy.models.base import eval_mode
 from certstudy.trial.config import AttackConfig
 
 EPOCH_METRICS = (
@@ -42,12 +43,10 @@ class Scores:
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bounds: tuple[float, float] | None, *, batch_size: int, seed: int) -> Scores:
     """Clean and robust scores of ``model`` on (x, y) under the evaluation attack."""
-    was_training = model.training
-    model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
     n = len(y)
     sums = torch.zeros(4, dtype=torch.float64)
-    try:
+    with eval_mode(model):
         for i in range(0, n, batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             with torch.no_grad():
@@ -64,7 +63,5 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bound
                 ],
                 dtype=torch.float64,
             )
-    finally:
-        model.train(was_training)
     a, b, c, d = (sums / max(n, 1)).tolist()
     return Scores(a, b, c, d)

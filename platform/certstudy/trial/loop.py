@@ -20,6 +20,7 @@ from torch import Tensor
 from certstudy.errors import TrialFailed
 from certstudy.trial import checkpoint
 from certstudy.trial.build import TrialParts, build_parts
+from certstudy.trial.certification import certify_all
 from certstudy.trial.config import TrialConfig
 from certstudy.trial.environment import seed_everything, select_device
 from certstudy.trial.evaluation import Scores, evaluate
@@ -72,6 +73,8 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
     val_idx = _fixed_subset(len(splits.y_val), ev.val_subset, cfg.seed + 1).to(device)
     train_idx = _fixed_subset(len(splits.y_train), ev.train_subset or len(val_idx), cfg.seed + 2).to(device)
     test_idx = _fixed_subset(len(splits.y_test), ev.test_subset, cfg.seed + 3).to(device)
+    cert_idx = test_idx[_fixed_subset(len(test_idx), ev.certify_subset, cfg.seed + 4).to(device)]
+    cert_val_idx = _fixed_subset(len(splits.y_val), ev.certify_val_subset, cfg.seed + 5).to(device) if ev.certify_val_subset else None
 
     start, history = 0, []
     if resume_from is not None:
@@ -84,6 +87,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
         start, history = int(state["epoch"]) + 1, list(state["history"])
 
     metrics: dict[str, float | str] = dict(history[-1]) if history else {}
+    files: dict[str, bytes] = {}
     for epoch in range(start, cfg.training.epochs):
         parts.method.on_epoch_start(model, epoch)
         lr = optimizer.param_groups[0]["lr"]
@@ -109,6 +113,10 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
             metrics = {**metrics, **_scores("test", test)}
             test_split = dataclasses.replace(splits, x_test=splits.x_test[test_idx], y_test=splits.y_test[test_idx])
             metrics.update(parts.method.final_metrics(model, test_split, batch_size=ev.batch_size, seed=cfg.seed + 14))
+            if parts.certifiers:
+                val_points = (splits.x_val[cert_val_idx], splits.y_val[cert_val_idx]) if cert_val_idx is not None else None
+                certified, files = certify_all(parts, cfg, (splits.x_test[cert_idx], splits.y_test[cert_idx]), val_points, cfg.seed + 15)
+                metrics.update(certified)
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise TrialFailed(f"metric {bad[0]} is {metrics[bad[0]]} at epoch {epoch}")
@@ -122,6 +130,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
             "history": history,
         }
         with tempfile.TemporaryDirectory(prefix="certstudy-ckpt-") as tmp:
-            checkpoint.save(tmp, state, model.state_dict() if epoch == cfg.training.epochs - 1 else None)
+            final = epoch == cfg.training.epochs - 1
+            checkpoint.save(tmp, state, model.state_dict() if final else None, files if final else None)
             report(metrics, tmp)
     return metrics

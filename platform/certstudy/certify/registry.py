@@ -1,0 +1,5 @@
+"""The certifier registry."""
+
+from certstudy.registry import Registry
+
+CERTIFIERS: Registry = Registry("certifier")

@@ -1,0 +1,31 @@
+"""End-of-trial certification: every configured certifier on fixed test (and val) points.
+
+Returns the metrics (``certify/metrics.py`` names) and the files logged beside the model: per
+certifier the certification curve as CSV and PNG and the per-example radii at full precision.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from certstudy.certify.metrics import certification_metrics, curve_csv, curve_png, radii_csv
+from certstudy.trial.build import TrialParts
+from certstudy.trial.config import TrialConfig
+
+ARTIFACT_DIR = "certify"
+
+
+def certify_all(parts: TrialParts, cfg: TrialConfig, test: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor] | None, seed: int) -> tuple[dict[str, float], dict[str, bytes]]:
+    metrics: dict[str, float] = {}
+    files: dict[str, bytes] = {}
+    ev = cfg.evaluation
+    for j, (entry, certifier) in enumerate(zip(ev.certifiers, parts.certifiers)):
+        result = certifier.certify(parts.model, test[0], test[1], seed=seed + 100 * j)
+        metrics.update(certification_metrics("test", result, test[1], ev.radii))
+        files[f"{ARTIFACT_DIR}/{entry.name}_curve.csv"] = curve_csv(result, test[1]).encode()
+        files[f"{ARTIFACT_DIR}/{entry.name}_curve.png"] = curve_png(result, test[1], f"{entry.name}: certified accuracy on {len(test[1])} test points")
+        files[f"{ARTIFACT_DIR}/{entry.name}_radii.csv"] = radii_csv(result, test[1]).encode()
+        if val is not None:
+            val_result = certifier.certify(parts.model, val[0], val[1], seed=seed + 100 * j + 50)
+            metrics.update(certification_metrics("val", val_result, val[1], ev.radii))
+    return metrics, files
