@@ -280,3 +280,24 @@ def test_trial_reports_certified_metrics_and_curve_files_reproducibly(tmp_path) 
     assert at_zero["smoothing"] == pytest.approx(first["test/certified_acc_smoothing_l2_r0"])
     again = run_trial(cfg, lambda m, d: None, data_dir=str(tmp_path))
     assert again == first
+
+
+def test_certified_metrics_follow_cohens_reporting_conventions() -> None:
+    """Radius >= r inclusive; abstentions and wrong predictions fail but stay in the denominator;
+    ACR counts them as 0."""
+    from certstudy.certify import Certificate, CertifyResult
+    from certstudy.certify.metrics import certification_metrics, curve
+
+    cert = Certificate("c", "l2", torch.tensor([0, 1, ABSTAIN, 2]), torch.tensor([0.5, 0.25, math.nan, 0.1], dtype=torch.float64))
+    y = torch.tensor([0, 1, 1, 0])
+    m = certification_metrics("test", CertifyResult([cert], {"extra": 1.0}), y, {"l2": [0.0, 0.25, 0.5, 0.75], "linf": [0.1]})
+    assert m == {
+        "test/certified_acc_c_l2_r0": 0.5,
+        "test/certified_acc_c_l2_r0.25": 0.5,
+        "test/certified_acc_c_l2_r0.5": 0.25,
+        "test/certified_acc_c_l2_r0.75": 0.0,
+        "test/acr_c": pytest.approx(0.75 / 4),
+        "test/abstain_rate_c": 0.25,
+        "test/extra": 1.0,
+    }
+    assert curve(cert, y) == ([0.0, 0.25, 0.5], [0.5, 0.5, 0.25])

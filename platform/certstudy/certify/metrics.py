@@ -14,7 +14,7 @@ import re
 import torch
 from torch import Tensor
 
-from certstudy.certify.base import Certificate, CertifyResult
+from certstudy.certify.base import ABSTAIN, Certificate, CertifyResult
 
 
 def radius_label(r: float) -> str:
@@ -45,13 +45,8 @@ def _certified_radii(cert: Certificate, y: Tensor) -> Tensor:
     return torch.where(ok, r, torch.full_like(r, -torch.inf))
 
 
-def certified_accuracy(cert: Certificate, y: Tensor, r: float) -> float:
-    return float((_certified_radii(cert, y) >= r).double().mean()) if len(y) else 0.0
-
-
-def average_certified_radius(cert: Certificate, y: Tensor) -> float:
-    r = _certified_radii(cert, y)
-    return float(torch.where(torch.isfinite(r), r, torch.zeros_like(r)).mean()) if len(y) else 0.0
+def _mean(values: Tensor) -> float:
+    return float(values.double().mean()) if len(values) else 0.0
 
 
 def certification_metrics(prefix: str, result: CertifyResult, y: Tensor, grid: dict[str, list[float]]) -> dict[str, float]:
@@ -59,10 +54,11 @@ def certification_metrics(prefix: str, result: CertifyResult, y: Tensor, grid: d
     ``<prefix>/acr_<cert>``, ``<prefix>/abstain_rate_<cert>`` and the certifier's extras."""
     out: dict[str, float] = {}
     for cert in result.certificates:
+        radii = _certified_radii(cert, y)
         for r in grid.get(cert.norm, []):
-            out[certified_acc_name(prefix, cert.name, cert.norm, r)] = certified_accuracy(cert, y, r)
-        out[f"{prefix}/acr_{cert.name}"] = average_certified_radius(cert, y)
-        out[f"{prefix}/abstain_rate_{cert.name}"] = float((cert.predictions.cpu() == -1).double().mean()) if len(y) else 0.0
+            out[certified_acc_name(prefix, cert.name, cert.norm, r)] = _mean(radii >= r)
+        out[f"{prefix}/acr_{cert.name}"] = _mean(torch.where(torch.isfinite(radii), radii, torch.zeros_like(radii)))
+        out[f"{prefix}/abstain_rate_{cert.name}"] = _mean(cert.predictions.cpu() == ABSTAIN)
     out.update({f"{prefix}/{k}": v for k, v in result.extras.items()})
     return out
 
@@ -71,7 +67,7 @@ def curve(cert: Certificate, y: Tensor) -> tuple[list[float], list[float]]:
     """The exact step curve: certified accuracy at 0 and at every distinct certified radius."""
     r = _certified_radii(cert, y)
     steps = sorted({0.0, *r[torch.isfinite(r) & (r > 0)].tolist()})
-    return steps, [float((r >= s).double().mean()) for s in steps]
+    return steps, [_mean(r >= s) for s in steps]
 
 
 def curve_csv(result: CertifyResult, y: Tensor) -> str:

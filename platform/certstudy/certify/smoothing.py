@@ -86,10 +86,8 @@ def _two_sided(counts: np.ndarray, top: np.ndarray, n: int, alpha: float, sigma:
     m, k_classes = counts.shape
     rows = np.arange(m)
     p_a = _lower(counts[rows, top], n, alpha * split)
-    others = counts.copy()
-    others[rows, top] = -1  # excluded from the max below
-    upper = _upper(np.maximum(others, 0), n, alpha * (1 - split) / max(k_classes - 1, 1))
-    upper[rows, top] = 0.0
+    upper = _upper(counts, n, alpha * (1 - split) / max(k_classes - 1, 1))
+    upper[rows, top] = 0.0  # the max below runs over the other classes only
     p_b = np.minimum(upper.max(axis=1), 1.0 - p_a)
     ok = (p_a >= p_b) & (p_a > 0)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from certstudy.study.export import Candidate, finished_trials, rank, study_spec
+from certstudy.study.reruns import fmt_value
 from certstudy.study.spec import StudySpec, space_names
 from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
@@ -58,15 +59,8 @@ def searched_values(spec: StudySpec, c: Candidate, skip: str) -> str:
         section, _, key = name.partition(".")
         mlflow_key = prefixes[section] + key if key and section in prefixes else None
         if mlflow_key and mlflow_key != skip and mlflow_key in params:
-            shown.append(f"{key}={_fmt(params[mlflow_key])}")
+            shown.append(f"{key}={fmt_value(params[mlflow_key])}")
     return f"{label}" + (f" ({', '.join(shown)})" if shown else "")
-
-
-def _fmt(value: str) -> str:
-    try:
-        return f"{float(value):.3g}"
-    except ValueError:
-        return value
 
 
 def markdown_table(spec: StudySpec, groups: list[Group], param: str, metric: str, columns: list[tuple[str, str]]) -> str:
@@ -76,7 +70,7 @@ def markdown_table(spec: StudySpec, groups: list[Group], param: str, metric: str
         "|" + "---|" * (4 + len(columns)),
     ]
     for g in groups:
-        cells = [_fmt(g.value), searched_values(spec, g.best, param), str(g.trials), f"{g.best.value(metric):.3f}"]
+        cells = [fmt_value(g.value), searched_values(spec, g.best, param), str(g.trials), f"{g.best.value(metric):.3f}"]
         cells += ["–" if math.isnan(g.best.value(m)) else f"{g.best.value(m):.3f}" for _, m in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -91,7 +91,7 @@ def markdown_table(spec: StudySpec, results: list[MethodResult], seeds: list[int
         "|---|---|---|" + "---|" * len(metrics),
     ]
     for r in results:
-        hp = ", ".join(f"{k.split('.', 1)[1]}={_fmt(v)}" for k, v in r.searched.items()) or "(none)"
+        hp = ", ".join(f"{k.split('.', 1)[1]}={fmt_value(v)}" for k, v in r.searched.items()) or "(none)"
         cells = []
         for m in metrics:
             mean, std = r.stat(m)
@@ -100,7 +100,8 @@ def markdown_table(spec: StudySpec, results: list[MethodResult], seeds: list[int
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
+    """A number to 3 significant digits; anything else as it is."""
     try:
         return f"{float(value):.3g}"
     except (TypeError, ValueError):
