@@ -309,24 +309,18 @@ def param_names(params_model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in params_model.model_fields.items()]
 
 
-def _probe_params(entry: MethodEntry) -> Any:
-    """The method's params with each searched value at its first probe (valid by ``_check_params``)."""
+def _probe_params(entry: MethodEntry) -> tuple[Any, Any]:
+    """The method's class and params with each searched value at its first probe (valid by ``_check_params``)."""
     method_cls = METHODS.get(entry.name)
     return method_cls, method_cls.Params(**{**entry.params, **{k: d.probes()[0] for k, d in entry.search.items()}})
 
 
-def certificates_of(spec: StudySpec) -> list[tuple[str, str]]:
-    """(certificate, norm) of every configured certifier, for the metric names a study will report."""
-    out = []
-    for entry in spec.evaluation.certifiers:
-        cls = CERTIFIERS.get(entry.name)
-        for m in spec.method_entries:
-            method_cls, mparams = _probe_params(m)
-            out += [c for c in cls.certificates(certifier_params(cls, entry.name, entry.params, method_cls, mparams)) if c not in out]
-    return out
+def certificates_of(spec: StudySpec, source: str = "study") -> list[tuple[str, str]]:
+    """(certificate, norm) of every configured certifier, for the metric names a study will report.
 
-
-def _check_certifiers(source: str, spec: StudySpec) -> None:
+    Checks each certifier's params as every method of the study would complete them (e.g. sigma
+    from the training method), raising ``SpecError`` with the field path."""
+    out: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(spec.evaluation.certifiers):
         path = f"evaluation.certifiers[{i}]"
@@ -342,13 +336,16 @@ def _check_certifiers(source: str, spec: StudySpec) -> None:
                 raise _first_error(source, exc, entry.params, (path, "params"), model=cls.Params) from None
             except ValueError as exc:
                 raise SpecError(source, f"{path}.params", entry.params, f"{exc} (method {m.key})") from None
-            for name, _ in cls.certificates(params):
+            for name, norm in cls.certificates(params):
                 if seen.setdefault(name, i) != i:
                     raise SpecError(source, f"{path}.name", entry.name, f"certificate {name!r} is already issued by evaluation.certifiers[{seen[name]}]")
+                if (name, norm) not in out:
+                    out.append((name, norm))
+    return out
 
 
-def _check_objectives(source: str, spec: StudySpec) -> None:
-    certified = set(certificate_metric_names("val", certificates_of(spec), spec.evaluation.radii))
+def _check_objectives(source: str, spec: StudySpec, certificates: list[tuple[str, str]]) -> None:
+    certified = set(certificate_metric_names("val", certificates, spec.evaluation.radii))
     for i, obj in enumerate(spec.objectives):
         where = f"objectives[{i}].metric"
         if obj.metric.startswith("test/"):
@@ -390,8 +387,7 @@ def validate_spec(data: Any, source: str) -> StudySpec:
             raise SpecError(source, f"training.search.{k}", k, f"is also fixed in training.{k}; fix it or search it, not both")
         training_fixed.pop(k, None)
     _check_params(source, "training", TrainingConfig, training_fixed, spec.training.search, fixed_key="")
-    _check_certifiers(source, spec)
-    _check_objectives(source, spec)
+    _check_objectives(source, spec, certificates_of(spec, source))
     if len({o.metric for o in spec.objectives}) != len(spec.objectives):
         raise SpecError(source, "objectives", [o.metric for o in spec.objectives], "each metric may appear once")
     _check_start_points(source, spec)

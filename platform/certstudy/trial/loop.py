@@ -89,6 +89,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
     metrics: dict[str, float | str] = dict(history[-1]) if history else {}
     files: dict[str, bytes] = {}
     for epoch in range(start, cfg.training.epochs):
+        final = epoch == cfg.training.epochs - 1
         parts.method.on_epoch_start(model, epoch)
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_epoch(parts, cfg, optimizer, epoch)
@@ -108,7 +109,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
             **parts.method.epoch_metrics(),
         }
         history.append(metrics)
-        if epoch == cfg.training.epochs - 1:
+        if final:
             test = evaluate(model, splits.x_test[test_idx], splits.y_test[test_idx], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
             metrics = {**metrics, **_scores("test", test)}
             test_split = dataclasses.replace(splits, x_test=splits.x_test[test_idx], y_test=splits.y_test[test_idx])
@@ -130,7 +131,6 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
             "history": history,
         }
         with tempfile.TemporaryDirectory(prefix="certstudy-ckpt-") as tmp:
-            final = epoch == cfg.training.epochs - 1
-            checkpoint.save(tmp, state, model.state_dict() if final else None, files if final else None)
+            checkpoint.save(tmp, state, model.state_dict() if final else None, files)
             report(metrics, tmp)
     return metrics
