@@ -31,6 +31,7 @@ class CertifierContext:
     input_shape: tuple[int, ...]
     bounds: tuple[float, float] | None
     device: torch.device
+    radii: dict[str, list[float]] = field(default_factory=dict)  # the study's radius grid, per norm
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Certifier:
     """Base class; subclasses set ``Params`` and implement ``certificates`` and ``certify``."""
 
     Params: ClassVar[type[CertifierParams]] = CertifierParams
+    deterministic: ClassVar[bool] = False
+    """Certifies the model itself (not a smoothed version), so the soundness audit attacks its points."""
 
     def __init__(self, params: CertifierParams, context: CertifierContext) -> None:
         self.params = params

@@ -37,7 +37,7 @@ def build_parts(cfg: TrialConfig, data_dir: str, device: torch.device) -> TrialP
     context = MethodContext(splits.num_classes, splits.input_shape, splits.bounds, device, cfg.training.epochs)
     method = method_cls(method_cls.Params(**cfg.method.params), context)
     model = method.wrap_model(model).to(device)
-    cert_context = CertifierContext(splits.num_classes, splits.input_shape, splits.bounds, device)
+    cert_context = CertifierContext(splits.num_classes, splits.input_shape, splits.bounds, device, dict(cfg.evaluation.radii))
     certifiers = []
     for entry in cfg.evaluation.certifiers:
         certifier_cls = CERTIFIERS.get(entry.name)

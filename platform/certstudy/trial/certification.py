@@ -2,12 +2,16 @@
 
 Returns the metrics (``certify/metrics.py`` names) and the files logged beside the model: per
 certifier the certification curve as CSV and PNG and the per-example radii at full precision.
+Every certificate of a deterministic certifier is then audited (``certify/audit.py``):
+``audit/points`` test points attacked at their certified radius, ``audit/violations`` broken
+(must be 0), also per certificate, with the indices of any violation in ``certify/<name>_audit.csv``.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from certstudy.certify.audit import audit
 from certstudy.certify.metrics import certification_metrics, curve_csv, curve_png, radii_csv
 from certstudy.trial.build import TrialParts
 from certstudy.trial.config import TrialConfig
@@ -25,6 +29,15 @@ def certify_all(parts: TrialParts, cfg: TrialConfig, test: tuple[Tensor, Tensor]
         files[f"{ARTIFACT_DIR}/{entry.name}_curve.csv"] = curve_csv(result, test[1]).encode()
         files[f"{ARTIFACT_DIR}/{entry.name}_curve.png"] = curve_png(result, test[1], f"{entry.name}: certified accuracy on {len(test[1])} test points")
         files[f"{ARTIFACT_DIR}/{entry.name}_radii.csv"] = radii_csv(result, test[1]).encode()
+        if certifier.deterministic and ev.audit.enabled:
+            for cert in result.certificates:
+                found = audit(parts.model, test[0], cert, steps=ev.audit.steps, restarts=ev.audit.restarts, bounds=parts.splits.bounds, seed=seed + 100 * j + 7, batch_size=ev.batch_size)
+                metrics[f"audit/points_{cert.name}"] = float(found.points)
+                metrics[f"audit/violations_{cert.name}"] = float(found.violations)
+                metrics["audit/points"] = metrics.get("audit/points", 0.0) + found.points
+                metrics["audit/violations"] = metrics.get("audit/violations", 0.0) + found.violations
+                if found.violations:
+                    files[f"{ARTIFACT_DIR}/{cert.name}_audit.csv"] = ("index\n" + "".join(f"{i}\n" for i in found.violating_indices)).encode()
         if val is not None:
             val_result = certifier.certify(parts.model, val[0], val[1], seed=seed + 100 * j + 50)
             metrics.update(certification_metrics("val", val_result, val[1], ev.radii))

@@ -70,8 +70,17 @@ def _default_radii() -> dict[str, list[float]]:
     return {"l2": [0.0, 0.25, 0.5, 0.75, 1.0], "linf": [0.0, 0.01, 0.02, 0.05, 0.1]}
 
 
+class AuditConfig(Strict):
+    """The soundness audit of deterministic certificates: a strong PGD at each certified radius."""
+
+    enabled: bool = True
+    steps: int = Field(50, ge=50, le=10000, description="PGD steps (at least 50)")
+    restarts: int = Field(5, ge=5, le=100, description="random restarts (at least 5)")
+
+
 class EvaluationConfig(Strict):
     attack: AttackConfig = Field(default_factory=AttackConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     certifiers: list[ComponentConfig] = Field(default_factory=list, description="certifiers run on the test points at the end")
     radii: dict[Literal["l2", "linf"], list[float]] = Field(default_factory=_default_radii, description="the radius grid of certified-accuracy metrics, per norm")
     certify_subset: int | None = Field(None, ge=1, description="test points certified (None: the evaluated test points)")

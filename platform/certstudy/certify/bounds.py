@@ -1,0 +1,327 @@
+"""Bound propagation (IBP, CROWN, CROWN-IBP) over an l-inf or l2 ball, and the ``ibp`` and ``crown`` certifiers.
+
+Written here because no maintained library fits: auto_LiRPA's registry release (0.3) does not run
+on torch 2 and its working 0.7.1 is not on the registry and pins torch < 2.9 (shared/reference).
+The network is a chain of affine layers and ReLUs (``certify/network.py``).
+
+- **IBP** (Gowal et al. 2018) pushes intervals forward; for an l2 ball the first affine layer uses
+  the exact bound c ± eps·||row||, intersected with the per-coordinate interval.
+- **CROWN** (Zhang et al. 2018) bounds a linear specification C·f(x) by propagating C backwards
+  through linear relaxations of the ReLUs (upper line u/(u-l)·(z-l), adaptive lower line of slope
+  1 if u > -l else 0), then minimising the resulting linear function over the input set. Full
+  CROWN computes every pre-activation bound the same way (each intersected with IBP's, both
+  sound); CROWN-IBP (Zhang et al. 2020) takes the intermediate bounds from IBP.
+- The input set is the ball intersected with the data box. For l-inf that is a box; for l2 the
+  linear function is minimised over the ball and over the box, and the larger (both sound) kept.
+
+``backward`` also returns the point x* where the linear bound is attained and, per ReLU, the
+relaxation line chosen for each specification; ``relaxed_forward`` replays the relaxed network at
+x*, which is what the tightness regularizers of ``methods/crown_ibp.py`` measure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
+from certstudy.certify.network import Layer, layers_of
+from certstudy.certify.registry import CERTIFIERS
+
+Norm = Literal["linf", "l2"]
+Box = tuple[float, float] | None
+Interval = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Ball:
+    """{x' : ||x' - x||_norm <= eps} intersected with the data box (per-example eps allowed)."""
+
+    x: Tensor
+    eps: Tensor  # shape (B,)
+    norm: Norm
+    box: Box = None
+
+    @staticmethod
+    def of(x: Tensor, eps: float | Tensor, norm: Norm, box: Box = None) -> "Ball":
+        e = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(x)) if not isinstance(eps, Tensor) or eps.dim() == 0 else eps.to(x)
+        return Ball(x, e, norm, box)
+
+    def _eps(self, like: Tensor) -> Tensor:
+        return self.eps.view(-1, *([1] * (like.dim() - 1)))
+
+    def interval(self) -> Interval:
+        """Per-coordinate bounds (exact for l-inf, a superset for l2)."""
+        e = self._eps(self.x)
+        lo, hi = self.x - e, self.x + e
+        if self.box is not None:
+            lo, hi = lo.clamp_min(self.box[0]), hi.clamp_max(self.box[1])
+        return lo, hi
+
+    def minimise(self, a: Tensor, const: Tensor) -> tuple[Tensor, Tensor]:
+        """(min over the set of a·x + const, the minimiser x*) for a of shape (B, S, *x.shape[1:])."""
+        flat = a.flatten(2)
+        x0 = self.x.flatten(1).unsqueeze(1)
+        if self.norm == "linf":
+            lo, hi = (t.flatten(1).unsqueeze(1) for t in self.interval())
+            x_star = torch.where(flat >= 0, lo, hi)
+            return (flat * x_star).sum(-1) + const, x_star.view(a.shape)
+        e = self.eps.view(-1, 1)
+        a_norm = flat.norm(dim=-1)
+        value = (flat * x0).sum(-1) - e * a_norm + const
+        x_star = x0 - e.unsqueeze(-1) * flat / a_norm.clamp_min(1e-12).unsqueeze(-1)
+        if self.box is not None:
+            box_star = torch.where(flat >= 0, torch.full_like(flat, self.box[0]), torch.full_like(flat, self.box[1]))
+            box_value = (flat * box_star).sum(-1) + const
+            better = box_value > value
+            value = torch.where(better, box_value, value)
+            x_star = torch.where(better.unsqueeze(-1), box_star, x_star)
+        return value, x_star.view(a.shape)
+
+
+def margin_spec(classes: Tensor, num_classes: int) -> Tensor:
+    """C with rows e_c - e_i for every i (row c is zero): C·logits are the margins of class c."""
+    eye = torch.eye(num_classes, device=classes.device)
+    return eye[classes].unsqueeze(1) - eye.unsqueeze(0)
+
+
+def _is_first_affine(layers: list[Layer], i: int) -> bool:
+    return all(isinstance(layers[j].module, nn.Flatten) for j in range(i))
+
+
+def ibp(layers: list[Layer], ball: Ball, spec: Tensor | None = None) -> tuple[list[Interval], Interval]:
+    """(bounds of every layer's output but the last, bounds of spec·logits or of the logits).
+
+    With a spec the last layer is folded into it (C·W), which is tighter than bounding the logits.
+    """
+    lo, hi = ball.interval()
+    outputs: list[Interval] = []
+    last = len(layers) - 1
+    for i, layer in enumerate(layers):
+        if layer.is_relu:
+            lo, hi = lo.clamp_min(0), hi.clamp_min(0)
+        elif i == last and spec is not None:
+            mid, rad = (hi + lo) / 2, (hi - lo) / 2
+            w = spec @ layer.module.weight  # (B, S, hidden)
+            centre = (w * mid.unsqueeze(1)).sum(-1) + spec @ layer.module.bias
+            spread = (w.abs() * rad.unsqueeze(1)).sum(-1)
+            return outputs, (centre - spread, centre + spread)
+        else:
+            mid, rad = (hi + lo) / 2, (hi - lo) / 2
+            centre = layer.linear(mid)
+            b = layer.bias()
+            if b is not None:
+                centre = centre + b
+            spread = layer.abs_linear(rad)
+            lo, hi = centre - spread, centre + spread
+            if ball.norm == "l2" and _is_first_affine(layers, i) and not isinstance(layer.module, nn.Flatten):
+                exact = layer.linear(ball.x.reshape(len(ball.x), *layer.in_shape)) + (b if b is not None else 0)
+                r = ball._eps(exact) * layer.row_norms()
+                lo, hi = torch.maximum(lo, exact - r), torch.minimum(hi, exact + r)
+        if i < last:
+            outputs.append((lo, hi))
+    return outputs, (lo, hi)
+
+
+@dataclass
+class Relaxation:
+    """The ReLU lines a lower bound chose, per specification: a(z) = slope·z + intercept."""
+
+    layer: int
+    slope: Tensor
+    intercept: Tensor
+    unstable: Tensor
+
+
+@dataclass
+class BackwardBound:
+    lower: Tensor  # (B, S)
+    upper: Tensor | None
+    x_star: Tensor | None = None  # (B, S, *input shape): where the lower bound is attained
+    relaxations: list[Relaxation] = field(default_factory=list)
+
+
+def _relu_lines(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(lower slope, upper slope, upper intercept, unstable mask) of the CROWN relaxation."""
+    unstable = (lo < 0) & (hi > 0)
+    active = lo >= 0
+    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    up_slope = torch.where(unstable, hi / denom, active.to(hi.dtype))
+    up_intercept = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
+    low_slope = torch.where(unstable, (hi > -lo).to(hi.dtype), active.to(hi.dtype))
+    return low_slope, up_slope, up_intercept, unstable
+
+
+def _affine_back(layer: Layer, a: Tensor, const: Tensor) -> tuple[Tensor, Tensor]:
+    b = layer.bias()
+    if b is not None:
+        const = const + (a * b).flatten(2).sum(-1)
+    n, s = a.shape[:2]
+    return layer.adjoint(a.reshape(n * s, *layer.out_shape)).view(n, s, *layer.in_shape), const
+
+
+def backward(layers: list[Layer], end: int, spec: Tensor, pre_bounds: list[Interval], ball: Ball, *, upper: bool = True, record: bool = False) -> BackwardBound:
+    """CROWN bounds of spec·(output of layer ``end``); ``pre_bounds[i]`` bounds layer i's output.
+
+    ``spec`` has shape (B or 1, S, *out_shape); a leading 1 is broadcast over the batch.
+    """
+    a_lo = spec
+    a_up = spec if upper else None
+    c_lo = torch.zeros(spec.shape[:2], device=spec.device, dtype=spec.dtype)
+    c_up = c_lo
+    relaxations: list[Relaxation] = []
+    for i in range(end, -1, -1):
+        layer = layers[i]
+        if not layer.is_relu:
+            a_lo, c_lo = _affine_back(layer, a_lo, c_lo)
+            if a_up is not None:
+                a_up, c_up = _affine_back(layer, a_up, c_up)
+            continue
+        lo, hi = (t.unsqueeze(1) for t in pre_bounds[i - 1])
+        low_slope, up_slope, up_intercept, unstable = _relu_lines(lo, hi)
+        pos = a_lo >= 0
+        slope = torch.where(pos, low_slope, up_slope)
+        intercept = torch.where(pos, torch.zeros_like(up_intercept), up_intercept)
+        if record:
+            relaxations.append(Relaxation(i, slope, intercept, unstable))
+        c_lo = c_lo + (a_lo * intercept).flatten(2).sum(-1)
+        a_lo = a_lo * slope
+        if a_up is not None:
+            pos_u = a_up >= 0
+            c_up = c_up + (a_up * torch.where(pos_u, up_intercept, torch.zeros_like(up_intercept))).flatten(2).sum(-1)
+            a_up = a_up * torch.where(pos_u, up_slope, low_slope)
+    n = len(ball.x)
+    a_lo = a_lo.expand(n, *a_lo.shape[1:])
+    lower, x_star = ball.minimise(a_lo, c_lo.expand(n, -1))
+    upper_value = None
+    if a_up is not None:
+        neg, _ = ball.minimise(-a_up.expand(n, *a_up.shape[1:]), -c_up.expand(n, -1))
+        upper_value = -neg
+    return BackwardBound(lower, upper_value, x_star if record else None, relaxations[::-1])
+
+
+def relaxed_forward(layers: list[Layer], bound: BackwardBound) -> tuple[Tensor, Tensor]:
+    """Replays the relaxed network at x* with the recorded ReLU lines.
+
+    Returns (the output of the last layer per spec, shape (B, S, m), and the per-(example, spec)
+    sum over unstable ReLUs of |relaxed activation - ReLU(relaxed pre-activation)|).
+    """
+    assert bound.x_star is not None
+    n, s = bound.x_star.shape[:2]
+    z = bound.x_star.reshape(n * s, *bound.x_star.shape[2:])
+    lines = {r.layer: r for r in bound.relaxations}
+    infeasibility = torch.zeros((n, s), device=z.device, dtype=z.dtype)
+    for i, layer in enumerate(layers):
+        if layer.is_relu:
+            r = lines[i]
+            pre = z.view(n, s, *layer.in_shape)
+            relaxed = r.slope * pre + r.intercept
+            infeasibility = infeasibility + ((relaxed - pre.clamp_min(0)).abs() * r.unstable).flatten(2).sum(-1)
+            z = relaxed.reshape(n * s, *layer.in_shape)
+        else:
+            z = layer.module(z)
+    return z.view(n, s, -1), infeasibility
+
+
+def crown(layers: list[Layer], ball: Ball, spec: Tensor) -> Tensor:
+    """Full CROWN lower bounds of spec·logits: every pre-activation bound by CROWN, intersected with IBP's."""
+    ibp_bounds, _ = ibp(layers, ball)
+    bounds: list[Interval] = []
+    for i, layer in enumerate(layers[:-1]):
+        if i + 1 < len(layers) and layers[i + 1].is_relu and not layer.is_relu:
+            eye = torch.eye(_numel(layer.out_shape), device=ball.x.device, dtype=ball.x.dtype).view(1, -1, *layer.out_shape)
+            b = backward(layers, i, eye, bounds, ball)
+            assert b.upper is not None
+            lo, hi = (t.view(len(ball.x), *layer.out_shape) for t in (b.lower, b.upper))
+            bounds.append((torch.maximum(lo, ibp_bounds[i][0]), torch.minimum(hi, ibp_bounds[i][1])))
+        else:
+            bounds.append(ibp_bounds[i])  # only bounds feeding a ReLU are used
+    return backward(layers, len(layers) - 1, spec, bounds, ball, upper=False).lower
+
+
+def crown_ibp(layers: list[Layer], ball: Ball, spec: Tensor, *, record: bool = False) -> tuple[Tensor, BackwardBound]:
+    """(IBP lower bounds of spec·logits, CROWN-IBP's bound: intermediate bounds from IBP)."""
+    ibp_bounds, (ibp_lower, _) = ibp(layers, ball, spec)
+    return ibp_lower, backward(layers, len(layers) - 1, spec, ibp_bounds, ball, upper=False, record=record)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def margin_lower_bounds(method: str, layers: list[Layer], ball: Ball, classes: Tensor, num_classes: int) -> Tensor:
+    """Lower bounds on y_c - y_i over the ball for every i (+inf at i = c), by ``ibp`` or ``crown``."""
+    spec = margin_spec(classes, num_classes).to(ball.x.dtype)
+    lower = ibp(layers, ball, spec)[1][0] if method == "ibp" else crown(layers, ball, spec)
+    return lower.scatter(1, classes[:, None], torch.inf)
+
+
+class BoundParams(CertifierParams):
+    norm: Norm = Field("linf", description="the ball's norm; radii are the study's radius grid for it")
+    batch_size: int = Field(64, ge=1)
+
+
+class BoundCertifier(Certifier):
+    """Certified at r when every margin lower bound over the r-ball is > 0 at the predicted class.
+
+    A point's radius is the largest radius of the study's grid it is certified at (grid radii are
+    tried in increasing order until one fails), so ``acr_<name>`` is a grid-quantised lower bound.
+    """
+
+    Params = BoundParams
+    params: BoundParams
+    deterministic = True
+    method: str = ""
+
+    @classmethod
+    def certificates(cls, params: CertifierParams) -> list[tuple[str, str]]:
+        assert isinstance(params, BoundParams)
+        return [(cls.method, params.norm)]
+
+    def certify(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> CertifyResult:
+        p = self.params
+        grid = sorted(r for r in self.context.radii.get(p.norm, []) if r > 0)
+        layers = layers_of(model, self.context.input_shape)
+        preds, radii = [], []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for i in range(0, len(x), p.batch_size):
+                    xb = x[i : i + p.batch_size]
+                    logits = model(xb)
+                    top = logits.argmax(1)
+                    margins = (logits.gather(1, top[:, None]) - logits).scatter(1, top[:, None], torch.inf)
+                    radius = torch.where(margins.min(1).values > 0, 0.0, torch.nan).double()
+                    alive = ~torch.isnan(radius)
+                    for r in grid:
+                        if not alive.any():
+                            break
+                        idx = alive.nonzero().squeeze(1)
+                        ball = Ball.of(xb[idx], r, p.norm, self.context.bounds)
+                        ok = margin_lower_bounds(self.method, layers, ball, top[idx], self.context.num_classes).min(1).values > 0
+                        radius[idx[ok]] = r
+                        alive[idx[~ok]] = False
+                    preds.append(torch.where(torch.isnan(radius), ABSTAIN, top).cpu())
+                    radii.append(radius.cpu())
+        finally:
+            model.train(was_training)
+        empty = torch.zeros(0)
+        return CertifyResult([Certificate(self.method, p.norm, torch.cat(preds) if preds else empty.long(), torch.cat(radii) if radii else empty.double())])
+
+
+@CERTIFIERS.register("ibp")
+class IBPCertifier(BoundCertifier):
+    method = "ibp"
+
+
+@CERTIFIERS.register("crown")
+class CROWNCertifier(BoundCertifier):
+    method = "crown"

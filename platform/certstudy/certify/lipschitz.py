@@ -1,0 +1,192 @@
+"""Global Lipschitz margin bounds (GloRo, Leino et al. 2021) and the ``lipschitz`` certifier.
+
+The margin y_j - y_i of a chain of affine layers and 1-Lipschitz ReLUs is K_ji-Lipschitz in l2
+with K_ji = K_sub * ||w_j - w_i||, K_sub the product of the spectral norms of every layer below the
+last and w the last layer's rows. A point predicted j is certified at every radius below
+min_{i != j} (y_j - y_i) / K_ji.
+
+Written here because no maintained library fits: the reference GloRo is TensorFlow-only and
+auto_LiRPA's registry release does not run on torch 2 (see shared/reference). Soundness rests on
+the spectral norms being upper bounds, so the certifier does not use the training-time power
+iterates: it computes each norm exactly (``torch.linalg.matrix_norm`` of a Linear weight, the SVD
+of the materialised matrix of a convolution or pooling layer) and only for layers too large to
+materialise falls back to power iteration run to convergence and inflated by ``slack`` (reported
+as ``lipschitz_exact = 0``). Ties are masked by index: a runner-up equal to the top logit gives a
+zero margin, and a zero margin is never certified.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
+from certstudy.certify.network import Layer, layers_of
+from certstudy.certify.registry import CERTIFIERS
+
+
+def has_norm(layer: Layer) -> bool:
+    """Layers with a spectral norm to compute (ReLU and Flatten are exactly 1-Lipschitz)."""
+    return not layer.is_relu and not isinstance(layer.module, nn.Flatten)
+
+
+class PowerIterates:
+    """One persistent, gradient-free iterate per normed layer (GloRo's power method).
+
+    ``sigma`` is ||W u|| / ||u|| at the current iterate, differentiable in W only; it approaches
+    the spectral norm from below as the iterates converge.
+    """
+
+    def __init__(self, layers: list[Layer], generator: torch.Generator | None = None) -> None:
+        self.layers = [layer for layer in layers if has_norm(layer)]
+        param = next((p for layer in layers for p in layer.module.parameters()), torch.zeros(()))
+        self.u = [_normalise(torch.randn((1, *layer.in_shape), generator=generator).to(param)) for layer in self.layers]
+
+    @torch.no_grad()
+    def step(self, iterations: int = 1) -> None:
+        for _ in range(iterations):
+            self.u = [_normalise(layer.adjoint(layer.linear(u))) for layer, u in zip(self.layers, self.u)]
+
+    def sigmas(self) -> list[Tensor]:
+        return [layer.linear(u).flatten().norm() / u.flatten().norm() for layer, u in zip(self.layers, self.u)]
+
+    def product(self) -> Tensor:
+        out = torch.ones((), device=self.u[0].device) if self.u else torch.ones(())
+        for s in self.sigmas():
+            out = out * s
+        return out
+
+    @torch.no_grad()
+    def converge(self, tol: float, max_iterations: int) -> float:
+        """Iterates until the product changes by less than ``tol`` (relative); returns it."""
+        last = float(self.product())
+        for _ in range(max_iterations):
+            self.step()
+            now = float(self.product())
+            if abs(now - last) <= tol * max(abs(now), 1e-30):
+                return now
+            last = now
+        return last
+
+    def state(self) -> list[Tensor]:
+        return [u.detach().cpu() for u in self.u]
+
+    def load(self, state: list[Tensor]) -> None:
+        self.u = [s.to(u.device) for s, u in zip(state, self.u)]
+
+
+def _normalise(u: Tensor) -> Tensor:
+    return u / u.flatten().norm().clamp_min(1e-30)
+
+
+@torch.no_grad()
+def spectral_norm(layer: Layer, *, max_exact_dim: int = 16384, iterations: int = 2000, slack: float = 1e-3) -> tuple[float, bool]:
+    """(an upper bound on ||layer||_2, whether it is exact): SVD where the matrix fits, else
+    converged power iteration times (1 + slack)."""
+    m = layer.module
+    if isinstance(m, nn.Linear):
+        return float(torch.linalg.matrix_norm(m.weight.double(), 2)), True
+    n_in = math.prod(layer.in_shape)
+    if n_in <= max_exact_dim:
+        basis = torch.eye(n_in, dtype=torch.float64, device=_device(layer)).view(n_in, *layer.in_shape)
+        matrix = _double(layer).linear(basis).reshape(n_in, -1)  # the transpose of the layer's matrix
+        return float(torch.linalg.matrix_norm(matrix, 2)), True
+    iterates = PowerIterates([layer])
+    return iterates.converge(1e-9, iterations) * (1 + slack), False
+
+
+def _device(layer: Layer) -> torch.device:
+    p = next(layer.module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _double(layer: Layer) -> Layer:
+    import copy
+
+    return Layer(copy.deepcopy(layer.module).double(), layer.in_shape, layer.out_shape)
+
+
+def last_layer_weight(layers: list[Layer]) -> Tensor:
+    m = layers[-1].module
+    assert isinstance(m, nn.Linear)
+    return m.weight
+
+
+def margin_constants(k_sub: Tensor | float, weight: Tensor) -> Tensor:
+    """K[j, i] = K_sub * ||w_j - w_i|| (zero on the diagonal), the margin y_j - y_i's l2 Lipschitz bound."""
+    diff = weight.unsqueeze(1) - weight.unsqueeze(0)
+    return k_sub * diff.square().sum(-1).clamp_min(0).sqrt()
+
+
+def top_and_margins(logits: Tensor, constants: Tensor) -> tuple[Tensor, Tensor]:
+    """(predicted class j, per-class margin ratios (y_j - y_i) / K_ji with +inf at i = j).
+
+    The predicted class is masked by index, so a tied runner-up has margin 0.
+    """
+    top = logits.argmax(dim=1)
+    margins = logits.gather(1, top[:, None]) - logits
+    k = constants[top]  # (B, m): K_{j i} for the predicted j
+    ratio = margins / k.clamp_min(torch.finfo(k.dtype).tiny)
+    ratio = ratio.scatter(1, top[:, None], torch.inf)
+    return top, ratio
+
+
+def bottom_logit(logits: Tensor, constants: Tensor, eps: float | Tensor) -> Tensor:
+    """GloRo's y_bot = max_{i != j} (y_i + eps * K_ji), j the predicted class (masked by index)."""
+    top = logits.argmax(dim=1)
+    shifted = logits + eps * constants[top]
+    return shifted.scatter(1, top[:, None], -torch.inf).max(dim=1).values
+
+
+def lipschitz_radii(logits: Tensor, constants: Tensor) -> tuple[Tensor, Tensor]:
+    """(predictions, l2 radii float64 with NaN where the margin is not strictly positive)."""
+    top, ratio = top_and_margins(logits.double(), constants.double())
+    radius = ratio.min(dim=1).values
+    return top, torch.where(radius > 0, radius, torch.full_like(radius, torch.nan))
+
+
+class LipschitzParams(CertifierParams):
+    max_exact_dim: int = Field(16384, ge=1, description="largest layer input size whose matrix is materialised for an exact SVD")
+    iterations: int = Field(2000, ge=1, description="power iterations for layers too large to materialise")
+    slack: float = Field(1e-3, ge=0, description="relative inflation of a power-iteration estimate")
+    batch_size: int = Field(1024, ge=1)
+
+
+@CERTIFIERS.register("lipschitz")
+class LipschitzCertifier(Certifier):
+    """l2 radii from global Lipschitz margin bounds; works on any chain of supported layers."""
+
+    Params = LipschitzParams
+    params: LipschitzParams
+    deterministic = True
+
+    @classmethod
+    def certificates(cls, params: CertifierParams) -> list[tuple[str, str]]:
+        return [("lipschitz", "l2")]
+
+    def constants(self, model: nn.Module) -> tuple[Tensor, bool]:
+        p = self.params
+        layers = layers_of(model, self.context.input_shape)
+        k_sub, exact = 1.0, True
+        for layer in layers[:-1]:
+            if has_norm(layer):
+                s, ok = spectral_norm(layer, max_exact_dim=p.max_exact_dim, iterations=p.iterations, slack=p.slack)
+                k_sub, exact = k_sub * s, exact and ok
+        return margin_constants(k_sub, last_layer_weight(layers).detach().double()), exact
+
+    def certify(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> CertifyResult:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                constants, exact = self.constants(model)
+                logits = torch.cat([model(x[i : i + self.params.batch_size]) for i in range(0, len(x), self.params.batch_size)]) if len(x) else torch.zeros((0, self.context.num_classes))
+        finally:
+            model.train(was_training)
+        top, radii = lipschitz_radii(logits.to(constants.device), constants)
+        top = torch.where(torch.isnan(radii), torch.full_like(top, ABSTAIN), top)
+        k_max = float(constants.max()) if constants.numel() else 0.0
+        return CertifyResult([Certificate("lipschitz", "l2", top.cpu(), radii.cpu())], {"lipschitz_max_margin_constant": k_max, "lipschitz_exact": float(exact)})
