@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
 from certstudy.certify.network import Layer, layers_of
 from certstudy.certify.registry import CERTIFIERS
+from certstudy.models.base import eval_mode
 
 Norm = Literal["linf", "l2"]
 Box = tuple[float, float] | None
@@ -106,9 +107,9 @@ def ibp(layers: list[Layer], ball: Ball, spec: Tensor | None = None) -> tuple[li
             lo, hi = lo.clamp_min(0), hi.clamp_min(0)
         elif i == last and spec is not None:
             mid, rad = (hi + lo) / 2, (hi - lo) / 2
-            w = spec @ layer.module.weight  # (B, S, hidden)
-            centre = (w * mid.unsqueeze(1)).sum(-1) + spec @ layer.module.bias
-            spread = (w.abs() * rad.unsqueeze(1)).sum(-1)
+            w = torch.matmul(spec, layer.module.weight).expand(len(rad), -1, -1)  # (B, S, hidden)
+            centre = torch.matmul(spec, layer.module(mid).unsqueeze(-1)).squeeze(-1)
+            spread = torch.bmm(w.abs(), rad.unsqueeze(-1)).squeeze(-1)
             return outputs, (centre - spread, centre + spread)
         else:
             mid, rad = (hi + lo) / 2, (hi - lo) / 2
@@ -161,7 +162,7 @@ def _affine_back(layer: Layer, a: Tensor, const: Tensor) -> tuple[Tensor, Tensor
     if b is not None:
         const = const + (a * b).flatten(2).sum(-1)
     n, s = a.shape[:2]
-    return layer.adjoint(a.reshape(n * s, *layer.out_shape)).view(n, s, *layer.in_shape), const
+    return layer.transpose(a.reshape(n * s, *layer.out_shape)).view(n, s, *layer.in_shape), const
 
 
 def backward(layers: list[Layer], end: int, spec: Tensor, pre_bounds: list[Interval], ball: Ball, *, upper: bool = True, record: bool = False) -> BackwardBound:
@@ -256,10 +257,26 @@ def _numel(shape: tuple[int, ...]) -> int:
     return out
 
 
+def ibp_margins(layers: list[Layer], ball: Ball, classes: Tensor) -> Tensor:
+    """IBP lower bounds of y_c - y_i with the last layer folded in, as ``ibp(..., margin_spec)``
+    computes them, but from the m² rows |w_c - w_i| in one product instead of a (B, m, hidden) tensor."""
+    lo, hi = ibp(layers[:-1], ball)[1]
+    last = layers[-1].module
+    assert isinstance(last, nn.Linear)
+    m = last.out_features
+    rows = (last.weight.unsqueeze(1) - last.weight.unsqueeze(0)).abs().reshape(m * m, -1)
+    spread = ((hi - lo) / 2) @ rows.T  # (B, m*m): |w_c - w_i|·rad for every pair
+    centre = last((hi + lo) / 2)
+    own = centre.gather(1, classes[:, None])
+    return own - centre - spread.view(-1, m, m).gather(1, classes.view(-1, 1, 1).expand(-1, 1, m)).squeeze(1)
+
+
 def margin_lower_bounds(method: str, layers: list[Layer], ball: Ball, classes: Tensor, num_classes: int) -> Tensor:
     """Lower bounds on y_c - y_i over the ball for every i (+inf at i = c), by ``ibp`` or ``crown``."""
-    spec = margin_spec(classes, num_classes).to(ball.x.dtype)
-    lower = ibp(layers, ball, spec)[1][0] if method == "ibp" else crown(layers, ball, spec)
+    if method == "ibp":
+        lower = ibp_margins(layers, ball, classes)
+    else:
+        lower = crown(layers, ball, margin_spec(classes, num_classes).to(ball.x.dtype))
     return lower.scatter(1, classes[:, None], torch.inf)
 
 
@@ -290,29 +307,24 @@ class BoundCertifier(Certifier):
         grid = sorted(r for r in self.context.radii.get(p.norm, []) if r > 0)
         layers = layers_of(model, self.context.input_shape)
         preds, radii = [], []
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for i in range(0, len(x), p.batch_size):
-                    xb = x[i : i + p.batch_size]
-                    logits = model(xb)
-                    top = logits.argmax(1)
-                    margins = (logits.gather(1, top[:, None]) - logits).scatter(1, top[:, None], torch.inf)
-                    radius = torch.where(margins.min(1).values > 0, 0.0, torch.nan).double()
-                    alive = ~torch.isnan(radius)
-                    for r in grid:
-                        if not alive.any():
-                            break
-                        idx = alive.nonzero().squeeze(1)
-                        ball = Ball.of(xb[idx], r, p.norm, self.context.bounds)
-                        ok = margin_lower_bounds(self.method, layers, ball, top[idx], self.context.num_classes).min(1).values > 0
-                        radius[idx[ok]] = r
-                        alive[idx[~ok]] = False
-                    preds.append(torch.where(torch.isnan(radius), ABSTAIN, top).cpu())
-                    radii.append(radius.cpu())
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            for i in range(0, len(x), p.batch_size):
+                xb = x[i : i + p.batch_size]
+                logits = model(xb)
+                top = logits.argmax(1)
+                margins = (logits.gather(1, top[:, None]) - logits).scatter(1, top[:, None], torch.inf)
+                radius = torch.where(margins.min(1).values > 0, 0.0, torch.nan).double()
+                alive = ~torch.isnan(radius)
+                for r in grid:
+                    if not alive.any():
+                        break
+                    idx = alive.nonzero().squeeze(1)
+                    ball = Ball.of(xb[idx], r, p.norm, self.context.bounds)
+                    ok = margin_lower_bounds(self.method, layers, ball, top[idx], self.context.num_classes).min(1).values > 0
+                    radius[idx[ok]] = r
+                    alive[idx[~ok]] = False
+                preds.append(torch.where(torch.isnan(radius), ABSTAIN, top).cpu())
+                radii.append(radius.cpu())
         empty = torch.zeros(0)
         return CertifyResult([Certificate(self.method, p.norm, torch.cat(preds) if preds else empty.long(), torch.cat(radii) if radii else empty.double())])
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
 from certstudy.certify.network import Layer, layers_of
 from certstudy.certify.registry import CERTIFIERS
+from certstudy.models.base import eval_mode
 
 
 def has_norm(layer: Layer) -> bool:
@@ -178,15 +179,15 @@ class LipschitzCertifier(Certifier):
         return margin_constants(k_sub, last_layer_weight(layers).detach().double()), exact
 
     def certify(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> CertifyResult:
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                constants, exact = self.constants(model)
-                logits = torch.cat([model(x[i : i + self.params.batch_size]) for i in range(0, len(x), self.params.batch_size)]) if len(x) else torch.zeros((0, self.context.num_classes))
-        finally:
-            model.train(was_training)
-        top, radii = lipschitz_radii(logits.to(constants.device), constants)
-        top = torch.where(torch.isnan(radii), torch.full_like(top, ABSTAIN), top)
+        with eval_mode(model), torch.no_grad():
+            constants, exact = self.constants(model)  # once per model: the per-example cost is below
+            top, radii = self.radii(model, x, constants)
         k_max = float(constants.max()) if constants.numel() else 0.0
         return CertifyResult([Certificate("lipschitz", "l2", top.cpu(), radii.cpu())], {"lipschitz_max_margin_constant": k_max, "lipschitz_exact": float(exact)})
+
+    def radii(self, model: nn.Module, x: Tensor, constants: Tensor) -> tuple[Tensor, Tensor]:
+        """(predictions with ABSTAIN where uncertified, radii): one forward pass and the margins."""
+        b = self.params.batch_size
+        logits = torch.cat([model(x[i : i + b]) for i in range(0, len(x), b)]) if len(x) else torch.zeros((0, self.context.num_classes), device=x.device)
+        top, radii = lipschitz_radii(logits, constants.to(logits.device))
+        return torch.where(torch.isnan(radii), torch.full_like(top, ABSTAIN), top), radii

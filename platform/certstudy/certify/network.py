@@ -78,8 +78,27 @@ class Layer:
             return (m(ones)[0] / area).sqrt()
         return ones[0].flatten() if isinstance(m, nn.Flatten) else ones[0]
 
+    def transpose(self, cotangent: Tensor) -> Tensor:
+        """Wᵀ v for each leading row of ``cotangent`` (shape (N, *out_shape)), differentiable in W.
+
+        Dense and convolution layers use their transposed op directly (bound propagation pushes
+        thousands of rows through it, and ``adjoint`` would pay a forward pass for each);
+        ``output_padding`` comes from the actual shapes, and a test checks it against ``adjoint``.
+        """
+        m = self.module
+        if isinstance(m, nn.Linear):
+            return cotangent @ m.weight
+        if isinstance(m, nn.Conv2d) and isinstance(m.padding, tuple):
+            size = F.conv_transpose2d(cotangent[:1], m.weight, None, m.stride, m.padding, 0, m.groups, m.dilation).shape[2:]
+            extra = tuple(want - got for want, got in zip(self.in_shape[1:], size))
+            return F.conv_transpose2d(cotangent, m.weight, None, m.stride, m.padding, extra, m.groups, m.dilation)
+        if isinstance(m, nn.Flatten):
+            return cotangent.reshape(cotangent.shape[0], *self.in_shape)
+        return self.adjoint(cotangent)
+
     def adjoint(self, cotangent: Tensor) -> Tensor:
-        """Wᵀ v for each leading row of ``cotangent`` (shape (N, *out_shape)), differentiable in W."""
+        """Wᵀ v by autograd (a vector-Jacobian product at 0), differentiable in W: never a hand-written
+        transpose, so it is right for any stride, padding and output size."""
         differentiable = torch.is_grad_enabled()
         z = torch.zeros((cotangent.shape[0], *self.in_shape), device=cotangent.device, dtype=cotangent.dtype, requires_grad=True)
         with torch.enable_grad():

@@ -14,7 +14,7 @@ Written here because the reference GloRo is TensorFlow-only (shared/reference). 
 which equals lambda·softplus(y_⊥ - logsumexp(y)). The training eps follows a schedule from
 ``eps_start_fraction``·train_eps to train_eps over the first ``ramp_fraction`` of the epochs
 (linear or logarithmic, as the GloRo library's '[0.01]-log-[50%:1.1]'), interpolated per epoch;
-train_eps (default eps) may exceed the evaluation eps, as in the paper's recipes.
+train_eps = ``train_eps_factor``·eps may exceed the evaluation eps, as in the paper's recipes (e.g. 1.5).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class GloroParams(MethodParams):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     eps: float = Field(0.3, gt=0, le=10, description="evaluation l2 radius")
-    train_eps: float | None = Field(None, gt=0, le=10, description="training radius at the end of the ramp (default eps)")
+    train_eps_factor: float = Field(1.0, ge=0.5, le=4, description="training radius at the end of the ramp, as a multiple of eps")
     loss: Literal["crossentropy", "trades"] = "crossentropy"
     lambda_: float = Field(1.5, alias="lambda", ge=0, description="trades: weight of the KL term")
     schedule: Literal["constant", "linear", "log"] = "log"
@@ -48,7 +48,7 @@ class GloroParams(MethodParams):
 
     @property
     def target_eps(self) -> float:
-        return self.train_eps if self.train_eps is not None else self.eps
+        return self.train_eps_factor * self.eps
 
 
 def scheduled_eps(p: GloroParams, epoch: int, epochs: int) -> float:

@@ -35,11 +35,18 @@ def best_per_param(workdir: Workdir, study: str, param: str, metric: str, mode: 
             groups.setdefault(c.run.data.params[param], []).append(c)
     out = []
     for value, members in groups.items():
-        ranked = rank(members, metric, mode)
+        ranked = rank(members, for_value(metric, value), mode)
         if ranked:
             out.append(Group(value, ranked[0], len(members)))
     out.sort(key=lambda g: _as_number(g.value))
     return spec, out
+
+
+def for_value(metric: str, value: str) -> str:
+    """A metric name with ``{value}`` replaced by the group's value as it appears in metric names
+    (``val/certified_acc_lipschitz_l2_r{value}`` -> ``..._r0.5`` for eps 0.5): a per-group criterion."""
+    number = _as_number(value)
+    return metric.replace("{value}", f"{number:g}" if isinstance(number, float) and math.isfinite(number) else value)
 
 
 def _as_number(value: str) -> float | str:
@@ -70,7 +77,7 @@ def markdown_table(spec: StudySpec, groups: list[Group], param: str, metric: str
         "|" + "---|" * (4 + len(columns)),
     ]
     for g in groups:
-        cells = [fmt_value(g.value), searched_values(spec, g.best, param), str(g.trials), f"{g.best.value(metric):.3f}"]
-        cells += ["–" if math.isnan(g.best.value(m)) else f"{g.best.value(m):.3f}" for _, m in columns]
+        cells = [fmt_value(g.value), searched_values(spec, g.best, param), str(g.trials), f"{g.best.value(for_value(metric, g.value)):.3f}"]
+        cells += ["–" if math.isnan(v := g.best.value(for_value(m, g.value))) else f"{v:.3f}" for _, m in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -83,6 +83,7 @@ class EvaluationConfig(Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     certifiers: list[ComponentConfig] = Field(default_factory=list, description="certifiers run on the test points at the end")
     radii: dict[Literal["l2", "linf"], list[float]] = Field(default_factory=_default_radii, description="the radius grid of certified-accuracy metrics, per norm")
+    attack_grid: bool = Field(False, description="also attack the test points at every radius of the attack norm's grid (test/robust_acc_<norm>_r<r>)")
     certify_subset: int | None = Field(None, ge=1, description="test points certified (None: the evaluated test points)")
     certify_val_subset: int = Field(0, ge=0, description="val points certified at the end, for val/certified_* objectives (0: none)")
     val_subset: int | None = Field(None, ge=1, description="fixed val points evaluated each epoch (None: all)")

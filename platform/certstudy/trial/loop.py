@@ -20,6 +20,7 @@ from torch import Tensor
 from certstudy.errors import TrialFailed
 from certstudy.trial import checkpoint
 from certstudy.trial.build import TrialParts, build_parts
+from certstudy.certify.metrics import radius_label
 from certstudy.trial.certification import certify_all
 from certstudy.trial.config import TrialConfig
 from certstudy.trial.environment import seed_everything, select_device
@@ -37,6 +38,17 @@ def _fixed_subset(n: int, size: int | None, seed: int) -> Tensor:
 
 def _scores(prefix: str, s: Scores) -> dict[str, float]:
     return {f"{prefix}/clean_acc": s.clean_acc, f"{prefix}/clean_loss": s.clean_loss, f"{prefix}/robust_acc": s.robust_acc, f"{prefix}/robust_loss": s.robust_loss}
+
+
+def attack_grid(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: TrialConfig, bounds: tuple[float, float] | None) -> dict[str, float]:
+    """PGD-robust accuracy at every positive radius of the attack norm's grid (upper bounds on certified accuracy)."""
+    ev = cfg.evaluation
+    out = {}
+    for r in ev.radii.get(ev.attack.norm, []):
+        attack = ev.attack.model_copy(update={"eps": r, "step_size": None})
+        s = evaluate(model, x, y, attack, bounds, batch_size=ev.batch_size, seed=cfg.seed + 16)
+        out[f"test/robust_acc_{ev.attack.norm}_{radius_label(r)}"] = s.robust_acc
+    return out
 
 
 def train_epoch(parts: TrialParts, cfg: TrialConfig, optimizer: torch.optim.Optimizer, epoch: int) -> float:
@@ -112,6 +124,8 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
         if final:
             test = evaluate(model, splits.x_test[test_idx], splits.y_test[test_idx], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
             metrics = {**metrics, **_scores("test", test)}
+            if ev.attack_grid:
+                metrics.update(attack_grid(model, splits.x_test[test_idx], splits.y_test[test_idx], cfg, splits.bounds))
             test_split = dataclasses.replace(splits, x_test=splits.x_test[test_idx], y_test=splits.y_test[test_idx])
             metrics.update(parts.method.final_metrics(model, test_split, batch_size=ev.batch_size, seed=cfg.seed + 14))
             if parts.certifiers:
