@@ -35,7 +35,6 @@ def main() -> None:
     metrics = [m for m in args.metrics if any(m in s for r in results for s in r.per_seed)]
     note = f"Study file: `trials/{spec.name}.yaml`. Regenerate: `certstudy launch trials/{spec.name}.yaml && python bench/best_per_method.py {spec.name}`.\n\n"
     table = markdown_table(spec, results, args.seeds, metrics)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     write_section(args.output, spec.name, note + table)
     Console().print(table)
 

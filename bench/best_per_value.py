@@ -43,7 +43,6 @@ def main() -> None:
         columns += [("ACR", f"test/acr_{name}"), ("abstain", f"test/abstain_rate_{name}"), ("smoothed clean acc", "test/smoothed_clean_acc")]
         parts.append(f"Certificate `{name}` ({norm}): test certified accuracy of the best trial per {args.param.rsplit('.', 1)[-1]} (chosen by `{metric}`), on {points}.\n\n" + markdown_table(spec, groups, args.param, metric, columns))
     body = "\n".join(parts)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     write_section(args.output, spec.name, body)
     Console().print(body)
 

@@ -51,7 +51,6 @@ def main() -> None:
         columns += [("audit violations", "audit/violations"), ("audited points", "audit/points")]
         parts.append(f"Certificate `{name}` ({cert_norm}):\n\n" + markdown_table(spec, groups, args.param, metric, columns))
     body = "\n".join(parts)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     write_section(args.output, spec.name, body)
     Console().print(body)
 

@@ -48,6 +48,8 @@ CASES = [
     ("no-method", {k: v for k, v in VALID.items() if k != "methods"}, "method", "exactly one of"),
     ("objective-on-test-split", _with("objectives", [{"metric": "test/robust_acc"}]), "objectives[0].metric", "would tune on the test split"),
     ("objective-not-a-metric", _with("objectives", [{"metric": "robust_acc"}]), "objectives[0].metric", "per-epoch metrics"),
+    ("weak-audit", _with("evaluation.audit", {"steps": 10}), "evaluation.audit.steps", "greater than or equal to 50"),
+    ("bound-certifier-bad-norm", _with("evaluation.certifiers", [{"name": "crown", "params": {"norm": "l1"}}]), "evaluation.certifiers[0].params.norm", "'linf' or 'l2'"),
     ("unknown-certifier", _with("evaluation.certifiers", [{"name": "randomized"}]), "evaluation.certifiers[0].name", "known certifiers: ibp, crown, lipschitz, smoothing"),
     ("certifier-bad-param", _with("evaluation.certifiers", [{"name": "smoothing", "params": {"sigma": 0.5, "alpha": 2}}]), "evaluation.certifiers[0].params.alpha", "less than 1"),
     ("certifier-unknown-param", _with("evaluation.certifiers", [{"name": "smoothing", "params": {"noise": 0.5}}]), "evaluation.certifiers[0].params.noise", "allowed: sigma, n0, n"),

@@ -77,6 +77,11 @@ class GloroTraining(Method):
         self._pending: list[Tensor] | None = None
         self._k_sub: Tensor | None = None
 
+    @classmethod
+    def certifier_defaults(cls, params: MethodParams) -> dict[str, dict[str, Any]]:
+        """GloRo certifies l2 balls; bound-propagation certifiers of its nets default to l2 too."""
+        return {"ibp": {"norm": "l2"}, "crown": {"norm": "l2"}}
+
     def iterates(self, model: nn.Module) -> tuple[list[Layer], PowerIterates]:
         if self._iterates is None:
             self._layers = layers_of(model, self.context.input_shape)

@@ -78,6 +78,12 @@ def markdown_table(spec: StudySpec, groups: list[Group], param: str, metric: str
     ]
     for g in groups:
         cells = [fmt_value(g.value), searched_values(spec, g.best, param), str(g.trials), f"{g.best.value(for_value(metric, g.value)):.3f}"]
-        cells += ["–" if math.isnan(v := g.best.value(for_value(m, g.value))) else f"{v:.3f}" for _, m in columns]
+        cells += [_cell(m, g.best.value(for_value(m, g.value))) for _, m in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(metric: str, v: float) -> str:
+    if math.isnan(v):
+        return "–"
+    return f"{v:.0f}" if metric.startswith("audit/") else f"{v:.3f}"  # audit metrics are counts
