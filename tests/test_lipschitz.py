@@ -173,3 +173,8 @@ def test_gloro_training_keeps_iterates_and_reports_converged_constant() -> None:
     final = method.final_metrics(model, None, batch_size=64, seed=0)  # type: ignore[arg-type]
     assert final["test/gloro_k_sub_power"] <= final["test/gloro_k_sub_exact"] * (1 + 1e-6)
     assert final["test/gloro_k_sub_ratio"] > 0.9
+
+
+def test_relu_must_follow_an_affine_layer() -> None:
+    with pytest.raises(UnsupportedLayer, match="follow an affine layer"):
+        layers_of(nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.ReLU(), nn.ReLU(), nn.Linear(4, 2)), (4,))

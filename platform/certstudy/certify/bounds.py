@@ -111,16 +111,14 @@ def ibp(layers: list[Layer], ball: Ball, spec: Tensor | None = None) -> tuple[li
             centre = torch.matmul(spec, layer.module(mid).unsqueeze(-1)).squeeze(-1)
             spread = torch.bmm(w.abs(), rad.unsqueeze(-1)).squeeze(-1)
             return outputs, (centre - spread, centre + spread)
+        elif isinstance(layer.module, nn.Flatten):
+            lo, hi = layer.module(lo), layer.module(hi)
         else:
-            mid, rad = (hi + lo) / 2, (hi - lo) / 2
-            centre = layer.linear(mid)
-            b = layer.bias()
-            if b is not None:
-                centre = centre + b
-            spread = layer.abs_linear(rad)
+            centre = layer.affine(hi + lo, 0.5)  # W mid + b with mid = (hi + lo) / 2
+            spread = layer.abs_linear(hi - lo, 0.5)
             lo, hi = centre - spread, centre + spread
-            if ball.norm == "l2" and _is_first_affine(layers, i) and not isinstance(layer.module, nn.Flatten):
-                exact = layer.linear(ball.x.reshape(len(ball.x), *layer.in_shape)) + (b if b is not None else 0)
+            if ball.norm == "l2" and _is_first_affine(layers, i):
+                exact = layer.affine(ball.x.reshape(len(ball.x), *layer.in_shape))
                 r = ball._eps(exact) * layer.row_norms()
                 lo, hi = torch.maximum(lo, exact - r), torch.minimum(hi, exact + r)
         if i < last:

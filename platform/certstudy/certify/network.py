@@ -56,14 +56,23 @@ class Layer:
             return None
         return b if isinstance(m, nn.Linear) else b.view(-1, 1, 1).expand(self.out_shape)
 
-    def abs_linear(self, z: Tensor) -> Tensor:
-        """The linear part with |weights| (interval radius propagation)."""
+    def affine(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        """scale·W z + b in one op (the scale goes on the weights, a far smaller tensor than z)."""
         m = self.module
         if isinstance(m, nn.Linear):
-            return F.linear(z, m.weight.abs())
+            return F.linear(z, m.weight * scale, m.bias)
         if isinstance(m, nn.Conv2d):
-            return F.conv2d(z, m.weight.abs(), None, m.stride, m.padding, m.dilation, m.groups)
-        return m(z)  # average pooling and flattening have non-negative weights
+            return F.conv2d(z, m.weight * scale, m.bias, m.stride, m.padding, m.dilation, m.groups)
+        return m(z) * scale if scale != 1.0 else m(z)
+
+    def abs_linear(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        """scale·|W| z (interval radius propagation)."""
+        m = self.module
+        if isinstance(m, nn.Linear):
+            return F.linear(z, m.weight.abs() * scale)
+        if isinstance(m, nn.Conv2d):
+            return F.conv2d(z, m.weight.abs() * scale, None, m.stride, m.padding, m.dilation, m.groups)
+        return m(z) * scale if scale != 1.0 else m(z)  # average pooling and flattening have non-negative weights
 
     def row_norms(self) -> Tensor:
         """The l2 norm of each output's weight row, exactly (border effects of padding included)."""
@@ -141,6 +150,8 @@ def layers_of(model: nn.Module, input_shape: tuple[int, ...]) -> list[Layer]:
             out = tuple(m(torch.zeros((1, *shape), device=_device(model), dtype=_dtype(model))).shape[1:])
             layers.append(Layer(m, shape, out))
             shape = out
+    if any(layer.is_relu and (i == 0 or layers[i - 1].is_relu) for i, layer in enumerate(layers)):
+        raise UnsupportedLayer("every ReLU must follow an affine layer (its pre-activation bounds come from that layer)")
     if not layers or layers[-1].is_relu or not isinstance(layers[-1].module, nn.Linear):
         raise UnsupportedLayer("the network must end with a Linear layer (the logits)")
     return layers
