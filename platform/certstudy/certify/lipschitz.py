@@ -17,6 +17,7 @@ zero margin, and a zero margin is never certified.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -92,22 +93,15 @@ def spectral_norm(layer: Layer, *, max_exact_dim: int = 16384, iterations: int =
         return float(torch.linalg.matrix_norm(m.weight.double(), 2)), True
     n_in = math.prod(layer.in_shape)
     if n_in <= max_exact_dim:
-        basis = torch.eye(n_in, dtype=torch.float64, device=_device(layer)).view(n_in, *layer.in_shape)
+        basis = torch.eye(n_in, dtype=torch.float64, device=layer.device).view(n_in, *layer.in_shape)
         matrix = _double(layer).linear(basis).reshape(n_in, -1)  # the transpose of the layer's matrix
         return float(torch.linalg.matrix_norm(matrix, 2)), True
     iterates = PowerIterates([layer])
     return iterates.converge(1e-9, iterations) * (1 + slack), False
 
 
-def _device(layer: Layer) -> torch.device:
-    p = next(layer.module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _double(layer: Layer) -> Layer:
-    import copy
-
-    return Layer(copy.deepcopy(layer.module).double(), layer.in_shape, layer.out_shape)
+    return Layer(copy.deepcopy(layer.module).double(), layer.in_shape, layer.out_shape, layer.device, torch.float64)
 
 
 def last_layer_weight(layers: list[Layer]) -> Tensor:

@@ -34,6 +34,8 @@ class Layer:
     module: nn.Module
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
+    device: torch.device = torch.device("cpu")  # the model's (parameter-free layers have none of their own)
+    dtype: torch.dtype = torch.float32
 
     @property
     def is_relu(self) -> bool:
@@ -77,7 +79,7 @@ class Layer:
     def row_norms(self) -> Tensor:
         """The l2 norm of each output's weight row, exactly (border effects of padding included)."""
         m = self.module
-        ones = torch.ones((1, *self.in_shape), device=_device(m), dtype=_dtype(m))
+        ones = torch.ones((1, *self.in_shape), device=self.device, dtype=self.dtype)
         if isinstance(m, nn.Linear):
             return F.linear(ones, m.weight.square())[0].sqrt()
         if isinstance(m, nn.Conv2d):
@@ -119,16 +121,6 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, ...]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _device(m: nn.Module) -> torch.device:
-    p = next(m.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _dtype(m: nn.Module) -> torch.dtype:
-    p = next(m.parameters(), None)
-    return p.dtype if p is not None else torch.float32
-
-
 def _modules(model: nn.Module) -> list[nn.Module]:
     if isinstance(model, nn.Sequential):
         return [leaf for child in model for leaf in _modules(child)]
@@ -143,12 +135,13 @@ def layers_of(model: nn.Module, input_shape: tuple[int, ...]) -> list[Layer]:
     """The model's layers with their shapes; raises ``UnsupportedLayer`` naming an unknown layer."""
     layers = []
     shape = tuple(input_shape)
+    param = next(model.parameters(), torch.zeros(()))
     with torch.no_grad():
         for m in _modules(model):
             if isinstance(m, nn.AvgPool2d) and (m.ceil_mode or not m.count_include_pad and _pair(m.padding) != (0, 0) or m.divisor_override):
                 raise UnsupportedLayer("AvgPool2d is supported with the default count_include_pad, ceil_mode and divisor")
-            out = tuple(m(torch.zeros((1, *shape), device=_device(model), dtype=_dtype(model))).shape[1:])
-            layers.append(Layer(m, shape, out))
+            out = tuple(m(torch.zeros((1, *shape), device=param.device, dtype=param.dtype)).shape[1:])
+            layers.append(Layer(m, shape, out, param.device, param.dtype))
             shape = out
     if any(layer.is_relu and (i == 0 or layers[i - 1].is_relu) for i, layer in enumerate(layers)):
         raise UnsupportedLayer("every ReLU must follow an affine layer (its pre-activation bounds come from that layer)")
