@@ -21,6 +21,7 @@ x*, which is what the tightness regularizers of ``methods/crown_ibp.py`` measure
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -232,7 +233,7 @@ def crown(layers: list[Layer], ball: Ball, spec: Tensor) -> Tensor:
     bounds: list[Interval] = []
     for i, layer in enumerate(layers[:-1]):
         if i + 1 < len(layers) and layers[i + 1].is_relu and not layer.is_relu:
-            eye = torch.eye(_numel(layer.out_shape), device=ball.x.device, dtype=ball.x.dtype).view(1, -1, *layer.out_shape)
+            eye = torch.eye(math.prod(layer.out_shape), device=ball.x.device, dtype=ball.x.dtype).view(1, -1, *layer.out_shape)
             b = backward(layers, i, eye, bounds, ball)
             assert b.upper is not None
             lo, hi = (t.view(len(ball.x), *layer.out_shape) for t in (b.lower, b.upper))
@@ -246,13 +247,6 @@ def crown_ibp(layers: list[Layer], ball: Ball, spec: Tensor, *, record: bool = F
     """(IBP lower bounds of spec·logits, CROWN-IBP's bound: intermediate bounds from IBP)."""
     ibp_bounds, (ibp_lower, _) = ibp(layers, ball, spec)
     return ibp_lower, backward(layers, len(layers) - 1, spec, ibp_bounds, ball, upper=False, record=record)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 def ibp_margins(layers: list[Layer], ball: Ball, classes: Tensor) -> Tensor:

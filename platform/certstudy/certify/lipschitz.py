@@ -100,6 +100,16 @@ def spectral_norm(layer: Layer, *, max_exact_dim: int = 16384, iterations: int =
     return iterates.converge(1e-9, iterations) * (1 + slack), False
 
 
+def sub_lipschitz(layers: list[Layer], **options: float) -> tuple[float, bool]:
+    """(K_sub: the product of ``spectral_norm`` over the layers below the last, whether every one was exact)."""
+    k_sub, exact = 1.0, True
+    for layer in layers[:-1]:
+        if has_norm(layer):
+            s, ok = spectral_norm(layer, **options)  # type: ignore[arg-type]
+            k_sub, exact = k_sub * s, exact and ok
+    return k_sub, exact
+
+
 def _double(layer: Layer) -> Layer:
     return Layer(copy.deepcopy(layer.module).double(), layer.in_shape, layer.out_shape, layer.device, torch.float64)
 
@@ -165,11 +175,7 @@ class LipschitzCertifier(Certifier):
     def constants(self, model: nn.Module) -> tuple[Tensor, bool]:
         p = self.params
         layers = layers_of(model, self.context.input_shape)
-        k_sub, exact = 1.0, True
-        for layer in layers[:-1]:
-            if has_norm(layer):
-                s, ok = spectral_norm(layer, max_exact_dim=p.max_exact_dim, iterations=p.iterations, slack=p.slack)
-                k_sub, exact = k_sub * s, exact and ok
+        k_sub, exact = sub_lipschitz(layers, max_exact_dim=p.max_exact_dim, iterations=p.iterations, slack=p.slack)
         return margin_constants(k_sub, last_layer_weight(layers).detach().double()), exact
 
     def certify(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> CertifyResult:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
-from certstudy.certify.lipschitz import PowerIterates, bottom_logit, has_norm, last_layer_weight, margin_constants, spectral_norm
+from certstudy.certify.lipschitz import PowerIterates, bottom_logit, last_layer_weight, margin_constants, sub_lipschitz
 from certstudy.certify.network import Layer, layers_of
 from certstudy.data.base import Splits
 from certstudy.methods.base import Method, MethodParams
@@ -120,7 +120,7 @@ class GloroTraining(Method):
         """The converged-and-frozen power estimate of K_sub against the exact product (ratio <= 1)."""
         layers, iterates = self.iterates(model)
         frozen = iterates.converge(1e-4, 200)
-        exact = math.prod(spectral_norm(layer)[0] for layer in layers[:-1] if has_norm(layer))
+        exact = sub_lipschitz(layers)[0]
         return {"test/gloro_k_sub_power": frozen, "test/gloro_k_sub_exact": exact, "test/gloro_k_sub_ratio": frozen / exact if exact > 0 else 1.0}
 
     def state_dict(self) -> dict[str, Tensor | float | int]:
