@@ -14,6 +14,7 @@ from ray.tune.execution import tune_controller
 from ray.tune.search.optuna import OptunaSearch
 
 from certstudy.study.optuna_bridge import StudySearcher
+from certstudy.study.pruning import PruningConfig
 from certstudy.study.results import OPTUNA_TRIAL_KEY
 
 
@@ -44,10 +45,47 @@ def test_study_searcher_tags_trials_and_records_failures_as_fail() -> None:
     s = StudySearcher(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max")
     config = s.suggest("t1")
     assert config[OPTUNA_TRIAL_KEY] == 0 and 0 <= config["x"] <= 1
-    s.on_trial_result("t1", {"m": 0.5, "training_iteration": 1})
+    s.observe("t1", {"m": 0.5, "training_iteration": 1})  # the scheduler's call, once per epoch
     s.note_error("t1", "RuntimeError: boom")
     s.on_trial_complete("t1", result={"m": 0.5}, error=True)
     trial = s.study.trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs == {"ray_trial_id": "t1", "fail_reason": "RuntimeError: boom"}
     assert trial.intermediate_values == {1: 0.5}
+
+
+# --- pruning (study/optuna_bridge.py, study/stop_board.py, study/runner.py:resume) -------------
+
+
+def test_the_scheduler_sees_each_result_before_the_searcher() -> None:
+    """StudyScheduler.on_trial_result reports to Optuna and decides; the searcher's own hook is then a no-op."""
+    src = inspect.getsource(tune_controller.TuneController._process_trial_result)
+    assert src.index("_scheduler_alg.on_trial_result") < src.index("_search_alg.on_trial_result")
+
+
+def test_optuna_search_hard_codes_a_nop_pruner_that_the_study_lets_us_replace() -> None:
+    src = inspect.getsource(OptunaSearch._setup_study)
+    assert "NopPruner()" in src and "create_study(" in src
+    s = StudySearcher(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max", pruning=PruningConfig(pruner={"name": "threshold", "lower": 0.5}))
+    assert isinstance(s._ot_study.pruner, optuna.pruners.ThresholdPruner)
+
+
+def test_optuna_search_checkpoints_its_whole_dict_and_restores_in_place() -> None:
+    """Pruning state lives in StudySearcher's __dict__ and must survive Ray's experiment checkpoints."""
+    assert "self.__dict__.copy()" in inspect.getsource(OptunaSearch.save)
+    assert "self.__dict__.update(save_object)" in inspect.getsource(OptunaSearch.restore)
+
+
+def test_tuner_state_is_one_pickle_so_scheduler_and_callbacks_keep_the_searcher() -> None:
+    from ray.tune.impl import tuner_internal
+
+    assert "pickle.dumps(self.__getstate__())" in inspect.getsource(tuner_internal.TunerInternal)
+    assert hasattr(tuner_internal.TunerInternal, "get_run_config")
+    src = inspect.getsource(tune_controller.TuneController)
+    assert "self._search_alg.restore_from_dir(" in src and "self._callbacks.restore_from_dir(" in src
+
+
+def test_a_stopped_trial_reaches_the_searcher_as_complete() -> None:
+    """Why pruning is not a Ray STOP: stock Ray would tell Optuna COMPLETE with a truncated value."""
+    src = inspect.getsource(tune_controller.TuneController.stop_trial)
+    assert "self._search_alg.on_trial_complete(" in src

@@ -1,4 +1,4 @@
-"""``certstudy``: validate | launch | export | run | ui.
+"""``certstudy``: validate | launch | resume | export | run | ui.
 
 Every command takes ``--workdir`` (default ``./certstudy-runs`` or ``$CERTSTUDY_HOME``). Bad input
 exits 2 with one line naming the file, the field, the value and what is allowed; nothing starts.
@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +21,9 @@ from rich.table import Table
 from certstudy import __version__
 from certstudy.errors import CertstudyError
 from certstudy.workdir import Workdir
+
+if TYPE_CHECKING:
+    from certstudy.study.runner import StudyOutcome
 
 # Off a terminal (CI logs, pipes) rich would wrap at 80 columns; tables read better wider.
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -48,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the work directory)")
     p.add_argument("--overwrite", action="store_true", help="delete earlier results of a study of the same name (default: move them to <study>.prev-<time>)")
     p.add_argument("--num-trials", type=int, help="override search.num_trials")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
+
+    p = sub.add_parser("resume", help="continue an interrupted study where it stopped")
+    p.add_argument("study")
+    _add_workdir(p)
+    p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or HOST:PORT); default: start Ray locally")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
 
     p = sub.add_parser("export", help="write the best configurations of a study as re-runnable study files")
@@ -100,17 +109,28 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from certstudy.study.runner import launch
 
     outcome = launch(spec, workdir, address=args.address, tracking_uri=args.tracking_uri, overwrite=args.overwrite, verbose=args.verbose, console=console)
+    return _report_outcome(outcome, workdir)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from certstudy.study.runner import resume
+
+    workdir = Workdir.resolve(args.workdir)
+    return _report_outcome(resume(args.study, workdir, address=args.address, verbose=args.verbose, console=console), workdir)
+
+
+def _report_outcome(outcome: "StudyOutcome", workdir: Workdir) -> int:
     c = outcome.counts
     console.print(
-        f"study {outcome.name}: {c.get('completed', 0)} completed, {c.get('failed', 0)} failed in {outcome.timings.get('total', 0):.0f}s; "
+        f"study {outcome.name}: {c.get('completed', 0)} completed, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed in {outcome.timings.get('total', 0):.0f}s; "
         f"MLflow experiment {outcome.experiment_id}, parent run {outcome.parent_run_id} (certstudy ui --workdir {workdir.root}); "
         f"next: certstudy export {outcome.name} --workdir {workdir.root}",
         highlight=False,
     )
     if outcome.interrupted:
-        err_console.print(f"study {outcome.name} was interrupted; every open MLflow run was closed as KILLED", highlight=False)
+        err_console.print(f"study {outcome.name} was interrupted; every open MLflow run was closed as KILLED (continue it: certstudy resume {outcome.name} --workdir {workdir.root})", highlight=False)
         return 130
-    return 0 if c.get("completed", 0) > 0 else 1
+    return 0 if c.get("completed", 0) + c.get("pruned", 0) > 0 else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -210,7 +230,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
-COMMANDS = {"validate": cmd_validate, "launch": cmd_launch, "export": cmd_export, "run": cmd_run, "ui": cmd_ui}
+COMMANDS = {"validate": cmd_validate, "launch": cmd_launch, "resume": cmd_resume, "export": cmd_export, "run": cmd_run, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

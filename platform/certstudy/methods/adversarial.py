@@ -38,10 +38,18 @@ class AdversarialParams(PGDParams):
     """PGD-AT has only the attack's parameters."""
 
 
+def pgd_threat_model(params: PGDParams) -> tuple[str, float]:
+    return params.norm, params.eps
+
+
 @METHODS.register("adversarial")
 class AdversarialTraining(Method):
     Params = AdversarialParams
     params: AdversarialParams
+
+    @classmethod
+    def threat_model(cls, params: MethodParams) -> tuple[str, float] | None:
+        return pgd_threat_model(params)  # type: ignore[arg-type]
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(model(pgd_points(self.params, model, x, y, self.context.bounds)), y)

@@ -52,6 +52,12 @@ class Method:
         smoothing certifier's sigma is the training sigma); a study's own values override them."""
         return {}
 
+    @classmethod
+    def threat_model(cls, params: MethodParams) -> tuple[str, float] | None:
+        """The (norm, radius) the method trains against, for evaluations that attack at the
+        training radius (``evaluation.attack.at_training_radius``); None when it has none."""
+        return None
+
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """The network the method trains (e.g. with extra outputs); default: unchanged."""
         return model

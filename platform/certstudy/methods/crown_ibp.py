@@ -62,6 +62,11 @@ class CrownIbpTraining(Method):
         assert isinstance(params, CrownIbpParams)
         return {"ibp": {"norm": params.norm}, "crown": {"norm": params.norm}}
 
+    @classmethod
+    def threat_model(cls, params: MethodParams) -> tuple[str, float] | None:
+        assert isinstance(params, CrownIbpParams)
+        return params.norm, params.eps
+
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         p = self.params
         ramp = max(1.0, p.ramp_fraction * (self.context.epochs - p.warmup_epochs))

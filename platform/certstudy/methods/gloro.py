@@ -82,6 +82,11 @@ class GloroTraining(Method):
         """GloRo certifies l2 balls; bound-propagation certifiers of its nets default to l2 too."""
         return {"ibp": {"norm": "l2"}, "crown": {"norm": "l2"}}
 
+    @classmethod
+    def threat_model(cls, params: MethodParams) -> tuple[str, float] | None:
+        assert isinstance(params, GloroParams)
+        return "l2", params.eps
+
     def iterates(self, model: nn.Module) -> tuple[list[Layer], PowerIterates]:
         if self._iterates is None:
             self._layers = layers_of(model, self.context.input_shape)

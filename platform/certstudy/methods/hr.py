@@ -34,8 +34,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from certstudy.data.base import Splits
-from certstudy.methods.adversarial import PGDParams, pgd_points
-from certstudy.methods.base import Method
+from certstudy.methods.adversarial import PGDParams, pgd_points, pgd_threat_model
+from certstudy.methods.base import Method, MethodParams
 from certstudy.methods.registry import METHODS
 from certstudy.models.base import eval_mode
 
@@ -125,6 +125,10 @@ class HRParams(PGDParams):
 
 @METHODS.register("hr")
 class HolisticRobust(Method):
+    @classmethod
+    def threat_model(cls, params: MethodParams) -> tuple[str, float] | None:
+        return pgd_threat_model(params)  # type: ignore[arg-type]
+
     """HR training; alpha = r = 0 is exactly ERM (eps = 0) or PGD adversarial training (eps > 0)."""
 
     Params = HRParams

@@ -15,12 +15,13 @@ from typing import Any, Callable, TypeVar
 import yaml
 from ray.tune import Callback
 
-from certstudy.study.optuna_bridge import trial_error_reason
+from certstudy.study.optuna_bridge import StudySearcher, trial_error_reason
 from certstudy.study.progress import Progress
-from certstudy.study.results import OPTUNA_TRIAL_KEY, failure_reason, numeric_metrics, result_tags
+from certstudy.study.pruning import PruneDecision
+from certstudy.study.results import OPTUNA_TRIAL_KEY, failure_reason, result_tags, series_metrics
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec, dump_study
-from certstudy.study.tracking import MODEL_ARTIFACT_DIR, OPTUNA_TAG, REASON_TAG, STATUS_TAG, STUDY_TAG, Tracker
+from certstudy.study.tracking import MODEL_ARTIFACT_DIR, OPTUNA_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, REASON_TAG, STATUS_TAG, STUDY_TAG, Tracker
 from certstudy.trial.checkpoint import ARTIFACTS_DIR, MODEL_FILE
 
 
@@ -42,6 +43,10 @@ def timed(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def prune_tags(decision: PruneDecision) -> dict[str, str]:
+    return {STATUS_TAG: "pruned", PRUNE_REASON_TAG: decision.reason, PRUNED_AT_TAG: str(decision.epoch), "certstudy.prune_detail": decision.detail}
+
+
 def trial_label(trial: Any) -> str:
     number = trial.config.get(OPTUNA_TRIAL_KEY)
     return f"trial {number}" if number is not None else trial.trial_id
@@ -59,7 +64,8 @@ class MlflowTrialCallback(Callback):
 
     FLUSH_SECONDS = 2.0
 
-    def __init__(self, tracking_uri: str, artifact_root: str | None, experiment_id: str, parent_run_id: str, spec: dict[str, Any]) -> None:
+    def __init__(self, tracking_uri: str, artifact_root: str | None, experiment_id: str, parent_run_id: str, spec: dict[str, Any], searcher: StudySearcher | None = None) -> None:
+        self.searcher = searcher  # the source of prune decisions (restored with it by Tuner.restore)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.experiment_id = experiment_id
@@ -189,7 +195,7 @@ class MlflowTrialCallback(Callback):
         if failure_reason(result) is not None:
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        self._submit(self._buffer_metrics, trial.trial_id, dict(trial.config), numeric_metrics(result), step)
+        self._submit(self._buffer_metrics, trial.trial_id, dict(trial.config), series_metrics(result), step)
         tags = result_tags(result)
         if tags:
             self._submit(self._write_tags, trial.trial_id, dict(trial.config), tags)
@@ -209,7 +215,8 @@ class MlflowTrialCallback(Callback):
                     shutil.copy(Path(d) / MODEL_FILE, model_dir)
                     if (Path(d) / ARTIFACTS_DIR).is_dir():
                         shutil.copytree(Path(d) / ARTIFACTS_DIR, Path(model_dir) / ARTIFACTS_DIR)
-        self._end(trial, "FINISHED", {STATUS_TAG: "completed"}, model_dir)
+        decision = self.searcher.prune_decision(trial.trial_id) if self.searcher is not None else None
+        self._end(trial, "FINISHED", prune_tags(decision) if decision else {STATUS_TAG: "completed"}, model_dir)
 
     @timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -234,13 +241,14 @@ class MlflowTrialCallback(Callback):
 
 
 class ProgressCallback(Callback):
-    """Feeds trial events to the live progress display."""
+    """Feeds trial events to the live progress display (re-attached after a restore)."""
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress | None, searcher: StudySearcher | None = None) -> None:
         self.progress = progress
+        self.searcher = searcher
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"progress": None}
+        return {"progress": None, "searcher": self.searcher}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress:
@@ -253,8 +261,9 @@ class ProgressCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress:
             reason = failure_reason(trial.last_result)
+            decision = self.searcher.prune_decision(trial.trial_id) if self.searcher is not None else None
             if reason is None:
-                self.progress.completed(trial.trial_id, trial.last_result)
+                self.progress.completed(trial.trial_id, trial.last_result, decision)
             else:
                 self.progress.failed(trial.trial_id, reason)
 

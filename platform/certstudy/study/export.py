@@ -1,6 +1,7 @@
 """``certstudy export``: the best trials of a study as re-runnable study files.
 
-Reads the study's latest parent run in MLflow and its finished child runs. Each exported entry is
+Reads the study's latest parent run in MLflow and its finished child runs, completed or pruned,
+each at its best epoch where it ended on one (``best/`` metrics, see ``results.summary_metrics``). Each exported entry is
 a complete study document (the trial's resolved configuration: every hyperparameter fixed) with a
 ``provenance`` block: the metrics it reached, its MLflow run id and its Optuna trial number.
 ``--top K`` ranks by one metric; ``--pareto`` keeps the trials no other trial beats on every
@@ -18,8 +19,9 @@ import yaml
 from mlflow.entities import Run
 
 from certstudy.errors import CertstudyError, SpecError
+from certstudy.study.results import BEST_EPOCH_KEY, summary_metrics
 from certstudy.study.spec import Objective, StudySpec, load_study
-from certstudy.study.tracking import OPTUNA_TAG, STATUS_TAG, Tracker
+from certstudy.study.tracking import OPTUNA_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, STATUS_TAG, Tracker
 from certstudy.workdir import Workdir
 
 @dataclass
@@ -43,8 +45,8 @@ def finished_trials(tracker: Tracker, spec: StudySpec) -> tuple[Run, list[Candid
     parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
     if parent is None:
         raise CertstudyError(f"no MLflow runs for study {spec.name!r} at {tracker.tracking_uri}")
-    runs = [r for r in tracker.child_runs(exp.experiment_id, parent.info.run_id) if r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) == "completed"]
-    return parent, [Candidate(r, dict(r.data.metrics)) for r in runs]
+    runs = [r for r in tracker.child_runs(exp.experiment_id, parent.info.run_id) if r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) in ("completed", "pruned")]
+    return parent, [Candidate(r, summary_metrics(r.data.metrics)) for r in runs]
 
 
 def rank(candidates: list[Candidate], metric: str, mode: str) -> list[Candidate]:
@@ -81,6 +83,8 @@ def _entry(tracker: Tracker, spec: StudySpec, parent: Run, cand: Candidate, rank
         "mlflow_parent_run_id": parent.info.run_id,
         "mlflow_experiment_id": cand.run.info.experiment_id,
         "optuna_trial": int(optuna_number) if optuna_number not in (None, "None") else None,
+        **({"best_epoch": int(cand.metrics[BEST_EPOCH_KEY])} if BEST_EPOCH_KEY in cand.metrics else {}),
+        **({"prune_reason": tags[PRUNE_REASON_TAG], "pruned_at_epoch": int(tags[PRUNED_AT_TAG])} if PRUNE_REASON_TAG in (tags := cand.run.data.tags) else {}),
         "metrics": {k: cand.metrics[k] for k in sorted(cand.metrics)},
     }
     return doc

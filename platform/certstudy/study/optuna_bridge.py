@@ -1,25 +1,44 @@
-"""Optuna inside Ray Tune: a searcher that proposes trials and a scheduler beside it.
+"""Optuna inside Ray Tune: a searcher that proposes and records trials, a scheduler that prunes.
 
-Ray's ``OptunaSearch`` proposes configurations well but records outcomes poorly: a trial that
-errored after reporting is told to Optuna as COMPLETE, and nothing links an Optuna trial to its
-Ray trial. ``StudySearcher`` subclasses it (Ray 2.60 is pinned; ``tests/test_ray_contract.py``
-fails loudly if the private names used here change) and ``StudyScheduler``, a thin
-``FIFOScheduler``, holds a reference to it. The split follows Ray's roles: the searcher proposes
-and records, the scheduler decides about running trials. Both are pickled together into the
-experiment state, so after ``Tuner.restore`` the scheduler still points at the restored searcher.
+Ray's ``OptunaSearch`` proposes configurations well but records outcomes poorly: it hard-codes a
+no-op pruner and never asks Optuna whether to prune, a trial stopped by a Ray scheduler reaches
+Optuna as COMPLETE with its truncated value, a trial that errored after reporting is told as
+COMPLETE too, and nothing links an Optuna trial to its Ray trial. ``StudySearcher`` subclasses it
+(Ray 2.60 is pinned; ``tests/test_ray_contract.py`` fails loudly if the private names used here
+change) and ``StudyScheduler``, a thin ``FIFOScheduler``, holds a reference to it.
+
+Pruning, after every epoch (Ray calls the scheduler before the searcher, and only the scheduler
+can act on a running trial): the scheduler hands the result to ``StudySearcher.observe``, which
+reports the objective to Optuna at step = epoch, asks the study's pruner, applies the
+overfitting rule, and records a decision (Optuna user attrs ``prune_reason``,
+``pruned_at_epoch``). The scheduler posts the decision on the study's stop board; the trial reads
+it as soon as its ``tune.report`` returns, stops training and finishes on its best epoch; the
+searcher then tells Optuna PRUNED (its last intermediate value kept).
+
+All pruning state lives in the searcher, which Ray saves with every experiment checkpoint and
+restores in place; ``tuner.pkl`` pickles searcher, scheduler and callbacks together, so after
+``Tuner.restore`` the scheduler and the callbacks still point at the restored searcher. The
+Optuna storage (sqlite) is the second record: decisions found there are taken back on restore.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.schedulers import FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from certstudy.study.results import FAILURE_KEY, OPTUNA_TRIAL_KEY, failure_reason
+from certstudy.study.pruning import PruneDecision, PruningConfig
+from certstudy.study.results import BEST_EPOCH_KEY, FAILURE_KEY, OPTUNA_TRIAL_KEY, failure_reason
+from certstudy.study.stop_board import post_stop
+
+logger = logging.getLogger(__name__)
+PRUNE_REASON_ATTR = "prune_reason"
+PRUNED_AT_ATTR = "pruned_at_epoch"
 
 
 def make_sampler(name: str, multi_objective: bool, seed: int) -> optuna.samplers.BaseSampler:
@@ -31,12 +50,75 @@ def make_sampler(name: str, multi_objective: bool, seed: int) -> optuna.samplers
     return optuna.samplers.TPESampler(seed=seed)
 
 
-class StudySearcher(OptunaSearch):
-    """``OptunaSearch`` that records failures as FAIL (with a reason) and tags each trial."""
+def _epoch(result: Mapping[str, Any]) -> int:
+    return int(result.get("epoch", result.get("training_iteration", 0)))
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+
+class StudySearcher(OptunaSearch):
+    """``OptunaSearch`` that prunes, records failures as FAIL (with a reason) and pruned trials as
+    PRUNED, and tags each Optuna trial with its Ray trial id."""
+
+    def __init__(self, *args: Any, pruning: PruningConfig | None = None, **kwargs: Any) -> None:
+        self._pruning = pruning or PruningConfig()
         self._errors: dict[str, str] = {}
+        self._pruned: dict[str, PruneDecision] = {}
+        self._observed: dict[str, int] = {}  # trial id -> last epoch observed
+        self._series: dict[str, dict[int, tuple[float, float]]] = {}  # for the overfitting rule
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode: Any) -> None:
+        super()._setup_study(mode)
+        if self._pruning.pruner.name != "none" and isinstance(mode, str):
+            self._ot_study.pruner = self._pruning.pruner.build()
+
+    # pruning ---------------------------------------------------------------------------------
+
+    def observe(self, trial_id: str, result: Mapping[str, Any]) -> PruneDecision | None:
+        """Records one epoch's result and returns the trial's prune decision (a new one, or the
+        one taken earlier), or None. Each epoch is taken once: a result seen again (Ray's final
+        duplicate, or an epoch repeated after a resume) changes nothing."""
+        if failure_reason(result) is not None or BEST_EPOCH_KEY in result or trial_id not in self._ot_trials:
+            return self._pruned.get(trial_id)
+        epoch = _epoch(result)
+        if epoch <= self._observed.get(trial_id, -1) or trial_id in self._pruned:
+            return self._pruned.get(trial_id)
+        self._observed[trial_id] = epoch
+        ot_trial = self._ot_trials[trial_id]
+        decision = None
+        value = result.get(self.metric) if isinstance(self.metric, str) else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            ot_trial.report(float(value), epoch)
+            if self._pruning.pruner.name != "none" and ot_trial.should_prune():
+                decision = PruneDecision(self._pruning.pruner.name, epoch, f"{self.metric} {value:.4f} at epoch {epoch}")
+        rule = self._pruning.overfitting
+        if decision is None and rule is not None:
+            series = self._series.setdefault(trial_id, {})
+            series[epoch] = (float(result.get(rule.metric, math.nan)), float(result.get(rule.gap_metric, math.nan)))
+            detail = rule.check(series)
+            if detail is not None:
+                decision = PruneDecision("overfitting", epoch, detail)
+        if decision is not None:
+            self._pruned[trial_id] = decision
+            ot_trial.set_user_attr(PRUNE_REASON_ATTR, decision.reason)
+            ot_trial.set_user_attr(PRUNED_AT_ATTR, decision.epoch)
+            ot_trial.set_user_attr("prune_detail", decision.detail)
+        return decision
+
+    def prune_decision(self, trial_id: str) -> PruneDecision | None:
+        return self._pruned.get(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Ray's restore, then decisions that reached the Optuna storage after the checkpoint."""
+        super().restore(checkpoint_path)
+        self.__dict__.setdefault("_pruned", {})
+        by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        for trial_id, ot_trial in self._ot_trials.items():
+            stored = by_number.get(ot_trial.number)
+            if stored is not None and trial_id not in self._pruned and PRUNE_REASON_ATTR in stored.user_attrs:
+                attrs = stored.user_attrs
+                self._pruned[trial_id] = PruneDecision(str(attrs[PRUNE_REASON_ATTR]), int(attrs.get(PRUNED_AT_ATTR, -1)), str(attrs.get("prune_detail", "")))
+
+    # Ray hooks -------------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -47,26 +129,24 @@ class StudySearcher(OptunaSearch):
         return {**config, OPTUNA_TRIAL_KEY: ot_trial.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if failure_reason(result) is not None:
-            return
-        value = result.get(self.metric) if isinstance(self.metric, str) else None
-        if isinstance(value, float) and math.isnan(value):
-            return  # an objective measured only at the end (e.g. certified val accuracy)
-        super().on_trial_result(trial_id, result)
+        """Nothing: ``observe`` (called by the scheduler, which runs first) has recorded the epoch."""
 
     def note_error(self, trial_id: str, reason: str) -> None:
         self._errors[trial_id] = reason
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         reason = failure_reason(result) or (self._errors.get(trial_id, "trial errored") if error else None)
-        if reason is None:
+        if reason is None and trial_id not in self._pruned:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        ot_trial.set_user_attr("fail_reason", reason)
-        self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        if reason is not None:
+            ot_trial.set_user_attr("fail_reason", reason)
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        else:
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)  # keeps the last intermediate value
         self._completed_trials.add(trial_id)
 
     @property
@@ -75,11 +155,23 @@ class StudySearcher(OptunaSearch):
 
 
 class StudyScheduler(FIFOScheduler):
-    """Runs trials first-in first-out; passes error reasons to the searcher before it records them."""
+    """Runs trials first-in first-out, asks the searcher after every epoch whether to prune, and
+    passes error reasons to the searcher before it records them. It holds no state of its own."""
 
-    def __init__(self, searcher: StudySearcher) -> None:
+    def __init__(self, searcher: StudySearcher, study: str) -> None:
         super().__init__()
         self.searcher = searcher
+        self.study = study
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = self.searcher.observe(trial.trial_id, result)
+        if decision is None or BEST_EPOCH_KEY in result or failure_reason(result) is not None:
+            return TrialScheduler.CONTINUE
+        if post_stop(self.study, trial.trial_id, decision.reason, decision.epoch):
+            # The trial read the request and still trained another epoch: stop it the hard way.
+            logger.warning("trial %s ignored its stop request; stopping it", trial.trial_id)
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         self.searcher.note_error(trial.trial_id, trial_error_reason(trial))

@@ -16,6 +16,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from certstudy.study.pruning import PruneDecision
+from certstudy.study.results import summary_metrics
 from certstudy.study.spec import Objective
 
 
@@ -33,8 +35,9 @@ class TrialView:
 
 
 class Progress:
-    def __init__(self, study: str, objectives: list[Objective], num_trials: int, default_method: str, console: Console | None = None) -> None:
+    def __init__(self, study: str, objectives: list[Objective], num_trials: int, default_method: str, console: Console | None = None, earlier: dict[str, int] | None = None) -> None:
         self.study = study
+        self.earlier = dict(earlier or {})  # trials that ended before a resume
         self.objectives = objectives
         self.num_trials = num_trials
         self.default_method = default_method
@@ -73,17 +76,22 @@ class Progress:
             return
         view.epoch = int(result.get("epoch", view.epoch))
         view.compute_s = float(result.get("time_total_s", view.compute_s))
-        view.metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        view.metrics = summary_metrics({k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         self._refresh()
 
-    def completed(self, trial_id: str, result: dict[str, Any] | None) -> None:
+    def completed(self, trial_id: str, result: dict[str, Any] | None, pruned: PruneDecision | None = None) -> None:
+        """A trial that ended normally, or was pruned (its metrics are then its best epoch's)."""
         view = self.trials.get(trial_id)
         if view is None:
             return
         if result:
             self.result(trial_id, result)
-        view.state, view.ended_at = "completed", time.monotonic()
-        self._event(f"{view.label} ({view.method}) completed: {self._objective_text(view)}")
+        view.state, view.ended_at = ("pruned" if pruned else "completed"), time.monotonic()
+        if pruned:
+            view.reason = pruned.reason
+            self._event(f"{view.label} ({view.method}) pruned at epoch {pruned.epoch} ({pruned.reason}: {pruned.detail}); best epoch: {self._objective_text(view)}")
+        else:
+            self._event(f"{view.label} ({view.method}) completed: {self._objective_text(view)}")
 
     def failed(self, trial_id: str, reason: str) -> None:
         view = self.trials.get(trial_id)
@@ -95,7 +103,9 @@ class Progress:
     # rendering -------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        out = {"running": 0, "completed": 0, "failed": 0}
+        out = {"running": 0, "completed": 0, "pruned": 0, "failed": 0}
+        for state, n in self.earlier.items():
+            out[state] = out.get(state, 0) + n
         for v in self.trials.values():
             out[v.state] = out.get(v.state, 0) + 1
         return out
@@ -108,7 +118,7 @@ class Progress:
 
     def best(self) -> TrialView | None:
         obj = self.objectives[0]
-        done = [v for v in self.trials.values() if v.state == "completed" and math.isfinite(v.metrics.get(obj.metric, math.nan))]
+        done = [v for v in self.trials.values() if v.state in ("completed", "pruned") and math.isfinite(v.metrics.get(obj.metric, math.nan))]
         if not done:
             return None
         return (max if obj.mode == "max" else min)(done, key=lambda v: v.metrics[obj.metric])
@@ -122,7 +132,7 @@ class Progress:
         best_text = f"best {self._objective_text(best)} ({best.label}, {best.method})" if best else "best: none yet"
         elapsed = time.monotonic() - self.t0
         return Text(
-            f"{self.study}: {c['completed']}/{self.num_trials} completed, {c['running']} running, {c['failed']} failed | {best_text} | {elapsed:5.0f}s",
+            f"{self.study}: {c['completed'] + c['pruned']}/{self.num_trials} done ({c['pruned']} pruned), {c['running']} running, {c['failed']} failed | {best_text} | {elapsed:5.0f}s",
         )
 
     def _refresh(self) -> None:
@@ -138,14 +148,16 @@ class Progress:
 
     def summary(self, top: int = 5) -> Table:
         obj = self.objectives[0]
-        done = [v for v in self.trials.values() if v.state == "completed" and obj.metric in v.metrics]
+        done = [v for v in self.trials.values() if v.state in ("completed", "pruned") and obj.metric in v.metrics]
         done.sort(key=lambda v: v.metrics[obj.metric], reverse=obj.mode == "max")
         table = Table(title=f"top trials of {self.study} by {obj.metric} ({obj.mode})")
         columns = [o.metric for o in self.objectives] + [m for m in ("val/clean_acc", "test/clean_acc", "test/robust_acc") if m not in {o.metric for o in self.objectives}]
         table.add_column("trial")
         table.add_column("method")
+        table.add_column("epochs", justify="right")
         for col in columns:
             table.add_column(col, justify="right")
         for v in done[:top]:
-            table.add_row(v.label, v.method, *(f"{v.metrics[c]:.4f}" if c in v.metrics else "-" for c in columns))
+            epochs = f"{v.epoch + 1}" + (f" (pruned: {v.reason})" if v.state == "pruned" else "")
+            table.add_row(v.label, v.method, epochs, *(f"{v.metrics[c]:.4f}" if c in v.metrics else "-" for c in columns))
         return table

@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 FAILURE_KEY = "certstudy_failure"
 OPTUNA_TRIAL_KEY = "_optuna_trial"
+BEST_PREFIX = "best/"
+BEST_EPOCH_KEY = "best/epoch"  # in the last report of a trial that ended on its best epoch
 
 
 def failure_reason(result: Mapping[str, Any] | None) -> str | None:
@@ -45,4 +47,20 @@ def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     for key, value in result.items():
         if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             out[key] = float(value)
+    return out
+
+
+def series_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """What MLflow records for one report at its epoch step: the numeric metrics, less the
+    per-epoch names that the last report of a best-epoch trial repeats with the best epoch's value
+    (they stay under ``best/``, so the learning curves are not bent at the end)."""
+    out = numeric_metrics(result)
+    return {k: v for k, v in out.items() if BEST_PREFIX + k not in out}
+
+
+def summary_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A trial's metrics as results and exports read them: the best epoch's values (``best/<name>``)
+    in place of the last epoch's, where the trial ended on its best epoch."""
+    out = dict(metrics)
+    out.update({k[len(BEST_PREFIX) :]: v for k, v in metrics.items() if k.startswith(BEST_PREFIX) and k != BEST_EPOCH_KEY})
     return out

@@ -20,16 +20,19 @@ from typing import Any
 
 import optuna
 import ray
+from optuna.trial import TrialState
 import yaml
 from rich.console import Console
 from ray import tune
 
+from certstudy.errors import CertstudyError
 from certstudy.study.callbacks import MlflowTrialCallback, ProgressCallback
 from certstudy.study.optuna_bridge import StudyScheduler, StudySearcher, make_sampler
 from certstudy.study.progress import Progress
 from certstudy.study.results import OPTUNA_TRIAL_KEY, collapse
 from certstudy.study.space import SearchSpace
-from certstudy.study.spec import StudySpec, dump_study
+from certstudy.study.spec import StudySpec, dump_study, load_study
+from certstudy.study.stop_board import open_board
 from certstudy.study.tracking import REASON_TAG, STATUS_TAG, Tracker
 from certstudy.study.trainable import train_trial
 from certstudy.workdir import Workdir
@@ -76,6 +79,7 @@ def _make_searcher(spec: StudySpec, workdir: Workdir) -> StudySearcher:
         study_name=spec.name,
         storage=optuna.storages.RDBStorage(workdir.optuna_url(spec.name)),
         points_to_evaluate=[dict(p) for p in spec.search.start_points] or None,
+        pruning=spec.pruning,
     )
 
 
@@ -125,10 +129,51 @@ def _setup_tracking(spec: StudySpec, workdir: Workdir, uri: str, study_yaml: str
         searcher = _make_searcher(spec, workdir)
         searcher.study.set_user_attr("mlflow_parent_run_id", parent)
         searcher.study.set_user_attr("mlflow_experiment_id", experiment_id)
+        searcher.study.set_user_attr("mlflow_tracking_uri", uri)
     except BaseException as exc:
         tracker.end_run(parent, "FAILED", {STATUS_TAG: "failed", REASON_TAG: collapse(str(exc))})
         raise
     return _Tracking(tracker, experiment_id, parent, searcher)
+
+
+def _trainable(spec: StudySpec, workdir: Workdir) -> Any:
+    trainable = tune.with_parameters(train_trial, study=spec.model_dump(mode="json"), data_dir=str(workdir.data_dir))
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _fit(spec: StudySpec, tuner: tune.Tuner, progress: Progress, tracking_cb: MlflowTrialCallback | None, tracker: Tracker, experiment_id: str, parent: str, timings: dict[str, float], started_ray: bool) -> tuple[str, dict[str, int]]:
+    """Runs the tuner; whatever happens, closes every open MLflow run and the parent run.
+    Returns the parent's final status and the trial counts."""
+    status, reason = "KILLED", "interrupted"
+    try:
+        t2 = time.perf_counter()
+        with progress:
+            tuner.fit()
+        timings["fit"] = time.perf_counter() - t2
+        timings["tracking"] = tracking_cb.seconds if tracking_cb is not None else 0.0
+        timings.update(progress.trial_seconds())
+        counts = progress.counts()
+        ended = counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0)
+        if ended < spec.search.num_trials:  # Ray Tune turns a first Ctrl-C into a graceful stop
+            status, reason = "KILLED", f"interrupted after {ended} of {spec.search.num_trials} trials"
+        else:
+            status, reason = "FINISHED", ""
+    except KeyboardInterrupt:
+        status, reason = "KILLED", "interrupted by the user"
+        raise
+    except Exception as exc:
+        status, reason = "FAILED", collapse(str(exc))
+        raise
+    finally:
+        t3 = time.perf_counter()
+        if tracking_cb is not None:
+            tracking_cb.flush()
+        _close_open_runs(tracker, experiment_id, parent, reason or "study ended before the trial finished")
+        tracker.end_run(parent, status, {STATUS_TAG: status.lower(), **({REASON_TAG: reason} if reason else {})})
+        if started_ray:
+            ray.shutdown()
+        timings["teardown"] = time.perf_counter() - t3
+    return status, progress.counts()
 
 
 def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tracking_uri: str | None = None, overwrite: bool = False, verbose: bool = False, console: Console | None = None) -> StudyOutcome:
@@ -159,17 +204,15 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
     tracker, experiment_id, parent, searcher = ctx.tracker, ctx.experiment_id, ctx.parent_run_id, ctx.searcher
 
     progress = Progress(spec.name, spec.objectives, spec.search.num_trials, spec.method_entries[0].key, console)
-    status, reason = "KILLED", "interrupted"
-    tracking_cb: MlflowTrialCallback | None = None
+    tracking_cb = MlflowTrialCallback(uri, str(workdir.artifact_root), experiment_id, parent, spec.model_dump(mode="json"), searcher)
     try:
-        tracking_cb = MlflowTrialCallback(uri, str(workdir.artifact_root), experiment_id, parent, spec.model_dump(mode="json"))
-        trainable = tune.with_parameters(train_trial, study=spec.model_dump(mode="json"), data_dir=str(workdir.data_dir))
-        resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+        if spec.pruning.enabled:
+            open_board(spec.name)
         tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
+            _trainable(spec, workdir),
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                scheduler=StudyScheduler(searcher),
+                scheduler=StudyScheduler(searcher, spec.name),
                 num_samples=spec.search.num_trials,
                 max_concurrent_trials=spec.search.max_concurrent,
                 reuse_actors=True,
@@ -178,42 +221,81 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
             run_config=tune.RunConfig(
                 name=workdir.ray_experiment_dir(spec.name).name,
                 storage_path=str(study_dir),
-                callbacks=[tracking_cb, ProgressCallback(progress)],
+                callbacks=[tracking_cb, ProgressCallback(progress, searcher)],
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 verbose=0,
             ),
         )
-        t2 = time.perf_counter()
-        with progress:
-            tuner.fit()
-        timings["fit"] = time.perf_counter() - t2
-        timings["tracking"] = tracking_cb.seconds
-        timings.update(progress.trial_seconds())
-        counts = progress.counts()
-        ended = counts.get("completed", 0) + counts.get("failed", 0)
-        if ended < spec.search.num_trials:  # Ray Tune turns a first Ctrl-C into a graceful stop
-            status, reason = "KILLED", f"interrupted after {ended} of {spec.search.num_trials} trials"
-        else:
-            status, reason = "FINISHED", ""
-    except KeyboardInterrupt:
-        status, reason = "KILLED", "interrupted by the user"
-        raise
-    except Exception as exc:
-        status, reason = "FAILED", collapse(str(exc))
-        raise
-    finally:
-        t3 = time.perf_counter()
-        if tracking_cb is not None:
-            tracking_cb.flush()
-        _close_open_runs(tracker, experiment_id, parent, reason or "study ended before the trial finished")
-        tracker.end_run(parent, status, {STATUS_TAG: status.lower(), **({REASON_TAG: reason} if reason else {})})
+    except BaseException as exc:
+        tracker.end_run(parent, "FAILED", {STATUS_TAG: "failed", REASON_TAG: collapse(str(exc))})
         if started_ray:
             ray.shutdown()
-        timings["teardown"] = time.perf_counter() - t3
+        raise
+    status, counts = _fit(spec, tuner, progress, tracking_cb, tracker, experiment_id, parent, timings, started_ray)
     console.print(progress.summary())
     timings["total"] = time.perf_counter() - t0
-    return StudyOutcome(spec.name, experiment_id, parent, progress.counts(), timings, interrupted=status == "KILLED")
+    return StudyOutcome(spec.name, experiment_id, parent, counts, timings, interrupted=status == "KILLED")
+
+
+def resume(study: str, workdir: Workdir, *, address: str | None = None, verbose: bool = False, console: Console | None = None) -> StudyOutcome:
+    """Continues an interrupted study where it stopped: finished trials stay finished, unfinished
+    and errored ones resume from their last checkpoint (in their own MLflow runs), Optuna keeps its
+    history and earlier prune decisions, and the parent run is reopened."""
+    console = console or Console()
+    _quiet_libraries(verbose)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    spec_path = workdir.study_file(study)
+    if not spec_path.exists():
+        raise CertstudyError(f"no study {study!r} in {workdir.root} (looked for {spec_path})")
+    spec = load_study(spec_path)
+    exp_dir = workdir.ray_experiment_dir(spec.name)
+    if not tune.Tuner.can_restore(str(exp_dir)):
+        raise CertstudyError(f"study {study!r} has no Ray Tune state to resume from at {exp_dir}")
+    ot = optuna.load_study(study_name=spec.name, storage=workdir.optuna_url(spec.name))
+    parent = ot.user_attrs.get("mlflow_parent_run_id")
+    uri = ot.user_attrs.get("mlflow_tracking_uri") or spec.tracking_uri(workdir.tracking_uri)
+    if not parent:
+        raise CertstudyError(f"study {study!r}: its Optuna storage does not name its MLflow parent run")
+    tracker = Tracker(uri, workdir.artifact_root)
+    experiment_id = tracker.client.get_run(parent).info.experiment_id
+    tracker.client.update_run(parent, status="RUNNING")
+    tracker.client.set_tag(parent, STATUS_TAG, "running")
+    started_ray = False
+    try:
+        started_ray = _init_ray(address, verbose)
+        timings["ray_start"] = time.perf_counter() - t0
+        if spec.pruning.enabled:
+            open_board(spec.name)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, workdir), resume_unfinished=True, resume_errored=True)
+        earlier = _ended_counts(ot)
+        progress = Progress(spec.name, spec.objectives, spec.search.num_trials, spec.method_entries[0].key, console, earlier=earlier)
+        tracking_cb = None
+        for cb in tuner._local_tuner.get_run_config().callbacks or []:  # restored from tuner.pkl
+            if isinstance(cb, ProgressCallback):
+                cb.progress = progress
+            elif isinstance(cb, MlflowTrialCallback):
+                tracking_cb = cb
+        console.print(f"resuming study {spec.name}: {sum(earlier.values())} of {spec.search.num_trials} trials had ended", highlight=False)
+    except BaseException as exc:
+        tracker.end_run(parent, "FAILED", {STATUS_TAG: "failed", REASON_TAG: collapse(f"resume failed: {exc}")})
+        if started_ray:
+            ray.shutdown()
+        raise
+    status, counts = _fit(spec, tuner, progress, tracking_cb, tracker, experiment_id, parent, timings, started_ray)
+    console.print(progress.summary())
+    timings["total"] = time.perf_counter() - t0
+    return StudyOutcome(spec.name, experiment_id, parent, counts, timings, interrupted=status == "KILLED")
+
+
+def _ended_counts(study: optuna.Study) -> dict[str, int]:
+    names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state in names:
+            out[names[t.state]] = out.get(names[t.state], 0) + 1
+    return out
 
 
 def _close_open_runs(tracker: Tracker, experiment_id: str, parent: str, reason: str) -> None:

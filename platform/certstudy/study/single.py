@@ -15,7 +15,7 @@ from typing import Callable
 import yaml
 
 from certstudy.errors import SpecError
-from certstudy.study.results import numeric_metrics, result_tags
+from certstudy.study.results import result_tags, series_metrics, summary_metrics
 from certstudy.study.spec import StudySpec, dump_study
 from certstudy.trial import run_trial
 from certstudy.trial.checkpoint import ARTIFACTS_DIR, MODEL_FILE
@@ -52,10 +52,10 @@ def run_fixed(spec: StudySpec, workdir: Workdir, *, track: bool = True, on_epoch
 
     def report(metrics: dict[str, float | str], checkpoint_dir: str | None) -> None:
         if tracker is not None and run_id is not None:
-            tracker.log_metrics(run_id, numeric_metrics(metrics), step=int(metrics["epoch"]))
+            tracker.log_metrics(run_id, series_metrics(metrics), step=int(metrics["epoch"]))
             for key, value in result_tags(metrics).items():
                 tracker.client.set_tag(run_id, key, value)
-            if checkpoint_dir and "test/clean_acc" in metrics:
+            if checkpoint_dir and "test/clean_acc" in metrics:  # the end: the model that was tested
                 tracker.log_artifacts(run_id, [Path(checkpoint_dir) / MODEL_FILE], "model")
                 tracker.log_artifact_dir(run_id, Path(checkpoint_dir) / ARTIFACTS_DIR)
         if on_epoch:
@@ -71,8 +71,9 @@ def run_fixed(spec: StudySpec, workdir: Workdir, *, track: bool = True, on_epoch
         tracker.end_run(run_id, "FINISHED")
     outcome = RunOutcome(metrics, run_id)
     exported = (spec.provenance or {}).get("metrics") or {}
+    reached = summary_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
     for key, value in exported.items():
-        now = metrics.get(key)
+        now = reached.get(key)
         if isinstance(now, float) and math.isfinite(value):
             outcome.compared[key] = (float(value), now)
     return outcome

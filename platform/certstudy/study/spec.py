@@ -34,6 +34,7 @@ from certstudy.trial.config import (
 )
 from certstudy.trial.build import certifier_params
 from certstudy.trial.evaluation import EPOCH_METRICS
+from certstudy.study.pruning import PruningConfig
 
 
 class Strict(BaseModel):
@@ -170,11 +171,26 @@ class StudySpec(Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val/robust_acc", mode="max")], min_length=1)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    pruning: PruningConfig = Field(default_factory=PruningConfig)
     resources: Resources = Field(default_factory=Resources)
     tracking: Tracking = Field(default_factory=Tracking)
     seed: int = Field(0, ge=0)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     provenance: dict[str, Any] | None = Field(None, description="written by export; ignored by launch")
+
+    @model_validator(mode="after")
+    def _best_epoch_defaults(self) -> "StudySpec":
+        """A pruned study tests and certifies each trial's best epoch, the epoch being picked by
+        the objective when it is reported every epoch (unless the file says otherwise)."""
+        ev, updates = self.evaluation, {}
+        if self.pruning.enabled and "final_model" not in ev.model_fields_set:
+            updates["final_model"] = "best"
+        objective = self.objectives[0]
+        if "best_metric" not in ev.model_fields_set and len(self.objectives) == 1 and per_epoch_metric(objective.metric):
+            updates.update(best_metric=objective.metric, best_mode=objective.mode)
+        if updates:
+            self.evaluation = ev.model_copy(update=updates)
+        return self
 
     @property
     def method_entries(self) -> list[MethodEntry]:
@@ -344,6 +360,30 @@ def certificates_of(spec: StudySpec, source: str = "study") -> list[tuple[str, s
     return out
 
 
+def per_epoch_metric(metric: str) -> bool:
+    """Reported after every epoch (not only at the end, as certified metrics are)."""
+    return bool(re.fullmatch(r"(train|val|gap)/[A-Za-z0-9_.\-]+", metric)) and not CERTIFICATION_METRIC.match(metric)
+
+
+def _check_attack(source: str, spec: StudySpec) -> None:
+    if not spec.evaluation.attack.at_training_radius:
+        return
+    for m in spec.method_entries:
+        method_cls, params = _probe_params(m)
+        if method_cls.threat_model(params) is None:
+            raise SpecError(source, "evaluation.attack.at_training_radius", True, f"method {m.key!r} trains against no radius; attack at a fixed evaluation.attack.eps instead")
+
+
+def _check_pruning(source: str, spec: StudySpec) -> None:
+    if spec.pruning.pruner.name == "none":
+        return
+    if spec.multi_objective:
+        raise SpecError(source, "pruning.pruner.name", spec.pruning.pruner.name, "Optuna's pruners cannot prune multi-objective studies; use pruning.overfitting (it works with any objectives) or one objective")
+    metric = spec.objectives[0].metric
+    if not per_epoch_metric(metric):
+        raise SpecError(source, "pruning.pruner.name", spec.pruning.pruner.name, f"a pruner needs an objective reported every epoch, and {metric} is measured only at the end; use a per-epoch objective or pruning.overfitting")
+
+
 def _check_objectives(source: str, spec: StudySpec, certificates: list[tuple[str, str]]) -> None:
     certified = set(certificate_metric_names("val", certificates, spec.evaluation.radii))
     for i, obj in enumerate(spec.objectives):
@@ -391,6 +431,8 @@ def validate_spec(data: Any, source: str) -> StudySpec:
     if len({o.metric for o in spec.objectives}) != len(spec.objectives):
         raise SpecError(source, "objectives", [o.metric for o in spec.objectives], "each metric may appear once")
     _check_start_points(source, spec)
+    _check_pruning(source, spec)
+    _check_attack(source, spec)
     if spec.is_fixed():
         try:
             spec.trial_config()

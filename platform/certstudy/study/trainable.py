@@ -2,7 +2,9 @@
 
 It imports neither Optuna nor MLflow (workers never talk to them: the driver records), and it
 turns an exception raised by the trial's own code into a final ``FAILURE_KEY`` report rather than
-an error, so Ray's retries stay reserved for lost workers and nodes.
+an error, so Ray's retries stay reserved for lost workers and nodes. In a study that prunes, it
+reads the study's stop board after every report and hands a request to the trial loop, which
+then finishes on its best epoch.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from typing import Any
 
 from ray import tune
 
-from certstudy.study.results import FAILURE_KEY, one_line
+from certstudy.study.results import BEST_PREFIX, FAILURE_KEY, one_line
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec
+from certstudy.study.stop_board import BoardReader
 from certstudy.trial import run_trial
+from certstudy.trial.loop import StopRequest
 
 
 def _from_ray(exc: BaseException) -> bool:
@@ -26,14 +30,18 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) ->
     spec = StudySpec.model_validate(study)
     cfg = resolve(spec, config).trial_config()
     last: dict[str, float] = {}
+    board = BoardReader(spec.name) if spec.pruning.enabled else None
 
-    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> StopRequest | None:
         last.clear()
         last.update(metrics)
-        # Objectives measured only at the end (certified val accuracy) are NaN before it: Ray
-        # requires every objective in every result, and the searcher skips NaN intermediates.
-        metrics = {**{o.metric: math.nan for o in spec.objectives}, **metrics}
+        # Ray requires every objective in every result: objectives measured only at the end
+        # (certified val accuracy) are NaN before it (the searcher skips NaN), and the last report
+        # of a trial that ends on its best epoch carries the best epoch's value.
+        metrics = {**{o.metric: metrics.get(BEST_PREFIX + o.metric, math.nan) for o in spec.objectives}, **metrics}
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        request = board.read(tune.get_context().get_trial_id()) if board is not None else None
+        return StopRequest(*request) if request is not None else None
 
     try:
         checkpoint = tune.get_checkpoint()

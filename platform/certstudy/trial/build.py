@@ -45,6 +45,20 @@ def build_parts(cfg: TrialConfig, data_dir: str, device: torch.device) -> TrialP
     return TrialParts(splits, model, method, certifiers)
 
 
+def attack_at_training_radius(cfg: TrialConfig, method: Method) -> TrialConfig:
+    """``cfg`` with the evaluation attack's norm and radius set to the method's own threat model,
+    when ``evaluation.attack.at_training_radius`` asks for it."""
+    attack = cfg.evaluation.attack
+    if not attack.at_training_radius:
+        return cfg
+    threat = type(method).threat_model(method.params)
+    if threat is None:
+        raise ValueError(f"evaluation.attack.at_training_radius: method {cfg.method.name!r} trains against no radius")
+    norm, eps = threat
+    attack = attack.model_copy(update={"norm": norm, "eps": eps})
+    return cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"attack": attack})})
+
+
 def certifier_params(certifier_cls: type[Certifier], name: str, params: dict, method_cls: type[Method], method_params: MethodParams) -> CertifierParams:
     """The certifier's params: what the method implies (e.g. its noise level), overridden by the study's."""
     return certifier_cls.Params(**{**method_cls.certifier_defaults(method_params).get(name, {}), **params})

@@ -42,12 +42,19 @@ class TrainingConfig(Strict):
     epochs: int = Field(10, ge=1, le=100000)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0, le=10)
+    lr: float = Field(1e-3, gt=0, le=100)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient's global norm")
-    full_batch: bool = Field(False, description="one step per epoch on the whole train split (GD)")
+    full_batch: bool = Field(False, description="gradient descent: steps on the whole train split")
+    steps_per_epoch: int = Field(1, ge=1, le=100000, description="full_batch only: gradient steps between two evaluations")
+
+    @model_validator(mode="after")
+    def _steps_need_full_batch(self) -> "TrainingConfig":
+        if self.steps_per_epoch > 1 and not self.full_batch:
+            raise ValueError("steps_per_epoch applies to full_batch training (an epoch of minibatches is one pass)")
+        return self
 
     @model_validator(mode="after")
     def _milestones_in_range(self) -> "TrainingConfig":
@@ -64,6 +71,7 @@ class AttackConfig(Strict):
     step_size: float | None = Field(None, gt=0, description="default 2.5 * eps / steps")
     restarts: int = Field(1, ge=1, le=100)
     random_start: bool = True
+    at_training_radius: bool = Field(False, description="attack with the training method's own norm and radius (its threat model) instead of norm/eps")
 
 
 def _default_radii() -> dict[str, list[float]]:
@@ -90,6 +98,9 @@ class EvaluationConfig(Strict):
     train_subset: int | None = Field(None, ge=1, description="fixed train points for train/robust_acc (None: as many as val)")
     test_subset: int | None = Field(None, ge=1, description="test points evaluated at the end (None: all)")
     batch_size: int = Field(512, ge=1)
+    final_model: Literal["last", "best"] = Field("last", description="the model evaluated on test and certified at the end: the last epoch's, or the best epoch's by best_metric (a pruned trial always uses its best)")
+    best_metric: str = Field("val/robust_acc", pattern=r"^(train|val|gap)/[A-Za-z0-9_.\-]+$", description="the per-epoch metric that picks the best epoch")
+    best_mode: Literal["max", "min"] = "max"
 
     @model_validator(mode="after")
     def _radii_valid(self) -> "EvaluationConfig":

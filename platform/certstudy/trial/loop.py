@@ -9,6 +9,7 @@ streams, so a resumed trial ends with the same metrics as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import math
 import tempfile
 from pathlib import Path
@@ -19,7 +20,8 @@ from torch import Tensor
 
 from certstudy.errors import TrialFailed
 from certstudy.trial import checkpoint
-from certstudy.trial.build import TrialParts, build_parts
+from certstudy.trial.best import BestEpoch
+from certstudy.trial.build import TrialParts, attack_at_training_radius, build_parts
 from certstudy.certify.metrics import radius_label
 from certstudy.trial.certification import certify_all
 from certstudy.trial.config import TrialConfig
@@ -27,7 +29,7 @@ from certstudy.trial.environment import seed_everything, select_device
 from certstudy.trial.evaluation import Scores, evaluate
 from certstudy.trial.optim import build_optimizer, build_schedule
 
-Reporter = Callable[[dict[str, "float | str"], "str | None"], None]
+Reporter = Callable[[dict[str, "float | str"], "str | None"], "StopRequest | None"]
 
 
 def _fixed_subset(n: int, size: int | None, seed: int) -> Tensor:
@@ -52,18 +54,21 @@ def attack_grid(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: TrialConfig, 
 
 
 def train_epoch(parts: TrialParts, cfg: TrialConfig, optimizer: torch.optim.Optimizer, epoch: int) -> float:
-    """One pass over the (shuffled) train split; returns the mean training loss."""
+    """One pass over the (shuffled) train split, or ``steps_per_epoch`` full-batch gradient steps;
+    returns the mean training loss."""
     model, method, splits = parts.model, parts.method, parts.splits
     model.train()
     n = len(splits.y_train)
-    batch = n if cfg.training.full_batch else cfg.training.batch_size
     order = torch.randperm(n).to(splits.x_train.device)
+    if cfg.training.full_batch:
+        batches = [order] * cfg.training.steps_per_epoch
+    else:
+        batches = [order[i : i + cfg.training.batch_size] for i in range(0, n, cfg.training.batch_size)]
     total, seen = 0.0, 0
-    for i in range(0, n, batch):
-        idx = order[i : i + batch]
+    for i, idx in enumerate(batches):
         loss = method.loss(model, splits.x_train[idx], splits.y_train[idx])
         if not torch.isfinite(loss):
-            raise TrialFailed(f"training loss became {loss.item()} at epoch {epoch}, batch {i // batch}")
+            raise TrialFailed(f"training loss became {loss.item()} at epoch {epoch}, batch {i}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.training.grad_clip is not None:
@@ -74,40 +79,95 @@ def train_epoch(parts: TrialParts, cfg: TrialConfig, optimizer: torch.optim.Opti
     return total / seen
 
 
+@dataclass(frozen=True)
+class StopRequest:
+    """Asked of a running trial by whoever watches its reports (the study's pruning): stop training
+    now and finish on the best epoch so far."""
+
+    reason: str
+    epoch: int
+
+
+@dataclass
+class _Subsets:
+    val: Tensor
+    train: Tensor
+    test: Tensor
+    cert: Tensor
+    cert_val: Tensor | None
+
+
+def _end_metrics(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> tuple[dict[str, float | str], dict[str, bytes]]:
+    """Test split, the method's own final metrics and every certificate, for the model as it is now."""
+    model, splits, ev = parts.model, parts.splits, cfg.evaluation
+    x_test, y_test = splits.x_test[sub.test], splits.y_test[sub.test]
+    test = evaluate(model, x_test, y_test, ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
+    metrics: dict[str, float | str] = dict(_scores("test", test))
+    if ev.attack_grid:
+        metrics.update(attack_grid(model, x_test, y_test, cfg, splits.bounds))
+    test_split = dataclasses.replace(splits, x_test=x_test, y_test=y_test)
+    metrics.update(parts.method.final_metrics(model, test_split, batch_size=ev.batch_size, seed=cfg.seed + 14))
+    files: dict[str, bytes] = {}
+    if parts.certifiers:
+        val_points = (splits.x_val[sub.cert_val], splits.y_val[sub.cert_val]) if sub.cert_val is not None else None
+        certified, files = certify_all(parts, cfg, (splits.x_test[sub.cert], splits.y_test[sub.cert]), val_points, cfg.seed + 15)
+        metrics.update(certified)
+    return metrics, files
+
+
+def _check_finite(metrics: dict[str, float | str], epoch: int) -> None:
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise TrialFailed(f"metric {bad[0]} is {metrics[bad[0]]} at epoch {epoch}")
+
+
 def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from: str | Path | None = None) -> dict[str, float | str]:
-    """Trains and evaluates one configuration; returns the last report's metrics (test included)."""
+    """Trains and evaluates one configuration; returns the last report's metrics (test included).
+
+    With ``evaluation.final_model: best``, or when ``report`` returns a ``StopRequest``, the trial
+    ends with one more report: the best epoch's metrics under ``best/`` (``best/epoch`` included)
+    and the test and certified metrics of the best epoch's model, whose weights are its ``model.pt``.
+    """
     seed_everything(cfg.seed, cfg.threads)
     device = select_device(cfg.device)
     parts = build_parts(cfg, data_dir, device)
+    cfg = attack_at_training_radius(cfg, parts.method)
     model, splits, ev = parts.model, parts.splits, cfg.evaluation
     optimizer = build_optimizer(cfg.training, model)
     schedule = build_schedule(cfg.training, optimizer)
     val_idx = _fixed_subset(len(splits.y_val), ev.val_subset, cfg.seed + 1).to(device)
-    train_idx = _fixed_subset(len(splits.y_train), ev.train_subset or len(val_idx), cfg.seed + 2).to(device)
     test_idx = _fixed_subset(len(splits.y_test), ev.test_subset, cfg.seed + 3).to(device)
-    cert_idx = test_idx[_fixed_subset(len(test_idx), ev.certify_subset, cfg.seed + 4).to(device)]
-    cert_val_idx = _fixed_subset(len(splits.y_val), ev.certify_val_subset, cfg.seed + 5).to(device) if ev.certify_val_subset else None
+    sub = _Subsets(
+        val=val_idx,
+        train=_fixed_subset(len(splits.y_train), ev.train_subset or len(val_idx), cfg.seed + 2).to(device),
+        test=test_idx,
+        cert=test_idx[_fixed_subset(len(test_idx), ev.certify_subset, cfg.seed + 4).to(device)],
+        cert_val=_fixed_subset(len(splits.y_val), ev.certify_val_subset, cfg.seed + 5).to(device) if ev.certify_val_subset else None,
+    )
+    best = BestEpoch(ev.best_metric, ev.best_mode)
 
     start, history = 0, []
     if resume_from is not None:
         state = checkpoint.load(resume_from)
+        if state.get("finished"):
+            return dict(state["finished"])  # the trial had already ended; nothing left to run
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         parts.method.load_state_dict(state["method"])
         checkpoint.set_rng_state(state["rng"])
+        best.load_state_dict(state.get("best"))
         start, history = int(state["epoch"]) + 1, list(state["history"])
 
     metrics: dict[str, float | str] = dict(history[-1]) if history else {}
-    files: dict[str, bytes] = {}
     for epoch in range(start, cfg.training.epochs):
         final = epoch == cfg.training.epochs - 1
         parts.method.on_epoch_start(model, epoch)
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_epoch(parts, cfg, optimizer, epoch)
         schedule.step()
-        val = evaluate(model, splits.x_val[val_idx], splits.y_val[val_idx], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 11)
-        tr = evaluate(model, splits.x_train[train_idx], splits.y_train[train_idx], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 12)
+        val = evaluate(model, splits.x_val[sub.val], splits.y_val[sub.val], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 11)
+        tr = evaluate(model, splits.x_train[sub.train], splits.y_train[sub.train], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 12)
         metrics = {
             "epoch": float(epoch),
             "train/lr": lr,
@@ -121,20 +181,13 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
             **parts.method.epoch_metrics(),
         }
         history.append(metrics)
-        if final:
-            test = evaluate(model, splits.x_test[test_idx], splits.y_test[test_idx], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
-            metrics = {**metrics, **_scores("test", test)}
-            if ev.attack_grid:
-                metrics.update(attack_grid(model, splits.x_test[test_idx], splits.y_test[test_idx], cfg, splits.bounds))
-            test_split = dataclasses.replace(splits, x_test=splits.x_test[test_idx], y_test=splits.y_test[test_idx])
-            metrics.update(parts.method.final_metrics(model, test_split, batch_size=ev.batch_size, seed=cfg.seed + 14))
-            if parts.certifiers:
-                val_points = (splits.x_val[cert_val_idx], splits.y_val[cert_val_idx]) if cert_val_idx is not None else None
-                certified, files = certify_all(parts, cfg, (splits.x_test[cert_idx], splits.y_test[cert_idx]), val_points, cfg.seed + 15)
-                metrics.update(certified)
-        bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            raise TrialFailed(f"metric {bad[0]} is {metrics[bad[0]]} at epoch {epoch}")
+        best.update(epoch, metrics, model, parts.method)
+        files: dict[str, bytes] = {}
+        ends_here = final and ev.final_model == "last"
+        if ends_here:
+            end, files = _end_metrics(parts, cfg, sub)
+            metrics = {**metrics, **end}
+        _check_finite(metrics, epoch)
         state = {
             "epoch": epoch,
             "model": model.state_dict(),
@@ -143,8 +196,30 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
             "method": parts.method.state_dict(),
             "rng": checkpoint.rng_state(),
             "history": history,
+            "best": best.state_dict(),
         }
         with tempfile.TemporaryDirectory(prefix="certstudy-ckpt-") as tmp:
-            checkpoint.save(tmp, state, model.state_dict() if final else None, files)
-            report(metrics, tmp)
+            checkpoint.save(tmp, state, model.state_dict() if ends_here else None, files)
+            stop = report(metrics, tmp)
+        if stop is not None or (final and not ends_here):
+            return _finish_on_best(parts, cfg, sub, best, state, report)
     return metrics
+
+
+def _finish_on_best(parts: TrialParts, cfg: TrialConfig, sub: _Subsets, best: "BestEpoch", state: dict, report: Reporter) -> dict[str, float | str]:
+    """The last report of a trial that ends on its best epoch (chosen, or stopped early)."""
+    if best.epoch is None:
+        raise TrialFailed(f"no epoch had a finite {best.metric}; there is no best epoch to finish on")
+    best.restore(parts.model, parts.method)
+    end, files = _end_metrics(parts, cfg, sub)
+    summary: dict[str, float | str] = {
+        "epoch": float(state["epoch"]),
+        "best/epoch": float(best.epoch),
+        **{f"best/{k}": v for k, v in best.metrics.items() if k != "epoch"},
+        **end,
+    }
+    _check_finite(summary, int(state["epoch"]))
+    with tempfile.TemporaryDirectory(prefix="certstudy-ckpt-") as tmp:
+        checkpoint.save(tmp, {**state, "finished": summary}, parts.model.state_dict(), files)
+        report(summary, tmp)
+    return summary
