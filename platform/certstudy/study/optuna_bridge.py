@@ -41,8 +41,11 @@ PRUNE_REASON_ATTR = "prune_reason"
 PRUNED_AT_ATTR = "pruned_at_epoch"
 
 
-def make_sampler(name: str, multi_objective: bool, seed: int) -> optuna.samplers.BaseSampler:
-    """``auto`` is TPE for one objective and NSGA-II for several."""
+def make_sampler(name: str, multi_objective: bool, seed: int, grid: dict[str, list[Any]] | None = None) -> optuna.samplers.BaseSampler:
+    """``auto`` is TPE for one objective and NSGA-II for several; ``grid`` walks ``grid`` (every
+    combination once, in a seeded order)."""
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid or {}, seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2" or (name == "auto" and multi_objective):

@@ -30,7 +30,7 @@ from certstudy.study.callbacks import MlflowTrialCallback, ProgressCallback
 from certstudy.study.optuna_bridge import StudyScheduler, StudySearcher, make_sampler
 from certstudy.study.progress import Progress
 from certstudy.study.results import OPTUNA_TRIAL_KEY, collapse
-from certstudy.study.space import SearchSpace
+from certstudy.study.space import SearchSpace, grid_points
 from certstudy.study.spec import StudySpec, dump_study, load_study
 from certstudy.study.stop_board import open_board
 from certstudy.study.tracking import REASON_TAG, STATUS_TAG, Tracker
@@ -75,7 +75,7 @@ def _make_searcher(spec: StudySpec, workdir: Workdir) -> StudySearcher:
         space=SearchSpace(spec),
         metric=metric,
         mode=mode,
-        sampler=make_sampler(spec.search.sampler, spec.multi_objective, spec.search.seed),
+        sampler=make_sampler(spec.search.sampler, spec.multi_objective, spec.search.seed, grid_points(spec) if spec.search.sampler == "grid" else None),
         study_name=spec.name,
         storage=optuna.storages.RDBStorage(workdir.optuna_url(spec.name)),
         points_to_evaluate=[dict(p) for p in spec.search.start_points] or None,

@@ -47,6 +47,22 @@ class SearchSpace:
         return None
 
 
+def grid_points(spec: StudySpec) -> dict[str, list[Any]]:
+    """The search space as Optuna's GridSampler takes it: every parameter name with its choices
+    (``validate_spec`` has checked that each searched parameter is categorical and unconditional)."""
+    grid: dict[str, list[Any]] = {}
+    entries = spec.method_entries
+    if len(entries) > 1:
+        grid[METHOD_PARAM] = [m.key for m in entries]
+    for m in entries:
+        for name, dist in m.search.items():
+            grid[f"{m.key}.{name}"] = list(dist.choices)  # type: ignore[union-attr]
+    for section, search in (("model", spec.model.search), ("training", spec.training.search), ("dataset", spec.dataset.search)):
+        for name, dist in search.items():
+            grid[f"{section}.{name}"] = list(dist.choices)  # type: ignore[union-attr]
+    return grid
+
+
 def resolve(spec: StudySpec, values: dict[str, Any]) -> StudySpec:
     """The fixed study (one method, nothing searched) that a trial with ``values`` runs."""
     entries = {m.key: m for m in spec.method_entries}

@@ -126,7 +126,7 @@ class Objective(Strict):
 
 
 class SearchConfig(Strict):
-    sampler: Literal["auto", "tpe", "nsga2", "random"] = "auto"
+    sampler: Literal["auto", "tpe", "nsga2", "random", "grid"] = "auto"
     num_trials: int = Field(8, ge=1, le=100000)
     max_concurrent: int = Field(2, ge=1, le=10000)
     seed: int = Field(0, ge=0)
@@ -365,6 +365,27 @@ def per_epoch_metric(metric: str) -> bool:
     return bool(re.fullmatch(r"(train|val|gap)/[A-Za-z0-9_.\-]+", metric)) and not CERTIFICATION_METRIC.match(metric)
 
 
+def _check_grid(source: str, spec: StudySpec) -> None:
+    """A grid needs a fixed, finite space: categorical parameters, none of them method-specific
+    when the study lists several methods."""
+    if spec.search.sampler != "grid":
+        return
+    entries = spec.method_entries
+    size = len(entries)
+    key = "methods" if spec.methods is not None else "method"
+    sections = [(f"{key}[{i}]" if spec.methods is not None else key, m.search) for i, m in enumerate(entries)]
+    sections += [("model", spec.model.search), ("training", spec.training.search), ("dataset", spec.dataset.search)]
+    for where, search in sections:
+        for name, dist in search.items():
+            if not isinstance(dist, Categorical):
+                raise SpecError(source, f"{where}.search.{name}.type", dist.type, "the grid sampler takes categorical parameters only (list the values to try)")
+            if where.startswith("method") and len(entries) > 1:
+                raise SpecError(source, f"{where}.search.{name}", name, "the grid sampler needs one space for every trial; method-specific parameters of one of several methods are conditional")
+            size *= len(dist.choices)
+    if spec.search.num_trials > size:
+        raise SpecError(source, "search.num_trials", spec.search.num_trials, f"the grid has {size} points; ask for at most that many trials")
+
+
 def _check_attack(source: str, spec: StudySpec) -> None:
     if not spec.evaluation.attack.at_training_radius:
         return
@@ -433,6 +454,7 @@ def validate_spec(data: Any, source: str) -> StudySpec:
     _check_start_points(source, spec)
     _check_pruning(source, spec)
     _check_attack(source, spec)
+    _check_grid(source, spec)
     if spec.is_fixed():
         try:
             spec.trial_config()

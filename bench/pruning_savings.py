@@ -1,0 +1,114 @@
+"""What pruning saves: one study run twice, pruning off and on, same sampler seed and trial budget.
+
+    python bench/pruning_savings.py                          # trials/robust_overfitting.yaml
+    python bench/pruning_savings.py trials/other.yaml --num-trials 12
+
+Both runs end every trial on its best epoch (``evaluation.final_model: best``), so the comparison
+is pruning alone, not best-epoch selection. Reports the trial-epochs each run trained (the sum over
+trials of the epochs run, from each MLflow run's epoch steps), the study's wall time, and the best
+objective found (its best-epoch value) with that trial's test metrics. Target: at least 40 % fewer
+trial-epochs with the best objective within 1 point. Writes a section into docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from certstudy.study.export import finished_trials
+from certstudy.study.pruning import PruningConfig
+from certstudy.study.reruns import write_section
+from certstudy.study.runner import launch
+from certstudy.study.spec import StudySpec, load_study
+from certstudy.study.tracking import Tracker
+from certstudy.workdir import Workdir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Outcome:
+    label: str
+    trials: int
+    pruned: int
+    epochs: int
+    wall_s: float
+    best: float
+    best_test_robust: float
+    best_test_clean: float
+    best_epoch: int
+
+
+def run(spec: StudySpec, label: str, root: Path, console: Console) -> Outcome:
+    workdir = Workdir(root / label)
+    outcome = launch(spec, workdir, console=console)
+    tracker = Tracker(workdir.tracking_uri)
+    _, candidates = finished_trials(tracker, spec)
+    objective = spec.objectives[0]
+    epochs = 0
+    for c in candidates:
+        steps = [m.step for m in tracker.client.get_metric_history(c.run.info.run_id, objective.metric)]
+        epochs += max(steps) + 1 if steps else 0
+    best = max(candidates, key=lambda c: c.value(objective.metric) if objective.mode == "max" else -c.value(objective.metric))
+    return Outcome(
+        label,
+        len(candidates),
+        outcome.counts.get("pruned", 0),
+        epochs,
+        outcome.timings.get("total", math.nan),
+        best.value(objective.metric),
+        best.value("test/robust_acc"),
+        best.value("test/clean_acc"),
+        int(best.value("best/epoch")),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", nargs="?", type=Path, default=REPO / "trials" / "robust_overfitting.yaml")
+    parser.add_argument("--num-trials", type=int)
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "results.md")
+    args = parser.parse_args()
+    console = Console()
+    spec = load_study(args.study)
+    if not spec.pruning.enabled:
+        raise SystemExit(f"{args.study}: the study has no pruning section to compare against")
+    search = spec.search if args.num_trials is None else spec.search.model_copy(update={"num_trials": args.num_trials})
+    evaluation = spec.evaluation.model_copy(update={"final_model": "best"})
+    on = spec.model_copy(update={"search": search, "evaluation": evaluation})
+    off = on.model_copy(update={"pruning": PruningConfig()})
+    with tempfile.TemporaryDirectory(prefix="certstudy-pruning-bench-") as tmp:
+        results = [run(off, "off", Path(tmp), console), run(on, "on", Path(tmp), console)]
+    metric = spec.objectives[0].metric
+    a, b = results
+    table = Table(title=f"pruning savings: {spec.name}")
+    header = ["pruning", "trials", "pruned", "trial-epochs", "wall (s)", f"best {metric}", "its best epoch", "its test/robust_acc", "its test/clean_acc"]
+    for h in header:
+        table.add_column(h, justify="right")
+    rows = [[r.label, str(r.trials), str(r.pruned), str(r.epochs), f"{r.wall_s:.0f}", f"{r.best:.4f}", str(r.best_epoch), f"{r.best_test_robust:.4f}", f"{r.best_test_clean:.4f}"] for r in results]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    saved = 1 - b.epochs / a.epochs
+    verdict = (
+        f"on/off trial-epochs: {b.epochs}/{a.epochs} = {b.epochs / a.epochs:.3f} ({100 * saved:.1f} % fewer; target >= 40 %); "
+        f"best {metric}: {b.best:.4f} vs {a.best:.4f} ({100 * (b.best - a.best):+.1f} points; target within 1 point); wall {b.wall_s / a.wall_s:.2f}x"
+    )
+    console.print(verdict)
+    pruning = ", ".join(f"{k}: {v}" for k, v in spec.pruning.model_dump(exclude_none=True).items())
+    body = (
+        f"Regenerate: `python bench/pruning_savings.py` (study file `{args.study.relative_to(REPO) if args.study.is_absolute() and REPO in args.study.parents else args.study}`, "
+        f"{search.num_trials} trials, sampler {search.sampler} seed {search.seed}, both runs ending each trial on its best epoch; pruning {pruning}).\n\n"
+        "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows) + f"\n\n{verdict}\n"
+    )
+    write_section(args.output, f"{spec.name}_pruning", body)
+
+
+if __name__ == "__main__":
+    main()
