@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from certstudy.study.by_param import searched_values
 from certstudy.study.export import finished_trials
 from certstudy.study.pruning import PruningConfig
 from certstudy.study.reruns import write_section
@@ -43,6 +44,7 @@ class Outcome:
     best_test_robust: float
     best_test_clean: float
     best_epoch: int
+    per_trial: list[str]
 
 
 def run(spec: StudySpec, label: str, root: Path, console: Console) -> Outcome:
@@ -52,9 +54,14 @@ def run(spec: StudySpec, label: str, root: Path, console: Console) -> Outcome:
     _, candidates = finished_trials(tracker, spec)
     objective = spec.objectives[0]
     epochs = 0
-    for c in candidates:
+    per_trial = []
+    for c in sorted(candidates, key=lambda c: int(c.run.data.tags.get("optuna.trial_number", 0))):
         steps = [m.step for m in tracker.client.get_metric_history(c.run.info.run_id, objective.metric)]
         epochs += max(steps) + 1 if steps else 0
+        tags = c.run.data.tags
+        searched = searched_values(spec, c, skip="")
+        reason = f"pruned at {tags['pruned_at_epoch']} ({tags['prune_reason']})" if "prune_reason" in tags else "completed"
+        per_trial.append(f"| {label} | {tags.get('optuna.trial_number')} | {searched} | {max(steps) + 1 if steps else 0} | {reason} | {int(c.value('best/epoch'))} | {c.value(objective.metric):.4f} |")
     best = max(candidates, key=lambda c: c.value(objective.metric) if objective.mode == "max" else -c.value(objective.metric))
     return Outcome(
         label,
@@ -66,6 +73,7 @@ def run(spec: StudySpec, label: str, root: Path, console: Console) -> Outcome:
         best.value("test/robust_acc"),
         best.value("test/clean_acc"),
         int(best.value("best/epoch")),
+        per_trial,
     )
 
 
@@ -74,6 +82,7 @@ def main() -> None:
     parser.add_argument("study", nargs="?", type=Path, default=REPO / "trials" / "robust_overfitting.yaml")
     parser.add_argument("--num-trials", type=int)
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results.md")
+    parser.add_argument("--keep", type=Path, help="keep both work directories here (default: a temporary folder)")
     args = parser.parse_args()
     console = Console()
     spec = load_study(args.study)
@@ -84,7 +93,8 @@ def main() -> None:
     on = spec.model_copy(update={"search": search, "evaluation": evaluation})
     off = on.model_copy(update={"pruning": PruningConfig()})
     with tempfile.TemporaryDirectory(prefix="certstudy-pruning-bench-") as tmp:
-        results = [run(off, "off", Path(tmp), console), run(on, "on", Path(tmp), console)]
+        root = args.keep or Path(tmp)
+        results = [run(off, "off", root, console), run(on, "on", root, console)]
     metric = spec.objectives[0].metric
     a, b = results
     table = Table(title=f"pruning savings: {spec.name}")
@@ -105,7 +115,9 @@ def main() -> None:
     body = (
         f"Regenerate: `python bench/pruning_savings.py` (study file `{args.study.relative_to(REPO) if args.study.is_absolute() and REPO in args.study.parents else args.study}`, "
         f"{search.num_trials} trials, sampler {search.sampler} seed {search.seed}, both runs ending each trial on its best epoch; pruning {pruning}).\n\n"
-        "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows) + f"\n\n{verdict}\n"
+        "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows) + f"\n\n{verdict}\n\n"
+        "Per trial (epochs run; the best epoch and its objective, what each trial reports):\n\n"
+        f"| pruning | trial | searched | epochs | ended | best epoch | best {metric} |\n|---|---|---|---|---|---|---|\n" + "\n".join(a.per_trial + b.per_trial) + "\n"
     )
     write_section(args.output, f"{spec.name}_pruning", body)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -36,6 +37,43 @@ def tiny_study(name: str = "tiny", **overrides: object) -> dict:
     }
     study.update(overrides)
     return study
+
+
+def launch_and_interrupt(root: Path, spec: dict, ready: "Callable[[list], bool]", wait_s: float = 180) -> tuple[int, str, Path]:
+    """``certstudy launch`` in a subprocess, Ctrl-C once ``ready(runs)`` holds for the study's
+    MLflow runs; returns the exit code, the output and the work directory."""
+    import signal
+    import shutil
+    import subprocess
+    import time
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    path = root / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    work = root / "work"
+    proc = subprocess.Popen([shutil.which("certstudy") or "", "launch", str(path), "--workdir", str(work)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    try:
+        deadline = time.time() + wait_s
+        while time.time() < deadline:
+            time.sleep(1)
+            try:
+                exp = client.get_experiment_by_name(spec["name"])
+                runs = client.search_runs([exp.experiment_id]) if exp else []
+            except Exception:  # the store may not exist yet
+                runs = []
+            if ready(runs):
+                break
+        else:
+            pytest.fail(f"the study did not reach the interruption point within {wait_s:.0f} s")
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, out, work
 
 
 def launch_study(root: Path, spec: dict) -> dict:

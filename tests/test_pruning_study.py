@@ -4,11 +4,6 @@ interrupted mid-way and resumed keeps its earlier decisions and prunes the trial
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import optuna
@@ -16,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import launch_study, tiny_study
+from conftest import launch_and_interrupt, launch_study, tiny_study
 
 pytestmark = pytest.mark.integration
 
@@ -71,29 +66,13 @@ def _runs(client: MlflowClient, name: str) -> list:
 
 def test_an_interrupted_study_resumes_with_its_pruning_decisions(tmp_path: Path) -> None:
     spec = pruned_study("resumed", search={"num_trials": 6, "max_concurrent": 1, "seed": 2})
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    work = tmp_path / "work"
-    proc = subprocess.Popen([shutil.which("certstudy") or "", "launch", str(path), "--workdir", str(work)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def two_pruned(runs: list) -> bool:
+        return len([r for r in runs if r.data.tags.get("certstudy.status") == "pruned" and r.info.status == "FINISHED"]) >= 2
+
+    returncode, first, work = launch_and_interrupt(tmp_path, spec, two_pruned)
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:  # until two trials have been pruned and ended
-            time.sleep(1)
-            try:
-                ended = [r for r in _runs(client, "resumed") if r.data.tags.get("certstudy.status") == "pruned" and r.info.status == "FINISHED"]
-            except Exception:  # the store may not exist yet
-                ended = []
-            if len(ended) >= 2:
-                break
-        else:
-            pytest.fail("no two pruned trials within 180 s")
-        proc.send_signal(signal.SIGINT)
-        first = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, first
+    assert returncode == 130, first
     before = {r.info.run_id: (r.info.end_time, r.data.tags.get("ray.trial_id")) for r in _runs(client, "resumed") if r.data.tags.get("certstudy.status") == "pruned"}
     storage = f"sqlite:///{work / 'resumed' / 'optuna.db'}"
     pruned_before = {t.number: dict(t.user_attrs) for t in optuna.load_study(study_name="resumed", storage=storage).get_trials() if t.state == optuna.trial.TrialState.PRUNED}
