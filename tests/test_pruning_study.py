@@ -79,8 +79,17 @@ def test_an_interrupted_study_resumes_with_its_pruning_decisions(tmp_path: Path)
     assert len(pruned_before) >= 2 and len(pruned_before) < 6, first
 
     from certstudy.cli import main
+    from certstudy.study.status import study_status
+    from certstudy.workdir import Workdir
 
+    halfway = study_status(Workdir(work), "resumed")  # read from storage; Ray is not started
+    assert halfway.resumable and halfway.counts["pruned"] == len(pruned_before)
+    assert "KILLED" in halfway.parent_status
+    assert main(["status", "resumed", "--workdir", str(work)]) == 0
     assert main(["resume", "resumed", "--workdir", str(work)]) == 0
+    done = study_status(Workdir(work), "resumed")
+    assert done.counts == {"pruned": 6} and not done.resumable and done.parent_status.startswith("FINISHED")
+    assert all(r.epochs is not None and r.epochs <= 3 and r.note.startswith("pruned at epoch 1") for r in done.rows)
     trials = optuna.load_study(study_name="resumed", storage=storage).get_trials()
     assert len(trials) == 6
     assert all(t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["pruned_at_epoch"] == 1 for t in trials)

@@ -1,4 +1,4 @@
-"""``certstudy``: validate | launch | resume | export | run | ui.
+"""``certstudy``: validate | launch | resume | status | export | run | ui.
 
 Every command takes ``--workdir`` (default ``./certstudy-runs`` or ``$CERTSTUDY_HOME``). Bad input
 exits 2 with one line naming the file, the field, the value and what is allowed; nothing starts.
@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     _add_workdir(p)
     p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or HOST:PORT); default: start Ray locally")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the work directory)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the work directory); on a cluster, the MLflow server on the head")
+    p.add_argument("--storage", help="Ray Tune storage shared by every node: a shared filesystem path or s3://... (default: <workdir>/<study>); required with several nodes")
+    p.add_argument("--autoscaling", action="store_true", help="the cluster adds nodes on demand: a trial request no current node satisfies is a warning, not an error")
     p.add_argument("--overwrite", action="store_true", help="delete earlier results of a study of the same name (default: move them to <study>.prev-<time>)")
     p.add_argument("--num-trials", type=int, help="override search.num_trials")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
@@ -58,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workdir(p)
     p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or HOST:PORT); default: start Ray locally")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
+
+    p = sub.add_parser("status", help="trials by state and the best so far, from the stored state (Ray is not started)")
+    p.add_argument("study")
+    _add_workdir(p)
 
     p = sub.add_parser("export", help="write the best configurations of a study as re-runnable study files")
     p.add_argument("study")
@@ -108,7 +114,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     workdir = Workdir.resolve(args.workdir)
     from certstudy.study.runner import launch
 
-    outcome = launch(spec, workdir, address=args.address, tracking_uri=args.tracking_uri, overwrite=args.overwrite, verbose=args.verbose, console=console)
+    outcome = launch(spec, workdir, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage, autoscaling=args.autoscaling, overwrite=args.overwrite, verbose=args.verbose, console=console)
     return _report_outcome(outcome, workdir)
 
 
@@ -117,6 +123,28 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     workdir = Workdir.resolve(args.workdir)
     return _report_outcome(resume(args.study, workdir, address=args.address, verbose=args.verbose, console=console), workdir)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from certstudy.study.status import study_status
+
+    workdir = Workdir.resolve(args.workdir)
+    st = study_status(workdir, args.study)
+    obj = st.spec.objectives[0]
+    table = Table(title=f"study {st.spec.name}: {len(st.rows)} of {st.spec.search.num_trials} trials proposed; parent run {st.parent_status}")
+    for col in ("trial", "state", "epochs", obj.metric, "params", "mlflow run", "note"):
+        table.add_column(col, justify="right" if col in ("trial", "epochs", obj.metric) else "left")
+    for r in st.rows:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
+        value = f"{r.value:.4f}" if r.value is not None else "-"
+        table.add_row(str(r.number), r.state, str(r.epochs) if r.epochs is not None else "-", value, params, r.run_status, r.note)
+    console.print(table)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(st.counts.items())) or "no trials yet"
+    best = st.best
+    console.print(f"{counts}; best {obj.metric} ({obj.mode}): " + (f"{best.value:.4f} (trial {best.number})" if best else "none yet"), highlight=False)
+    if st.resumable:
+        console.print(f"unfinished: continue with certstudy resume {st.spec.name} --workdir {workdir.root}", highlight=False)
+    return 0
 
 
 def _report_outcome(outcome: "StudyOutcome", workdir: Workdir) -> int:
@@ -230,7 +258,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
-COMMANDS = {"validate": cmd_validate, "launch": cmd_launch, "resume": cmd_resume, "export": cmd_export, "run": cmd_run, "ui": cmd_ui}
+COMMANDS = {"validate": cmd_validate, "launch": cmd_launch, "resume": cmd_resume, "status": cmd_status, "export": cmd_export, "run": cmd_run, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from ray import tune
 from certstudy.errors import CertstudyError
 from certstudy.study.callbacks import MlflowTrialCallback, ProgressCallback
 from certstudy.study.optuna_bridge import StudyScheduler, StudySearcher, make_sampler
+from certstudy.study.preflight import PreflightError, alive_nodes, check_resources, check_storage, check_tracking
 from certstudy.study.progress import Progress
 from certstudy.study.results import OPTUNA_TRIAL_KEY, collapse
 from certstudy.study.space import SearchSpace, grid_points
@@ -176,13 +177,30 @@ def _fit(spec: StudySpec, tuner: tune.Tuner, progress: Progress, tracking_cb: Ml
     return status, progress.counts()
 
 
-def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tracking_uri: str | None = None, overwrite: bool = False, verbose: bool = False, console: Console | None = None) -> StudyOutcome:
+def _preflight(spec: StudySpec, storage: str | None, autoscaling: bool, console: Console) -> None:
+    """Resources (every study) and shared storage (when given, or on a multi-node cluster)."""
+    try:
+        check_resources(spec.resources.cpu, spec.resources.gpu)
+    except PreflightError as exc:
+        if not autoscaling:
+            raise
+        console.print(f"warning: {exc} (waiting for the autoscaler)", highlight=False)
+    if storage is not None or len(alive_nodes()) > 1:
+        if storage is None:
+            raise PreflightError("storage: this Ray cluster has several nodes; give --storage a shared filesystem path or s3://... that every node can reach (trial checkpoints live there)")
+        check_storage(storage)
+
+
+def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tracking_uri: str | None = None, storage: str | None = None, autoscaling: bool = False, overwrite: bool = False, verbose: bool = False, console: Console | None = None) -> StudyOutcome:
+    """``storage``: Ray Tune's storage (shared path or s3://; default ``<workdir>/<study>``)."""
     console = console or Console()
     _quiet_libraries(verbose)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    study_dir = _prepare_study_dir(spec, workdir, overwrite, console)
     uri = spec.tracking_uri(workdir.tracking_uri, tracking_uri)
+    check_tracking(uri)
+    study_dir = _prepare_study_dir(spec, workdir, overwrite, console)
+    storage_path = f"{storage.rstrip('/')}/{spec.name}" if storage else str(study_dir)
     # MLflow's and Optuna's sqlite set-up runs while Ray starts: both take seconds.
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(_setup_tracking, spec, workdir, uri, workdir.study_file(spec.name).read_text())
@@ -206,6 +224,8 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
     progress = Progress(spec.name, spec.objectives, spec.search.num_trials, spec.method_entries[0].key, console)
     tracking_cb = MlflowTrialCallback(uri, str(workdir.artifact_root), experiment_id, parent, spec.model_dump(mode="json"), searcher)
     try:
+        _preflight(spec, storage, autoscaling, console)
+        searcher.study.set_user_attr("ray_experiment", f"{storage_path}/{workdir.ray_experiment_dir(spec.name).name}")
         if spec.pruning.enabled:
             open_board(spec.name)
         tuner = tune.Tuner(
@@ -220,7 +240,7 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
             ),
             run_config=tune.RunConfig(
                 name=workdir.ray_experiment_dir(spec.name).name,
-                storage_path=str(study_dir),
+                storage_path=storage_path,
                 callbacks=[tracking_cb, ProgressCallback(progress, searcher)],
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -250,10 +270,10 @@ def resume(study: str, workdir: Workdir, *, address: str | None = None, verbose:
     if not spec_path.exists():
         raise CertstudyError(f"no study {study!r} in {workdir.root} (looked for {spec_path})")
     spec = load_study(spec_path)
-    exp_dir = workdir.ray_experiment_dir(spec.name)
-    if not tune.Tuner.can_restore(str(exp_dir)):
-        raise CertstudyError(f"study {study!r} has no Ray Tune state to resume from at {exp_dir}")
     ot = optuna.load_study(study_name=spec.name, storage=workdir.optuna_url(spec.name))
+    exp_dir = ot.user_attrs.get("ray_experiment") or str(workdir.ray_experiment_dir(spec.name))
+    if not tune.Tuner.can_restore(exp_dir):
+        raise CertstudyError(f"study {study!r} has no Ray Tune state to resume from at {exp_dir}")
     parent = ot.user_attrs.get("mlflow_parent_run_id")
     uri = ot.user_attrs.get("mlflow_tracking_uri") or spec.tracking_uri(workdir.tracking_uri)
     if not parent:
@@ -268,7 +288,7 @@ def resume(study: str, workdir: Workdir, *, address: str | None = None, verbose:
         timings["ray_start"] = time.perf_counter() - t0
         if spec.pruning.enabled:
             open_board(spec.name)
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, workdir), resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(spec, workdir), resume_unfinished=True, resume_errored=True)
         earlier = _ended_counts(ot)
         progress = Progress(spec.name, spec.objectives, spec.search.num_trials, spec.method_entries[0].key, console, earlier=earlier)
         tracking_cb = None

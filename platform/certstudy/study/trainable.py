@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from ray import tune
 
 from certstudy.study.results import BEST_PREFIX, FAILURE_KEY, one_line
@@ -26,9 +27,17 @@ def _from_ray(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] == "ray"
 
 
+def cap_gpu_memory(share: float) -> None:
+    """A trial given a fraction of a GPU may use that fraction of its memory: Ray only sets
+    CUDA_VISIBLE_DEVICES and isolates no memory (ray#3947), so one trial could starve the others."""
+    if 0 < share < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(share, 0)
+
+
 def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) -> None:
     spec = StudySpec.model_validate(study)
     cfg = resolve(spec, config).trial_config()
+    cap_gpu_memory(spec.resources.gpu)
     last: dict[str, float] = {}
     board = BoardReader(spec.name) if spec.pruning.enabled else None
 

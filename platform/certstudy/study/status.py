@@ -1,0 +1,101 @@
+"""``certstudy status``: where a study stands, from its stored state alone (Ray is not started).
+
+The Optuna storage says what each trial proposed and how it ended (COMPLETE, PRUNED, FAIL, or
+still RUNNING); the MLflow child runs add the epochs reached, the run's own status and why a run
+failed or was pruned; the Ray Tune folder says whether an interrupted study can be resumed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from certstudy.errors import CertstudyError
+from certstudy.study.export import study_spec
+from certstudy.study.results import summary_metrics
+from certstudy.study.spec import StudySpec
+from certstudy.study.tracking import OPTUNA_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, REASON_TAG, STATUS_TAG, Tracker
+from certstudy.workdir import Workdir
+
+STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    params: dict[str, Any]
+    value: float | None
+    epochs: int | None = None
+    run_status: str = "-"
+    note: str = ""
+
+
+@dataclass
+class StudyStatus:
+    spec: StudySpec
+    rows: list[TrialRow]
+    parent_status: str
+    resumable: bool
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def best(self) -> TrialRow | None:
+        obj = self.spec.objectives[0]
+        done = [r for r in self.rows if r.state in ("completed", "pruned") and r.value is not None and math.isfinite(r.value)]
+        if not done:
+            return None
+        return (max if obj.mode == "max" else min)(done, key=lambda r: r.value)  # type: ignore[arg-type, return-value]
+
+
+def study_status(workdir: Workdir, study: str) -> StudyStatus:
+    spec = study_spec(workdir, study)
+    try:
+        ot = optuna.load_study(study_name=spec.name, storage=workdir.optuna_url(spec.name))
+    except KeyError:
+        raise CertstudyError(f"study {study!r} has no Optuna study in {workdir.optuna_url(spec.name)} (it never got past set-up)") from None
+    uri = ot.user_attrs.get("mlflow_tracking_uri") or spec.tracking_uri(workdir.tracking_uri)
+    parent_id = ot.user_attrs.get("mlflow_parent_run_id")
+    tracker = Tracker(uri)
+    runs: dict[int, Any] = {}
+    parent_status = "-"
+    if parent_id:
+        parent = tracker.client.get_run(parent_id)
+        parent_status = f"{parent.info.status} ({parent.data.tags.get(STATUS_TAG, '')})"
+        for run in tracker.child_runs(parent.info.experiment_id, parent_id):
+            number = run.data.tags.get(OPTUNA_TAG)
+            if number not in (None, "None"):
+                runs[int(number)] = run
+    rows = []
+    objective = spec.objectives[0].metric
+    for t in ot.get_trials(deepcopy=False):
+        state = STATES.get(t.state.name, t.state.name.lower())
+        value = t.values[0] if t.values else None
+        row = TrialRow(t.number, state, dict(t.params), value)
+        run = runs.get(t.number)
+        if run is not None:
+            metrics = summary_metrics(run.data.metrics)
+            steps = [m.step for m in tracker.client.get_metric_history(run.info.run_id, "train/loss")]
+            row.epochs = max(steps) + 1 if steps else 0
+            row.run_status = run.info.status
+            if state in ("completed", "pruned") and objective in metrics:
+                row.value = metrics[objective]  # the best epoch's, where the trial ended on one
+            tags = run.data.tags
+            if PRUNE_REASON_TAG in tags:
+                row.note = f"pruned at epoch {tags.get(PRUNED_AT_TAG)} ({tags[PRUNE_REASON_TAG]})"
+            elif REASON_TAG in tags:
+                row.note = tags[REASON_TAG]
+        elif "fail_reason" in t.user_attrs:
+            row.note = str(t.user_attrs["fail_reason"])
+        rows.append(row)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    exp_dir = ot.user_attrs.get("ray_experiment") or str(workdir.ray_experiment_dir(spec.name))
+    from ray.tune import Tuner  # reads files only; Ray is not started
+
+    resumable = Tuner.can_restore(exp_dir) and counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0) < spec.search.num_trials
+    return StudyStatus(spec, rows, parent_status, resumable, counts)
