@@ -1,6 +1,6 @@
 """Trials per minute on 1 worker node vs 2 worker nodes (logical nodes on one machine).
 
-    python bench/scaling.py [--trials 6] [--epochs 20]
+    python bench/scaling.py [--trials 6] [--epochs 100]
 
 A head with no CPU (the driver's node) and 1 or 2 worker nodes of 1 CPU each, built with
 ``ray.cluster_utils.Cluster``; the same study (fixed trials of about 20 s of compute each on this
@@ -12,6 +12,7 @@ trials spent computing (Ray's time_total_s, summed), and the driver's tracking t
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -20,9 +21,13 @@ from ray.cluster_utils import Cluster
 from rich.console import Console
 from rich.table import Table
 
+from certstudy.study.reruns import write_section
 from certstudy.study.runner import StudyOutcome, launch
 from certstudy.study.spec import validate_spec
 from certstudy.workdir import Workdir
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def study(trials: int, epochs: int) -> dict:
@@ -55,7 +60,7 @@ def run(workers: int, trials: int, epochs: int, root: Path) -> StudyOutcome:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=100)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="certstudy-scaling-") as tmp:
         outcomes = {w: run(w, args.trials, args.epochs, Path(tmp)) for w in (1, 2)}
@@ -70,7 +75,22 @@ def main() -> None:
         table.add_row(str(w), str(done), f"{t['total']:.0f}", f"{rate[w]:.2f}", f"{t.get('setup', 0) + t.get('first_trial_start', 0):.0f}", f"{t.get('trial_compute', 0):.0f}", f"{t.get('trial_compute', 0) / max(done, 1):.1f}", f"{t.get('tracking', 0):.1f}")
     console = Console()
     console.print(table)
-    console.print(f"2 workers / 1 worker: {rate[2] / rate[1]:.2f}x trials per minute (target >= 1.8x)")
+    ratio = rate[2] / rate[1]
+    per = {w: o.timings.get("trial_compute", 0) / max(o.counts.get("completed", 1), 1) for w, o in outcomes.items()}
+    slowdown = per[1] / per[2] if per[2] else float("nan")
+    rest = ratio / (2 * slowdown) if slowdown == slowdown else float("nan")
+    verdict = (
+        f"2 workers / 1 worker: {ratio:.2f}x trials per minute (target >= 1.8x) = 2 nodes x {slowdown:.3f} (per-trial compute, {per[1]:.1f} s alone vs {per[2]:.1f} s "
+        f"side by side on this machine's {os.cpu_count()} cores) x {rest:.3f} (start-up, scheduling and the last round's idle node)"
+    )
+    console.print(verdict)
+    body = (
+        f"Regenerate: `python bench/scaling.py --trials {args.trials} --epochs {args.epochs}` (logical nodes on one machine with {os.cpu_count()} cores; head with 0 CPUs runs the driver).\n\n"
+        "| workers | completed | wall (s) | trials / min | per-trial compute (s) |\n|---|---|---|---|---|\n"
+        + "\n".join(f"| {w} | {o.counts.get('completed', 0)} | {o.timings['total']:.0f} | {rate[w]:.2f} | {per[w]:.1f} |" for w, o in outcomes.items())
+        + f"\n\n{verdict}\n"
+    )
+    write_section(REPO / "docs" / "results.md", "scaling", body)
 
 
 if __name__ == "__main__":

@@ -39,9 +39,10 @@ def tiny_study(name: str = "tiny", **overrides: object) -> dict:
     return study
 
 
-def launch_and_interrupt(root: Path, spec: dict, ready: "Callable[[list], bool]", wait_s: float = 180) -> tuple[int, str, Path]:
+def launch_and_interrupt(root: Path, spec: dict, ready: "Callable[[list], bool]", wait_s: float = 180, kill: bool = False) -> tuple[int, str, Path]:
     """``certstudy launch`` in a subprocess, Ctrl-C once ``ready(runs)`` holds for the study's
-    MLflow runs; returns the exit code, the output and the work directory."""
+    MLflow runs (``kill``: SIGKILL to the driver and the Ray processes it started, a lost driver);
+    returns the exit code, the output and the work directory."""
     import signal
     import shutil
     import subprocess
@@ -68,7 +69,10 @@ def launch_and_interrupt(root: Path, spec: dict, ready: "Callable[[list], bool]"
                 break
         else:
             pytest.fail(f"the study did not reach the interruption point within {wait_s:.0f} s")
-        proc.send_signal(signal.SIGINT)
+        if kill:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=120)[0]
     finally:
         if proc.poll() is None:

@@ -296,3 +296,19 @@ def test_study_file_round_trips_with_a_pruning_section(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(dump_study(spec)))
     again = load_study(path)
     assert again.pruning == spec.pruning and again.evaluation == spec.evaluation
+
+
+def test_restore_hands_trials_proposed_after_the_checkpoint_to_new_ray_trials(tmp_path: Path) -> None:
+    """A lost driver: Optuna proposed trial 1 after Ray's last experiment checkpoint. After the
+    restore, Ray proposes a new trial; it takes trial 1 over (same parameters) instead of asking a
+    third, so the study keeps its planned number of Optuna trials."""
+    s = make_searcher(tmp_path, {})
+    s.suggest("a")
+    s.save(str(tmp_path / "searcher.pkl"))
+    lost = s.suggest("b")
+    fresh = make_searcher(tmp_path, {})
+    fresh.restore(str(tmp_path / "searcher.pkl"))
+    again = fresh.suggest("c")
+    assert again == lost and again["_optuna_trial"] == 1
+    fresh.suggest("d")
+    assert [t.number for t in fresh.study.get_trials()] == [0, 1, 2]

@@ -89,3 +89,15 @@ def test_a_stopped_trial_reaches_the_searcher_as_complete() -> None:
     """Why pruning is not a Ray STOP: stock Ray would tell Optuna COMPLETE with a truncated value."""
     src = inspect.getsource(tune_controller.TuneController.stop_trial)
     assert "self._search_alg.on_trial_complete(" in src
+
+
+def test_define_by_run_suggest_reuses_a_trial_object_we_place_in_ot_trials() -> None:
+    """After a lost driver, StudySearcher.suggest hands a proposed-but-unknown Optuna trial to the
+    new Ray trial by putting it in _ot_trials before OptunaSearch.suggest runs."""
+    src = inspect.getsource(OptunaSearch.suggest)
+    assert "if trial_id not in self._ot_trials:" in src and "_suggest_from_define_by_run_func" in src
+    study = optuna.create_study(direction="maximize")
+    asked = study.ask()
+    asked.suggest_float("x", 0, 1)
+    again = optuna.trial.Trial(study, asked._trial_id)
+    assert again.suggest_float("x", 0, 1) == asked.params["x"]  # the stored value comes back

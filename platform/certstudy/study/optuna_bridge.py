@@ -111,10 +111,13 @@ class StudySearcher(OptunaSearch):
         return self._pruned.get(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Ray's restore, then decisions that reached the Optuna storage after the checkpoint."""
+        """Ray's restore, then what reached the Optuna storage after the checkpoint: prune
+        decisions, and trials proposed but unknown to the checkpoint (taken over by ``suggest``)."""
         super().restore(checkpoint_path)
         self.__dict__.setdefault("_pruned", {})
         by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        known = {t.number for t in self._ot_trials.values()}
+        self._orphans = [t._trial_id for n, t in sorted(by_number.items()) if t.state == TrialState.RUNNING and n not in known]
         for trial_id, ot_trial in self._ot_trials.items():
             stored = by_number.get(ot_trial.number)
             if stored is not None and trial_id not in self._pruned and PRUNE_REASON_ATTR in stored.user_attrs:
@@ -124,6 +127,12 @@ class StudySearcher(OptunaSearch):
     # Ray hooks -------------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | None:
+        orphans = self.__dict__.setdefault("_orphans", [])
+        if trial_id not in self._ot_trials and orphans:
+            # A trial Optuna proposed after Ray's last experiment checkpoint, before the driver
+            # died: the new Ray trial takes it over (same parameters), so the study keeps
+            # exactly its planned number of Optuna trials.
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))
         config = super().suggest(trial_id)
         if config is None:
             return None
