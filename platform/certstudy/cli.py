@@ -1,4 +1,4 @@
-"""``certstudy``: validate | launch | resume | status | export | run | ui.
+"""``certstudy``: validate | launch | resume | status | export | dashboard | run | ui.
 
 Every command takes ``--workdir`` (default ``./certstudy-runs`` or ``$CERTSTUDY_HOME``). Bad input
 exits 2 with one line naming the file, the field, the value and what is allowed; nothing starts.
@@ -72,8 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["min", "max"], help="default: the objective's mode, else max")
     p.add_argument("--top", type=int, default=1, help="how many configurations to write (default 1)")
     p.add_argument("--pareto", action="store_true", help="write the Pareto front of a multi-objective study")
+    p.add_argument("--trial", type=int, help="write this trial (its Optuna number), e.g. from the dashboard's top table")
     p.add_argument("-o", "--output", type=Path, help="default: <workdir>/<study>/best.yaml")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
+
+    p = sub.add_parser("dashboard", help="build the study's HTML dashboard and log it into its MLflow parent run")
+    p.add_argument("study")
+    _add_workdir(p)
+    p.add_argument("--layout", help="a layout name in dashboards/ or a path (default: the study file's `dashboard`)")
+    p.add_argument("-o", "--output", type=Path, help="default: <workdir>/<study>/dashboard.html")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the page into the parent run")
 
     p = sub.add_parser("run", help="train one fixed configuration once, without Ray (e.g. an exported one)")
     p.add_argument("file", type=Path)
@@ -147,6 +155,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from certstudy.dashboards.build import build_dashboard
+
+    built = build_dashboard(Workdir.resolve(args.workdir), args.study, layout=args.layout, out=args.output, log_to_mlflow=not args.no_mlflow)
+    console.print(f"dashboard: {built.path} ({len(built.panels)} figures" + (f"; left out for lack of data: {', '.join(built.left_out)}" if built.left_out else "") + ")", highlight=False)
+    return 0
+
+
 def _report_outcome(outcome: "StudyOutcome", workdir: Workdir) -> int:
     c = outcome.counts
     console.print(
@@ -166,7 +182,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise CertstudyError("--top: must be at least 1")
-    out, docs = export(Workdir.resolve(args.workdir), args.study, metric=args.metric, mode=args.mode, top=args.top, pareto=args.pareto, out=args.output, tracking_uri=args.tracking_uri)
+    out, docs = export(Workdir.resolve(args.workdir), args.study, metric=args.metric, mode=args.mode, top=args.top, pareto=args.pareto, trial=args.trial, out=args.output, tracking_uri=args.tracking_uri)
     table = Table(title=f"exported to {out}")
     table.add_column("#")
     table.add_column("method")
@@ -258,7 +274,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
-COMMANDS = {"validate": cmd_validate, "launch": cmd_launch, "resume": cmd_resume, "status": cmd_status, "export": cmd_export, "run": cmd_run, "ui": cmd_ui}
+COMMANDS = {"validate": cmd_validate, "launch": cmd_launch, "resume": cmd_resume, "status": cmd_status, "dashboard": cmd_dashboard, "export": cmd_export, "run": cmd_run, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,17 +90,24 @@ def _entry(tracker: Tracker, spec: StudySpec, parent: Run, cand: Candidate, rank
     return doc
 
 
-def export(workdir: Workdir, study: str, *, metric: str | None = None, mode: str | None = None, top: int = 1, pareto: bool = False, out: Path | None = None, tracking_uri: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
+def export(workdir: Workdir, study: str, *, metric: str | None = None, mode: str | None = None, top: int = 1, pareto: bool = False, trial: int | None = None, out: Path | None = None, tracking_uri: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
     spec = study_spec(workdir, study)
     tracker = Tracker(spec.tracking_uri(workdir.tracking_uri, tracking_uri))
     parent, candidates = finished_trials(tracker, spec)
     if not candidates:
         raise CertstudyError(f"study {study!r} has no completed trials to export")
-    if pareto:
+    selection: dict[str, Any]
+    if trial is not None:
+        chosen = [c for c in candidates if c.run.data.tags.get(OPTUNA_TAG) == str(trial)]
+        if not chosen:
+            finished = sorted(int(n) for c in candidates if (n := c.run.data.tags.get(OPTUNA_TAG, "")).isdigit())
+            raise SpecError(study, "--trial", trial, f"no finished trial of that number; finished: {', '.join(map(str, finished))}")
+        selection = {"by": metric or spec.objectives[0].metric, "mode": mode or spec.objectives[0].mode, "trial": trial}
+    elif pareto:
         if not spec.multi_objective:
             raise SpecError(study, "--pareto", [o.metric for o in spec.objectives], "a Pareto front needs a study with two or more objectives; use --metric/--top")
         chosen = pareto_front(candidates, spec.objectives)
-        selection: dict[str, Any] = {"by": "pareto", "objectives": [o.model_dump() for o in spec.objectives]}
+        selection = {"by": "pareto", "objectives": [o.model_dump() for o in spec.objectives]}
     else:
         objective = next((o for o in spec.objectives if o.metric == (metric or spec.objectives[0].metric)), None)
         metric = metric or spec.objectives[0].metric

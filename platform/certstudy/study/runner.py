@@ -254,8 +254,22 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
         raise
     status, counts = _fit(spec, tuner, progress, tracking_cb, tracker, experiment_id, parent, timings, started_ray)
     console.print(progress.summary())
+    _rebuild_dashboard(spec, workdir, console, timings)
     timings["total"] = time.perf_counter() - t0
     return StudyOutcome(spec.name, experiment_id, parent, counts, timings, interrupted=status == "KILLED")
+
+
+def _rebuild_dashboard(spec: StudySpec, workdir: Workdir, console: Console, timings: dict[str, float]) -> None:
+    """The study's dashboard, rebuilt when a study ends; a failure here is reported, not raised."""
+    t = time.perf_counter()
+    try:
+        from certstudy.dashboards.build import build_dashboard
+
+        built = build_dashboard(workdir, spec.name)
+        console.print(f"dashboard: {built.path} (also in the MLflow parent run)", highlight=False)
+    except Exception as exc:  # noqa: BLE001 - the study's results are already recorded
+        console.print(f"warning: the dashboard was not built: {collapse(str(exc))}", highlight=False)
+    timings["dashboard"] = time.perf_counter() - t
 
 
 def resume(study: str, workdir: Workdir, *, address: str | None = None, verbose: bool = False, console: Console | None = None) -> StudyOutcome:
@@ -305,6 +319,7 @@ def resume(study: str, workdir: Workdir, *, address: str | None = None, verbose:
         raise
     status, counts = _fit(spec, tuner, progress, tracking_cb, tracker, experiment_id, parent, timings, started_ray)
     console.print(progress.summary())
+    _rebuild_dashboard(spec, workdir, console, timings)
     timings["total"] = time.perf_counter() - t0
     return StudyOutcome(spec.name, experiment_id, parent, counts, timings, interrupted=status == "KILLED")
 

@@ -176,6 +176,7 @@ class StudySpec(Strict):
     tracking: Tracking = Field(default_factory=Tracking)
     seed: int = Field(0, ge=0)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    dashboard: str = Field("default", description="dashboard layout: a name in dashboards/ or a path to a layout file")
     provenance: dict[str, Any] | None = Field(None, description="written by export; ignored by launch")
 
     @model_validator(mode="after")
@@ -386,6 +387,15 @@ def _check_grid(source: str, spec: StudySpec) -> None:
         raise SpecError(source, "search.num_trials", spec.search.num_trials, f"the grid has {size} points; ask for at most that many trials")
 
 
+def _check_dashboard(source: str, spec: StudySpec) -> None:
+    from certstudy.dashboards.layout import load_layout
+
+    try:
+        load_layout(spec.dashboard)
+    except SpecError as exc:
+        raise SpecError(source, "dashboard", spec.dashboard, f"{exc}") from None
+
+
 def _check_attack(source: str, spec: StudySpec) -> None:
     if not spec.evaluation.attack.at_training_radius:
         return
@@ -455,6 +465,7 @@ def validate_spec(data: Any, source: str) -> StudySpec:
     _check_pruning(source, spec)
     _check_attack(source, spec)
     _check_grid(source, spec)
+    _check_dashboard(source, spec)
     if spec.is_fixed():
         try:
             spec.trial_config()

@@ -1,0 +1,106 @@
+"""Dashboard layouts: which panels, which metrics and parameters, in what order (dashboards/*.yaml).
+
+A layout is looked up by name in the repository's ``dashboards/`` folder (``default`` always
+exists) or given as a path; it is validated like a study file, with one-line errors naming the
+field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from certstudy.errors import SpecError
+
+LAYOUTS_DIR = Path(__file__).resolve().parents[3] / "dashboards"
+
+
+class Panel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str | None = None
+
+
+class CertifiedCurves(Panel):
+    """Certified accuracy against radius, for the top trials of each method and certificate."""
+
+    type: Literal["certified_curves"]
+    top: int = Field(3, ge=1, le=50)
+
+
+class Pareto(Panel):
+    """Clean against certified (or robust) accuracy for every finished trial, with the Pareto front."""
+
+    type: Literal["pareto"]
+    x: str = "test/clean_acc"
+    y: str | None = Field(None, description="default: the first certificate at its largest radius, else test/robust_acc")
+
+
+class LearningCurves(Panel):
+    """Per-epoch series of every trial; pruned trials marked where they stopped, with the reason."""
+
+    type: Literal["learning_curves"]
+    metrics: list[str] = Field(default_factory=lambda: ["train/robust_acc", "val/robust_acc"], min_length=1)
+
+
+class ParamEffects(Panel):
+    """The objective (or ``metric``) against each searched hyperparameter."""
+
+    type: Literal["param_effects"]
+    metric: str | None = None
+    params: list[str] | None = None
+
+
+class Heatmap(Panel):
+    """The mean objective over a 2-D grid of two searched hyperparameters (default: the first two)."""
+
+    type: Literal["heatmap"]
+    x: str | None = None
+    y: str | None = None
+    metric: str | None = None
+    bins: int = Field(6, ge=2, le=50)
+
+
+class Importances(Panel):
+    """Optuna's parameter importances for the objective (single-objective studies)."""
+
+    type: Literal["importances"]
+
+
+class TopTable(Panel):
+    """The top trials with their metrics and the command that exports each."""
+
+    type: Literal["top_table"]
+    top: int = Field(10, ge=1, le=1000)
+    metrics: list[str] = Field(default_factory=lambda: ["val/robust_acc", "test/clean_acc", "test/robust_acc"])
+
+
+AnyPanel = Annotated[Union[CertifiedCurves, Pareto, LearningCurves, ParamEffects, Heatmap, Importances, TopTable], Field(discriminator="type")]
+
+
+class Layout(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = "{study}"
+    panels: list[AnyPanel] = Field(min_length=1)
+
+
+def layout_names() -> list[str]:
+    return sorted(p.stem for p in LAYOUTS_DIR.glob("*.yaml"))
+
+
+def load_layout(name_or_path: str) -> Layout:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = LAYOUTS_DIR / f"{name_or_path}.yaml"
+    source = str(path)
+    if not path.exists():
+        raise SpecError(source, "dashboard", name_or_path, f"no such layout; known: {', '.join(layout_names()) or 'none'} (or give a path)")
+    data = yaml.safe_load(path.read_text())
+    try:
+        return Layout.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in {"certified_curves", "pareto", "learning_curves", "param_effects", "heatmap", "importances", "top_table"}))
+        raise SpecError(source, where or "layout", err.get("input"), err["msg"]) from None
