@@ -165,11 +165,16 @@ def test_the_mlflow_ui_shows_the_study_run_and_its_nested_trials(study: dict, ch
         assert len(nested) == 5
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-            page = browser.new_page()
-            page.goto(f"{base}/#/experiments/{exp_id}")
-            page.wait_for_selector("text=dash", timeout=60000)  # the study's parent run, by name
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{base}/#/experiments/{exp_id}/runs")
+            page.wait_for_selector("[role=gridcell] >> text=dash", timeout=60000)  # the study's parent run, by name
+            assert page.locator("text=/dash-000\\d-/").count() == 0  # its trials are nested under it...
+            page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()  # ...until it is expanded
+            page.wait_for_selector("text=/dash-0000-/", timeout=30000)
+            names = page.locator("[role=gridcell] >> text=/dash-000\\d-/").all_inner_texts()
             page.screenshot(path=str(ARTIFACTS / "mlflow_ui.png"), full_page=True)
             browser.close()
     finally:
         os.killpg(proc.pid, 9)
         proc.wait(timeout=30)
+    assert sorted(names) == sorted(r["info"]["run_name"] for r in nested)
