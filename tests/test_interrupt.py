@@ -38,7 +38,7 @@ def test_a_lost_driver_is_resumed_with_exactly_the_planned_trials(tmp_path: Path
     from certstudy.cli import main
 
     n = 5
-    spec = tiny_study("lost-driver", training={"epochs": 6, "batch_size": 64}, search={"num_trials": n, "max_concurrent": 2, "seed": 0})
+    spec = tiny_study("lost-driver", training={"epochs": 6, "batch_size": 8}, search={"num_trials": n, "max_concurrent": 2, "seed": 0})  # slow enough to be killed mid-study
 
     def some_done(runs: list) -> bool:
         children = [r for r in runs if r.data.tags.get("certstudy.role") == "trial"]

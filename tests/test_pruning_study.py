@@ -66,6 +66,7 @@ def _runs(client: MlflowClient, name: str) -> list:
 
 def test_an_interrupted_study_resumes_with_its_pruning_decisions(tmp_path: Path) -> None:
     spec = pruned_study("resumed", search={"num_trials": 6, "max_concurrent": 1, "seed": 2})
+    spec["training"]["batch_size"] = 8  # slow enough epochs that the study is still running when interrupted
 
     def two_pruned(runs: list) -> bool:
         return len([r for r in runs if r.data.tags.get("certstudy.status") == "pruned" and r.info.status == "FINISHED"]) >= 2

@@ -16,6 +16,7 @@ import optuna
 from certstudy.errors import CertstudyError
 from certstudy.study.results import summary_metrics
 from certstudy.study.spec import StudySpec
+from certstudy.study.status import state_name
 from certstudy.study.tracking import OPTUNA_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, STATUS_TAG, Tracker
 from certstudy.workdir import Workdir
 
@@ -74,8 +75,7 @@ def load_study_data(workdir: Workdir, spec: StudySpec, series: tuple[str, ...] =
     for t in ot.get_trials(deepcopy=False):
         run = runs.get(t.number)
         tags = run.data.tags if run else {}
-        state = tags.get(STATUS_TAG) or t.state.name.lower()
-        data = TrialData(t.number, {"complete": "completed", "fail": "failed"}.get(state, state), tags.get("certstudy.method_label", str(t.params.get("method", spec.method_entries[0].key))), dict(t.params))
+        data = TrialData(t.number, tags.get(STATUS_TAG) or state_name(t.state), tags.get("certstudy.method_label", str(t.params.get("method", spec.method_entries[0].key))), dict(t.params))
         if run is not None:
             data.run_id = run.info.run_id
             data.metrics = summary_metrics(run.data.metrics)

@@ -33,6 +33,7 @@ from certstudy.study.progress import Progress
 from certstudy.study.results import OPTUNA_TRIAL_KEY, collapse
 from certstudy.study.space import SearchSpace, grid_points
 from certstudy.study.spec import StudySpec, dump_study, load_study
+from certstudy.study.status import state_name
 from certstudy.study.stop_board import open_board
 from certstudy.study.tracking import REASON_TAG, STATUS_TAG, Tracker
 from certstudy.study.trainable import train_trial
@@ -325,11 +326,9 @@ def resume(study: str, workdir: Workdir, *, address: str | None = None, verbose:
 
 
 def _ended_counts(study: optuna.Study) -> dict[str, int]:
-    names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     out: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        if t.state in names:
-            out[names[t.state]] = out.get(names[t.state], 0) + 1
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        out[state_name(t.state)] = out.get(state_name(t.state), 0) + 1
     return out
 
 

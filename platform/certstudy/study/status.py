@@ -23,6 +23,11 @@ from certstudy.workdir import Workdir
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
 
+def state_name(state: optuna.trial.TrialState) -> str:
+    """An Optuna trial state in certstudy's words (those of progress, MLflow tags and counts)."""
+    return STATES.get(state.name, state.name.lower())
+
+
 @dataclass
 class TrialRow:
     number: int
@@ -72,7 +77,7 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
     rows = []
     objective = spec.objectives[0].metric
     for t in ot.get_trials(deepcopy=False):
-        state = STATES.get(t.state.name, t.state.name.lower())
+        state = state_name(t.state)
         value = t.values[0] if t.values else None
         row = TrialRow(t.number, state, dict(t.params), value)
         run = runs.get(t.number)
