@@ -20,7 +20,6 @@ from certstudy.dashboards.data import StudyData, load_study_data
 from certstudy.dashboards.layout import Layout, load_layout
 from certstudy.dashboards.panels import PANELS
 from certstudy.study.export import study_spec
-from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
 
 DASHBOARD_ARTIFACT = "dashboard.html"
@@ -88,6 +87,5 @@ def build_dashboard(workdir: Workdir, study: str, *, layout: str | None = None, 
     tmp.write_text(page)
     tmp.replace(path)  # never a half-written page
     if log_to_mlflow and data.parent_run_id:
-        tracker = Tracker(data.optuna_study.user_attrs.get("mlflow_tracking_uri") or spec.tracking_uri(workdir.tracking_uri))
-        tracker.client.log_artifact(data.parent_run_id, str(path))
+        data.stored.tracker.client.log_artifact(data.parent_run_id, str(path))
     return Built(path, drawn, left_out)

@@ -13,11 +13,11 @@ from typing import Any
 
 import optuna
 
-from certstudy.errors import CertstudyError
 from certstudy.study.results import summary_metrics
 from certstudy.study.spec import StudySpec
 from certstudy.study.status import state_name
-from certstudy.study.tracking import OPTUNA_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, STATUS_TAG, Tracker
+from certstudy.study.stored import StoredStudy
+from certstudy.study.tracking import PRUNE_REASON_TAG, PRUNED_AT_TAG, STATUS_TAG
 from certstudy.workdir import Workdir
 
 SERIES = ("train/robust_acc", "val/robust_acc")
@@ -43,10 +43,16 @@ class TrialData:
 class StudyData:
     spec: StudySpec
     trials: list[TrialData]
-    optuna_study: optuna.Study
-    parent_run_id: str | None
-    experiment_id: str | None
+    stored: StoredStudy
     workdir: Workdir
+
+    @property
+    def optuna_study(self) -> optuna.Study:
+        return self.stored.optuna
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.stored.parent_run_id
 
     @property
     def finished(self) -> list[TrialData]:
@@ -58,19 +64,8 @@ class StudyData:
 
 
 def load_study_data(workdir: Workdir, spec: StudySpec, series: tuple[str, ...] = SERIES) -> StudyData:
-    try:
-        ot = optuna.load_study(study_name=spec.name, storage=workdir.optuna_url(spec.name))
-    except KeyError:
-        raise CertstudyError(f"study {spec.name!r} has no Optuna study in {workdir.optuna_url(spec.name)}") from None
-    tracker = Tracker(ot.user_attrs.get("mlflow_tracking_uri") or spec.tracking_uri(workdir.tracking_uri))
-    parent_id = ot.user_attrs.get("mlflow_parent_run_id")
-    experiment_id = ot.user_attrs.get("mlflow_experiment_id")
-    runs: dict[int, Any] = {}
-    if parent_id and experiment_id:
-        for run in tracker.child_runs(experiment_id, parent_id):
-            number = run.data.tags.get(OPTUNA_TAG)
-            if number not in (None, "None") and (int(number) not in runs or run.info.status == "FINISHED"):
-                runs[int(number)] = run
+    stored = StoredStudy.open(workdir, spec)
+    ot, tracker, runs = stored.optuna, stored.tracker, stored.trial_runs()
     trials = []
     for t in ot.get_trials(deepcopy=False):
         run = runs.get(t.number)
@@ -86,4 +81,4 @@ def load_study_data(workdir: Workdir, spec: StudySpec, series: tuple[str, ...] =
                 if history:
                     data.series[metric] = sorted((m.step, m.value) for m in history)
         trials.append(data)
-    return StudyData(spec, trials, ot, parent_id, experiment_id, workdir)
+    return StudyData(spec, trials, stored, workdir)

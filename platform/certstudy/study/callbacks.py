@@ -18,7 +18,7 @@ from ray.tune import Callback
 from certstudy.study.optuna_bridge import StudySearcher, trial_error_reason
 from certstudy.study.progress import Progress
 from certstudy.study.pruning import PruneDecision
-from certstudy.study.results import OPTUNA_TRIAL_KEY, failure_reason, result_tags, series_metrics
+from certstudy.study.results import OPTUNA_TRIAL_KEY, failure_reason, result_epoch, result_tags, series_metrics
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec, dump_study
 from certstudy.study.tracking import MODEL_ARTIFACT_DIR, OPTUNA_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, REASON_TAG, STATUS_TAG, STUDY_TAG, Tracker
@@ -194,8 +194,7 @@ class MlflowTrialCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if failure_reason(result) is not None:
             return
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        self._submit(self._buffer_metrics, trial.trial_id, dict(trial.config), series_metrics(result), step)
+        self._submit(self._buffer_metrics, trial.trial_id, dict(trial.config), series_metrics(result), result_epoch(result))
         tags = result_tags(result)
         if tags:
             self._submit(self._write_tags, trial.trial_id, dict(trial.config), tags)

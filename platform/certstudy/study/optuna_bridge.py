@@ -33,7 +33,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from certstudy.study.pruning import PruneDecision, PruningConfig
-from certstudy.study.results import BEST_EPOCH_KEY, FAILURE_KEY, OPTUNA_TRIAL_KEY, failure_reason
+from certstudy.study.results import BEST_EPOCH_KEY, FAILURE_KEY, OPTUNA_TRIAL_KEY, failure_reason, result_epoch
 from certstudy.study.stop_board import post_stop
 
 logger = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ def make_sampler(name: str, multi_objective: bool, seed: int, grid: dict[str, li
     if name == "nsga2" or (name == "auto" and multi_objective):
         return optuna.samplers.NSGAIISampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
-
-
-def _epoch(result: Mapping[str, Any]) -> int:
-    return int(result.get("epoch", result.get("training_iteration", 0)))
 
 
 class StudySearcher(OptunaSearch):
@@ -82,7 +78,7 @@ class StudySearcher(OptunaSearch):
         duplicate, or an epoch repeated after a resume) changes nothing."""
         if failure_reason(result) is not None or BEST_EPOCH_KEY in result or trial_id not in self._ot_trials:
             return self._pruned.get(trial_id)
-        epoch = _epoch(result)
+        epoch = result_epoch(result)
         if epoch <= self._observed.get(trial_id, -1) or trial_id in self._pruned:
             return self._pruned.get(trial_id)
         self._observed[trial_id] = epoch

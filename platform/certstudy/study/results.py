@@ -16,6 +16,11 @@ BEST_PREFIX = "best/"
 BEST_EPOCH_KEY = "best/epoch"  # in the last report of a trial that ended on its best epoch
 
 
+def result_epoch(result: Mapping[str, Any]) -> int:
+    """The epoch a result reports (0-based; Ray's 1-based iteration count where there is none)."""
+    return int(result.get("epoch", result.get("training_iteration", 0)))
+
+
 def failure_reason(result: Mapping[str, Any] | None) -> str | None:
     if not result:
         return None

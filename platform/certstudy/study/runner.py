@@ -35,6 +35,7 @@ from certstudy.study.space import SearchSpace, grid_points
 from certstudy.study.spec import StudySpec, dump_study, load_study
 from certstudy.study.status import state_name
 from certstudy.study.stop_board import open_board
+from certstudy.study.stored import EXPERIMENT_ATTR, PARENT_ATTR, RAY_EXPERIMENT_ATTR, TRACKING_ATTR, StoredStudy
 from certstudy.study.tracking import REASON_TAG, STATUS_TAG, Tracker
 from certstudy.study.trainable import train_trial
 from certstudy.workdir import Workdir
@@ -129,9 +130,9 @@ def _setup_tracking(spec: StudySpec, workdir: Workdir, uri: str, study_yaml: str
     parent = tracker.start_study(experiment_id, spec.name, summary, study_yaml)
     try:
         searcher = _make_searcher(spec, workdir)
-        searcher.study.set_user_attr("mlflow_parent_run_id", parent)
-        searcher.study.set_user_attr("mlflow_experiment_id", experiment_id)
-        searcher.study.set_user_attr("mlflow_tracking_uri", uri)
+        searcher.study.set_user_attr(PARENT_ATTR, parent)
+        searcher.study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
+        searcher.study.set_user_attr(TRACKING_ATTR, uri)
     except BaseException as exc:
         tracker.end_run(parent, "FAILED", {STATUS_TAG: "failed", REASON_TAG: collapse(str(exc))})
         raise
@@ -143,9 +144,9 @@ def _trainable(spec: StudySpec, workdir: Workdir) -> Any:
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def _fit(spec: StudySpec, tuner: tune.Tuner, progress: Progress, tracking_cb: MlflowTrialCallback | None, tracker: Tracker, experiment_id: str, parent: str, timings: dict[str, float], started_ray: bool) -> tuple[str, dict[str, int]]:
-    """Runs the tuner; whatever happens, closes every open MLflow run and the parent run.
-    Returns the parent's final status and the trial counts."""
+def _fit(spec: StudySpec, workdir: Workdir, tuner: tune.Tuner, progress: Progress, tracking_cb: MlflowTrialCallback | None, tracker: Tracker, experiment_id: str, parent: str, timings: dict[str, float], started_ray: bool, console: Console, t0: float) -> StudyOutcome:
+    """Runs the tuner; whatever happens, closes every open MLflow run and the parent run. Then
+    the summary table and the dashboard."""
     status, reason = "KILLED", "interrupted"
     try:
         t2 = time.perf_counter()
@@ -175,7 +176,10 @@ def _fit(spec: StudySpec, tuner: tune.Tuner, progress: Progress, tracking_cb: Ml
         if started_ray:
             ray.shutdown()
         timings["teardown"] = time.perf_counter() - t3
-    return status, progress.counts()
+    console.print(progress.summary())
+    _rebuild_dashboard(spec, workdir, console, timings)
+    timings["total"] = time.perf_counter() - t0
+    return StudyOutcome(spec.name, experiment_id, parent, progress.counts(), timings, interrupted=status == "KILLED")
 
 
 def _preflight(spec: StudySpec, storage: str | None, autoscaling: bool, console: Console) -> None:
@@ -226,7 +230,7 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
     tracking_cb = MlflowTrialCallback(uri, str(workdir.artifact_root), experiment_id, parent, spec.model_dump(mode="json"), searcher)
     try:
         _preflight(spec, storage, autoscaling, console)
-        searcher.study.set_user_attr("ray_experiment", f"{storage_path}/{workdir.ray_experiment_dir(spec.name).name}")
+        searcher.study.set_user_attr(RAY_EXPERIMENT_ATTR, f"{storage_path}/{workdir.ray_experiment_dir(spec.name).name}")
         if spec.pruning.enabled:
             open_board(spec.name)
         tuner = tune.Tuner(
@@ -253,11 +257,7 @@ def launch(spec: StudySpec, workdir: Workdir, *, address: str | None = None, tra
         if started_ray:
             ray.shutdown()
         raise
-    status, counts = _fit(spec, tuner, progress, tracking_cb, tracker, experiment_id, parent, timings, started_ray)
-    console.print(progress.summary())
-    _rebuild_dashboard(spec, workdir, console, timings)
-    timings["total"] = time.perf_counter() - t0
-    return StudyOutcome(spec.name, experiment_id, parent, counts, timings, interrupted=status == "KILLED")
+    return _fit(spec, workdir, tuner, progress, tracking_cb, tracker, experiment_id, parent, timings, started_ray, console, t0)
 
 
 def _rebuild_dashboard(spec: StudySpec, workdir: Workdir, console: Console, timings: dict[str, float]) -> None:
@@ -285,15 +285,13 @@ def resume(study: str, workdir: Workdir, *, address: str | None = None, verbose:
     if not spec_path.exists():
         raise CertstudyError(f"no study {study!r} in {workdir.root} (looked for {spec_path})")
     spec = load_study(spec_path)
-    ot = optuna.load_study(study_name=spec.name, storage=workdir.optuna_url(spec.name))
-    exp_dir = ot.user_attrs.get("ray_experiment") or str(workdir.ray_experiment_dir(spec.name))
+    stored = StoredStudy.open(workdir, spec, workdir.artifact_root)
+    exp_dir = stored.ray_experiment
     if not tune.Tuner.can_restore(exp_dir):
         raise CertstudyError(f"study {study!r} has no Ray Tune state to resume from at {exp_dir}")
-    parent = ot.user_attrs.get("mlflow_parent_run_id")
-    uri = ot.user_attrs.get("mlflow_tracking_uri") or spec.tracking_uri(workdir.tracking_uri)
+    parent, tracker = stored.parent_run_id, stored.tracker
     if not parent:
         raise CertstudyError(f"study {study!r}: its Optuna storage does not name its MLflow parent run")
-    tracker = Tracker(uri, workdir.artifact_root)
     experiment_id = tracker.client.get_run(parent).info.experiment_id
     tracker.client.update_run(parent, status="RUNNING")
     tracker.client.set_tag(parent, STATUS_TAG, "running")
@@ -304,7 +302,7 @@ def resume(study: str, workdir: Workdir, *, address: str | None = None, verbose:
         if spec.pruning.enabled:
             open_board(spec.name)
         tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(spec, workdir), resume_unfinished=True, resume_errored=True)
-        earlier = _ended_counts(ot)
+        earlier = _ended_counts(stored.optuna)
         progress = Progress(spec.name, spec.objectives, spec.search.num_trials, spec.method_entries[0].key, console, earlier=earlier)
         tracking_cb = None
         for cb in tuner._local_tuner.get_run_config().callbacks or []:  # restored from tuner.pkl
@@ -318,11 +316,7 @@ def resume(study: str, workdir: Workdir, *, address: str | None = None, verbose:
         if started_ray:
             ray.shutdown()
         raise
-    status, counts = _fit(spec, tuner, progress, tracking_cb, tracker, experiment_id, parent, timings, started_ray)
-    console.print(progress.summary())
-    _rebuild_dashboard(spec, workdir, console, timings)
-    timings["total"] = time.perf_counter() - t0
-    return StudyOutcome(spec.name, experiment_id, parent, counts, timings, interrupted=status == "KILLED")
+    return _fit(spec, workdir, tuner, progress, tracking_cb, tracker, experiment_id, parent, timings, started_ray, console, t0)
 
 
 def _ended_counts(study: optuna.Study) -> dict[str, int]:

@@ -13,11 +13,11 @@ from typing import Any
 
 import optuna
 
-from certstudy.errors import CertstudyError
 from certstudy.study.export import study_spec
 from certstudy.study.results import summary_metrics
 from certstudy.study.spec import StudySpec
-from certstudy.study.tracking import OPTUNA_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, REASON_TAG, STATUS_TAG, Tracker
+from certstudy.study.stored import StoredStudy
+from certstudy.study.tracking import PRUNE_REASON_TAG, PRUNED_AT_TAG, REASON_TAG, STATUS_TAG
 from certstudy.workdir import Workdir
 
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
@@ -58,22 +58,13 @@ class StudyStatus:
 
 def study_status(workdir: Workdir, study: str) -> StudyStatus:
     spec = study_spec(workdir, study)
-    try:
-        ot = optuna.load_study(study_name=spec.name, storage=workdir.optuna_url(spec.name))
-    except KeyError:
-        raise CertstudyError(f"study {study!r} has no Optuna study in {workdir.optuna_url(spec.name)} (it never got past set-up)") from None
-    uri = ot.user_attrs.get("mlflow_tracking_uri") or spec.tracking_uri(workdir.tracking_uri)
-    parent_id = ot.user_attrs.get("mlflow_parent_run_id")
-    tracker = Tracker(uri)
-    runs: dict[int, Any] = {}
+    stored = StoredStudy.open(workdir, spec)
+    ot, tracker = stored.optuna, stored.tracker
     parent_status = "-"
-    if parent_id:
-        parent = tracker.client.get_run(parent_id)
+    if stored.parent_run_id:
+        parent = tracker.client.get_run(stored.parent_run_id)
         parent_status = f"{parent.info.status} ({parent.data.tags.get(STATUS_TAG, '')})"
-        for run in tracker.child_runs(parent.info.experiment_id, parent_id):
-            number = run.data.tags.get(OPTUNA_TAG)
-            if number not in (None, "None"):
-                runs[int(number)] = run
+    runs = stored.trial_runs()
     rows = []
     objective = spec.objectives[0].metric
     for t in ot.get_trials(deepcopy=False):
@@ -99,8 +90,7 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
-    exp_dir = ot.user_attrs.get("ray_experiment") or str(workdir.ray_experiment_dir(spec.name))
     from ray.tune import Tuner  # reads files only; Ray is not started
 
-    resumable = Tuner.can_restore(exp_dir) and counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0) < spec.search.num_trials
+    resumable = Tuner.can_restore(stored.ray_experiment) and counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0) < spec.search.num_trials
     return StudyStatus(spec, rows, parent_status, resumable, counts)
