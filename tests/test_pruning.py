@@ -312,3 +312,24 @@ def test_restore_hands_trials_proposed_after_the_checkpoint_to_new_ray_trials(tm
     assert again == lost and again["_optuna_trial"] == 1
     fresh.suggest("d")
     assert [t.number for t in fresh.study.get_trials()] == [0, 1, 2]
+
+
+def test_restore_keeps_the_outcome_of_trials_that_ended_after_the_checkpoint(tmp_path: Path) -> None:
+    """A lost driver: trial "a" was told COMPLETE after Ray's last experiment checkpoint. Ray runs
+    it again from its last trial checkpoint after the restore; Optuna keeps the first outcome and
+    the re-run's epochs are not reported to a finished trial (Optuna would raise)."""
+    s = make_searcher(tmp_path, {"pruner": {"name": "threshold", "lower": 0.5}})
+    s.suggest("a")
+    assert run_epochs(s, "a", [0.6, 0.7]) is None
+    s.save(str(tmp_path / "searcher.pkl"))
+    assert run_epochs(s, "a", [0.6, 0.7, 0.8]) is None
+    s.on_trial_complete("a", result={"m": 0.8})
+    fresh = make_searcher(tmp_path, {"pruner": {"name": "threshold", "lower": 0.5}})
+    fresh.restore(str(tmp_path / "searcher.pkl"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fresh.observe("a", {"m": 0.1, "epoch": 2.0}) is None  # no report, no prune decision
+        fresh.on_trial_complete("a", result={"m": 0.1})
+    t = fresh.study.get_trials()[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.value == pytest.approx(0.8)
+    assert t.intermediate_values == {0: 0.6, 1: 0.7, 2: 0.8}

@@ -76,7 +76,7 @@ class StudySearcher(OptunaSearch):
         """Records one epoch's result and returns the trial's prune decision (a new one, or the
         one taken earlier), or None. Each epoch is taken once: a result seen again (Ray's final
         duplicate, or an epoch repeated after a resume) changes nothing."""
-        if failure_reason(result) is not None or BEST_EPOCH_KEY in result or trial_id not in self._ot_trials:
+        if failure_reason(result) is not None or BEST_EPOCH_KEY in result or trial_id not in self._ot_trials or trial_id in self._completed_trials:
             return self._pruned.get(trial_id)
         epoch = result_epoch(result)
         if epoch <= self._observed.get(trial_id, -1) or trial_id in self._pruned:
@@ -107,7 +107,8 @@ class StudySearcher(OptunaSearch):
         return self._pruned.get(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Ray's restore, then what reached the Optuna storage after the checkpoint: prune
+        """Ray's restore, then what reached the Optuna storage after the checkpoint: trials that
+        ended (Ray may run them again from a checkpoint; Optuna keeps their first outcome), prune
         decisions, and trials proposed but unknown to the checkpoint (taken over by ``suggest``)."""
         super().restore(checkpoint_path)
         self.__dict__.setdefault("_pruned", {})
@@ -116,6 +117,8 @@ class StudySearcher(OptunaSearch):
         self._orphans = [t._trial_id for n, t in sorted(by_number.items()) if t.state == TrialState.RUNNING and n not in known]
         for trial_id, ot_trial in self._ot_trials.items():
             stored = by_number.get(ot_trial.number)
+            if stored is not None and stored.state.is_finished():
+                self._completed_trials.add(trial_id)
             if stored is not None and trial_id not in self._pruned and PRUNE_REASON_ATTR in stored.user_attrs:
                 attrs = stored.user_attrs
                 self._pruned[trial_id] = PruneDecision(str(attrs[PRUNE_REASON_ATTR]), int(attrs.get(PRUNED_AT_ATTR, -1)), str(attrs.get("prune_detail", "")))
@@ -143,11 +146,13 @@ class StudySearcher(OptunaSearch):
         self._errors[trial_id] = reason
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return  # told once already (e.g. before a lost driver, and run again after the resume)
         reason = failure_reason(result) or (self._errors.get(trial_id, "trial errored") if error else None)
         if reason is None and trial_id not in self._pruned:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
         if reason is not None:
