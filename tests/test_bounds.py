@@ -110,11 +110,11 @@ def test_crown_ibp_loss_trains_and_reports_regularizers() -> None:
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.Conv2d(3, 4, 4, stride=2, padding=1), nn.Conv2d(2, 3, 3, stride=3, padding=2), nn.Conv2d(2, 2, 3, padding="same")])
 def test_conv_transpose_matches_the_autograd_adjoint(conv: nn.Conv2d) -> None:
-    from certstudy.certify.network import Layer
+    from certstudy.certify.network import layer_for
 
     in_shape = (conv.in_channels, 9, 9)
     out_shape = tuple(conv(torch.zeros(1, *in_shape)).shape[1:])
-    layer = Layer(conv, in_shape, out_shape)
+    layer = layer_for(conv, in_shape, out_shape)
     v = torch.randn(7, *out_shape)
     assert torch.allclose(layer.transpose(v), layer.adjoint(v), atol=1e-5)
 

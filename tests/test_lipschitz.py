@@ -11,14 +11,14 @@ from torch import nn
 
 from certstudy.certify import CERTIFIERS, CertifierContext
 from certstudy.certify.lipschitz import PowerIterates, bottom_logit, lipschitz_radii, margin_constants, spectral_norm
-from certstudy.certify.network import Layer, UnsupportedLayer, layers_of
+from certstudy.certify.network import UnsupportedLayer, layer_for, layers_of
 from certstudy.methods import METHODS, MethodContext
 
 
 def _layer(module: nn.Module, in_shape: tuple[int, ...]) -> Layer:
     with torch.no_grad():
         out = module(torch.zeros(1, *in_shape, dtype=next(module.parameters(), torch.zeros(())).dtype))
-    return Layer(module, in_shape, tuple(out.shape[1:]))
+    return layer_for(module, in_shape, tuple(out.shape[1:]))
 
 
 def _materialised(module: nn.Module, in_shape: tuple[int, ...]) -> torch.Tensor:

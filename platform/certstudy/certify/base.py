@@ -61,6 +61,9 @@ class Certifier:
     Params: ClassVar[type[CertifierParams]] = CertifierParams
     deterministic: ClassVar[bool] = False
     """Certifies the model itself (not a smoothed version), so the soundness audit attacks its points."""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    """What it needs of every layer (``certify/network.py``: interval, relaxation, lipschitz); validation
+    builds the model on the meta device and refuses a layer that lacks one."""
 
     def __init__(self, params: CertifierParams, context: CertifierContext) -> None:
         self.params = params

@@ -2,7 +2,9 @@
 
 Written here because no maintained library fits: auto_LiRPA's registry release (0.3) does not run
 on torch 2 and its working 0.7.1 is not on the registry and pins torch < 2.9 (shared/reference).
-The network is a chain of affine layers and ReLUs (``certify/network.py``).
+The network is a chain of layer kinds (``certify/network.py``): affine layers (Linear, Conv2d,
+AvgPool2d, Flatten, BatchNorm, Normalize) are exact; IBP pushes intervals through ReLU, MinMax and
+MaxPool; CROWN relaxes ReLU and MinMax and refuses MaxPool.
 
 - **IBP** (Gowal et al. 2018) pushes intervals forward; for an l2 ball the first affine layer uses
   the exact bound c ± eps·||row||, intersected with the per-coordinate interval.
@@ -30,7 +32,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
-from certstudy.certify.network import Layer, layers_of
+from certstudy.certify.network import RELAXATION, INTERVAL, AffineLayer, FlattenLayer, Layer, LinearLayer, Relaxation, UnsupportedLayer, layers_of
 from certstudy.certify.registry import CERTIFIERS
 from certstudy.models.base import eval_mode
 
@@ -92,7 +94,7 @@ def margin_spec(classes: Tensor, num_classes: int) -> Tensor:
 
 
 def _is_first_affine(layers: list[Layer], i: int) -> bool:
-    return all(isinstance(layers[j].module, nn.Flatten) for j in range(i))
+    return all(isinstance(layers[j], FlattenLayer) for j in range(i))
 
 
 def ibp(layers: list[Layer], ball: Ball, spec: Tensor | None = None) -> tuple[list[Interval], Interval]:
@@ -104,37 +106,21 @@ def ibp(layers: list[Layer], ball: Ball, spec: Tensor | None = None) -> tuple[li
     outputs: list[Interval] = []
     last = len(layers) - 1
     for i, layer in enumerate(layers):
-        if layer.is_relu:
-            lo, hi = lo.clamp_min(0), hi.clamp_min(0)
-        elif i == last and spec is not None:
+        if i == last and spec is not None:
+            assert isinstance(layer, LinearLayer)
             mid, rad = (hi + lo) / 2, (hi - lo) / 2
             w = torch.matmul(spec, layer.module.weight).expand(len(rad), -1, -1)  # (B, S, hidden)
-            centre = torch.matmul(spec, layer.module(mid).unsqueeze(-1)).squeeze(-1)
+            centre = torch.matmul(spec, layer.forward(mid).unsqueeze(-1)).squeeze(-1)
             spread = torch.bmm(w.abs(), rad.unsqueeze(-1)).squeeze(-1)
             return outputs, (centre - spread, centre + spread)
-        elif isinstance(layer.module, nn.Flatten):
-            lo, hi = layer.module(lo), layer.module(hi)
-        else:
-            centre = layer.affine(hi + lo, 0.5)  # W mid + b with mid = (hi + lo) / 2
-            spread = layer.abs_linear(hi - lo, 0.5)
-            lo, hi = centre - spread, centre + spread
-            if ball.norm == "l2" and _is_first_affine(layers, i):
-                exact = layer.affine(ball.x.reshape(len(ball.x), *layer.in_shape))
-                r = ball._eps(exact) * layer.row_norms()
-                lo, hi = torch.maximum(lo, exact - r), torch.minimum(hi, exact + r)
+        lo, hi = layer.interval(lo, hi)
+        if ball.norm == "l2" and isinstance(layer, AffineLayer) and not isinstance(layer, FlattenLayer) and _is_first_affine(layers, i):
+            exact = layer.forward(ball.x.reshape(len(ball.x), *layer.in_shape))
+            r = ball._eps(exact) * layer.row_norms()
+            lo, hi = torch.maximum(lo, exact - r), torch.minimum(hi, exact + r)
         if i < last:
             outputs.append((lo, hi))
     return outputs, (lo, hi)
-
-
-@dataclass
-class Relaxation:
-    """The ReLU lines a lower bound chose, per specification: a(z) = slope·z + intercept."""
-
-    layer: int
-    slope: Tensor
-    intercept: Tensor
-    unstable: Tensor
 
 
 @dataclass
@@ -145,18 +131,7 @@ class BackwardBound:
     relaxations: list[Relaxation] = field(default_factory=list)
 
 
-def _relu_lines(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(lower slope, upper slope, upper intercept, unstable mask) of the CROWN relaxation."""
-    unstable = (lo < 0) & (hi > 0)
-    active = lo >= 0
-    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
-    up_slope = torch.where(unstable, hi / denom, active.to(hi.dtype))
-    up_intercept = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
-    low_slope = torch.where(unstable, (hi > -lo).to(hi.dtype), active.to(hi.dtype))
-    return low_slope, up_slope, up_intercept, unstable
-
-
-def _affine_back(layer: Layer, a: Tensor, const: Tensor) -> tuple[Tensor, Tensor]:
+def _affine_back(layer: AffineLayer, a: Tensor, const: Tensor) -> tuple[Tensor, Tensor]:
     b = layer.bias()
     if b is not None:
         const = const + (a * b).flatten(2).sum(-1)
@@ -167,7 +142,8 @@ def _affine_back(layer: Layer, a: Tensor, const: Tensor) -> tuple[Tensor, Tensor
 def backward(layers: list[Layer], end: int, spec: Tensor, pre_bounds: list[Interval], ball: Ball, *, upper: bool = True, record: bool = False) -> BackwardBound:
     """CROWN bounds of spec·(output of layer ``end``); ``pre_bounds[i]`` bounds layer i's output.
 
-    ``spec`` has shape (B or 1, S, *out_shape); a leading 1 is broadcast over the batch.
+    ``spec`` has shape (B or 1, S, *out_shape); a leading 1 is broadcast over the batch. Affine
+    layers are exact; each non-linear layer contributes its kind's linear relaxation (``relax``).
     """
     a_lo = spec
     a_up = spec if upper else None
@@ -176,24 +152,19 @@ def backward(layers: list[Layer], end: int, spec: Tensor, pre_bounds: list[Inter
     relaxations: list[Relaxation] = []
     for i in range(end, -1, -1):
         layer = layers[i]
-        if not layer.is_relu:
+        if isinstance(layer, AffineLayer):
             a_lo, c_lo = _affine_back(layer, a_lo, c_lo)
             if a_up is not None:
                 a_up, c_up = _affine_back(layer, a_up, c_up)
             continue
-        lo, hi = (t.unsqueeze(1) for t in pre_bounds[i - 1])
-        low_slope, up_slope, up_intercept, unstable = _relu_lines(lo, hi)
-        pos = a_lo >= 0
-        slope = torch.where(pos, low_slope, up_slope)
-        intercept = torch.where(pos, torch.zeros_like(up_intercept), up_intercept)
-        if record:
-            relaxations.append(Relaxation(i, slope, intercept, unstable))
-        c_lo = c_lo + (a_lo * intercept).flatten(2).sum(-1)
-        a_lo = a_lo * slope
+        lo, hi = pre_bounds[i - 1] if i > 0 else ball.interval()
+        a_next, c_add, relaxation = layer.relax(a_lo, lo, hi, upper=False, index=i, record=record)
+        if relaxation is not None:
+            relaxations.append(relaxation)
+        a_lo, c_lo = a_next, c_lo + c_add
         if a_up is not None:
-            pos_u = a_up >= 0
-            c_up = c_up + (a_up * torch.where(pos_u, up_intercept, torch.zeros_like(up_intercept))).flatten(2).sum(-1)
-            a_up = a_up * torch.where(pos_u, up_slope, low_slope)
+            a_up, c_add_up, _ = layer.relax(a_up, lo, hi, upper=True, index=i)
+            c_up = c_up + c_add_up
     n = len(ball.x)
     a_lo = a_lo.expand(n, *a_lo.shape[1:])
     lower, x_star = ball.minimise(a_lo, c_lo.expand(n, -1))
@@ -216,30 +187,45 @@ def relaxed_forward(layers: list[Layer], bound: BackwardBound) -> tuple[Tensor, 
     lines = {r.layer: r for r in bound.relaxations}
     infeasibility = torch.zeros((n, s), device=z.device, dtype=z.dtype)
     for i, layer in enumerate(layers):
-        if layer.is_relu:
-            r = lines[i]
-            pre = z.view(n, s, *layer.in_shape)
-            relaxed = r.slope * pre + r.intercept
-            infeasibility = infeasibility + ((relaxed - pre.clamp_min(0)).abs() * r.unstable).flatten(2).sum(-1)
-            z = relaxed.reshape(n * s, *layer.in_shape)
-        else:
-            z = layer.module(z)
+        if isinstance(layer, AffineLayer):
+            z = layer.forward(z)
+            continue
+        if i not in lines:
+            raise UnsupportedLayer(f"layer {layer.label}: the tightness regularizers replay ReLU relaxations only")
+        r = lines[i]
+        pre = z.view(n, s, *layer.in_shape)
+        relaxed = r.slope * pre + r.intercept
+        infeasibility = infeasibility + ((relaxed - pre.clamp_min(0)).abs() * r.unstable).flatten(2).sum(-1)
+        z = relaxed.reshape(n * s, *layer.in_shape)
     return z.view(n, s, -1), infeasibility
 
 
+CROWN_CHUNK_ELEMENTS = 1 << 24
+"""Identity-spec rows of full CROWN's intermediate bounds go through the network in chunks of about
+this many coefficients (rows x batch x widest layer), so memory stays bounded on wide layers."""
+
+
 def crown(layers: list[Layer], ball: Ball, spec: Tensor) -> Tensor:
-    """Full CROWN lower bounds of spec·logits: every pre-activation bound by CROWN, intersected with IBP's."""
+    """Full CROWN lower bounds of spec·logits: every bound feeding a non-linear layer by CROWN, intersected with IBP's."""
     ibp_bounds, _ = ibp(layers, ball)
     bounds: list[Interval] = []
+    n = len(ball.x)
+    widest = max(math.prod(layer.in_shape) for layer in layers)
+    chunk = max(1, CROWN_CHUNK_ELEMENTS // max(1, n * widest))
     for i, layer in enumerate(layers[:-1]):
-        if i + 1 < len(layers) and layers[i + 1].is_relu and not layer.is_relu:
-            eye = torch.eye(math.prod(layer.out_shape), device=ball.x.device, dtype=ball.x.dtype).view(1, -1, *layer.out_shape)
+        if isinstance(layers[i + 1], AffineLayer):
+            bounds.append(ibp_bounds[i])  # only bounds feeding a non-linear layer are used
+            continue
+        rows = math.prod(layer.out_shape)
+        lows, highs = [], []
+        for start in range(0, rows, chunk):
+            eye = torch.eye(rows, device=ball.x.device, dtype=ball.x.dtype)[start : start + chunk].view(1, -1, *layer.out_shape)
             b = backward(layers, i, eye, bounds, ball)
             assert b.upper is not None
-            lo, hi = (t.view(len(ball.x), *layer.out_shape) for t in (b.lower, b.upper))
-            bounds.append((torch.maximum(lo, ibp_bounds[i][0]), torch.minimum(hi, ibp_bounds[i][1])))
-        else:
-            bounds.append(ibp_bounds[i])  # only bounds feeding a ReLU are used
+            lows.append(b.lower)
+            highs.append(b.upper)
+        lo, hi = (torch.cat(parts, 1).view(n, *layer.out_shape) for parts in (lows, highs))
+        bounds.append((torch.maximum(lo, ibp_bounds[i][0]), torch.minimum(hi, ibp_bounds[i][1])))
     return backward(layers, len(layers) - 1, spec, bounds, ball, upper=False).lower
 
 
@@ -297,7 +283,7 @@ class BoundCertifier(Certifier):
     def certify(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> CertifyResult:
         p = self.params
         grid = sorted(r for r in self.context.radii.get(p.norm, []) if r > 0)
-        layers = layers_of(model, self.context.input_shape)
+        layers = layers_of(model, self.context.input_shape, self.needs)
         preds, radii = [], []
         with eval_mode(model), torch.no_grad():
             for i in range(0, len(x), p.batch_size):
@@ -324,8 +310,10 @@ class BoundCertifier(Certifier):
 @CERTIFIERS.register("ibp")
 class IBPCertifier(BoundCertifier):
     method = "ibp"
+    needs = frozenset({INTERVAL})
 
 
 @CERTIFIERS.register("crown")
 class CROWNCertifier(BoundCertifier):
     method = "crown"
+    needs = frozenset({INTERVAL, RELAXATION})

@@ -1,8 +1,9 @@
 """Global Lipschitz margin bounds (GloRo, Leino et al. 2021) and the ``lipschitz`` certifier.
 
-The margin y_j - y_i of a chain of affine layers and 1-Lipschitz ReLUs is K_ji-Lipschitz in l2
-with K_ji = K_sub * ||w_j - w_i||, K_sub the product of the spectral norms of every layer below the
-last and w the last layer's rows. A point predicted j is certified at every radius below
+The margin y_j - y_i of a chain of layers is K_ji-Lipschitz in l2 with K_ji = K_sub * ||w_j - w_i||,
+K_sub the product of the l2 Lipschitz constants of every layer below the last (spectral norms of
+the affine layers, BatchNorm's max |scale|, 1 for ReLU and MinMax, sqrt of the window overlap for
+max pooling) and w the last layer's rows. A point predicted j is certified at every radius below
 min_{i != j} (y_j - y_i) / K_ji.
 
 Written here because no maintained library fits: the reference GloRo is TensorFlow-only and
@@ -17,7 +18,6 @@ zero margin, and a zero margin is never certified.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -25,25 +25,27 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
-from certstudy.certify.network import Layer, layers_of
+from certstudy.certify.network import LIPSCHITZ, AffineLayer, Layer, layers_of
 from certstudy.certify.registry import CERTIFIERS
 from certstudy.models.base import eval_mode
 
 
 def has_norm(layer: Layer) -> bool:
-    """Layers with a spectral norm to compute (ReLU and Flatten are exactly 1-Lipschitz)."""
-    return not layer.is_relu and not isinstance(layer.module, nn.Flatten)
+    """Layers whose norm GloRo training estimates with a power iterate (the others have a known constant)."""
+    return isinstance(layer, AffineLayer) and layer.power_iterated
 
 
 class PowerIterates:
-    """One persistent, gradient-free iterate per normed layer (GloRo's power method).
+    """One persistent, gradient-free iterate per power-iterated layer (GloRo's power method).
 
     ``sigma`` is ||W u|| / ||u|| at the current iterate, differentiable in W only; it approaches
-    the spectral norm from below as the iterates converge.
+    the spectral norm from below as the iterates converge. Layers with a known constant (ReLU,
+    MinMax, Flatten: 1; MaxPool: sqrt of its window overlap) enter ``product`` as that constant.
     """
 
     def __init__(self, layers: list[Layer], generator: torch.Generator | None = None) -> None:
-        self.layers = [layer for layer in layers if has_norm(layer)]
+        self.layers: list[AffineLayer] = [layer for layer in layers if has_norm(layer)]  # type: ignore[misc]
+        self.constant = math.prod(layer.spectral_norm()[0] for layer in layers if not has_norm(layer))
         param = next((p for layer in layers for p in layer.module.parameters()), torch.zeros(()))
         self.u = [_normalise(torch.randn((1, *layer.in_shape), generator=generator).to(param)) for layer in self.layers]
 
@@ -56,7 +58,7 @@ class PowerIterates:
         return [layer.linear(u).flatten().norm() / u.flatten().norm() for layer, u in zip(self.layers, self.u)]
 
     def product(self) -> Tensor:
-        out = torch.ones((), device=self.u[0].device) if self.u else torch.ones(())
+        out = torch.full((), self.constant, device=self.u[0].device) if self.u else torch.full((), self.constant)
         for s in self.sigmas():
             out = out * s
         return out
@@ -86,32 +88,18 @@ def _normalise(u: Tensor) -> Tensor:
 
 @torch.no_grad()
 def spectral_norm(layer: Layer, *, max_exact_dim: int = 16384, iterations: int = 2000, slack: float = 1e-3) -> tuple[float, bool]:
-    """(an upper bound on ||layer||_2, whether it is exact): SVD where the matrix fits, else
-    converged power iteration times (1 + slack)."""
-    m = layer.module
-    if isinstance(m, nn.Linear):
-        return float(torch.linalg.matrix_norm(m.weight.double(), 2)), True
-    n_in = math.prod(layer.in_shape)
-    if n_in <= max_exact_dim:
-        basis = torch.eye(n_in, dtype=torch.float64, device=layer.device).view(n_in, *layer.in_shape)
-        matrix = _double(layer).linear(basis).reshape(n_in, -1)  # the transpose of the layer's matrix
-        return float(torch.linalg.matrix_norm(matrix, 2)), True
-    iterates = PowerIterates([layer])
-    return iterates.converge(1e-9, iterations) * (1 + slack), False
+    """(an upper bound on ||layer||_2, whether it is exact): each layer kind's own (``certify/network.py``):
+    SVD of a dense or materialised matrix where it fits, else converged power iteration times (1 + slack)."""
+    return layer.spectral_norm(max_exact_dim=max_exact_dim, iterations=iterations, slack=slack)
 
 
 def sub_lipschitz(layers: list[Layer], **options: float) -> tuple[float, bool]:
     """(K_sub: the product of ``spectral_norm`` over the layers below the last, whether every one was exact)."""
     k_sub, exact = 1.0, True
     for layer in layers[:-1]:
-        if has_norm(layer):
-            s, ok = spectral_norm(layer, **options)  # type: ignore[arg-type]
-            k_sub, exact = k_sub * s, exact and ok
+        s, ok = spectral_norm(layer, **options)  # type: ignore[arg-type]
+        k_sub, exact = k_sub * s, exact and ok
     return k_sub, exact
-
-
-def _double(layer: Layer) -> Layer:
-    return Layer(copy.deepcopy(layer.module).double(), layer.in_shape, layer.out_shape, layer.device, torch.float64)
 
 
 def last_layer_weight(layers: list[Layer]) -> Tensor:
@@ -167,6 +155,7 @@ class LipschitzCertifier(Certifier):
     Params = LipschitzParams
     params: LipschitzParams
     deterministic = True
+    needs = frozenset({LIPSCHITZ})
 
     @classmethod
     def certificates(cls, params: CertifierParams) -> list[tuple[str, str]]:
@@ -174,7 +163,7 @@ class LipschitzCertifier(Certifier):
 
     def constants(self, model: nn.Module) -> tuple[Tensor, bool]:
         p = self.params
-        layers = layers_of(model, self.context.input_shape)
+        layers = layers_of(model, self.context.input_shape, self.needs)
         k_sub, exact = sub_lipschitz(layers, max_exact_dim=p.max_exact_dim, iterations=p.iterations, slack=p.slack)
         return margin_constants(k_sub, last_layer_weight(layers).detach().double()), exact
 

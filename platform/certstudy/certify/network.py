@@ -1,26 +1,45 @@
-"""A network as the chain of layers the deterministic certifiers reason about.
+"""A network as the chain of layers the deterministic certifiers reason about: one class per layer kind.
 
 The Lipschitz bound and the bound-propagation certifiers walk a model layer by layer, so they
-accept exactly the layers whose behaviour they know: affine layers (Linear, Conv2d, AvgPool2d,
-Flatten) and ReLU, nested ``nn.Sequential`` flattened, Identity and Dropout (a no-op in eval
-mode) skipped. Anything else is refused with the layer's name: silently treating an unknown layer
+accept exactly the modules whose computation they reproduce: a kind is looked up by the module's
+**exact** type (a subclass may compute something else), nested plain ``nn.Sequential`` flattened,
+``Identity`` and ``Dropout`` (no-ops in eval mode) skipped. Anything else, including a
+configuration a kind does not reproduce (non-zero padding modes, ceil-mode pooling, BatchNorm
+without running statistics), is refused with the layer's name: silently treating an unknown layer
 as 1-Lipschitz (as the TensorFlow GloRo does, with a warning) would make certificates unsound.
 
-Adjoints of the affine layers are taken with autograd (a vector-Jacobian product at 0) rather
-than hand-written transposes, so strides, padding and output sizes are always right.
+Each kind says what it supports, so adding a layer is one class and one ``@layer_kind`` line:
+
+- ``interval``: IBP bounds of its output from bounds of its input (``interval``);
+- ``relaxation``: CROWN's linear bounds (``relax`` for activations; affine layers are exact);
+- ``lipschitz``: an upper bound on its l2 operator norm (``spectral_norm``).
+
+Affine kinds (Linear, Conv2d, AvgPool2d, Flatten, BatchNorm, Normalize) also give their linear part,
+bias and adjoint. Adjoints are taken with autograd (a vector-Jacobian product at 0) where no direct
+transposed op is written, so strides, padding and output sizes are always right. Certificates are
+computed in the layers' own dtype; the certifiers run them in float32 or wider.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+from typing import ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-AFFINE = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten)
-SKIPPED = (nn.Identity, nn.Dropout)
+from certstudy.models.base import eval_mode
+from certstudy.models.layers import MinMax, Normalize
+
+INTERVAL, RELAXATION, LIPSCHITZ = "interval", "relaxation", "lipschitz"
+ALL_OPERATIONS = frozenset({INTERVAL, RELAXATION, LIPSCHITZ})
+OPERATION_USE = {INTERVAL: "interval bounds (IBP)", RELAXATION: "linear relaxations (CROWN)", LIPSCHITZ: "Lipschitz bounds"}
+SKIPPED: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout)
+
+Interval = tuple[Tensor, Tensor]
 
 
 class UnsupportedLayer(ValueError):
@@ -28,83 +47,103 @@ class UnsupportedLayer(ValueError):
 
 
 @dataclass
-class Layer:
-    """One layer with the shapes (per example) it maps between."""
+class Relaxation:
+    """The ReLU lines a lower bound chose, per specification: a(z) = slope·z + intercept."""
 
-    module: nn.Module
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    device: torch.device = torch.device("cpu")  # the model's (parameter-free layers have none of their own)
-    dtype: torch.dtype = torch.float32
+    layer: int
+    slope: Tensor
+    intercept: Tensor
+    unstable: Tensor
+
+
+class Layer:
+    """One layer with the shapes (per example) it maps between; subclasses are the layer kinds."""
+
+    modules: ClassVar[tuple[type[nn.Module], ...]] = ()
+    affine: ClassVar[bool] = False
+    supports: ClassVar[frozenset[str]] = ALL_OPERATIONS
+    refusal: ClassVar[str] = ""
+    """Why an unsupported operation is missing (shown in the error)."""
+
+    def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...], device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, name: str = "") -> None:
+        self.module = module
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.device, self.dtype = device, dtype  # the model's (parameter-free layers have none of their own)
+        self.name = name
+
+    @classmethod
+    def check(cls, module: nn.Module) -> str | None:
+        """Why this module's configuration is not reproduced by the kind (None: it is)."""
+        return None
+
+    def forward(self, z: Tensor) -> Tensor:
+        """The layer's computation, as the bounds model it."""
+        return self.module(z)
+
+    def interval(self, lo: Tensor, hi: Tensor) -> Interval:
+        """Bounds of the output over the box [lo, hi] (monotone layers: exact)."""
+        return self.module(lo), self.module(hi)
+
+    def spectral_norm(self, **options: float) -> tuple[float, bool]:
+        """(an upper bound on the layer's l2 Lipschitz constant, whether it is exact rather than estimated)."""
+        return 1.0, True
+
+    def relax(self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False) -> tuple[Tensor, Tensor, Relaxation | None]:
+        """CROWN through a non-linear layer: for coefficients ``a`` (N, S, *out_shape) on its output and
+        input bounds ``lo, hi`` (B, *in_shape), (coefficients on its input, constant (N, S), the
+        lines chosen) such that a·f(z) >= a_in·z + const (<= when ``upper``) for every z in [lo, hi]."""
+        raise UnsupportedLayer(f"layer {self.label} has no linear relaxation")
 
     @property
-    def is_relu(self) -> bool:
-        return isinstance(self.module, nn.ReLU)
+    def label(self) -> str:
+        return f"'{self.name}' ({type(self.module).__name__})" if self.name else type(self.module).__name__
+
+
+class AffineLayer(Layer):
+    """W z + b. Subclasses give the linear part; the rest follows from it."""
+
+    affine = True
+    power_iterated: ClassVar[bool] = True
+    """Its norm is estimated by a persistent power iterate during GloRo training."""
 
     def linear(self, z: Tensor) -> Tensor:
-        """The layer without its bias (the linear part of an affine layer)."""
-        m = self.module
-        if isinstance(m, nn.Linear):
-            return F.linear(z, m.weight)
-        if isinstance(m, nn.Conv2d):
-            return F.conv2d(z, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
-        return m(z)
+        """The layer without its bias (the linear part)."""
+        raise NotImplementedError
 
     def bias(self) -> Tensor | None:
         """The bias broadcast to the output shape (None for bias-free layers)."""
-        m = self.module
-        b = getattr(m, "bias", None) if isinstance(m, (nn.Linear, nn.Conv2d)) else None
-        if b is None:
-            return None
-        return b if isinstance(m, nn.Linear) else b.view(-1, 1, 1).expand(self.out_shape)
+        return None
 
-    def affine(self, z: Tensor, scale: float = 1.0) -> Tensor:
-        """scale·W z + b in one op (the scale goes on the weights, a far smaller tensor than z)."""
-        m = self.module
-        if isinstance(m, nn.Linear):
-            return F.linear(z, m.weight * scale, m.bias)
-        if isinstance(m, nn.Conv2d):
-            return F.conv2d(z, m.weight * scale, m.bias, m.stride, m.padding, m.dilation, m.groups)
-        return m(z) * scale if scale != 1.0 else m(z)
+    def forward(self, z: Tensor) -> Tensor:
+        return self.affine_map(z)
+
+    def affine_map(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        """scale·W z + b."""
+        out = self.linear(z) * scale if scale != 1.0 else self.linear(z)
+        b = self.bias()
+        return out if b is None else out + b
 
     def abs_linear(self, z: Tensor, scale: float = 1.0) -> Tensor:
         """scale·|W| z (interval radius propagation)."""
-        m = self.module
-        if isinstance(m, nn.Linear):
-            return F.linear(z, m.weight.abs() * scale)
-        if isinstance(m, nn.Conv2d):
-            return F.conv2d(z, m.weight.abs() * scale, None, m.stride, m.padding, m.dilation, m.groups)
-        return m(z) * scale if scale != 1.0 else m(z)  # average pooling and flattening have non-negative weights
+        raise NotImplementedError
+
+    def interval(self, lo: Tensor, hi: Tensor) -> Interval:
+        centre = self.affine_map(hi + lo, 0.5)  # W mid + b with mid = (hi + lo) / 2
+        spread = self.abs_linear(hi - lo, 0.5)
+        return centre - spread, centre + spread
 
     def row_norms(self) -> Tensor:
         """The l2 norm of each output's weight row, exactly (border effects of padding included)."""
-        m = self.module
         ones = torch.ones((1, *self.in_shape), device=self.device, dtype=self.dtype)
-        if isinstance(m, nn.Linear):
-            return F.linear(ones, m.weight.square())[0].sqrt()
-        if isinstance(m, nn.Conv2d):
-            return F.conv2d(ones, m.weight.square(), None, m.stride, m.padding, m.dilation, m.groups)[0].sqrt()
-        if isinstance(m, nn.AvgPool2d):  # every weight of a row is 1/area, or 0
-            area = math.prod(_pair(m.kernel_size))
-            return (m(ones)[0] / area).sqrt()
-        return ones[0].flatten() if isinstance(m, nn.Flatten) else ones[0]
+        squared = self.abs_linear_squared(ones)
+        return squared[0].sqrt()
+
+    def abs_linear_squared(self, z: Tensor) -> Tensor:
+        """(W ∘ W) z, for ``row_norms``."""
+        raise NotImplementedError
 
     def transpose(self, cotangent: Tensor) -> Tensor:
-        """Wᵀ v for each leading row of ``cotangent`` (shape (N, *out_shape)), differentiable in W.
-
-        Dense and convolution layers use their transposed op directly (bound propagation pushes
-        thousands of rows through it, and ``adjoint`` would pay a forward pass for each);
-        ``output_padding`` comes from the actual shapes, and a test checks it against ``adjoint``.
-        """
-        m = self.module
-        if isinstance(m, nn.Linear):
-            return cotangent @ m.weight
-        if isinstance(m, nn.Conv2d) and isinstance(m.padding, tuple):
-            size = F.conv_transpose2d(cotangent[:1], m.weight, None, m.stride, m.padding, 0, m.groups, m.dilation).shape[2:]
-            extra = tuple(want - got for want, got in zip(self.in_shape[1:], size))
-            return F.conv_transpose2d(cotangent, m.weight, None, m.stride, m.padding, extra, m.groups, m.dilation)
-        if isinstance(m, nn.Flatten):
-            return cotangent.reshape(cotangent.shape[0], *self.in_shape)
+        """Wᵀ v for each leading row of ``cotangent`` (shape (N, *out_shape)), differentiable in W."""
         return self.adjoint(cotangent)
 
     def adjoint(self, cotangent: Tensor) -> Tensor:
@@ -116,35 +155,419 @@ class Layer:
             (grad,) = torch.autograd.grad(self.linear(z), z, cotangent, create_graph=differentiable)
         return grad
 
+    def spectral_norm(self, *, max_exact_dim: float = 16384, iterations: float = 2000, slack: float = 1e-3, **_: float) -> tuple[float, bool]:
+        """SVD of the materialised matrix in float64 where it fits, else converged power iteration times (1 + slack)."""
+        n_in = math.prod(self.in_shape)
+        with torch.no_grad():
+            if n_in <= max_exact_dim:
+                wide = self.in_float64()
+                basis = torch.eye(n_in, dtype=torch.float64, device=self.device).view(n_in, *self.in_shape)
+                matrix = wide.linear(basis).reshape(n_in, -1)  # the transpose of the layer's matrix
+                return float(torch.linalg.matrix_norm(matrix, 2)), True
+            return power_norm(self, int(iterations)) * (1 + slack), False
+
+    def in_float64(self) -> "AffineLayer":
+        """The same layer with its parameters in float64 (a copy; the model is untouched)."""
+        return type(self)(copy.deepcopy(self.module).double(), self.in_shape, self.out_shape, self.device, torch.float64, self.name)
+
+
+def power_norm(layer: AffineLayer, iterations: int, tol: float = 1e-9) -> float:
+    """||W||_2 estimated by power iteration on WᵀW until the estimate changes by less than ``tol`` (relative)."""
+    u = torch.randn((1, *layer.in_shape), generator=torch.Generator().manual_seed(0)).to(device=layer.device, dtype=layer.dtype)
+    last = 0.0
+    for _ in range(iterations):
+        u = layer.adjoint(layer.linear(u))
+        u = u / u.flatten().norm().clamp_min(1e-30)
+        now = float(layer.linear(u).flatten().norm())
+        if abs(now - last) <= tol * max(now, 1e-30):
+            return now
+        last = now
+    return last
+
+
+_KINDS: dict[type[nn.Module], type[Layer]] = {}
+
+
+def layer_kind(cls: type[Layer]) -> type[Layer]:
+    """Registers a kind for the exact module types it lists."""
+    for module_type in cls.modules:
+        if module_type in _KINDS:
+            raise ValueError(f"layer kind for {module_type.__name__} is registered twice")
+        _KINDS[module_type] = cls
+    return cls
+
+
+@layer_kind
+class LinearLayer(AffineLayer):
+    modules = (nn.Linear,)
+    module: nn.Linear
+
+    def linear(self, z: Tensor) -> Tensor:
+        return F.linear(z, self.module.weight)
+
+    def bias(self) -> Tensor | None:
+        return self.module.bias
+
+    def affine_map(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        return F.linear(z, self.module.weight * scale, self.module.bias)  # the scale goes on the weights, a far smaller tensor
+
+    def abs_linear(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        return F.linear(z, self.module.weight.abs() * scale)
+
+    def abs_linear_squared(self, z: Tensor) -> Tensor:
+        return F.linear(z, self.module.weight.square())
+
+    def transpose(self, cotangent: Tensor) -> Tensor:
+        return cotangent @ self.module.weight
+
+    def spectral_norm(self, **options: float) -> tuple[float, bool]:
+        return float(torch.linalg.matrix_norm(self.module.weight.detach().double(), 2)), True
+
+
+@layer_kind
+class ConvLayer(AffineLayer):
+    modules = (nn.Conv2d,)
+    module: nn.Conv2d
+
+    @classmethod
+    def check(cls, module: nn.Module) -> str | None:
+        assert isinstance(module, nn.Conv2d)
+        if module.padding_mode != "zeros":
+            return f"padding_mode {module.padding_mode!r} is not bounded (only zero padding is)"
+        return None
+
+    def _conv(self, z: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        m = self.module
+        return F.conv2d(z, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+
+    def linear(self, z: Tensor) -> Tensor:
+        return self._conv(z, self.module.weight, None)
+
+    def bias(self) -> Tensor | None:
+        b = self.module.bias
+        return None if b is None else b.view(-1, 1, 1).expand(self.out_shape)
+
+    def affine_map(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        return self._conv(z, self.module.weight * scale, self.module.bias)
+
+    def abs_linear(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        return self._conv(z, self.module.weight.abs() * scale, None)
+
+    def abs_linear_squared(self, z: Tensor) -> Tensor:
+        return self._conv(z, self.module.weight.square(), None)
+
+    def transpose(self, cotangent: Tensor) -> Tensor:
+        """The transposed convolution directly (bound propagation pushes thousands of rows through it, and
+        ``adjoint`` would pay a forward pass for each); ``output_padding`` comes from the actual shapes,
+        and a test checks it against ``adjoint``."""
+        m = self.module
+        if not isinstance(m.padding, tuple):  # padding="same" / "valid": let autograd work it out
+            return self.adjoint(cotangent)
+        size = F.conv_transpose2d(cotangent[:1], m.weight, None, m.stride, m.padding, 0, m.groups, m.dilation).shape[2:]
+        extra = tuple(want - got for want, got in zip(self.in_shape[1:], size))
+        return F.conv_transpose2d(cotangent, m.weight, None, m.stride, m.padding, extra, m.groups, m.dilation)
+
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, ...]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _modules(model: nn.Module) -> list[nn.Module]:
-    if isinstance(model, nn.Sequential):
-        return [leaf for child in model for leaf in _modules(child)]
-    if isinstance(model, SKIPPED):
-        return []
-    if isinstance(model, AFFINE) or isinstance(model, nn.ReLU):
-        return [model]
-    raise UnsupportedLayer(f"layer {type(model).__name__} is not supported by the deterministic certifiers (supported: Linear, Conv2d, AvgPool2d, Flatten, ReLU in nn.Sequential)")
+@layer_kind
+class AvgPoolLayer(AffineLayer):
+    modules = (nn.AvgPool2d,)
+    module: nn.AvgPool2d
+
+    @classmethod
+    def check(cls, module: nn.Module) -> str | None:
+        assert isinstance(module, nn.AvgPool2d)
+        if module.ceil_mode or (not module.count_include_pad and _pair(module.padding) != (0, 0)) or module.divisor_override:
+            return "AvgPool2d is supported with the default count_include_pad, ceil_mode and divisor"
+        return None
+
+    def linear(self, z: Tensor) -> Tensor:
+        return self.module(z)
+
+    def abs_linear(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        return self.module(z) * scale if scale != 1.0 else self.module(z)  # its weights are non-negative
+
+    def abs_linear_squared(self, z: Tensor) -> Tensor:
+        return self.module(z) / math.prod(_pair(self.module.kernel_size))  # every weight of a row is 1/area, or 0
 
 
-def layers_of(model: nn.Module, input_shape: tuple[int, ...]) -> list[Layer]:
-    """The model's layers with their shapes; raises ``UnsupportedLayer`` naming an unknown layer."""
-    layers = []
+@layer_kind
+class FlattenLayer(AffineLayer):
+    modules = (nn.Flatten,)
+    power_iterated = False
+
+    @classmethod
+    def check(cls, module: nn.Module) -> str | None:
+        assert isinstance(module, nn.Flatten)
+        if module.start_dim != 1 or module.end_dim != -1:
+            return "only Flatten(start_dim=1, end_dim=-1) is supported"
+        return None
+
+    def linear(self, z: Tensor) -> Tensor:
+        return z.flatten(1)
+
+    def abs_linear(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        return z.flatten(1) * scale if scale != 1.0 else z.flatten(1)
+
+    def abs_linear_squared(self, z: Tensor) -> Tensor:
+        return z.flatten(1)
+
+    def interval(self, lo: Tensor, hi: Tensor) -> Interval:
+        return lo.flatten(1), hi.flatten(1)
+
+    def transpose(self, cotangent: Tensor) -> Tensor:
+        return cotangent.reshape(cotangent.shape[0], *self.in_shape)
+
+    def spectral_norm(self, **options: float) -> tuple[float, bool]:
+        return 1.0, True
+
+
+class ChannelAffineLayer(AffineLayer):
+    """z ↦ s_c·z + t_c per channel c (a diagonal map): its norm is max |s| exactly."""
+
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        """(s, t), one value per channel."""
+        raise NotImplementedError
+
+    def _per_channel(self, t: Tensor) -> Tensor:
+        return t.view(-1, *([1] * (len(self.in_shape) - 1)))
+
+    def linear(self, z: Tensor) -> Tensor:
+        return z * self._per_channel(self.scale_shift()[0])
+
+    def bias(self) -> Tensor | None:
+        return self._per_channel(self.scale_shift()[1]).expand(self.out_shape)
+
+    def affine_map(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        s, t = self.scale_shift()
+        return z * self._per_channel(s * scale) + self._per_channel(t)
+
+    def abs_linear(self, z: Tensor, scale: float = 1.0) -> Tensor:
+        return z * self._per_channel(self.scale_shift()[0].abs() * scale)
+
+    def abs_linear_squared(self, z: Tensor) -> Tensor:
+        return z * self._per_channel(self.scale_shift()[0].square())
+
+    def transpose(self, cotangent: Tensor) -> Tensor:
+        return self.linear(cotangent)  # a diagonal map is its own transpose
+
+    def spectral_norm(self, **options: float) -> tuple[float, bool]:
+        s = self.scale_shift()[0].detach().double()
+        return (float(s.abs().max()) if s.numel() else 0.0), True
+
+
+@layer_kind
+class NormalizeLayer(ChannelAffineLayer):
+    modules = (Normalize,)
+    module: Normalize
+
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        m = self.module
+        return 1 / m.std, -m.mean / m.std
+
+
+BATCH_STATS = "_certstudy_batch_stats"
+
+
+def _record_batch_stats(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+    """Forward hook: a training-mode BatchNorm keeps the statistics it normalised its batch with."""
+    if module.training:
+        x = inputs[0]
+        dims = [0] + list(range(2, x.dim()))
+        setattr(module, BATCH_STATS, (x.mean(dims), x.var(dims, unbiased=False)))
+
+
+@layer_kind
+class BatchNormLayer(ChannelAffineLayer):
+    """BatchNorm as the affine map it is for fixed statistics.
+
+    In eval mode those are the running statistics, so the certificates bound exactly the network
+    that is evaluated. In training mode (CROWN-IBP / IBP training) they are the **clean batch's**
+    mean and biased variance, recorded by a forward hook when the method's clean forward pass
+    normalises the batch, as Shi et al. (2021) and auto_LiRPA do: the bounds then describe the
+    network the training loss sees for that batch, and the perturbed inputs never alter the
+    statistics (normalising each bound by its own perturbed batch would not be one fixed network).
+    """
+
+    modules = (nn.BatchNorm1d, nn.BatchNorm2d)
+    module: nn.BatchNorm2d
+
+    def __init__(self, module: nn.Module, *args: object, **kwargs: object) -> None:
+        super().__init__(module, *args, **kwargs)  # type: ignore[arg-type]
+        if not getattr(module, "_certstudy_hooked", False):
+            module.register_forward_hook(_record_batch_stats)
+            module._certstudy_hooked = True  # type: ignore[assignment]
+
+    @classmethod
+    def check(cls, module: nn.Module) -> str | None:
+        assert isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if not module.track_running_stats or module.running_mean is None:
+            return "BatchNorm without running statistics normalises every batch by itself and is not one affine map"
+        return None
+
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        m = self.module
+        stats = getattr(m, BATCH_STATS, None) if m.training else None
+        mean, var = stats if stats is not None else (m.running_mean, m.running_var)
+        inv = torch.rsqrt(var + m.eps)
+        s = m.weight * inv if m.weight is not None else inv
+        t = (m.bias if m.bias is not None else 0.0) - mean * s
+        return s, t
+
+
+def relu_lines(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(lower slope, upper slope, upper intercept, unstable mask) of CROWN's ReLU relaxation: the upper
+    line u/(u-l)·(z-l), the adaptive lower line of slope 1 if u > -l else 0 (Zhang et al. 2018)."""
+    unstable = (lo < 0) & (hi > 0)
+    active = lo >= 0
+    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    up_slope = torch.where(unstable, hi / denom, active.to(hi.dtype))
+    up_intercept = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
+    low_slope = torch.where(unstable, (hi > -lo).to(hi.dtype), active.to(hi.dtype))
+    return low_slope, up_slope, up_intercept, unstable
+
+
+def _relax_relu(a: Tensor, lo: Tensor, hi: Tensor, upper: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(slope, intercept, unstable) that bound a·relu(z) from below (above when ``upper``), elementwise."""
+    low_slope, up_slope, up_intercept, unstable = relu_lines(lo, hi)
+    zero = torch.zeros_like(up_intercept)
+    pos = a >= 0
+    if upper:
+        return torch.where(pos, up_slope, low_slope), torch.where(pos, up_intercept, zero), unstable, pos
+    return torch.where(pos, low_slope, up_slope), torch.where(pos, zero, up_intercept), unstable, pos
+
+
+@layer_kind
+class ReLULayer(Layer):
+    modules = (nn.ReLU,)
+    elementwise: ClassVar[bool] = True
+
+    def interval(self, lo: Tensor, hi: Tensor) -> Interval:
+        return lo.clamp_min(0), hi.clamp_min(0)
+
+    def relax(self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False) -> tuple[Tensor, Tensor, Relaxation | None]:
+        slope, intercept, unstable, _ = _relax_relu(a, lo.unsqueeze(1), hi.unsqueeze(1), upper)
+        relaxation = Relaxation(index, slope, intercept, unstable) if record else None
+        return a * slope, (a * intercept).flatten(2).sum(-1), relaxation
+
+
+@layer_kind
+class MinMaxLayer(Layer):
+    """GroupSort of channel pairs: (a, b) ↦ (min, max). Monotone in each input, so intervals are exact;
+    a permutation of each pair, so exactly 1-Lipschitz in l2.
+
+    CROWN: max(a, b) = b + relu(a - b) and min(a, b) = a - relu(a - b), so for coefficients
+    (λ_min, λ_max) on the pair, λ_min·min + λ_max·max = λ_min·a + λ_max·b + μ·relu(d) with
+    μ = λ_max - λ_min and d = a - b ∈ [l_a - u_b, u_a - l_b]; relu(d) is relaxed by CROWN's ReLU
+    lines (exact when d's sign is fixed, as for a stable ReLU).
+    """
+
+    modules = (MinMax,)
+    elementwise: ClassVar[bool] = True
+
+    def relax(self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False) -> tuple[Tensor, Tensor, Relaxation | None]:
+        if record:
+            raise UnsupportedLayer(f"layer {self.label}: the tightness regularizers replay ReLU relaxations only")
+        pairs = a.unflatten(2, (a.shape[2] // 2, 2))  # (N, S, C/2, 2, ...): [..., 0, ...] min, [..., 1, ...] max
+        lam_min, lam_max = pairs.select(3, 0), pairs.select(3, 1)
+        lo_p, hi_p = lo.unflatten(1, (lo.shape[1] // 2, 2)), hi.unflatten(1, (hi.shape[1] // 2, 2))
+        d_lo = (lo_p.select(2, 0) - hi_p.select(2, 1)).unsqueeze(1)
+        d_hi = (hi_p.select(2, 0) - lo_p.select(2, 1)).unsqueeze(1)
+        mu = lam_max - lam_min
+        slope, intercept, _, _ = _relax_relu(mu, d_lo, d_hi, upper)
+        coef_a = lam_min + mu * slope
+        coef_b = lam_max - mu * slope
+        a_in = torch.stack([coef_a, coef_b], dim=3).flatten(2, 3)
+        return a_in, (mu * intercept).flatten(2).sum(-1), None
+
+
+@layer_kind
+class MaxPoolLayer(Layer):
+    """Max pooling: monotone, so intervals are exact. Lipschitz in l2 with constant sqrt(n), n the most
+    windows any input lies in (1 for non-overlapping windows): the squared change of each window's
+    max is at most the largest squared change inside it. CROWN is refused: a sound relaxation of the
+    max of a window is not built here."""
+
+    modules = (nn.MaxPool2d,)
+    supports = frozenset({INTERVAL, LIPSCHITZ})
+    refusal = "no linear relaxation of max pooling is implemented"
+    module: nn.MaxPool2d
+
+    @classmethod
+    def check(cls, module: nn.Module) -> str | None:
+        assert isinstance(module, nn.MaxPool2d)
+        if module.ceil_mode or module.return_indices or _pair(module.dilation) != (1, 1):
+            return "MaxPool2d is supported without ceil_mode, dilation and return_indices"
+        return None
+
+    def spectral_norm(self, **options: float) -> tuple[float, bool]:
+        kernel, stride = _pair(self.module.kernel_size), _pair(self.module.stride or self.module.kernel_size)
+        overlap = math.prod(math.ceil(k / s) for k, s in zip(kernel, stride))
+        return math.sqrt(overlap), True
+
+
+def _walk(module: nn.Module, name: str) -> Iterator[tuple[str, nn.Module]]:
+    if type(module) is nn.Sequential:
+        for child_name, child in module.named_children():
+            yield from _walk(child, f"{name}.{child_name}" if name else child_name)
+    elif type(module) not in SKIPPED:
+        yield name, module
+
+
+def kind_of(module: nn.Module, name: str = "", needs: frozenset[str] = frozenset()) -> type[Layer]:
+    """The module's layer kind; raises ``UnsupportedLayer`` naming the layer when there is none, its
+    configuration is not reproduced, or it lacks an operation in ``needs``."""
+    label = f"layer '{name}' ({type(module).__name__})" if name else f"layer {type(module).__name__}"
+    kind = _KINDS.get(type(module))
+    if kind is None:
+        known = ", ".join(sorted({t.__name__ for t in _KINDS}))
+        raise UnsupportedLayer(f"{label} is not supported by the deterministic certifiers (a chain in nn.Sequential of: {known})")
+    reason = kind.check(module)
+    if reason:
+        raise UnsupportedLayer(f"{label}: {reason}")
+    missing = sorted(needs - kind.supports)
+    if missing:
+        raise UnsupportedLayer(f"{label} has no {OPERATION_USE[missing[0]]}: {kind.refusal or 'not implemented'}")
+    return kind
+
+
+def _anchor(model: nn.Module) -> Tensor:
+    """A tensor of the model's device and dtype (float32 on the CPU for a parameter-free model)."""
+    return next(model.parameters(), next(model.buffers(), torch.zeros(())))
+
+
+def layer_for(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Layer:
+    """One module as its layer kind, on its own device and dtype (raises ``UnsupportedLayer`` when it has none)."""
+    anchor = _anchor(module)
+    return kind_of(module)(module, in_shape, out_shape, anchor.device, anchor.dtype)
+
+
+def layers_of(model: nn.Module, input_shape: tuple[int, ...], needs: frozenset[str] = frozenset()) -> list[Layer]:
+    """The model's layers with their shapes; raises ``UnsupportedLayer`` naming a layer that is unknown
+    or lacks an operation in ``needs``. Works on the meta device (no weights needed)."""
+    layers: list[Layer] = []
     shape = tuple(input_shape)
-    param = next(model.parameters(), torch.zeros(()))
-    with torch.no_grad():
-        for m in _modules(model):
-            if isinstance(m, nn.AvgPool2d) and (m.ceil_mode or not m.count_include_pad and _pair(m.padding) != (0, 0) or m.divisor_override):
-                raise UnsupportedLayer("AvgPool2d is supported with the default count_include_pad, ceil_mode and divisor")
-            out = tuple(m(torch.zeros((1, *shape), device=param.device, dtype=param.dtype)).shape[1:])
-            layers.append(Layer(m, shape, out, param.device, param.dtype))
-            shape = out
-    if any(layer.is_relu and (i == 0 or layers[i - 1].is_relu) for i, layer in enumerate(layers)):
-        raise UnsupportedLayer("every ReLU must follow an affine layer (its pre-activation bounds come from that layer)")
-    if not layers or layers[-1].is_relu or not isinstance(layers[-1].module, nn.Linear):
+    param = _anchor(model)
+    for name, m in _walk(model, ""):
+        kind = kind_of(m, name, needs)
+        with torch.no_grad(), eval_mode(m):  # a training-mode BatchNorm would update its running statistics
+            out = tuple(m(torch.zeros((2, *shape), device=param.device, dtype=param.dtype)).shape[1:])
+        layers.append(kind(m, shape, out, param.device, param.dtype, name))
+        shape = out
+    for i, layer in enumerate(layers):
+        if getattr(layer, "elementwise", False) and (i == 0 or not layers[i - 1].affine):
+            raise UnsupportedLayer(f"every activation must follow an affine layer (its pre-activation bounds come from that layer); {layer.label} does not")
+    if not layers or not isinstance(layers[-1], LinearLayer):
         raise UnsupportedLayer("the network must end with a Linear layer (the logits)")
     return layers
+
+
+def forward(layers: list[Layer], z: Tensor, until: int | None = None) -> Tensor:
+    """The network as the layers model it (BatchNorm with the statistics the bounds use), up to layer ``until``."""
+    for layer in layers[: None if until is None else until + 1]:
+        z = layer.forward(z)
+    return z
+

@@ -38,6 +38,9 @@ class Method:
     """Base class; subclasses set ``Params`` and implement ``loss``."""
 
     Params: ClassVar[type[MethodParams]] = MethodParams
+    needs: ClassVar[frozenset[str]] = frozenset()
+    """What the method's loss needs of every layer of the model it trains (``certify/network.py``);
+    checked at validation like the certifiers' needs."""
 
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         self.params = params

@@ -15,6 +15,10 @@ reviewer's summary only (UNVERIFIED against its §4; shared/reference/lipschitz_
   neuron sits on the ReLU graph), averaged over margins.
 Both are computed on the CROWN-IBP bound, whatever beta is.
 
+BatchNorm (CNN7): the clean forward pass runs first, and the bounds use the statistics it normalised
+the clean batch with (``certify/network.py``, ``BatchNormLayer``), as Shi et al. (2021) do; the
+relaxation gap replays that same network at x*.
+
 Written here because no maintained library fits (auto_LiRPA's registry release does not run on
 torch 2; see ``certify/bounds.py``). The ``ibp`` and ``crown`` certifiers take this method's norm.
 """
@@ -28,7 +32,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from certstudy.certify.bounds import Ball, crown_ibp, ibp, margin_spec, relaxed_forward
-from certstudy.certify.network import Layer, layers_of
+from certstudy.certify.network import INTERVAL, RELAXATION, Layer, forward, layers_of
 from certstudy.methods.base import Method, MethodParams
 from certstudy.methods.registry import METHODS
 
@@ -50,6 +54,7 @@ class CrownIbpParams(MethodParams):
 class CrownIbpTraining(Method):
     Params = CrownIbpParams
     params: CrownIbpParams
+    needs = frozenset({INTERVAL, RELAXATION})
 
     def __init__(self, params: MethodParams, context: Any) -> None:
         super().__init__(params, context)
@@ -86,7 +91,7 @@ class CrownIbpTraining(Method):
         if self.eps <= 0:
             return clean
         if self._layers is None:
-            self._layers = layers_of(model, self.context.input_shape)
+            self._layers = layers_of(model, self.context.input_shape, self.needs)
         layers = self._layers
         ball = Ball.of(x, self.eps, p.norm, self.context.bounds)
         spec = margin_spec(y, self.context.num_classes).to(x.dtype)
@@ -103,7 +108,7 @@ class CrownIbpTraining(Method):
         if regularised:
             _, infeasibility = relaxed_forward(layers, bound)
             n, s = spec.shape[:2]
-            real = model(bound.x_star.reshape(n * s, *x.shape[1:])).view(n, s, -1)
+            real = forward(layers, bound.x_star.reshape(n * s, *x.shape[1:])).view(n, s, -1)  # the network the bounds describe
             gap = (spec * real).sum(-1) - bound.lower
             per_margin = s - 1  # the label's own row is zero
             gap_mean = gap.sum(1).mean() / per_margin

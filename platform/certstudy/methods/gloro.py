@@ -28,7 +28,7 @@ from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
 from certstudy.certify.lipschitz import PowerIterates, bottom_logit, last_layer_weight, margin_constants, sub_lipschitz
-from certstudy.certify.network import Layer, layers_of
+from certstudy.certify.network import LIPSCHITZ, Layer, layers_of
 from certstudy.data.base import Splits
 from certstudy.methods.base import Method, MethodParams
 from certstudy.methods.registry import METHODS
@@ -68,6 +68,7 @@ def scheduled_eps(p: GloroParams, epoch: int, epochs: int) -> float:
 class GloroTraining(Method):
     Params = GloroParams
     params: GloroParams
+    needs = frozenset({LIPSCHITZ})
 
     def __init__(self, params: MethodParams, context: Any) -> None:
         super().__init__(params, context)
@@ -89,7 +90,7 @@ class GloroTraining(Method):
 
     def iterates(self, model: nn.Module) -> tuple[list[Layer], PowerIterates]:
         if self._iterates is None:
-            self._layers = layers_of(model, self.context.input_shape)
+            self._layers = layers_of(model, self.context.input_shape, self.needs)
             gen = torch.Generator().manual_seed(0)
             self._iterates = PowerIterates(self._layers[:-1], gen)
             if self._pending is not None:

@@ -1,7 +1,9 @@
 """The model interface: typed params and ``build(params, input_shape, num_classes)``.
 
-Models are plain ``nn.Sequential`` stacks of Linear / Conv2d / ReLU / Flatten where possible, so
-the certifiers (IBP, CROWN, Lipschitz bounds) can walk them layer by layer.
+Models take inputs in [0, 1] and are plain ``nn.Sequential`` chains where the architecture allows
+(Linear, Conv2d, BatchNorm, ReLU, MinMax, pooling, Flatten), so the certifiers (IBP, CROWN,
+Lipschitz bounds) can walk them layer by layer. ``normalize: true`` puts the dataset's normalisation
+in front as a ``Normalize`` layer (``trial/build.py``), so every radius stays in [0, 1] input space.
 """
 
 from __future__ import annotations
@@ -9,12 +11,16 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 
 class ModelParams(BaseModel):
+    """Base of every model's params; ``normalize`` is common to all of them."""
+
     model_config = ConfigDict(extra="forbid")
+
+    normalize: bool = Field(False, description="put the dataset's per-channel mean/std normalisation inside the network as its first layer")
 
 
 class ModelFactory(Protocol):
