@@ -101,3 +101,12 @@ def launch_study(root: Path, spec: dict) -> dict:
     children = [r for r in runs if r.data.tags.get("certstudy.role") == "trial"]
     ot = optuna.load_study(study_name=name, storage=f"sqlite:///{work / name / 'optuna.db'}")
     return {"work": work, "client": client, "exp": exp, "parents": parents, "children": children, "optuna": ot, "root": root}
+
+
+def shared_mnist_root() -> Path:
+    """The shared MNIST data root (a folder holding MNIST/raw/*.gz): $CERTSTUDY_DATA, else ../shared/data
+    beside the repository. Tests that need it skip with the reason when it is absent; never copied."""
+    root = Path(os.environ.get("CERTSTUDY_DATA") or REPO.parent / "shared" / "data")
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.skip(f"MNIST not found under {root}/MNIST/raw (set CERTSTUDY_DATA to a folder holding MNIST/raw/)")
+    return root

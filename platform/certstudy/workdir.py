@@ -2,7 +2,7 @@
 
     <workdir>/mlflow.db            MLflow tracking store (sqlite)
     <workdir>/mlartifacts/         MLflow artifacts
-    <workdir>/data/                downloaded datasets
+    <workdir>/data/                downloaded datasets ($CERTSTUDY_DATA replaces it)
     <workdir>/<study>/study.yaml   the study as launched
     <workdir>/<study>/optuna.db    Optuna storage
     <workdir>/<study>/ray/         Ray Tune experiment (trial dirs, checkpoints)
@@ -17,6 +17,7 @@ from pathlib import Path
 
 DEFAULT_WORKDIR = "certstudy-runs"
 ENV_VAR = "CERTSTUDY_HOME"
+DATA_ENV_VAR = "CERTSTUDY_DATA"
 RAY_EXPERIMENT = "ray"
 
 
@@ -40,7 +41,10 @@ class Workdir:
 
     @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        """The default data root: ``$CERTSTUDY_DATA`` when set (resolved here, in the driver, so every
+        Ray worker reads the same folder), else ``<workdir>/data``."""
+        env = os.environ.get(DATA_ENV_VAR)
+        return Path(env).expanduser().resolve() if env else self.root / "data"
 
     def study_dir(self, study: str) -> Path:
         return self.root / study
@@ -59,5 +63,5 @@ class Workdir:
         return self.study_dir(study) / "best.yaml"
 
     def ensure(self, study: str | None = None) -> None:
-        for d in (self.root, self.artifact_root, self.data_dir) + ((self.study_dir(study),) if study else ()):
+        for d in (self.root, self.artifact_root, self.root / "data") + ((self.study_dir(study),) if study else ()):
             d.mkdir(parents=True, exist_ok=True)

@@ -520,11 +520,12 @@ def _walk(module: nn.Module, name: str) -> Iterator[tuple[str, nn.Module]]:
 def kind_of(module: nn.Module, name: str = "", needs: frozenset[str] = frozenset()) -> type[Layer]:
     """The module's layer kind; raises ``UnsupportedLayer`` naming the layer when there is none, its
     configuration is not reproduced, or it lacks an operation in ``needs``."""
-    label = f"layer '{name}' ({type(module).__name__})" if name else f"layer {type(module).__name__}"
+    label = f"layer '{name}' ({type(module).__name__})" if name else f"layer {type(module).__name__} (the whole network)"
     kind = _KINDS.get(type(module))
     if kind is None:
         known = ", ".join(sorted({t.__name__ for t in _KINDS}))
-        raise UnsupportedLayer(f"{label} is not supported by the deterministic certifiers (a chain in nn.Sequential of: {known})")
+        what = "has its own forward (e.g. residual connections), not a chain of layers" if next(module.children(), None) is not None else "is not supported"
+        raise UnsupportedLayer(f"{label} {what}; the deterministic certifiers walk nn.Sequential chains of: {known}")
     reason = kind.check(module)
     if reason:
         raise UnsupportedLayer(f"{label}: {reason}")

@@ -42,12 +42,28 @@ class Splits:
 
 
 class Dataset(Protocol):
-    """A registered dataset: typed options and a loader that is deterministic in ``seed``."""
+    """A registered dataset: typed options, its shape (known without loading, for validation), the
+    per-channel normalisation its papers use (None: the train split's own), and a loader that is
+    deterministic in ``seed``."""
 
     Options: type[DatasetOptions]
 
     @staticmethod
+    def shape(options: DatasetOptions) -> tuple[tuple[int, ...], int]: ...
+
+    @staticmethod
+    def normalization(options: DatasetOptions) -> tuple[tuple[float, ...], tuple[float, ...]] | None: ...
+
+    @staticmethod
     def load(options: DatasetOptions, seed: int, data_dir: str) -> Splits: ...
+
+
+def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (dim 1) mean and std of a batch of inputs, as floats (std floored at 1e-6)."""
+    per_channel = x.transpose(0, 1).reshape(x.shape[1], -1)
+    var, mean = torch.var_mean(per_channel, dim=1)
+    std = var.double().sqrt().clamp_min(1e-6)
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:

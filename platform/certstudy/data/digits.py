@@ -30,6 +30,14 @@ class Digits:
     Options = DigitsOptions
 
     @staticmethod
+    def shape(options: DigitsOptions) -> tuple[tuple[int, ...], int]:
+        return (1, 8, 8), 10
+
+    @staticmethod
+    def normalization(options: DigitsOptions) -> None:
+        return None  # no published constants: the train split's own statistics
+
+    @staticmethod
     def load(options: DigitsOptions, seed: int, data_dir: str) -> Splits:
         pixels, labels = _read_digits()
         x = torch.tensor(pixels, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0

@@ -41,6 +41,14 @@ class SyntheticMixture:
     Options = SyntheticMixtureOptions
 
     @staticmethod
+    def shape(options: SyntheticMixtureOptions) -> tuple[tuple[int, ...], int]:
+        return (options.d,), 2
+
+    @staticmethod
+    def normalization(options: SyntheticMixtureOptions) -> None:
+        return None
+
+    @staticmethod
     def load(options: SyntheticMixtureOptions, seed: int, data_dir: str) -> Splits:
         gen = torch.Generator().manual_seed(seed)
         parts = [sample_mixture(n, options.d, options.mu_norm, options.beta, gen) for n in (options.n_train, options.n_val, options.n_test)]

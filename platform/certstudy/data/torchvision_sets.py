@@ -1,14 +1,20 @@
-"""MNIST, Fashion-MNIST and CIFAR-10 in their standard on-disk formats, via torchvision.
+"""MNIST, Fashion-MNIST and CIFAR-10 in their standard on-disk formats (downloaded by torchvision).
 
-Files live in ``<workdir>/data``. When they are missing, torchvision downloads them; offline, the
-loader fails with one line saying where to put them. The files are read here (IDX through
-torchvision's own reader, CIFAR-10's pickled batches directly) rather than through torchvision's
-dataset classes, because those re-check MD5 sums of the full archives and so refuse any subset or
-locally prepared copy of the same format.
+The data root is ``dataset.options.root`` (a folder holding ``MNIST/raw/`` or ``cifar-10-batches-py/``),
+else ``$CERTSTUDY_DATA``, else ``<workdir>/data`` (``Workdir.data_dir``). When the files are missing
+from the default root, torchvision downloads them there; offline, the loader fails with one line
+saying where to put them. A root named in the study file is only read, never downloaded into.
+
+The files are read here rather than through torchvision's dataset classes, which re-check MD5 sums
+of the full archives and so refuse any subset or locally prepared copy of the same format. The IDX
+reader is a few lines because torchvision's does not read the gzipped files (``*.gz``) that its
+own download leaves and that shared data folders often hold; both forms are accepted.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
 import pickle
 from pathlib import Path
 from typing import Callable
@@ -23,6 +29,7 @@ from certstudy.errors import TrialFailed
 
 
 class VisionOptions(DatasetOptions):
+    root: str | None = Field(None, min_length=1, description="data root (read only); default $CERTSTUDY_DATA, else <workdir>/data")
     val_size: int = Field(5000, ge=1, description="images held out of the official train split")
     train_subset: int | None = Field(None, ge=1, description="keep only the first N remaining train images")
     test_subset: int | None = Field(None, ge=1, description="keep only the first N test images")
@@ -40,15 +47,37 @@ def _download(name: str, cls_name: str, root: Path) -> None:
         raise TrialFailed(f"dataset {name}: files not in {root} and download failed ({reason}); place the standard files there") from None
 
 
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _idx_path(raw: Path, name: str) -> Path | None:
+    """The extracted file, else its ``.gz``; None when neither exists."""
+    for candidate in (raw / name, raw / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte IDX array (LeCun's MNIST format), gzipped or not."""
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+        data = fh.read()
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise TrialFailed(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != math.prod(dims):
+        raise TrialFailed(f"{path}: holds {body.size} values, its header says {dims}")
+    return body.reshape(dims)
+
+
 def _idx_reader(folder: str) -> Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]]:
     def read(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from torchvision.datasets.mnist import read_image_file, read_label_file
-
         raw = root / folder / "raw"
         prefix = "train" if train else "t10k"
-        images = read_image_file(str(raw / f"{prefix}-images-idx3-ubyte"))
-        labels = read_label_file(str(raw / f"{prefix}-labels-idx1-ubyte"))
-        return images.unsqueeze(1).float() / 255.0, labels.long()
+        images, labels = (read_idx(_idx_path(raw, f"{prefix}-{kind}") or raw / f"{prefix}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+        return torch.from_numpy(images.copy()).unsqueeze(1).float() / 255.0, torch.from_numpy(labels.astype(np.int64))
 
     return read
 
@@ -66,7 +95,7 @@ def _read_cifar10(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _present_mnist(folder: str) -> Callable[[Path], bool]:
-    return lambda root: all((root / folder / "raw" / f).exists() for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+    return lambda root: all(_idx_path(root / folder / "raw", f) is not None for f in IDX_FILES)
 
 
 def _present_cifar(root: Path) -> bool:
@@ -74,14 +103,34 @@ def _present_cifar(root: Path) -> bool:
     return all((folder / f).exists() for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])
 
 
-def _make(name: str, cls_name: str, num_classes: int, present: Callable[[Path], bool], read: Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]]) -> type:
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def data_root(options: VisionOptions, data_dir: str) -> tuple[Path, bool]:
+    """(the root to read, whether downloading into it is allowed): the study's own root is read only."""
+    if options.root is not None:
+        return Path(options.root).expanduser(), False
+    return Path(data_dir), True  # Workdir.data_dir: $CERTSTUDY_DATA, else <workdir>/data
+
+
+def _make(name: str, cls_name: str, shape: tuple[int, int, int], normalization: Stats, present: Callable[[Path], bool], read: Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]]) -> type:
     class VisionDataset:
         Options = VisionOptions
 
         @staticmethod
+        def shape(options: VisionOptions) -> tuple[tuple[int, ...], int]:
+            return shape, 10
+
+        @staticmethod
+        def normalization(options: VisionOptions) -> Stats:
+            return normalization
+
+        @staticmethod
         def load(options: VisionOptions, seed: int, data_dir: str) -> Splits:
-            root = Path(data_dir)
+            root, may_download = data_root(options, data_dir)
             if not present(root):
+                if not may_download:
+                    raise TrialFailed(f"dataset {name}: files not in dataset.options.root {root} (a root named in the study is read, never downloaded into)")
                 if not options.download:
                     raise TrialFailed(f"dataset {name}: files not in {root} and download is off")
                 _download(name, cls_name, root)
@@ -95,13 +144,14 @@ def _make(name: str, cls_name: str, num_classes: int, present: Callable[[Path], 
                 train = train[: options.train_subset]
             if options.test_subset is not None:
                 x_test, y_test = x_test[: options.test_subset], y_test[: options.test_subset]
-            return Splits(x_full[train], y_full[train], x_full[val], y_full[val], x_test, y_test, num_classes=num_classes)
+            return Splits(x_full[train], y_full[train], x_full[val], y_full[val], x_test, y_test, num_classes=10)
 
     VisionDataset.__name__ = VisionDataset.__qualname__ = cls_name
-    VisionDataset.__doc__ = f"{cls_name} from <workdir>/data (downloaded by torchvision when online)."
+    VisionDataset.__doc__ = f"{cls_name} from the data root (downloaded by torchvision when online); normalisation {normalization}."
     return DATASETS.register(name)(VisionDataset)
 
 
-MNIST = _make("mnist", "MNIST", 10, _present_mnist("MNIST"), _idx_reader("MNIST"))
-FashionMNIST = _make("fashion_mnist", "FashionMNIST", 10, _present_mnist("FashionMNIST"), _idx_reader("FashionMNIST"))
-CIFAR10 = _make("cifar10", "CIFAR10", 10, _present_cifar, _read_cifar10)
+# Per-channel mean/std of the training sets, as the papers' code uses them (``model.params.normalize``).
+MNIST = _make("mnist", "MNIST", (1, 28, 28), ((0.1307,), (0.3081,)), _present_mnist("MNIST"), _idx_reader("MNIST"))
+FashionMNIST = _make("fashion_mnist", "FashionMNIST", (1, 28, 28), ((0.2860,), (0.3530,)), _present_mnist("FashionMNIST"), _idx_reader("FashionMNIST"))
+CIFAR10 = _make("cifar10", "CIFAR10", (3, 32, 32), ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)), _present_cifar, _read_cifar10)

@@ -44,3 +44,18 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def build_model(factory: ModelFactory, params: ModelParams, input_shape: tuple[int, ...], num_classes: int, normalization: Normalization | None = None) -> nn.Module:
+    """The factory's network, behind a ``Normalize`` first layer when ``params.normalize`` asks for it."""
+    from certstudy.models.layers import Normalize
+
+    model = factory.build(params, input_shape, num_classes)
+    if not params.normalize:
+        return model
+    if normalization is None:
+        raise ValueError("model.params.normalize needs the dataset's per-channel mean and std")
+    return nn.Sequential(Normalize(*normalization), model)

@@ -11,6 +11,7 @@ and randomized smoothing work on it.
 from __future__ import annotations
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from certstudy.models.base import ModelParams
@@ -38,12 +39,12 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNetModule(nn.Module):
-    def __init__(self, in_channels: int, blocks: list[int], num_classes: int) -> None:
+    def __init__(self, in_channels: int, blocks: list[int], num_classes: int, width: int = 64) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         stages: list[nn.Module] = []
-        planes_in = 64
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+        planes_in = width
+        for i, (planes, n) in enumerate(zip((width, 2 * width, 4 * width, 8 * width), blocks)):
             strides = [1 if i == 0 else 2] + [1] * (n - 1)
             stage = []
             for s in strides:
@@ -51,8 +52,8 @@ class PreActResNetModule(nn.Module):
                 planes_in = planes
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.bn = nn.BatchNorm2d(512)
-        self.linear = nn.Linear(512, num_classes)
+        self.bn = nn.BatchNorm2d(8 * width)
+        self.linear = nn.Linear(8 * width, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
@@ -61,7 +62,7 @@ class PreActResNetModule(nn.Module):
 
 
 class PreActResNet18Params(ModelParams):
-    pass
+    width: int = Field(64, ge=1, le=1024, description="channels of the first stage (64 in the paper; the stages have 1x, 2x, 4x, 8x)")
 
 
 @MODELS.register("preact_resnet18")
@@ -71,4 +72,4 @@ class PreActResNet18:
     @staticmethod
     def build(params: PreActResNet18Params, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         c, _, _ = image_shape("preact_resnet18", input_shape)
-        return PreActResNetModule(c, [2, 2, 2, 2], num_classes)
+        return PreActResNetModule(c, [2, 2, 2, 2], num_classes, params.width)

@@ -34,6 +34,7 @@ from certstudy.trial.config import (
 )
 from certstudy.trial.build import certifier_params
 from certstudy.trial.evaluation import EPOCH_METRICS
+from certstudy.study.certifiable import check_certifiable
 from certstudy.study.pruning import PruningConfig
 
 
@@ -459,6 +460,7 @@ def validate_spec(data: Any, source: str) -> StudySpec:
         training_fixed.pop(k, None)
     _check_params(source, "training", TrainingConfig, training_fixed, spec.training.search, fixed_key="")
     _check_objectives(source, spec, certificates_of(spec, source))
+    check_certifiable(spec, source)
     if len({o.metric for o in spec.objectives}) != len(spec.objectives):
         raise SpecError(source, "objectives", [o.metric for o in spec.objectives], "each metric may appear once")
     _check_start_points(source, spec)

@@ -9,8 +9,10 @@ from torch import nn
 
 from certstudy.certify import CERTIFIERS, Certifier, CertifierContext, CertifierParams
 from certstudy.data import DATASETS, Splits, poison
+from certstudy.data.base import channel_stats
 from certstudy.methods import METHODS, Method, MethodContext, MethodParams
 from certstudy.models import MODELS
+from certstudy.models.base import build_model
 from certstudy.trial.config import TrialConfig
 
 
@@ -30,9 +32,13 @@ def load_splits(cfg: TrialConfig, data_dir: str) -> Splits:
 
 def build_parts(cfg: TrialConfig, data_dir: str, device: torch.device) -> TrialParts:
     """Data on ``device``, a freshly initialised model (seeded on the CPU) and the method."""
-    splits = load_splits(cfg, data_dir).to(device)
+    dataset = DATASETS.get(cfg.dataset.name)
+    splits = load_splits(cfg, data_dir)
     factory = MODELS.get(cfg.model.name)
-    model = factory.build(factory.Params(**cfg.model.params), splits.input_shape, splits.num_classes)
+    params = factory.Params(**cfg.model.params)
+    normalization = (dataset.normalization(dataset.Options(**cfg.dataset.options)) or channel_stats(splits.x_train)) if params.normalize else None
+    model = build_model(factory, params, splits.input_shape, splits.num_classes, normalization)
+    splits = splits.to(device)
     method_cls = METHODS.get(cfg.method.name)
     context = MethodContext(splits.num_classes, splits.input_shape, splits.bounds, device, cfg.training.epochs)
     method = method_cls(method_cls.Params(**cfg.method.params), context)
