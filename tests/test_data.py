@@ -37,7 +37,8 @@ def test_split_indices_are_disjoint_and_cover_everything() -> None:
 def test_digits_inputs_are_images_in_unit_box() -> None:
     s = _digits(0)
     assert s.input_shape == (1, 8, 8) and s.num_classes == 10
-    assert s.x_train.min() >= 0 and s.x_train.max() <= 1
+    x = s.floats(s.x_train)
+    assert s.x_train.dtype == torch.uint8 and x.min() >= 0 and x.max() <= 1
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.2, 0.333])
@@ -96,7 +97,8 @@ def test_mnist_style_loader_reads_idx_files(tmp_path: Path, name: str, folder: s
     ds = DATASETS.get(name)
     s = ds.load(ds.Options(val_size=10, download=False), 0, str(tmp_path))
     assert s.x_train.shape == (50, 1, 28, 28) and s.x_val.shape[0] == 10 and s.x_test.shape[0] == 20
-    assert 0 <= s.x_train.min() and s.x_train.max() <= 1 and s.y_train.dtype == torch.long
+    x = s.floats(s.x_train)
+    assert s.x_train.dtype == torch.uint8 and 0 <= x.min() and x.max() <= 1 and s.y_train.dtype == torch.long
 
 
 def test_cifar10_loader_reads_pickled_batches(tmp_path: Path) -> None:

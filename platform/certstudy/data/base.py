@@ -19,7 +19,13 @@ class DatasetOptions(BaseModel):
 
 @dataclass
 class Splits:
-    """Train/val/test tensors; inputs are float (N, *input_shape), labels int64 (N,)."""
+    """Train/val/test tensors, inputs (N, *input_shape) in their files' dtype, labels int64 (N,).
+
+    Image inputs stay compact (uint8 for MNIST, CIFAR and the digits) on the trial's device, a
+    quarter of float32's memory, and become float in the input box per batch (``floats``):
+    x / ``divisor``, the same division the files' pixel range implies. Float inputs (synthetic
+    data) have no divisor and pass through unchanged.
+    """
 
     x_train: Tensor
     y_train: Tensor
@@ -32,6 +38,12 @@ class Splits:
     bounds: tuple[float, float] | None = (0.0, 1.0)
     # Indices of train labels changed by poisoning (empty when there is none).
     poisoned: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    # Stored inputs divided by this are the floats the model sees (None: stored as floats already).
+    divisor: float | None = None
+
+    def floats(self, x: Tensor) -> Tensor:
+        """Stored inputs (any slice of the splits) as float32 in the input box; floats pass through."""
+        return x if self.divisor is None or x.is_floating_point() else x.to(torch.float32) / self.divisor
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -47,6 +59,8 @@ class Dataset(Protocol):
     deterministic in ``seed``."""
 
     Options: type[DatasetOptions]
+    flip_keeps_labels: bool
+    """Whether a horizontal flip keeps every label (``dataset.augment.flip`` is refused otherwise)."""
 
     @staticmethod
     def shape(options: DatasetOptions) -> tuple[tuple[int, ...], int]: ...
@@ -58,11 +72,20 @@ class Dataset(Protocol):
     def load(options: DatasetOptions, seed: int, data_dir: str) -> Splits: ...
 
 
-def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (dim 1) mean and std of a batch of inputs, as floats (std floored at 1e-6)."""
-    per_channel = x.transpose(0, 1).reshape(x.shape[1], -1)
-    var, mean = torch.var_mean(per_channel, dim=1)
-    std = var.double().sqrt().clamp_min(1e-6)
+def channel_stats(splits: Splits, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (dim 1) mean and std of the train inputs as floats (std floored at 1e-6), summed in
+    float64 over chunks so no float copy of the whole split is made."""
+    x = splits.x_train
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros(x.shape[1], dtype=torch.float64)
+    dims = [0] + list(range(2, x.dim()))
+    for i in range(0, len(x), chunk):
+        part = splits.floats(x[i : i + chunk]).double()
+        total += part.sum(dims).cpu()
+        squares += part.square().sum(dims).cpu()
+    count = x.numel() / x.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
     return tuple(mean.tolist()), tuple(std.tolist())
 
 

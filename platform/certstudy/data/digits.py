@@ -25,9 +25,10 @@ class DigitsOptions(DatasetOptions):
 
 @DATASETS.register("digits")
 class Digits:
-    """1,797 grey-scale 8x8 digits, 10 classes, pixels scaled from 0..16 to [0, 1]."""
+    """1,797 grey-scale 8x8 digits, 10 classes, pixels 0..16 stored as uint8 and scaled to [0, 1] per batch."""
 
     Options = DigitsOptions
+    flip_keeps_labels = False  # a mirrored digit is another symbol, or none
 
     @staticmethod
     def shape(options: DigitsOptions) -> tuple[tuple[int, ...], int]:
@@ -40,10 +41,10 @@ class Digits:
     @staticmethod
     def load(options: DigitsOptions, seed: int, data_dir: str) -> Splits:
         pixels, labels = _read_digits()
-        x = torch.tensor(pixels, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+        x = torch.tensor(pixels, dtype=torch.uint8).view(-1, 1, 8, 8)  # 0..16
         y = torch.tensor(labels, dtype=torch.long)
         train, val, test = split_indices(len(y), options.val_fraction, options.test_fraction, seed)
-        return Splits(x[train], y[train], x[val], y[val], x[test], y[test], num_classes=10)
+        return Splits(x[train], y[train], x[val], y[val], x[test], y[test], num_classes=10, divisor=16.0)
 
 
 def _read_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,7 @@ def sample_mixture(n: int, d: int, mu_norm: float, beta: float, gen: torch.Gener
 @DATASETS.register("synthetic_mixture")
 class SyntheticMixture:
     Options = SyntheticMixtureOptions
+    flip_keeps_labels = False
 
     @staticmethod
     def shape(options: SyntheticMixtureOptions) -> tuple[tuple[int, ...], int]:

@@ -77,9 +77,30 @@ def _idx_reader(folder: str) -> Callable[[Path, bool], tuple[torch.Tensor, torch
         raw = root / folder / "raw"
         prefix = "train" if train else "t10k"
         images, labels = (read_idx(_idx_path(raw, f"{prefix}-{kind}") or raw / f"{prefix}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
-        return torch.from_numpy(images.copy()).unsqueeze(1).float() / 255.0, torch.from_numpy(labels.astype(np.int64))
+        return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
     return read
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches are pickles (dicts of numpy arrays, lists and bytes). A pickle can call any
+    importable function while it loads, so only the globals such a batch needs are allowed: numpy's
+    array reconstruction and dtypes, and the codec protocol 2 uses for bytes. Anything else is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
 
 
 def _read_cifar10(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,10 +109,13 @@ def _read_cifar10(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for name in names:
         with open(folder / name, "rb") as fh:
-            batch = pickle.load(fh, encoding="latin1")  # the format is a pickle; files come from the user's data dir
+            try:
+                batch = CifarUnpickler(fh, encoding="latin1").load()
+            except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+                raise TrialFailed(f"dataset cifar10: {folder / name} is not a CIFAR-10 batch ({exc})") from None
         xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch["labels"], dtype=np.int64))
-    return torch.from_numpy(np.concatenate(xs)).float() / 255.0, torch.from_numpy(np.concatenate(ys))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
 def _present_mnist(folder: str) -> Callable[[Path], bool]:
@@ -113,9 +137,10 @@ def data_root(options: VisionOptions, data_dir: str) -> tuple[Path, bool]:
     return Path(data_dir), True  # Workdir.data_dir: $CERTSTUDY_DATA, else <workdir>/data
 
 
-def _make(name: str, cls_name: str, shape: tuple[int, int, int], normalization: Stats, present: Callable[[Path], bool], read: Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]]) -> type:
+def _make(name: str, cls_name: str, shape: tuple[int, int, int], normalization: Stats, mirror_invariant: bool, present: Callable[[Path], bool], read: Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]]) -> type:
     class VisionDataset:
         Options = VisionOptions
+        flip_keeps_labels = mirror_invariant
 
         @staticmethod
         def shape(options: VisionOptions) -> tuple[tuple[int, ...], int]:
@@ -144,7 +169,7 @@ def _make(name: str, cls_name: str, shape: tuple[int, int, int], normalization: 
                 train = train[: options.train_subset]
             if options.test_subset is not None:
                 x_test, y_test = x_test[: options.test_subset], y_test[: options.test_subset]
-            return Splits(x_full[train], y_full[train], x_full[val], y_full[val], x_test, y_test, num_classes=10)
+            return Splits(x_full[train], y_full[train], x_full[val], y_full[val], x_test, y_test, num_classes=10, divisor=255.0)
 
     VisionDataset.__name__ = VisionDataset.__qualname__ = cls_name
     VisionDataset.__doc__ = f"{cls_name} from the data root (downloaded by torchvision when online); normalisation {normalization}."
@@ -152,6 +177,7 @@ def _make(name: str, cls_name: str, shape: tuple[int, int, int], normalization: 
 
 
 # Per-channel mean/std of the training sets, as the papers' code uses them (``model.params.normalize``).
-MNIST = _make("mnist", "MNIST", (1, 28, 28), ((0.1307,), (0.3081,)), _present_mnist("MNIST"), _idx_reader("MNIST"))
-FashionMNIST = _make("fashion_mnist", "FashionMNIST", (1, 28, 28), ((0.2860,), (0.3530,)), _present_mnist("FashionMNIST"), _idx_reader("FashionMNIST"))
-CIFAR10 = _make("cifar10", "CIFAR10", (3, 32, 32), ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)), _present_cifar, _read_cifar10)
+# A horizontal flip keeps the label of a garment or a CIFAR object, not of a digit.
+MNIST = _make("mnist", "MNIST", (1, 28, 28), ((0.1307,), (0.3081,)), False, _present_mnist("MNIST"), _idx_reader("MNIST"))
+FashionMNIST = _make("fashion_mnist", "FashionMNIST", (1, 28, 28), ((0.2860,), (0.3530,)), True, _present_mnist("FashionMNIST"), _idx_reader("FashionMNIST"))
+CIFAR10 = _make("cifar10", "CIFAR10", (3, 32, 32), ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)), True, _present_cifar, _read_cifar10)

@@ -145,19 +145,19 @@ class HolisticRobust(Method):
     def final_metrics(self, model: nn.Module, splits: Splits, *, batch_size: int, seed: int) -> dict[str, float | str]:
         """HR's certificate check: the HR objective on the (observed) train split vs the clean
         test split's adversarial loss at the same eps."""
-        train = self._losses(model, splits.x_train, splits.y_train, batch_size, seed)
-        test = self._losses(model, splits.x_test, splits.y_test, batch_size, seed + 1)
+        train = self._losses(model, splits, splits.x_train, splits.y_train, batch_size, seed)
+        test = self._losses(model, splits, splits.x_test, splits.y_test, batch_size, seed + 1)
         objective = float(hr_value(train, self.params.alpha, self.params.r))
         test_loss = float(test.mean())
         holds = objective >= test_loss
         return {"test/hr_objective": objective, "test/hr_robust_loss": test_loss, "test/hr_bound_holds": float(holds), "tags/hr.bound_holds": str(holds).lower()}
 
-    def _losses(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int, seed: int) -> Tensor:
+    def _losses(self, model: nn.Module, splits: Splits, x: Tensor, y: Tensor, batch_size: int, seed: int) -> Tensor:
         gen = torch.Generator(device=x.device).manual_seed(seed)
         out = []
         with eval_mode(model):
             for i in range(0, len(y), batch_size):
-                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+                xb, yb = splits.floats(x[i : i + batch_size]), y[i : i + batch_size]
                 x_adv = pgd_points(self.params, model, xb, yb, self.context.bounds, gen)
                 with torch.no_grad():
                     out.append(F.cross_entropy(model(x_adv), yb, reduction="none"))

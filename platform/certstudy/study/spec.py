@@ -323,8 +323,12 @@ def _check_params(source: str, path: str, params_model: type[BaseModel], fixed: 
 
 
 def param_names(params_model: type[BaseModel]) -> list[str]:
-    """The names a study file uses for a params model's fields (its alias where it has one, e.g. ``lambda``)."""
-    return [f.alias or name for name, f in params_model.model_fields.items()]
+    """The names a study file uses for a params model's fields (its alias where it has one, e.g. ``lambda``),
+    its own fields before those every model of its kind inherits (such as ``normalize``)."""
+    inherited = {name for base in params_model.__mro__[1:] if isinstance(base, type) and issubclass(base, BaseModel) for name in base.model_fields}
+    fields = params_model.model_fields.items()
+    ordered = [(n, f) for n, f in fields if n not in inherited] + [(n, f) for n, f in fields if n in inherited]
+    return [f.alias or name for name, f in ordered]
 
 
 def _probe_params(entry: MethodEntry) -> tuple[Any, Any]:
@@ -386,6 +390,18 @@ def _check_grid(source: str, spec: StudySpec) -> None:
             size *= len(dist.choices)
     if spec.search.num_trials > size:
         raise SpecError(source, "search.num_trials", spec.search.num_trials, f"the grid has {size} points; ask for at most that many trials")
+
+
+def _check_augment(source: str, spec: StudySpec) -> None:
+    augment = spec.dataset.augment
+    if not augment.enabled:
+        return
+    dataset = DATASETS.get(spec.dataset.name)
+    shape, _ = dataset.shape(dataset.Options(**spec.dataset.options))
+    if len(shape) != 3:
+        raise SpecError(source, "dataset.augment", augment.model_dump(), f"dataset {spec.dataset.name!r} is not images (input shape {shape}); crop and flip need (C, H, W) inputs")
+    if augment.flip and not dataset.flip_keeps_labels:
+        raise SpecError(source, "dataset.augment.flip", True, f"a horizontal flip changes {spec.dataset.name!r} labels (a mirrored digit is another symbol or none); use crop only")
 
 
 def _check_dashboard(source: str, spec: StudySpec) -> None:
@@ -468,6 +484,7 @@ def validate_spec(data: Any, source: str) -> StudySpec:
     _check_attack(source, spec)
     _check_grid(source, spec)
     _check_dashboard(source, spec)
+    _check_augment(source, spec)
     if spec.is_fixed():
         try:
             spec.trial_config()

@@ -36,7 +36,7 @@ def build_parts(cfg: TrialConfig, data_dir: str, device: torch.device) -> TrialP
     splits = load_splits(cfg, data_dir)
     factory = MODELS.get(cfg.model.name)
     params = factory.Params(**cfg.model.params)
-    normalization = (dataset.normalization(dataset.Options(**cfg.dataset.options)) or channel_stats(splits.x_train)) if params.normalize else None
+    normalization = (dataset.normalization(dataset.Options(**cfg.dataset.options)) or channel_stats(splits)) if params.normalize else None
     model = build_model(factory, params, splits.input_shape, splits.num_classes, normalization)
     splits = splits.to(device)
     method_cls = METHODS.get(cfg.method.name)

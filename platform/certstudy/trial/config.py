@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from certstudy.data.augmentation import Augment
 from certstudy.data.poisoning import Poisoning
 
 
@@ -23,6 +24,7 @@ class DatasetConfig(Strict):
     name: str = "digits"
     options: dict[str, Any] = Field(default_factory=dict)
     poisoning: Poisoning = Field(default_factory=Poisoning)
+    augment: Augment = Field(default_factory=Augment)
 
 
 class ComponentConfig(Strict):
@@ -48,6 +50,9 @@ class TrainingConfig(Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient's global norm")
     full_batch: bool = Field(False, description="gradient descent: steps on the whole train split")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype of the training loss (fp16 with a GradScaler); evaluation, certificates and the audit run in fp32")
+    channels_last: bool = Field(False, description="channels-last memory format for image models and batches (faster convolutions on CUDA)")
+    cudnn_benchmark: bool = Field(False, description="let cuDNN pick the fastest kernels (CUDA; not bit-reproducible)")
     steps_per_epoch: int = Field(1, ge=1, le=100000, description="full_batch only: gradient steps between two evaluations")
 
     @model_validator(mode="after")
@@ -95,6 +100,7 @@ class EvaluationConfig(Strict):
     certify_subset: int | None = Field(None, ge=1, description="test points certified (None: the evaluated test points)")
     certify_val_subset: int = Field(0, ge=0, description="val points certified at the end, for val/certified_* objectives (0: none)")
     val_subset: int | None = Field(None, ge=1, description="fixed val points evaluated each epoch (None: all)")
+    every: int = Field(1, ge=1, le=10000, description="epochs between evaluations; reports, checkpoints and pruning decisions happen on evaluated epochs, and the last epoch is always evaluated")
     train_subset: int | None = Field(None, ge=1, description="fixed train points for train/robust_acc (None: as many as val)")
     test_subset: int | None = Field(None, ge=1, description="test points evaluated at the end (None: all)")
     batch_size: int = Field(512, ge=1)

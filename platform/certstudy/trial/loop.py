@@ -28,6 +28,8 @@ from certstudy.trial.config import TrialConfig
 from certstudy.trial.environment import seed_everything, select_device
 from certstudy.trial.evaluation import Scores, evaluate
 from certstudy.trial.optim import build_optimizer, build_schedule
+from certstudy.trial.precision import Precision
+from certstudy.data.augmentation import augment
 
 Reporter = Callable[[dict[str, "float | str"], "str | None"], "StopRequest | None"]
 
@@ -42,7 +44,7 @@ def _scores(prefix: str, s: Scores) -> dict[str, float]:
     return {f"{prefix}/clean_acc": s.clean_acc, f"{prefix}/clean_loss": s.clean_loss, f"{prefix}/robust_acc": s.robust_acc, f"{prefix}/robust_loss": s.robust_loss}
 
 
-def attack_grid(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: TrialConfig, bounds: tuple[float, float] | None) -> dict[str, float]:
+def attack_grid(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: TrialConfig, bounds: tuple[float, float] | None) -> dict[str, float]:  # x: floats
     """PGD-robust accuracy at every positive radius of the attack norm's grid (upper bounds on certified accuracy)."""
     ev = cfg.evaluation
     out = {}
@@ -53,30 +55,47 @@ def attack_grid(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: TrialConfig, 
     return out
 
 
-def train_epoch(parts: TrialParts, cfg: TrialConfig, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+def train_epoch(parts: TrialParts, cfg: TrialConfig, optimizer: torch.optim.Optimizer, epoch: int, precision: Precision | None = None) -> float:
     """One pass over the (shuffled) train split, or ``steps_per_epoch`` full-batch gradient steps;
-    returns the mean training loss."""
+    returns the mean training loss.
+
+    Nothing is read back to the host inside the loop: the loss sum and the first non-finite batch
+    are kept on the device and read once at the end, so a GPU never waits for the Python loop. A
+    non-finite loss still fails the trial, naming the epoch and the batch where it first appeared.
+    """
     model, method, splits = parts.model, parts.method, parts.splits
+    precision = precision or Precision.of(cfg.training, splits.x_train.device)
+    augmentation = cfg.dataset.augment
     model.train()
     n = len(splits.y_train)
-    order = torch.randperm(n).to(splits.x_train.device)
+    device = splits.x_train.device
+    order = torch.randperm(n).to(device)
     if cfg.training.full_batch:
         batches = [order] * cfg.training.steps_per_epoch
     else:
         batches = [order[i : i + cfg.training.batch_size] for i in range(0, n, cfg.training.batch_size)]
-    total, seen = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    bad_value = torch.zeros((), dtype=torch.float64, device=device)
     for i, idx in enumerate(batches):
-        loss = method.loss(model, splits.x_train[idx], splits.y_train[idx])
-        if not torch.isfinite(loss):
-            raise TrialFailed(f"training loss became {loss.item()} at epoch {epoch}, batch {i}")
+        x = precision.layout(splits.floats(augment(splits.x_train[idx], augmentation)))
+        with precision.autocast():
+            loss = method.loss(model, x, splits.y_train[idx])
+        value = loss.detach().double()
+        newly_bad = (first_bad < 0) & ~torch.isfinite(value)
+        first_bad = torch.where(newly_bad, i, first_bad)
+        bad_value = torch.where(newly_bad, value, bad_value)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        precision.backward(loss)
         if cfg.training.grad_clip is not None:
+            precision.unscale(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
-        optimizer.step()
-        total += loss.item() * len(idx)
-        seen += len(idx)
-    return total / seen
+        precision.step(optimizer)
+        total += value * len(idx)
+    bad = int(first_bad)  # the epoch's one host sync
+    if bad >= 0:
+        raise TrialFailed(f"training loss became {float(bad_value)} at epoch {epoch}, batch {bad}")
+    return float(total) / sum(len(idx) for idx in batches)
 
 
 @dataclass(frozen=True)
@@ -100,7 +119,7 @@ class _Subsets:
 def _end_metrics(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> tuple[dict[str, float | str], dict[str, bytes]]:
     """Test split, the method's own final metrics and every certificate, for the model as it is now."""
     model, splits, ev = parts.model, parts.splits, cfg.evaluation
-    x_test, y_test = splits.x_test[sub.test], splits.y_test[sub.test]
+    x_test, y_test = splits.floats(splits.x_test[sub.test]), splits.y_test[sub.test]
     test = evaluate(model, x_test, y_test, ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
     metrics: dict[str, float | str] = dict(_scores("test", test))
     if ev.attack_grid:
@@ -109,8 +128,8 @@ def _end_metrics(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> tuple[di
     metrics.update(parts.method.final_metrics(model, test_split, batch_size=ev.batch_size, seed=cfg.seed + 14))
     files: dict[str, bytes] = {}
     if parts.certifiers:
-        val_points = (splits.x_val[sub.cert_val], splits.y_val[sub.cert_val]) if sub.cert_val is not None else None
-        certified, files = certify_all(parts, cfg, (splits.x_test[sub.cert], splits.y_test[sub.cert]), val_points, cfg.seed + 15)
+        val_points = (splits.floats(splits.x_val[sub.cert_val]), splits.y_val[sub.cert_val]) if sub.cert_val is not None else None
+        certified, files = certify_all(parts, cfg, (splits.floats(splits.x_test[sub.cert]), splits.y_test[sub.cert]), val_points, cfg.seed + 15)
         metrics.update(certified)
     return metrics, files
 
@@ -133,6 +152,8 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
     parts = build_parts(cfg, data_dir, device)
     cfg = attack_at_training_radius(cfg, parts.method)
     model, splits, ev = parts.model, parts.splits, cfg.evaluation
+    precision = Precision.of(cfg.training, device)
+    model = parts.model = precision.prepare(model)
     optimizer = build_optimizer(cfg.training, model)
     schedule = build_schedule(cfg.training, optimizer)
     val_idx = _fixed_subset(len(splits.y_val), ev.val_subset, cfg.seed + 1).to(device)
@@ -155,6 +176,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         parts.method.load_state_dict(state["method"])
+        precision.load_state_dict(state.get("scaler", {}))
         checkpoint.set_rng_state(state["rng"])
         best.load_state_dict(state.get("best"))
         start, history = int(state["epoch"]) + 1, list(state["history"])
@@ -164,10 +186,12 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
         final = epoch == cfg.training.epochs - 1
         parts.method.on_epoch_start(model, epoch)
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_epoch(parts, cfg, optimizer, epoch)
+        train_loss = train_epoch(parts, cfg, optimizer, epoch, precision)
         schedule.step()
-        val = evaluate(model, splits.x_val[sub.val], splits.y_val[sub.val], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 11)
-        tr = evaluate(model, splits.x_train[sub.train], splits.y_train[sub.train], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 12)
+        if not final and (epoch + 1) % ev.every:
+            continue  # not an evaluated epoch: no evaluation, report or checkpoint
+        val = evaluate(model, splits.x_val[sub.val], splits.y_val[sub.val], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 11, to_float=splits.floats)
+        tr = evaluate(model, splits.x_train[sub.train], splits.y_train[sub.train], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 12, to_float=splits.floats)
         metrics = {
             "epoch": float(epoch),
             "train/lr": lr,
@@ -194,6 +218,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "method": parts.method.state_dict(),
+            "scaler": precision.state_dict(),
             "rng": checkpoint.rng_state(),
             "history": history,
             "best": best.state_dict(),
