@@ -110,3 +110,38 @@ def shared_mnist_root() -> Path:
     if not (root / "MNIST" / "raw").is_dir():
         pytest.skip(f"MNIST not found under {root}/MNIST/raw (set CERTSTUDY_DATA to a folder holding MNIST/raw/)")
     return root
+
+
+def ball_samples(x: "torch.Tensor", eps: float, norm: str, n: int) -> "torch.Tensor":
+    """n points per example inside the ball intersected with [0, 1] (l-inf vertices and midpoints included)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    if norm == "linf":
+        d = (torch.randint(0, 3, (n, *x.shape), generator=gen).float() - 1) * eps  # vertices and midpoints
+        d[: n // 2] = (torch.rand((n // 2, *x.shape), generator=gen) * 2 - 1) * eps
+    else:
+        d = torch.randn((n, *x.shape), generator=gen)
+        d = d / d.flatten(2).norm(dim=2).view(n, len(x), 1, 1, 1) * eps
+        d[: n // 2] *= torch.rand((n // 2, len(x), 1, 1, 1), generator=gen)
+    return (x.unsqueeze(0) + d).clamp(0, 1)
+
+
+def checkpoint_after_epoch(cfg: object, epoch: int, saved: Path, data_dir: Path) -> None:
+    """Runs the trial until it reports ``epoch``, copies that epoch's checkpoint to ``saved`` and stops
+    it there, as an interrupted trial stops."""
+    import shutil
+
+    from certstudy.trial import run_trial
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after(metrics: dict, ckpt: str | None) -> None:
+        if metrics["epoch"] == epoch:
+            shutil.copytree(ckpt, saved)
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_trial(cfg, stop_after, data_dir=str(data_dir))  # type: ignore[arg-type]
+

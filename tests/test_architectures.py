@@ -16,6 +16,7 @@ from certstudy.certify.network import INTERVAL, LIPSCHITZ, RELAXATION, Unsupport
 from certstudy.models import MODELS
 from certstudy.models.base import build_model
 from certstudy.models.layers import MinMax, Normalize
+from conftest import ball_samples
 
 MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 
@@ -123,19 +124,6 @@ def _nets() -> dict[str, nn.Module]:
     return {"batchnorm": _randomise_batchnorm(bn).eval(), "minmax": minmax.eval(), "maxpool": maxpool.eval()}
 
 
-def _samples(x: torch.Tensor, eps: float, norm: str, n: int) -> torch.Tensor:
-    """n points per example inside the ball intersected with [0, 1] (l-inf vertices and midpoints included)."""
-    gen = torch.Generator().manual_seed(1)
-    if norm == "linf":
-        d = (torch.randint(0, 3, (n, *x.shape), generator=gen).float() - 1) * eps
-        d[: n // 2] = (torch.rand((n // 2, *x.shape), generator=gen) * 2 - 1) * eps
-    else:
-        d = torch.randn((n, *x.shape), generator=gen)
-        d = d / d.flatten(2).norm(dim=2).view(n, len(x), 1, 1, 1) * eps
-        d[: n // 2] *= torch.rand((n // 2, len(x), 1, 1, 1), generator=gen)
-    return (x.unsqueeze(0) + d).clamp(0, 1)
-
-
 @pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("l2", 0.3)])
 @pytest.mark.parametrize("arch", ["batchnorm", "minmax", "maxpool"])
 def test_bounds_contain_1000_sampled_outputs_per_example(arch: str, norm: str, eps: float) -> None:
@@ -145,7 +133,7 @@ def test_bounds_contain_1000_sampled_outputs_per_example(arch: str, norm: str, e
     x = torch.rand(6, *SHAPE)
     ball = Ball.of(x, eps, norm, (0.0, 1.0))  # type: ignore[arg-type]
     n = 1200
-    xs = _samples(x, eps, norm, n)
+    xs = ball_samples(x, eps, norm, n)
     tol = 1e-5
     with torch.no_grad():
         out = model(xs.flatten(0, 1)).view(n, len(x), -1)
@@ -248,7 +236,7 @@ def test_training_batchnorm_bounds_use_the_clean_batch_statistics() -> None:
     ball = Ball.of(x, 0.02, "linf", (0.0, 1.0))
     y = logits.argmax(1)
     ibp_lower, bound = crown_ibp(layers, ball, margin_spec(y, 6))
-    xs = _samples(x, 0.02, "linf", 200)
+    xs = ball_samples(x, 0.02, "linf", 200)
     with torch.no_grad():
         out = forward(layers, xs.flatten(0, 1)).view(200, len(x), -1)
     margins = out.gather(2, y.view(1, -1, 1).expand(200, -1, 1)) - out

@@ -9,6 +9,7 @@ from torch import nn
 from certstudy.certify.bounds import Ball, backward, crown, crown_ibp, ibp, margin_lower_bounds, margin_spec, relaxed_forward
 from certstudy.certify.network import layers_of
 from certstudy.methods import METHODS, MethodContext
+from conftest import ball_samples
 
 SHAPE = (1, 8, 8)
 
@@ -20,19 +21,6 @@ def _models() -> dict[str, nn.Module]:
     return {"mlp": mlp.eval(), "cnn": cnn.eval()}
 
 
-def _samples(x: torch.Tensor, eps: float, norm: str, n: int) -> torch.Tensor:
-    """n points per example inside the ball intersected with [0, 1] (corners included for l-inf)."""
-    gen = torch.Generator().manual_seed(1)
-    if norm == "linf":
-        d = (torch.randint(0, 3, (n, *x.shape), generator=gen).float() - 1) * eps  # vertices and midpoints
-        d[: n // 2] = (torch.rand((n // 2, *x.shape), generator=gen) * 2 - 1) * eps
-    else:
-        d = torch.randn((n, *x.shape), generator=gen)
-        d = d / d.flatten(2).norm(dim=2).view(n, len(x), 1, 1, 1) * eps
-        d[: n // 2] *= torch.rand((n // 2, len(x), 1, 1, 1), generator=gen)
-    return (x.unsqueeze(0) + d).clamp(0, 1)
-
-
 @pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("l2", 0.3)])
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_bounds_contain_sampled_outputs(arch: str, norm: str, eps: float) -> None:
@@ -40,7 +28,7 @@ def test_bounds_contain_sampled_outputs(arch: str, norm: str, eps: float) -> Non
     layers = layers_of(model, SHAPE)
     x = torch.rand(8, *SHAPE)
     ball = Ball.of(x, eps, norm, (0.0, 1.0))  # type: ignore[arg-type]
-    xs = _samples(x, eps, norm, 1500)
+    xs = ball_samples(x, eps, norm, 1500)
     with torch.no_grad():
         out = model(xs.flatten(0, 1)).view(1500, len(x), -1)
         lo, hi = ibp(layers, ball)[1]

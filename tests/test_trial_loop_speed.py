@@ -5,7 +5,6 @@ loop it replaced), mixed precision, and a NaN still reported with its epoch and 
 from __future__ import annotations
 
 import pickle
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,6 +27,7 @@ from certstudy.trial import TrialConfig, run_trial
 from certstudy.trial.build import build_parts
 from certstudy.trial.evaluation import Scores, evaluate
 from certstudy.trial.loop import train_epoch
+from conftest import checkpoint_after_epoch
 
 
 def _cfg(**kw) -> TrialConfig:
@@ -128,17 +128,7 @@ def test_resume_is_bit_exact_with_augmentation(tmp_path: Path) -> None:
     assert full["train/loss"] != plain["train/loss"]  # augmentation changed training
 
     saved = tmp_path / "epoch1"
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_epoch_1(metrics: dict, ckpt: str | None) -> None:
-        if metrics["epoch"] == 1:
-            shutil.copytree(ckpt, saved)
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_trial(cfg, stop_after_epoch_1, data_dir=str(tmp_path))
+    checkpoint_after_epoch(cfg, 1, saved, tmp_path)
     resumed = run_trial(cfg, lambda m, d: None, data_dir=str(tmp_path), resume_from=saved)
     assert resumed == full
 
@@ -152,12 +142,7 @@ def test_mixed_precision_trains_on_cpu_and_resumes_exactly(tmp_path: Path, preci
     fp32 = run_trial(_cfg(method={"name": "erm"}, training={"epochs": 4, "batch_size": 64, "lr": 3e-3}), lambda m, d: None, data_dir=str(tmp_path))
     assert full["train/loss"] != fp32["train/loss"]  # the loss really ran in reduced precision
     saved = tmp_path / f"{precision}-epoch1"
-
-    def keep_epoch_1(metrics: dict, ckpt: str | None) -> None:
-        if metrics["epoch"] == 1:
-            shutil.copytree(ckpt, saved)
-
-    run_trial(cfg, keep_epoch_1, data_dir=str(tmp_path))
+    checkpoint_after_epoch(cfg, 1, saved, tmp_path)
     state = torch.load(saved / "trial_state.pt", weights_only=True)
     assert bool(state["scaler"]) == (precision == "fp16")  # the GradScaler's scale is trial state
     assert run_trial(cfg, lambda m, d: None, data_dir=str(tmp_path), resume_from=saved) == full

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from certstudy.models.base import ModelParams
-from certstudy.models.dm import conv_chain
+from certstudy.models.layers import conv_chain
 from certstudy.models.registry import MODELS
 
 

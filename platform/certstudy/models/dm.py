@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from certstudy.models.base import ModelParams
-from certstudy.models.layers import conv_out, image_shape
+from certstudy.models.layers import conv_chain
 from certstudy.models.registry import MODELS
 
 # (out channels, kernel, stride, padding) per conv, then the hidden dense widths
@@ -29,22 +29,6 @@ _SPECS: dict[str, tuple[list[tuple[int, int, int, int]], list[int]]] = {
 
 class DMParams(ModelParams):
     pass
-
-
-def conv_chain(name: str, input_shape: tuple[int, ...], convs: list[tuple[int, int, int, int]], hidden: list[int], num_classes: int, *, batch_norm: bool = False) -> nn.Sequential:
-    """conv (+BN) + ReLU blocks, Flatten, dense (+BN) + ReLU blocks and a linear head."""
-    c, h, w = image_shape(name, input_shape)
-    layers: list[nn.Module] = []
-    for out, k, s, p in convs:
-        layers += [nn.Conv2d(c, out, k, stride=s, padding=p)] + ([nn.BatchNorm2d(out)] if batch_norm else []) + [nn.ReLU()]
-        c, h, w = out, conv_out(h, k, s, p), conv_out(w, k, s, p)
-    layers.append(nn.Flatten())
-    fan_in = c * h * w
-    for width in hidden:
-        layers += [nn.Linear(fan_in, width)] + ([nn.BatchNorm1d(width)] if batch_norm else []) + [nn.ReLU()]
-        fan_in = width
-    layers.append(nn.Linear(fan_in, num_classes))
-    return nn.Sequential(*layers)
 
 
 def _register(name: str) -> None:

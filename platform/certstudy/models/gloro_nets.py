@@ -24,7 +24,7 @@ from typing import Literal
 from torch import nn
 
 from certstudy.models.base import ModelParams
-from certstudy.models.layers import MinMax, conv_out, image_shape
+from certstudy.models.layers import MinMax, conv_chain
 from certstudy.models.registry import MODELS
 
 # (out channels, kernel, stride) per conv (padding 1 throughout), then the hidden dense widths
@@ -39,10 +39,6 @@ _SPECS: dict[str, tuple[list[tuple[int, int, int]], list[int]]] = {
 class GloroNetParams(ModelParams):
     activation: Literal["minmax", "relu"] = "minmax"
     init: Literal["orthogonal", "default"] = "orthogonal"
-
-
-def _activation(name: str) -> nn.Module:
-    return MinMax() if name == "minmax" else nn.ReLU()
 
 
 def _orthogonal(model: nn.Module) -> None:
@@ -61,18 +57,8 @@ def _register(name: str) -> None:
 
         @staticmethod
         def build(params: GloroNetParams, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-            c, h, w = image_shape(name, input_shape)
-            layers: list[nn.Module] = []
-            for out, k, s in convs:
-                layers += [nn.Conv2d(c, out, k, stride=s, padding=1), _activation(params.activation)]
-                c, h, w = out, conv_out(h, k, s, 1), conv_out(w, k, s, 1)
-            layers.append(nn.Flatten())
-            fan_in = c * h * w
-            for width in hidden:
-                layers += [nn.Linear(fan_in, width), _activation(params.activation)]
-                fan_in = width
-            layers.append(nn.Linear(fan_in, num_classes))
-            model = nn.Sequential(*layers)
+            activation = MinMax if params.activation == "minmax" else nn.ReLU
+            model = conv_chain(name, input_shape, [(out, k, s, 1) for out, k, s in convs], hidden, num_classes, activation=activation)
             if params.init == "orthogonal":
                 _orthogonal(model)
             return model

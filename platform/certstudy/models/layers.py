@@ -6,7 +6,7 @@ Both are plain modules the certifiers recognise by exact type (``certify/network
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -65,3 +65,21 @@ def image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]
         raise ValueError(f"{name} needs image inputs (C, H, W), got shape {input_shape}")
     c, h, w = input_shape
     return c, h, w
+
+
+def conv_chain(name: str, input_shape: tuple[int, ...], convs: list[tuple[int, int, int, int]], hidden: list[int], num_classes: int, *, batch_norm: bool = False, activation: Callable[[], nn.Module] = nn.ReLU) -> nn.Sequential:
+    """The chain of the certified-training papers' nets: per (out channels, kernel, stride, padding) a conv
+    (+ BatchNorm) + activation, Flatten, per hidden width a dense layer (+ BatchNorm) + activation, and a
+    linear head."""
+    c, h, w = image_shape(name, input_shape)
+    layers: list[nn.Module] = []
+    for out, k, s, p in convs:
+        layers += [nn.Conv2d(c, out, k, stride=s, padding=p)] + ([nn.BatchNorm2d(out)] if batch_norm else []) + [activation()]
+        c, h, w = out, conv_out(h, k, s, p), conv_out(w, k, s, p)
+    layers.append(nn.Flatten())
+    fan_in = c * h * w
+    for width in hidden:
+        layers += [nn.Linear(fan_in, width)] + ([nn.BatchNorm1d(width)] if batch_norm else []) + [activation()]
+        fan_in = width
+    layers.append(nn.Linear(fan_in, num_classes))
+    return nn.Sequential(*layers)

@@ -74,14 +74,15 @@ def train_epoch(parts: TrialParts, cfg: TrialConfig, optimizer: torch.optim.Opti
         batches = [order] * cfg.training.steps_per_epoch
     else:
         batches = [order[i : i + cfg.training.batch_size] for i in range(0, n, cfg.training.batch_size)]
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    total = torch.zeros((), dtype=wide, device=device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    bad_value = torch.zeros((), dtype=torch.float64, device=device)
+    bad_value = torch.zeros((), dtype=wide, device=device)
     for i, idx in enumerate(batches):
         x = precision.layout(splits.floats(augment(splits.x_train[idx], augmentation)))
         with precision.autocast():
             loss = method.loss(model, x, splits.y_train[idx])
-        value = loss.detach().double()
+        value = loss.detach().to(wide)
         newly_bad = (first_bad < 0) & ~torch.isfinite(value)
         first_bad = torch.where(newly_bad, i, first_bad)
         bad_value = torch.where(newly_bad, value, bad_value)
