@@ -128,8 +128,7 @@ def _nets() -> dict[str, nn.Module]:
 @pytest.mark.parametrize("arch", ["batchnorm", "minmax", "maxpool"])
 def test_bounds_contain_1000_sampled_outputs_per_example(arch: str, norm: str, eps: float) -> None:
     model = _nets()[arch]
-    relaxable = arch != "maxpool"
-    layers = layers_of(model, SHAPE, frozenset({INTERVAL, RELAXATION} if relaxable else {INTERVAL}))
+    layers = layers_of(model, SHAPE, frozenset({INTERVAL, RELAXATION}))
     x = torch.rand(6, *SHAPE)
     ball = Ball.of(x, eps, norm, (0.0, 1.0))  # type: ignore[arg-type]
     n = 1200
@@ -142,17 +141,15 @@ def test_bounds_contain_1000_sampled_outputs_per_example(arch: str, norm: str, e
         assert (out >= lo - tol).all() and (out <= hi + tol).all()
         top = model(x).argmax(1)
         margins = out.gather(2, top.view(1, -1, 1).expand(n, -1, 1)) - out
-        methods = ["ibp", "crown"] if relaxable else ["ibp"]
-        for method in methods:
+        for method in ("ibp", "crown"):
             lower = margin_lower_bounds(method, layers, ball, top, 6)
             lower = lower.masked_fill(torch.isinf(lower), -torch.inf)
             assert (margins >= lower.unsqueeze(0) - tol).all(), method
-        if relaxable:
-            eye = torch.eye(6).view(1, 6, 6)
-            full = backward(layers, len(layers) - 1, eye, ibp(layers, ball)[0], ball)
-            assert (out >= full.lower - tol).all() and (out <= full.upper + tol).all()
-            ibp_lower, bound = crown_ibp(layers, ball, margin_spec(top, 6))
-            assert (margins >= bound.lower.unsqueeze(0) - tol).all() and (margins >= ibp_lower.unsqueeze(0) - tol).all()
+        eye = torch.eye(6).view(1, 6, 6)
+        full = backward(layers, len(layers) - 1, eye, ibp(layers, ball)[0], ball)
+        assert (out >= full.lower - tol).all() and (out <= full.upper + tol).all()
+        ibp_lower, bound = crown_ibp(layers, ball, margin_spec(top, 6))
+        assert (margins >= bound.lower.unsqueeze(0) - tol).all() and (margins >= ibp_lower.unsqueeze(0) - tol).all()
 
 
 def test_minmax_relaxation_is_exact_when_every_pair_is_ordered() -> None:
@@ -270,7 +267,22 @@ def test_sequential_subclasses_are_not_walked_as_chains() -> None:
         layers_of(nn.Sequential(nn.Flatten(), Doubling(nn.Linear(4, 4), nn.ReLU()), nn.Linear(4, 2)), (4,))
 
 
-def test_maxpool_has_no_crown_relaxation() -> None:
-    with pytest.raises(UnsupportedLayer, match="MaxPool2d.*linear relaxations"):
-        layers_of(_nets()["maxpool"], SHAPE, frozenset({RELAXATION}))
-    assert len(layers_of(_nets()["maxpool"], SHAPE, frozenset({INTERVAL, LIPSCHITZ}))) == 10
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1), nn.MaxPool2d(3, stride=1)])
+def test_maxpool_relaxation_is_sound_and_exact_where_one_input_dominates(pool: nn.MaxPool2d) -> None:
+    shape = (2, 6, 6)
+    layer = layer_for(pool, shape, tuple(pool(torch.zeros(1, *shape)).shape[1:]))
+    gen = torch.Generator().manual_seed(0)
+    centre = torch.randn(3, *shape, generator=gen)
+    width = torch.rand(3, *shape, generator=gen) * 0.5
+    lo, hi = centre - width, centre + width
+    a = torch.randn(3, 4, *layer.out_shape, generator=gen)
+    z = lo.unsqueeze(0) + torch.rand(500, *lo.shape, generator=gen) * (hi - lo).unsqueeze(0)  # points of the box
+    exact = (a.unsqueeze(0) * pool(z.flatten(0, 1)).view(500, 3, 1, *layer.out_shape)).flatten(3).sum(-1)
+    for upper in (False, True):
+        a_in, const, _ = layer.relax(a, lo, hi, upper=upper)
+        linear = (a_in.unsqueeze(0) * z.unsqueeze(2)).flatten(3).sum(-1) + const
+        assert ((exact <= linear + 1e-5) if upper else (exact >= linear - 1e-5)).all()
+    point = lo.clone()  # a degenerate box: every window's max is fixed, and the relaxation is exact
+    a_in, const, _ = layer.relax(a, point, point, upper=False)
+    value = (a * pool(point).unsqueeze(1)).flatten(2).sum(-1)
+    assert torch.allclose((a_in * point.unsqueeze(1)).flatten(2).sum(-1) + const, value, atol=1e-5)

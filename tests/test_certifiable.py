@@ -28,8 +28,7 @@ REFUSED = [
     ("residual-gloro", _study("preact_resnet18", method="gloro"), "method.name", "model 'preact_resnet18' cannot be trained by method 'gloro'"),
     ("tanh-crown", _study("mlp", {"activation": "tanh"}, certifiers=("crown",), dataset="digits"), "evaluation.certifiers[0].name", "layer '2' (Tanh)"),
     ("searched-tanh-ibp", _study("mlp", certifiers=("ibp",), dataset="digits", search={"activation": {"type": "categorical", "choices": ["relu", "tanh"]}}), "evaluation.certifiers[0].name", "(Tanh)"),
-    ("maxpool-crown", _study("lenet", certifiers=("ibp", "crown")), "evaluation.certifiers[1].name", "model 'lenet' cannot be certified by certifier 'crown': layer '2' (MaxPool2d) has no linear relaxations (CROWN)"),
-    ("maxpool-crown-ibp-training", _study("mnist_cnn", method="crown_ibp"), "method.name", "cannot be trained by method 'crown_ibp': layer '4' (MaxPool2d)"),
+    ("gelu-crown-ibp-training", _study("cnn", {"activation": "gelu"}, method="crown_ibp", dataset="digits"), "method.name", "cannot be trained by method 'crown_ibp': layer '1' (GELU)"),
     ("too-small-input", _study("lenet", dataset="digits", certifiers=("ibp",)), "model.name", "does not fit an input of size"),
 ]
 
@@ -49,7 +48,8 @@ ALLOWED = [
     _study("dm_large", {"normalize": True}, method="crown_ibp", certifiers=("ibp", "crown")),
     _study("gloro_4c3f", method="gloro", certifiers=("lipschitz", "ibp", "crown")),
     _study("gloro_8c2f", {"activation": "relu"}, method="gloro", certifiers=("lipschitz",), dataset="cifar10"),
-    _study("lenet", method="smoothing", certifiers=("smoothing", "ibp", "lipschitz")),
+    _study("lenet", method="smoothing", certifiers=("smoothing", "ibp", "lipschitz", "crown")),
+    _study("mnist_cnn", method="crown_ibp", certifiers=("crown",)),
     _study("mnist_cnn", method="hr", certifiers=("ibp", "lipschitz")),
     _study("preact_resnet18", method="adversarial", dataset="cifar10"),
     _study("preact_resnet18", {"normalize": True}, method="smoothing", certifiers=("smoothing",), dataset="cifar10"),
@@ -79,8 +79,8 @@ TABLE = {
     ("gloro_4c3f", "relu"): "lipschitz ibp crown gloro crown_ibp",
     ("gloro_6c2f", "minmax"): "lipschitz ibp crown gloro crown_ibp",
     ("gloro_8c2f", "minmax"): "lipschitz ibp crown gloro crown_ibp",
-    ("lenet", None): "lipschitz ibp gloro",
-    ("mnist_cnn", None): "lipschitz ibp gloro",
+    ("lenet", None): "lipschitz ibp crown gloro crown_ibp",
+    ("mnist_cnn", None): "lipschitz ibp crown gloro crown_ibp",
     ("preact_resnet18", None): "",
     ("wide_resnet", None): "",
 }

@@ -213,14 +213,17 @@ def test_cifar_batches_are_read_without_running_code(tmp_path: Path) -> None:
     s = ds.load(ds.Options(root=str(root), val_size=10), 0, "/nonexistent")
     assert s.x_train.dtype == torch.uint8 and s.x_train.shape == (90, 3, 32, 32) and s.divisor == 255.0
 
-    class Payload:
+    marker = tmp_path / "code-ran"
+
+    class Payload:  # unpickling it would call Path.touch(marker)
         def __reduce__(self):
-            return (print, ("pwned",))
+            return (Path.touch, (marker,))
 
     with open(root / "cifar-10-batches-py" / "test_batch", "wb") as fh:
         pickle.dump({"data": np.zeros((1, 3072), np.uint8), "labels": [Payload()]}, fh)
-    with pytest.raises(TrialFailed, match="builtins.print is not allowed"):
+    with pytest.raises(TrialFailed, match="is not allowed in a CIFAR-10 batch"):
         ds.load(ds.Options(root=str(root), val_size=10), 0, "/nonexistent")
+    assert not marker.exists()
 
 
 MEMORY = textwrap.dedent(

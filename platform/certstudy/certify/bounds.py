@@ -4,7 +4,7 @@ Written here because no maintained library fits: auto_LiRPA's registry release (
 on torch 2 and its working 0.7.1 is not on the registry and pins torch < 2.9 (shared/reference).
 The network is a chain of layer kinds (``certify/network.py``): affine layers (Linear, Conv2d,
 AvgPool2d, Flatten, BatchNorm, Normalize) are exact; IBP pushes intervals through ReLU, MinMax and
-MaxPool; CROWN relaxes ReLU and MinMax and refuses MaxPool.
+MaxPool; CROWN relaxes all three (``relax`` of each layer kind).
 
 - **IBP** (Gowal et al. 2018) pushes intervals forward; for an l2 ball the first affine layer uses
   the exact bound c ± eps·||row||, intersected with the per-coordinate interval.

@@ -488,12 +488,15 @@ class MinMaxLayer(Layer):
 class MaxPoolLayer(Layer):
     """Max pooling: monotone, so intervals are exact. Lipschitz in l2 with constant sqrt(n), n the most
     windows any input lies in (1 for non-overlapping windows): the squared change of each window's
-    max is at most the largest squared change inside it. CROWN is refused: a sound relaxation of the
-    max of a window is not built here."""
+    max is at most the largest squared change inside it.
+
+    CROWN (the DeepPoly relaxation, Singh et al. 2019): in each window let i* be the input with the
+    largest lower bound. Then max ≥ x_i* always (the lower line), and max ≤ x_i* when l_i* is at
+    least every other input's upper bound (the max is then x_i* exactly), else max ≤ max_j u_j (a
+    constant upper line). Both lines hold for every point of the box, so the bound is sound.
+    """
 
     modules = (nn.MaxPool2d,)
-    supports = frozenset({INTERVAL, LIPSCHITZ})
-    refusal = "no linear relaxation of max pooling is implemented"
     module: nn.MaxPool2d
 
     @classmethod
@@ -507,6 +510,48 @@ class MaxPoolLayer(Layer):
         kernel, stride = _pair(self.module.kernel_size), _pair(self.module.stride or self.module.kernel_size)
         overlap = math.prod(math.ceil(k / s) for k, s in zip(kernel, stride))
         return math.sqrt(overlap), True
+
+    def _windows(self, t: Tensor) -> Tensor:
+        """(B, C, window size, number of windows) views of t's pooling windows, padding as -inf."""
+        m = self.module
+        kh, kw = _pair(m.kernel_size)
+        sh, sw = _pair(m.stride or m.kernel_size)
+        ph, pw = _pair(m.padding)
+        padded = F.pad(t, (pw, pw, ph, ph), value=-math.inf)
+        b, c = t.shape[:2]
+        return F.unfold(padded.reshape(b * c, 1, *padded.shape[2:]), (kh, kw), stride=(sh, sw)).view(b, c, kh * kw, -1)
+
+    def lines(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(flat index of x_i* in each input channel, whether x_i* dominates its window, max_j u_j), each (B, C, windows)."""
+        m = self.module
+        kh, kw = _pair(m.kernel_size)
+        sh, sw = _pair(m.stride or m.kernel_size)
+        ph, pw = _pair(m.padding)
+        lo_w, hi_w = self._windows(lo), self._windows(hi)
+        star = lo_w.argmax(2, keepdim=True)
+        l_star = lo_w.gather(2, star).squeeze(2)
+        others = hi_w.scatter(2, star, -math.inf).amax(2)
+        dominated = l_star >= others
+        ceiling = hi_w.amax(2)
+        out_w = self.out_shape[2]
+        window = torch.arange(ceiling.shape[-1], device=lo.device)
+        row = (window // out_w) * sh + star.squeeze(2) // kw - ph
+        col = (window % out_w) * sw + star.squeeze(2) % kw - pw
+        return row * self.in_shape[2] + col, dominated, ceiling
+
+    def relax(self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False) -> tuple[Tensor, Tensor, Relaxation | None]:
+        if record:
+            raise UnsupportedLayer(f"layer {self.label}: the tightness regularizers replay ReLU relaxations only")
+        flat_index, dominated, ceiling = self.lines(lo, hi)
+        batch = max(a.shape[0], lo.shape[0])
+        a = a.expand(batch, *a.shape[1:]).flatten(3)  # (N, S, C, windows)
+        dominated, ceiling, flat_index = (t.unsqueeze(1) for t in (dominated, ceiling, flat_index))
+        exact_side = (a >= 0) if not upper else (a <= 0)  # the side where the line through x_i* applies
+        on_star = exact_side | dominated
+        const = torch.where(on_star, torch.zeros_like(a), a * ceiling).flatten(2).sum(-1)
+        a_in = torch.zeros((batch, a.shape[1], a.shape[2], math.prod(self.in_shape[1:])), device=a.device, dtype=a.dtype)
+        a_in = a_in.scatter_add(3, flat_index.expand_as(a), torch.where(on_star, a, torch.zeros_like(a)))
+        return a_in.view(batch, a.shape[1], *self.in_shape), const, None
 
 
 def _walk(module: nn.Module, name: str) -> Iterator[tuple[str, nn.Module]]:
