@@ -40,11 +40,16 @@ class Workdir:
         return self.root / "mlartifacts"
 
     @property
+    def own_data_dir(self) -> Path:
+        """``<workdir>/data``: where datasets are downloaded when ``$CERTSTUDY_DATA`` is not set."""
+        return self.root / "data"
+
+    @property
     def data_dir(self) -> Path:
         """The default data root: ``$CERTSTUDY_DATA`` when set (resolved here, in the driver, so every
-        Ray worker reads the same folder), else ``<workdir>/data``."""
+        Ray worker reads the same folder), else ``own_data_dir``."""
         env = os.environ.get(DATA_ENV_VAR)
-        return Path(env).expanduser().resolve() if env else self.root / "data"
+        return Path(env).expanduser().resolve() if env else self.own_data_dir
 
     def study_dir(self, study: str) -> Path:
         return self.root / study
@@ -63,5 +68,5 @@ class Workdir:
         return self.study_dir(study) / "best.yaml"
 
     def ensure(self, study: str | None = None) -> None:
-        for d in (self.root, self.artifact_root, self.root / "data") + ((self.study_dir(study),) if study else ()):
+        for d in (self.root, self.artifact_root, self.own_data_dir) + ((self.study_dir(study),) if study else ()):
             d.mkdir(parents=True, exist_ok=True)

@@ -60,10 +60,10 @@ class Layer:
     """One layer with the shapes (per example) it maps between; subclasses are the layer kinds."""
 
     modules: ClassVar[tuple[type[nn.Module], ...]] = ()
-    affine: ClassVar[bool] = False
     supports: ClassVar[frozenset[str]] = ALL_OPERATIONS
-    refusal: ClassVar[str] = ""
-    """Why an unsupported operation is missing (shown in the error)."""
+    """The operations the kind implements; a kind lacking one a certifier needs is refused at validation."""
+    elementwise: ClassVar[bool] = False
+    """An activation whose pre-activation bounds must come from an affine layer right before it."""
 
     def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...], device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, name: str = "") -> None:
         self.module = module
@@ -102,7 +102,6 @@ class Layer:
 class AffineLayer(Layer):
     """W z + b. Subclasses give the linear part; the rest follows from it."""
 
-    affine = True
     power_iterated: ClassVar[bool] = True
     """Its norm is estimated by a persistent power iterate during GloRo training."""
 
@@ -443,7 +442,7 @@ def _relax_relu(a: Tensor, lo: Tensor, hi: Tensor, upper: bool) -> tuple[Tensor,
 @layer_kind
 class ReLULayer(Layer):
     modules = (nn.ReLU,)
-    elementwise: ClassVar[bool] = True
+    elementwise = True
 
     def interval(self, lo: Tensor, hi: Tensor) -> Interval:
         return lo.clamp_min(0), hi.clamp_min(0)
@@ -466,7 +465,7 @@ class MinMaxLayer(Layer):
     """
 
     modules = (MinMax,)
-    elementwise: ClassVar[bool] = True
+    elementwise = True
 
     def relax(self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False) -> tuple[Tensor, Tensor, Relaxation | None]:
         if record:
@@ -506,27 +505,26 @@ class MaxPoolLayer(Layer):
             return "MaxPool2d is supported without ceil_mode, dilation and return_indices"
         return None
 
+    def _geometry(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(kernel, stride, padding), each (height, width)."""
+        m = self.module
+        return _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+
     def spectral_norm(self, **options: float) -> tuple[float, bool]:
-        kernel, stride = _pair(self.module.kernel_size), _pair(self.module.stride or self.module.kernel_size)
+        kernel, stride, _ = self._geometry()
         overlap = math.prod(math.ceil(k / s) for k, s in zip(kernel, stride))
         return math.sqrt(overlap), True
 
     def _windows(self, t: Tensor) -> Tensor:
         """(B, C, window size, number of windows) views of t's pooling windows, padding as -inf."""
-        m = self.module
-        kh, kw = _pair(m.kernel_size)
-        sh, sw = _pair(m.stride or m.kernel_size)
-        ph, pw = _pair(m.padding)
+        (kh, kw), (sh, sw), (ph, pw) = self._geometry()
         padded = F.pad(t, (pw, pw, ph, ph), value=-math.inf)
         b, c = t.shape[:2]
         return F.unfold(padded.reshape(b * c, 1, *padded.shape[2:]), (kh, kw), stride=(sh, sw)).view(b, c, kh * kw, -1)
 
     def lines(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(flat index of x_i* in each input channel, whether x_i* dominates its window, max_j u_j), each (B, C, windows)."""
-        m = self.module
-        kh, kw = _pair(m.kernel_size)
-        sh, sw = _pair(m.stride or m.kernel_size)
-        ph, pw = _pair(m.padding)
+        (_, kw), (sh, sw), (ph, pw) = self._geometry()
         lo_w, hi_w = self._windows(lo), self._windows(hi)
         star = lo_w.argmax(2, keepdim=True)
         l_star = lo_w.gather(2, star).squeeze(2)
@@ -576,7 +574,7 @@ def kind_of(module: nn.Module, name: str = "", needs: frozenset[str] = frozenset
         raise UnsupportedLayer(f"{label}: {reason}")
     missing = sorted(needs - kind.supports)
     if missing:
-        raise UnsupportedLayer(f"{label} has no {OPERATION_USE[missing[0]]}: {kind.refusal or 'not implemented'}")
+        raise UnsupportedLayer(f"{label} has no {OPERATION_USE[missing[0]]} implemented")
     return kind
 
 
@@ -604,7 +602,7 @@ def layers_of(model: nn.Module, input_shape: tuple[int, ...], needs: frozenset[s
         layers.append(kind(m, shape, out, param.device, param.dtype, name))
         shape = out
     for i, layer in enumerate(layers):
-        if getattr(layer, "elementwise", False) and (i == 0 or not layers[i - 1].affine):
+        if layer.elementwise and (i == 0 or not isinstance(layers[i - 1], AffineLayer)):
             raise UnsupportedLayer(f"every activation must follow an affine layer (its pre-activation bounds come from that layer); {layer.label} does not")
     if not layers or not isinstance(layers[-1], LinearLayer):
         raise UnsupportedLayer("the network must end with a Linear layer (the logits)")

@@ -18,36 +18,39 @@ from certstudy.certify import CERTIFIERS
 from certstudy.certify.network import UnsupportedLayer, layers_of
 from certstudy.data import DATASETS
 from certstudy.errors import SpecError
-from certstudy.methods import METHODS, MethodContext
+from certstudy.methods import MethodContext
 from certstudy.models import MODELS
 from certstudy.models.base import build_model
 
 
+def _first_probes(fixed: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
+    """The fixed values with each searched value at its first probe."""
+    return {**fixed, **{k: d.probes()[0] for k, d in search.items()}}
+
+
 def _model_variants(fixed: dict[str, Any], search: dict[str, Any]) -> list[dict[str, Any]]:
     """The fixed params with each searched value at its first probe, then each other probe in turn."""
-    base = {**fixed, **{k: d.probes()[0] for k, d in search.items()}}
+    base = _first_probes(fixed, search)
     variants = [base]
     for key, dist in search.items():
         variants += [{**base, key: probe} for probe in dist.probes()[1:]]
     return variants
 
 
-def check_certifiable(spec: Any, source: str) -> None:
-    """Raises ``SpecError`` when a configured certifier or a method cannot walk the model."""
+def check_certifiable(spec: Any, source: str, probed: list[tuple[Any, Any]]) -> None:
+    """Raises ``SpecError`` when a configured certifier or a method cannot walk the model; ``probed`` is
+    each method entry's (class, params at the first probes), as validation builds them."""
     checks = [(f"evaluation.certifiers[{i}].name", "certifier", e.name, CERTIFIERS.get(e.name).needs) for i, e in enumerate(spec.evaluation.certifiers)]
-    entries = spec.method_entries
     key = "methods" if spec.methods is not None else "method"
-    methods = [(f"{key}[{i}].name" if spec.methods is not None else f"{key}.name", m) for i, m in enumerate(entries)]
-    if not any(needs for *_, needs in checks) and not any(METHODS.get(m.name).needs for _, m in methods):
+    methods = [(f"{key}[{i}].name" if spec.methods is not None else f"{key}.name", m, cls, params) for i, (m, (cls, params)) in enumerate(zip(spec.method_entries, probed))]
+    if not any(needs for *_, needs in checks) and not any(cls.needs for _, _, cls, _ in methods):
         return
     dataset = DATASETS.get(spec.dataset.name)
-    options = dataset.Options(**{**spec.dataset.options, **{k: d.probes()[0] for k, d in spec.dataset.search.items()}})
+    options = dataset.Options(**_first_probes(spec.dataset.options, spec.dataset.search))
     shape, num_classes = dataset.shape(options)
     factory = MODELS.get(spec.model.name)
     normalization = ((0.0,) * shape[0], (1.0,) * shape[0])  # values do not matter for the layer walk
-    for path, entry in methods:
-        method_cls = METHODS.get(entry.name)
-        params = method_cls.Params(**{**entry.params, **{k: d.probes()[0] for k, d in entry.search.items()}})
+    for path, entry, method_cls, params in methods:
         wanted = checks + ([(path, "method", entry.key, method_cls.needs)] if method_cls.needs else [])
         wanted = [c for c in wanted if c[3]]
         if not wanted:

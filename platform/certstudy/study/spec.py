@@ -476,7 +476,7 @@ def validate_spec(data: Any, source: str) -> StudySpec:
         training_fixed.pop(k, None)
     _check_params(source, "training", TrainingConfig, training_fixed, spec.training.search, fixed_key="")
     _check_objectives(source, spec, certificates_of(spec, source))
-    check_certifiable(spec, source)
+    check_certifiable(spec, source, [_probe_params(m) for m in spec.method_entries])
     if len({o.metric for o in spec.objectives}) != len(spec.objectives):
         raise SpecError(source, "objectives", [o.metric for o in spec.objectives], "each metric may appear once")
     _check_start_points(source, spec)

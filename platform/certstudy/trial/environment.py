@@ -17,6 +17,11 @@ def select_device(requested: str) -> torch.device:
     return device
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of on-device running sums (losses, counts): float64, except on MPS, which has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def seed_everything(seed: int, threads: int) -> None:
     """Seeds every RNG a trial touches and fixes the intra-op thread count.
 

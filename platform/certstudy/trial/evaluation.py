@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from certstudy.attacks import pgd
 from certstudy.models.base import eval_mode
+from certstudy.trial.environment import sum_dtype
 from certstudy.trial.config import AttackConfig
 
 EPOCH_METRICS = (
@@ -54,7 +55,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bound
     """
     gen = torch.Generator(device=x.device).manual_seed(seed)
     n = len(y)
-    sums = torch.zeros(4, dtype=torch.float32 if x.device.type == "mps" else torch.float64, device=x.device)
+    sums = torch.zeros(4, dtype=sum_dtype(x.device), device=x.device)
     with eval_mode(model):
         for i in range(0, n, batch_size):
             xb, yb = to_float(x[i : i + batch_size]), y[i : i + batch_size]

@@ -25,7 +25,7 @@ from certstudy.trial.build import TrialParts, attack_at_training_radius, build_p
 from certstudy.certify.metrics import radius_label
 from certstudy.trial.certification import certify_all
 from certstudy.trial.config import TrialConfig
-from certstudy.trial.environment import seed_everything, select_device
+from certstudy.trial.environment import seed_everything, select_device, sum_dtype
 from certstudy.trial.evaluation import Scores, evaluate
 from certstudy.trial.optim import build_optimizer, build_schedule
 from certstudy.trial.precision import Precision
@@ -44,8 +44,9 @@ def _scores(prefix: str, s: Scores) -> dict[str, float]:
     return {f"{prefix}/clean_acc": s.clean_acc, f"{prefix}/clean_loss": s.clean_loss, f"{prefix}/robust_acc": s.robust_acc, f"{prefix}/robust_loss": s.robust_loss}
 
 
-def attack_grid(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: TrialConfig, bounds: tuple[float, float] | None) -> dict[str, float]:  # x: floats
-    """PGD-robust accuracy at every positive radius of the attack norm's grid (upper bounds on certified accuracy)."""
+def attack_grid(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: TrialConfig, bounds: tuple[float, float] | None) -> dict[str, float]:
+    """PGD-robust accuracy of float inputs ``x`` at every positive radius of the attack norm's grid
+    (upper bounds on certified accuracy)."""
     ev = cfg.evaluation
     out = {}
     for r in ev.radii.get(ev.attack.norm, []):
@@ -74,7 +75,7 @@ def train_epoch(parts: TrialParts, cfg: TrialConfig, optimizer: torch.optim.Opti
         batches = [order] * cfg.training.steps_per_epoch
     else:
         batches = [order[i : i + cfg.training.batch_size] for i in range(0, n, cfg.training.batch_size)]
-    wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    wide = sum_dtype(device)
     total = torch.zeros((), dtype=wide, device=device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     bad_value = torch.zeros((), dtype=wide, device=device)
