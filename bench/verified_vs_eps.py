@@ -6,7 +6,9 @@
 Trials are grouped by the training radius ``method.params.eps``; each group's best trial is the
 one with the highest val certified accuracy *at its own eps* (first certificate of the study).
 Per certificate one table: that trial's test certified accuracy at every radius of the grid, next
-to its PGD-robust accuracy at the same radius (``evaluation.attack_grid``) and its clean accuracy,
+to its PGD-robust accuracy at the same radius (``evaluation.attack_grid``), its AutoAttack accuracy
+(``evaluation.autoattack``, on a fixed subset of the certified points) and the certification gap
+(AutoAttack minus certified accuracy on that subset), and its clean accuracy,
 plus the soundness audit's counts (over all the study's certificates). Written into docs/results.md under the study's name.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from certstudy.certify.metrics import certified_acc_name, radius_label
+from certstudy.certify.metrics import autoattack_acc_name, cert_gap_name, certified_acc_name, radius_label
 from certstudy.study.by_param import best_per_param, markdown_table
 from certstudy.study.export import study_spec
 from certstudy.study.reruns import write_section
@@ -42,12 +44,17 @@ def main() -> None:
     parts = [
         f"Study file: `trials/{spec.name}.yaml`. Regenerate: `certstudy launch trials/{spec.name}.yaml && python bench/verified_vs_eps.py {spec.name}`. "
         f"Rows: the best trial per training eps, chosen by `{metric}` (val certified accuracy at the trial's own eps). "
-        f"Cells: test certified accuracy / PGD-robust accuracy ({ev.attack.steps} steps) at each {norm} radius, on the test split.\n"
+        f"Cells: test certified accuracy / PGD-robust accuracy ({ev.attack.steps} steps) at each {norm} radius, on the test split"
+        + (f"; AutoAttack ({ev.autoattack.version}) accuracy and the certification gap (AutoAttack minus certified accuracy) on a fixed subset of {ev.autoattack.subset} of those points" if ev.autoattack else "")
+        + ".\n"
     ]
     for name, cert_norm in certificates:
         columns = [("clean acc", "test/clean_acc")]
         columns += [(f"r={r:g} verified", certified_acc_name("test", name, cert_norm, r)) for r in grid]
         columns += [(f"r={r:g} PGD", f"test/robust_acc_{ev.attack.norm}_{radius_label(r)}") for r in grid if ev.attack_grid and ev.attack.norm == cert_norm]
+        if ev.autoattack is not None and ev.attack.norm == cert_norm:
+            columns += [(f"r={r:g} AutoAttack", autoattack_acc_name(cert_norm, r)) for r in grid]
+            columns += [(f"r={r:g} gap", cert_gap_name("autoattack", name, cert_norm, r)) for r in grid]
         columns += [("audit violations", "audit/violations"), ("audited points", "audit/points")]
         parts.append(f"Certificate `{name}` ({cert_norm}):\n\n" + markdown_table(spec, groups, args.param, metric, columns))
     body = "\n".join(parts)

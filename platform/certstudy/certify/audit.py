@@ -4,7 +4,9 @@ A sound certificate can never be broken, so any point whose prediction a strong 
 its certified ball is a violation (a bug in a bound, a layer treated wrongly, a norm mix-up).
 The attack maximises the margin max_{i != c} z_i - z_c of the certified class c (it flips the
 prediction exactly when it turns positive), in the certificate's norm, clipped to the data box,
-with many steps and random restarts, from the point itself and from random starts.
+with many steps and random restarts, from the point itself and from random starts: PGD with a fixed
+step schedule, or APGD (Croce & Hein 2020), whose adaptive step size finds the narrow
+counterexamples a fixed schedule steps over. APGD assumes the [0, 1] box.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from certstudy.attacks import pgd
+from certstudy.attacks.autoattack import apgd_margin
 from certstudy.certify.base import ABSTAIN, Certificate
 from certstudy.models.base import eval_mode
 
@@ -31,6 +34,7 @@ def audit(
     x: Tensor,
     certificate: Certificate,
     *,
+    attack: str = "pgd",
     steps: int,
     restarts: int,
     bounds: tuple[float, float] | None,
@@ -51,7 +55,10 @@ def audit(
             exact = radii[idx].to(x.device)
             eps = exact.to(x.dtype)
             eps = torch.where(eps.double() > exact, torch.nextafter(eps, torch.zeros_like(eps)), eps)  # never attack beyond the radius
-            adv = pgd(model, xb, target, eps=eps, norm=certificate.norm, steps=steps, restarts=restarts, bounds=bounds, generator=gen, loss="margin")  # type: ignore[arg-type]
+            if attack == "apgd":
+                adv = apgd_margin(model, xb, target, eps, norm=certificate.norm, steps=steps, restarts=restarts, seed=seed + i)  # type: ignore[arg-type]
+            else:
+                adv = pgd(model, xb, target, eps=eps, norm=certificate.norm, steps=steps, restarts=restarts, bounds=bounds, generator=gen, loss="margin")  # type: ignore[arg-type]
             with torch.no_grad():
                 flipped = model(adv).argmax(1) != target
             bad += idx[flipped.cpu()].tolist()

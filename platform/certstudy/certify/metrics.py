@@ -26,7 +26,20 @@ def certified_acc_name(prefix: str, certificate: str, norm: str, r: float) -> st
     return f"{prefix}/certified_acc_{certificate}_{norm}_{radius_label(r)}"
 
 
+def autoattack_acc_name(norm: str, r: float) -> str:
+    return f"test/autoattack_acc_{norm}_{radius_label(r)}"
+
+
+def cert_gap_name(source: str, certificate: str, norm: str, r: float) -> str:
+    """The certification gap's name: ``test/cert_gap_...`` against AutoAttack, ``test/pgd_cert_gap_...``
+    against PGD (when AutoAttack is off)."""
+    prefix = "" if source == "autoattack" else f"{source}_"
+    return f"test/{prefix}cert_gap_{certificate}_{norm}_{radius_label(r)}"
+
+
 CERTIFICATION_METRIC = re.compile(r"^(train|val|test)/(certified_acc|acr|abstain_rate)_")
+END_ONLY_METRIC = re.compile(r"^(train|val|gap)/(autoattack_acc|cert_gap|pgd_cert_gap)_")
+"""Measured on test points at the end only (no val variant): they cannot steer a search."""
 
 
 def certificate_metric_names(prefix: str, certificates: list[tuple[str, str]], grid: dict[str, list[float]]) -> list[str]:
@@ -38,7 +51,7 @@ def certificate_metric_names(prefix: str, certificates: list[tuple[str, str]], g
     return names
 
 
-def _certified_radii(cert: Certificate, y: Tensor) -> Tensor:
+def certified_radii(cert: Certificate, y: Tensor) -> Tensor:
     """Radius of each correctly certified point; -inf elsewhere (never >= any r >= 0)."""
     r = cert.radii.detach().to("cpu", torch.float64)
     ok = (cert.predictions.detach().cpu() == y.detach().cpu()) & ~torch.isnan(r)
@@ -54,7 +67,7 @@ def certification_metrics(prefix: str, result: CertifyResult, y: Tensor, grid: d
     ``<prefix>/acr_<cert>``, ``<prefix>/abstain_rate_<cert>`` and the certifier's extras."""
     out: dict[str, float] = {}
     for cert in result.certificates:
-        radii = _certified_radii(cert, y)
+        radii = certified_radii(cert, y)
         for r in grid.get(cert.norm, []):
             out[certified_acc_name(prefix, cert.name, cert.norm, r)] = _mean(radii >= r)
         out[f"{prefix}/acr_{cert.name}"] = _mean(torch.where(torch.isfinite(radii), radii, torch.zeros_like(radii)))
@@ -65,7 +78,7 @@ def certification_metrics(prefix: str, result: CertifyResult, y: Tensor, grid: d
 
 def curve(cert: Certificate, y: Tensor) -> tuple[list[float], list[float]]:
     """The exact step curve: certified accuracy at 0 and at every distinct certified radius."""
-    r = _certified_radii(cert, y)
+    r = certified_radii(cert, y)
     steps = sorted({0.0, *r[torch.isfinite(r) & (r > 0)].tolist()})
     return steps, [_mean(r >= s) for s in steps]
 

@@ -30,6 +30,14 @@ class CertifiedCurves(Panel):
     top: int = Field(3, ge=1, le=50)
 
 
+class CertificationGap(Panel):
+    """Certified, AutoAttack and PGD accuracy against radius for the top trials, the gap between
+    AutoAttack (or PGD) and the certificate shaded."""
+
+    type: Literal["certification_gap"]
+    top: int = Field(3, ge=1, le=20)
+
+
 class Pareto(Panel):
     """Clean against certified (or robust) accuracy for every finished trial, with the Pareto front."""
 
@@ -77,7 +85,7 @@ class TopTable(Panel):
     metrics: list[str] = Field(default_factory=lambda: ["val/robust_acc", "test/clean_acc", "test/robust_acc"])
 
 
-AnyPanel = Annotated[Union[CertifiedCurves, Pareto, LearningCurves, ParamEffects, Heatmap, Importances, TopTable], Field(discriminator="type")]
+AnyPanel = Annotated[Union[CertifiedCurves, CertificationGap, Pareto, LearningCurves, ParamEffects, Heatmap, Importances, TopTable], Field(discriminator="type")]
 
 
 class Layout(BaseModel):

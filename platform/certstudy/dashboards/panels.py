@@ -10,9 +10,9 @@ import numpy as np
 import optuna
 import plotly.graph_objects as go
 
-from certstudy.certify.metrics import certified_acc_name
+from certstudy.certify.metrics import autoattack_acc_name, cert_gap_name, certified_acc_name, radius_label
 from certstudy.dashboards.data import StudyData, TrialData
-from certstudy.dashboards.layout import CertifiedCurves, Heatmap, Importances, LearningCurves, Panel, ParamEffects, Pareto, TopTable
+from certstudy.dashboards.layout import CertificationGap, CertifiedCurves, Heatmap, Importances, LearningCurves, Panel, ParamEffects, Pareto, TopTable
 from certstudy.study.spec import certificates_of
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -56,6 +56,46 @@ def certified_curves(panel: CertifiedCurves, data: StudyData) -> list[go.Figure]
                 if all(math.isnan(v) for v in ys):
                     continue
                 fig.add_trace(go.Scatter(x=grid, y=ys, mode="lines+markers", name=f"{method} #{rank + 1} (trial {t.number})", line={"color": _color(m_i), "dash": ["solid", "dash", "dot"][rank % 3]}))
+        if fig.data:
+            figures.append(fig)
+    return figures or None
+
+
+def _fill(color: str) -> str:
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},0.15)"
+
+
+def certification_gap(panel: CertificationGap, data: StudyData) -> list[go.Figure] | None:
+    """Per certificate in the attack's norm: for each of the top trials (by the first objective),
+    certified accuracy and the empirical accuracy that bounds it (AutoAttack, else PGD at the grid
+    radii), the band between them shaded; a trial whose gap is negative anywhere is marked ALARM."""
+    ev = data.spec.evaluation
+    norm = ev.attack.norm
+    grid = sorted(r for r in ev.radii.get(norm, []) if r > 0)
+    source, empirical = ("autoattack", lambda r: autoattack_acc_name(norm, r)) if ev.autoattack else ("pgd", lambda r: f"test/robust_acc_{norm}_{radius_label(r)}")
+    metric, mode = _objective(data)
+    top = _ranked(data.finished, metric, mode)[: panel.top]
+    figures = []
+    for cert, cert_norm in certificates_of(data.spec):
+        if cert_norm != norm:
+            continue
+        fig = _figure(f"certification gap: {cert} vs {'AutoAttack' if source == 'autoattack' else 'PGD'} ({norm})", f"{norm} radius", "test accuracy")
+        for i, t in enumerate(top):
+            certified = [t.value(certified_acc_name("test", cert, norm, r)) for r in grid]
+            attacked = [t.value(empirical(r)) for r in grid]
+            if all(math.isnan(v) for v in certified + attacked):
+                continue
+            gaps = [t.value(cert_gap_name(source, cert, norm, r)) for r in grid]
+            alarm = " ALARM: negative gap" if any(g < 0 for g in gaps if math.isfinite(g)) else ""
+            name = f"{t.method} trial {t.number}"
+            color = _color(i)
+            fig.add_trace(go.Scatter(x=grid, y=attacked, mode="lines+markers", name=f"{name}: {source}", line={"color": color, "dash": "dash"}, legendgroup=name))
+            fig.add_trace(go.Scatter(x=grid, y=certified, mode="lines+markers", name=f"{name}: certified{alarm}", line={"color": color}, fill="tonexty", fillcolor=_fill(color), legendgroup=name))
+            if source == "autoattack":
+                pgd = [t.value(f"test/robust_acc_{norm}_{radius_label(r)}") for r in grid]
+                if not all(math.isnan(v) for v in pgd):
+                    fig.add_trace(go.Scatter(x=grid, y=pgd, mode="lines", name=f"{name}: PGD", line={"color": color, "dash": "dot", "width": 1}, legendgroup=name))
         if fig.data:
             figures.append(fig)
     return figures or None
@@ -195,6 +235,7 @@ def top_table(panel: TopTable, data: StudyData) -> list[go.Figure] | None:
 
 PANELS: dict[type[Panel], Callable[..., list[go.Figure] | None]] = {
     CertifiedCurves: certified_curves,
+    CertificationGap: certification_gap,
     Pareto: pareto,
     LearningCurves: learning_curves,
     ParamEffects: param_effects,

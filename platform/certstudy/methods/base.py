@@ -41,6 +41,9 @@ class Method:
     needs: ClassVar[frozenset[str]] = frozenset()
     """What the method's loss needs of every layer of the model it trains (``certify/network.py``);
     checked at validation like the certifiers' needs."""
+    model_is_classifier: ClassVar[bool] = True
+    """The trained network is the classifier whose robustness is reported, so attacks on it (AutoAttack)
+    measure it; False where it is a component of another classifier (smoothing's base classifier)."""
 
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         self.params = params

@@ -55,6 +55,7 @@ class SmoothingParams(MethodParams):
 class SmoothingTraining(Method):
     Params = SmoothingParams
     params: SmoothingParams
+    model_is_classifier = False  # the smoothed classifier g, not the trained f, is certified
 
     @classmethod
     def certifier_defaults(cls, params: MethodParams) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from rich.text import Text
 from certstudy.study.pruning import PruneDecision
 from certstudy.study.results import summary_metrics
 from certstudy.study.spec import Objective
+from certstudy.trial.robustness import ALARM_RESULT
 
 
 @dataclass
@@ -86,6 +87,8 @@ class Progress:
             return
         if result:
             self.result(trial_id, result)
+            if result.get(ALARM_RESULT):
+                self._event(f"ALARM {view.label} ({view.method}): {result[ALARM_RESULT]}")
         view.state, view.ended_at = ("pruned" if pruned else "completed"), time.monotonic()
         if pruned:
             view.reason = pruned.reason

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from certstudy.certify import CERTIFIERS
-from certstudy.certify.metrics import CERTIFICATION_METRIC, certificate_metric_names
+from certstudy.certify.metrics import CERTIFICATION_METRIC, END_ONLY_METRIC, certificate_metric_names
 from certstudy.data import DATASETS
 from certstudy.errors import SpecError
 from certstudy.methods import METHODS
@@ -368,7 +368,39 @@ def certificates_of(spec: StudySpec, source: str = "study") -> list[tuple[str, s
 
 def per_epoch_metric(metric: str) -> bool:
     """Reported after every epoch (not only at the end, as certified metrics are)."""
-    return bool(re.fullmatch(r"(train|val|gap)/[A-Za-z0-9_.\-]+", metric)) and not CERTIFICATION_METRIC.match(metric)
+    return bool(re.fullmatch(r"(train|val|gap)/[A-Za-z0-9_.\-]+", metric)) and not CERTIFICATION_METRIC.match(metric) and not END_ONLY_METRIC.match(metric)
+
+
+END_ONLY_HINT = "AutoAttack accuracy and the certification gap are measured on test points at the end only (there is no val variant); steer with a val/ metric"
+
+
+def _check_end_only(source: str, spec: StudySpec) -> None:
+    """No per-epoch role (best epoch, overfitting rule) for a metric that exists only at the end."""
+    ev = spec.evaluation
+    named = [("evaluation.best_metric", ev.best_metric)]
+    rule = spec.pruning.overfitting
+    if rule is not None:
+        named += [("pruning.overfitting.metric", rule.metric), ("pruning.overfitting.gap_metric", rule.gap_metric)]
+    for where, metric in named:
+        if END_ONLY_METRIC.match(metric):
+            raise SpecError(source, where, metric, END_ONLY_HINT)
+
+
+def _check_autoattack(source: str, spec: StudySpec) -> None:
+    """AutoAttack (and the APGD audit) attack the trained classifier in the [0, 1] image box."""
+    ev = spec.evaluation
+    dataset = DATASETS.get(spec.dataset.name)
+    shape, _ = dataset.shape(dataset.Options(**spec.dataset.options))
+    if ev.audit.attack == "apgd" and len(shape) != 3:
+        raise SpecError(source, "evaluation.audit.attack", "apgd", f"APGD assumes images in [0, 1]; dataset {spec.dataset.name!r} has inputs of shape {shape}; use pgd")
+    if ev.autoattack is None:
+        return
+    if len(shape) != 3:
+        raise SpecError(source, "evaluation.autoattack", spec.dataset.name, f"AutoAttack assumes images in [0, 1]; dataset {spec.dataset.name!r} has inputs of shape {shape}")
+    for m in spec.method_entries:
+        method_cls, _ = _probe_params(m)
+        if not method_cls.model_is_classifier:
+            raise SpecError(source, "evaluation.autoattack", m.key, f"method {m.key!r} trains a base classifier, not the classifier it certifies; AutoAttack would measure the wrong model (see README: evaluating smoothed classifiers)")
 
 
 def _check_grid(source: str, spec: StudySpec) -> None:
@@ -438,6 +470,8 @@ def _check_objectives(source: str, spec: StudySpec, certificates: list[tuple[str
         where = f"objectives[{i}].metric"
         if obj.metric.startswith("test/"):
             raise SpecError(source, where, obj.metric, "test metrics cannot steer the search (that would tune on the test split); use a val/ metric")
+        if END_ONLY_METRIC.match(obj.metric):
+            raise SpecError(source, where, obj.metric, END_ONLY_HINT)
         if CERTIFICATION_METRIC.match(obj.metric):
             if not spec.evaluation.certify_val_subset:
                 raise SpecError(source, where, obj.metric, "certified val metrics need evaluation.certify_val_subset > 0 (val points certified at the end)")
@@ -482,6 +516,8 @@ def validate_spec(data: Any, source: str) -> StudySpec:
     _check_start_points(source, spec)
     _check_pruning(source, spec)
     _check_attack(source, spec)
+    _check_end_only(source, spec)
+    _check_autoattack(source, spec)
     _check_grid(source, spec)
     _check_dashboard(source, spec)
     _check_augment(source, spec)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from certstudy.attacks.autoattack import STANDARD_ATTACKS, AttackName
 from certstudy.data.augmentation import Augment
 from certstudy.data.poisoning import Poisoning
 
@@ -87,8 +88,31 @@ class AuditConfig(Strict):
     """The soundness audit of deterministic certificates: a strong PGD at each certified radius."""
 
     enabled: bool = True
-    steps: int = Field(50, ge=50, le=10000, description="PGD steps (at least 50)")
+    attack: Literal["pgd", "apgd"] = Field("pgd", description="pgd: margin PGD; apgd: APGD (Croce & Hein) on the margin loss, with its adaptive step size")
+    steps: int = Field(50, ge=50, le=10000, description="attack steps (at least 50)")
     restarts: int = Field(5, ge=5, le=100, description="random restarts (at least 5)")
+
+
+class AutoAttackConfig(Strict):
+    """AutoAttack (Croce & Hein 2020) on the test split at the end of a trial, at every positive radius
+    of the evaluation attack norm's grid: ``test/autoattack_acc_<norm>_r<r>``."""
+
+    version: Literal["standard", "custom"] = Field("standard", description="standard: APGD-CE, APGD-T, FAB-T, Square (RobustBench's evaluation); custom: the attacks listed")
+    attacks: list[AttackName] | None = Field(None, description="custom only: the attacks to run, in order")
+    subset: int = Field(200, ge=1, le=100000, description="test points attacked: a fixed subset of the certified test points, the same for every trial of a study")
+    batch_size: int = Field(250, ge=1, le=100000)
+
+    @model_validator(mode="after")
+    def _attacks_match_version(self) -> "AutoAttackConfig":
+        if self.version == "custom" and not self.attacks:
+            raise ValueError("version custom needs a non-empty list of attacks")
+        if self.version == "standard" and self.attacks is not None:
+            raise ValueError(f"version standard runs {', '.join(STANDARD_ATTACKS)}; list attacks with version custom")
+        return self
+
+    @property
+    def attack_names(self) -> tuple[str, ...]:
+        return tuple(self.attacks) if self.attacks else STANDARD_ATTACKS
 
 
 class EvaluationConfig(Strict):
@@ -97,6 +121,7 @@ class EvaluationConfig(Strict):
     certifiers: list[ComponentConfig] = Field(default_factory=list, description="certifiers run on the test points at the end")
     radii: dict[Literal["l2", "linf"], list[float]] = Field(default_factory=_default_radii, description="the radius grid of certified-accuracy metrics, per norm")
     attack_grid: bool = Field(False, description="also attack the test points at every radius of the attack norm's grid (test/robust_acc_<norm>_r<r>)")
+    autoattack: AutoAttackConfig | None = Field(None, description="AutoAttack at the end on a fixed test subset (None: off)")
     certify_subset: int | None = Field(None, ge=1, description="test points certified (None: the evaluated test points)")
     certify_val_subset: int = Field(0, ge=0, description="val points certified at the end, for val/certified_* objectives (0: none)")
     val_subset: int | None = Field(None, ge=1, description="fixed val points evaluated each epoch (None: all)")

@@ -23,13 +23,17 @@ from certstudy.trial import checkpoint
 from certstudy.trial.best import BestEpoch
 from certstudy.trial.build import TrialParts, attack_at_training_radius, build_parts
 from certstudy.certify.metrics import radius_label
+from certstudy.certify.base import Certificate
 from certstudy.trial.certification import certify_all
+from certstudy.trial.robustness import ALARM_RESULT, accuracy_metrics, autoattack_accuracy, gap_metrics, pgd_accuracy
 from certstudy.trial.config import TrialConfig
 from certstudy.trial.environment import seed_everything, select_device, sum_dtype
 from certstudy.trial.evaluation import Scores, evaluate
 from certstudy.trial.optim import build_optimizer, build_schedule
 from certstudy.trial.precision import Precision
 from certstudy.data.augmentation import augment
+
+AUTOATTACK_SUBSET_SEED = 0  # not the trial's seed: every trial of a study attacks the same points
 
 Reporter = Callable[[dict[str, "float | str"], "str | None"], "StopRequest | None"]
 
@@ -129,11 +133,36 @@ def _end_metrics(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> tuple[di
     test_split = dataclasses.replace(splits, x_test=x_test, y_test=y_test)
     metrics.update(parts.method.final_metrics(model, test_split, batch_size=ev.batch_size, seed=cfg.seed + 14))
     files: dict[str, bytes] = {}
+    x_cert, y_cert = splits.floats(splits.x_test[sub.cert]), splits.y_test[sub.cert]
+    certificates: list[Certificate] = []
     if parts.certifiers:
         val_points = (splits.floats(splits.x_val[sub.cert_val]), splits.y_val[sub.cert_val]) if sub.cert_val is not None else None
-        certified, files = certify_all(parts, cfg, (splits.floats(splits.x_test[sub.cert]), splits.y_test[sub.cert]), val_points, cfg.seed + 15)
+        certified, files, certificates = certify_all(parts, cfg, (x_cert, y_cert), val_points, cfg.seed + 15)
         metrics.update(certified)
+    metrics.update(_empirical_metrics(parts, cfg, x_cert, y_cert, certificates))
     return metrics, files
+
+
+def _empirical_metrics(parts: TrialParts, cfg: TrialConfig, x_cert: Tensor, y_cert: Tensor, certificates: list[Certificate]) -> dict[str, float | str]:
+    """AutoAttack on a fixed subset of the certified points (or, without it, the attack grid's PGD on
+    all of them when there are certificates to compare), and the certification gap."""
+    ev, model = cfg.evaluation, parts.model
+    radii = ev.radii.get(ev.attack.norm, [])
+    if ev.autoattack is not None:
+        if parts.splits.bounds != (0.0, 1.0):
+            raise TrialFailed(f"evaluation.autoattack needs inputs in the box [0, 1]; this dataset's box is {parts.splits.bounds}")
+        points = _fixed_subset(len(y_cert), ev.autoattack.subset, AUTOATTACK_SUBSET_SEED)
+        empirical = autoattack_accuracy(model, x_cert, y_cert, points, norm=ev.attack.norm, radii=radii, config=ev.autoattack, seed=cfg.seed + 17)
+    elif ev.attack_grid and certificates:
+        empirical = pgd_accuracy(model, x_cert, y_cert, attack=ev.attack, radii=radii, bounds=parts.splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 16)
+    else:
+        return {}
+    metrics: dict[str, float | str] = dict(accuracy_metrics(empirical))
+    gaps, alarms = gap_metrics(empirical, certificates, y_cert)
+    metrics.update(gaps)
+    if alarms:
+        metrics[ALARM_RESULT] = "negative certification gap: " + "; ".join(alarms)
+    return metrics
 
 
 def _check_finite(metrics: dict[str, float | str], epoch: int) -> None:

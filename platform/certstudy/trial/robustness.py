@@ -1,0 +1,94 @@
+"""Empirical robustness beside the certificates: AutoAttack at every radius, and the certification gap.
+
+AutoAttack (Croce & Hein 2020) is the field's yardstick for empirical robust accuracy; a certificate
+is judged against it. The certification gap of a certificate at radius r is the empirical robust
+accuracy minus the certified accuracy, on the same points, at the same r: what the certificate
+leaves on the table (the quantity Zhu et al.'s tightness regularizers try to shrink). Without
+AutoAttack the evaluation's PGD at the grid radii stands in (``evaluation.attack_grid``), and the
+metric says so in its name.
+
+Guarantee: a sound certificate can never certify a point that an attack breaks, so its gap is
+>= 0 at every radius. A negative gap is therefore a soundness alarm: the trial reports it as the
+run tag ``certstudy.alarm`` (and the study prints it), whatever the audit found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from certstudy.attacks import pgd
+from certstudy.attacks.autoattack import autoattack_robust
+from certstudy.certify.base import Certificate
+from certstudy.certify.metrics import autoattack_acc_name, cert_gap_name, certified_radii, radius_label
+from certstudy.models.base import eval_mode
+from certstudy.trial.config import AttackConfig, AutoAttackConfig
+
+ALARM_TAG = "certstudy.alarm"
+ALARM_RESULT = f"tags/{ALARM_TAG}"  # how a trial's result carries the run tag (``study/results.py``)
+
+
+@dataclass
+class Empirical:
+    """Per-point verdicts of one attack at every positive radius of one norm's grid."""
+
+    source: str  # "autoattack" or "pgd": the metric names say which
+    norm: str
+    points: Tensor  # positions among the certified test points
+    robust: dict[float, Tensor] = field(default_factory=dict)  # radius -> bool per point
+
+
+def autoattack_accuracy(model: nn.Module, x: Tensor, y: Tensor, points: Tensor, *, norm: str, radii: list[float], config: AutoAttackConfig, seed: int) -> Empirical:
+    """AutoAttack on ``x[points]`` at every positive radius (one seed for all radii)."""
+    out = Empirical("autoattack", norm, points)
+    xs, ys = x[points.to(x.device)], y[points.to(y.device)]
+    for r in radii:
+        if r > 0:
+            out.robust[r] = autoattack_robust(model, xs, ys, norm=norm, eps=r, attacks=config.attack_names, batch_size=config.batch_size, seed=seed).cpu()  # type: ignore[arg-type]
+    return out
+
+
+def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig, radii: list[float], bounds: tuple[float, float] | None, batch_size: int, seed: int) -> Empirical:
+    """The evaluation's PGD at every positive radius, per point (all of ``x``)."""
+    out = Empirical("pgd", attack.norm, torch.arange(len(y)))
+    for r in radii:
+        if r <= 0:
+            continue
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        verdicts = []
+        with eval_mode(model):
+            for i in range(0, len(y), batch_size):
+                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+                adv = pgd(model, xb, yb, eps=r, norm=attack.norm, steps=attack.steps, random_init=attack.random_start, restarts=attack.restarts, bounds=bounds, generator=gen)
+                with torch.no_grad():
+                    verdicts.append((model(adv).argmax(1) == yb).cpu())
+        out.robust[r] = torch.cat(verdicts)
+    return out
+
+
+def accuracy_metrics(empirical: Empirical) -> dict[str, float]:
+    """``test/autoattack_acc_<norm>_r<r>`` (PGD's accuracies are reported by the attack grid)."""
+    if empirical.source != "autoattack":
+        return {}
+    return {autoattack_acc_name(empirical.norm, r): float(v.double().mean()) for r, v in empirical.robust.items()}
+
+
+def gap_metrics(empirical: Empirical, certificates: list[Certificate], y: Tensor) -> tuple[dict[str, float], list[str]]:
+    """The gap of every certificate in the attack's norm at every attacked radius, and an alarm line
+    for each negative one (``y``: labels of all certified points)."""
+    metrics: dict[str, float] = {}
+    alarms: list[str] = []
+    for cert in certificates:
+        if cert.norm != empirical.norm:
+            continue
+        radii = certified_radii(cert, y)[empirical.points.cpu()]
+        for r, robust in empirical.robust.items():
+            certified = radii >= r
+            gap = float(robust.double().mean() - certified.double().mean())
+            metrics[cert_gap_name(empirical.source, cert.name, cert.norm, r)] = gap
+            if gap < 0:
+                broken = int((certified & ~robust).sum())
+                alarms.append(f"{cert.name} certifies {-gap:.4f} more than {empirical.source} leaves robust at {cert.norm} {radius_label(r)} ({broken} certified points broken)")
+    return metrics, alarms
