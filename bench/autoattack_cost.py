@@ -76,12 +76,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dataset = DATASETS.get("digits")
-    splits = dataset.load(dataset.Options(), 0, tempfile.mkdtemp())
+    splits = dataset.load(dataset.Params(), 0, tempfile.mkdtemp())
     x = splits.floats(splits.x_test[: args.points]).to(device)
     y = splits.y_test[: args.points].to(device)
     per100 = 100.0 / len(y)
-    table = Table(title=f"AutoAttack vs PGD-20 on {len(y)} digits test points ({device}, {args.threads} thread(s)): robust accuracy, seconds per 100 points")
-    for col in ("model", "norm, eps", "PGD-20 acc", "PGD-20 s", "AutoAttack acc", "AutoAttack s", "ratio", *(f"{a} alone s" for a in STANDARD_ATTACKS)):
+    table = Table(
+        title=f"AutoAttack vs PGD-20 on {len(y)} digits test points ({device}, {args.threads} thread(s)): robust "
+        f"accuracy, seconds per 100 points"
+    )
+    for col in (
+        "model",
+        "norm, eps",
+        "PGD-20 acc",
+        "PGD-20 s",
+        "AutoAttack acc",
+        "AutoAttack s",
+        "ratio",
+        *(f"{a} alone s" for a in STANDARD_ATTACKS),
+    ):
         table.add_column(col, justify="right")
     for label, (name, params) in ROWS.items():
         for norm in args.norms:
@@ -89,13 +101,18 @@ def main() -> None:
             eps = EPS[norm]
 
             def run_pgd() -> torch.Tensor:
-                adv = pgd(model, x, y, eps=eps, norm=norm, steps=20, generator=torch.Generator(device=device).manual_seed(0))
+                adv = pgd(
+                    model, x, y, eps=eps, norm=norm, steps=20, generator=torch.Generator(device=device).manual_seed(0)
+                )
                 with torch.no_grad():
                     return model(adv).argmax(1) == y
 
             pgd_s, pgd_robust = _timed(run_pgd, device)
             aa_s, aa_robust = _timed(lambda: autoattack_robust(model, x, y, norm=norm, eps=eps, seed=0), device)
-            alone = [_timed(lambda a=a: autoattack_robust(model, x, y, norm=norm, eps=eps, attacks=(a,), seed=0), device)[0] for a in STANDARD_ATTACKS]
+            alone = [
+                _timed(lambda a=a: autoattack_robust(model, x, y, norm=norm, eps=eps, attacks=(a,), seed=0), device)[0]
+                for a in STANDARD_ATTACKS
+            ]
             table.add_row(
                 label,
                 f"{norm}, {eps:g}",

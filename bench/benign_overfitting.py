@@ -19,13 +19,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from certstudy.analysis.reruns import write_section  # noqa: E402
 from certstudy.study.export import finished_trials, study_spec  # noqa: E402
-from certstudy.study.reruns import write_section  # noqa: E402
 from certstudy.study.tracking import Tracker  # noqa: E402
 from certstudy.workdir import Workdir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = [("robust train error", "train/robust_acc"), ("robust test error", "test/robust_acc"), ("clean test error", "test/clean_acc")]
+COLUMNS = [
+    ("robust train error", "train/robust_acc"),
+    ("robust test error", "test/robust_acc"),
+    ("clean test error", "test/clean_acc"),
+]
 
 
 def main() -> None:
@@ -49,7 +53,9 @@ def main() -> None:
     header = ["alpha/‖mu‖"] + [f"d={d}: {name}" for d in dims for name, _ in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in ratios:
-        cells = [f"{r:g}"] + [f"{points[d][r][name]:.3f}" if r in points[d] else "-" for d in dims for name, _ in COLUMNS]
+        cells = [f"{r:g}"] + [
+            f"{points[d][r][name]:.3f}" if r in points[d] else "-" for d in dims for name, _ in COLUMNS
+        ]
         lines.append("| " + " | ".join(cells) + " |")
 
     fig, axes = plt.subplots(1, len(COLUMNS), figsize=(4 * len(COLUMNS), 3.2), sharey=True)
@@ -69,9 +75,13 @@ def main() -> None:
 
     ev, tr = spec.evaluation, spec.training
     body = (
-        f"Study file: `trials/{spec.name}.yaml` ({len(candidates)} trials, one seed). Regenerate: `certstudy launch trials/{spec.name}.yaml && python bench/benign_overfitting.py`. "
-        f"n = {spec.dataset.options['n_train']}, beta = {beta:g}, ||mu||^2 = {mu * mu:.0f}; {tr.epochs * tr.steps_per_epoch} full-batch GD steps at l2 PGD-{spec.method_entries[0].params.get('steps')} points; "
-        f"evaluation: l2 PGD-{ev.attack.steps} at the trial's own alpha. Test labels are noisy, so the clean test error floor is beta.\n\n"
+        f"Study file: `trials/{spec.name}.yaml` ({len(candidates)} trials, one seed). Regenerate: `certstudy launch "
+        f"trials/{spec.name}.yaml && python bench/benign_overfitting.py`. "
+        f"n = {spec.dataset.options['n_train']}, beta = {beta:g}, ||mu||^2 = {mu * mu:.0f}; "
+        f"{tr.epochs * tr.steps_per_epoch} full-batch GD steps at l2 "
+        f"PGD-{spec.method_entries[0].params.get('steps')} points; "
+        f"evaluation: l2 PGD-{ev.attack.steps} at the trial's own alpha. Test labels are noisy, so the clean test "
+        f"error floor is beta.\n\n"
         + "\n".join(lines)
         + f"\n\n![robust and clean errors against alpha/||mu||]({png.name})\n"
     )

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from certstudy.certify.metrics import certified_acc_name
-from certstudy.study.by_param import best_per_param, markdown_table
+from certstudy.analysis.by_param import best_per_param, markdown_table
+from certstudy.analysis.reruns import write_section
+from certstudy.metric_names import certified_acc_name
 from certstudy.study.export import study_spec
-from certstudy.study.reruns import write_section
 from certstudy.study.spec import certificates_of
 from certstudy.workdir import Workdir
 
@@ -28,20 +28,33 @@ def main() -> None:
     parser.add_argument("study")
     parser.add_argument("--workdir")
     parser.add_argument("--param", default="method.params.sigma", help="MLflow param to group by")
-    parser.add_argument("--metric", help="validation metric choosing each group's best (default val/acr_<first certificate>)")
+    parser.add_argument(
+        "--metric", help="validation metric choosing each group's best (default val/acr_<first certificate>)"
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "results.md")
     args = parser.parse_args()
     workdir = Workdir.resolve(args.workdir)
     certificates = certificates_of(study_spec(workdir, args.study))
     metric = args.metric or f"val/acr_{certificates[0][0]}"
     spec, groups = best_per_param(workdir, args.study, args.param, metric)
-    parts = [f"Study file: `trials/{spec.name}.yaml`. Regenerate: `certstudy launch trials/{spec.name}.yaml && python bench/best_per_value.py {spec.name}`.\n"]
+    parts = [
+        f"Study file: `trials/{spec.name}.yaml`. Regenerate: `certstudy launch trials/{spec.name}.yaml && python "
+        f"bench/best_per_value.py {spec.name}`.\n"
+    ]
     ev = spec.evaluation
     points = f"{ev.certify_subset} test points" if ev.certify_subset else "the test points"
     for name, norm in certificates:
         columns = [(f"r={r:g}", certified_acc_name("test", name, norm, r)) for r in ev.radii.get(norm, [])]
-        columns += [("ACR", f"test/acr_{name}"), ("abstain", f"test/abstain_rate_{name}"), ("smoothed clean acc", "test/smoothed_clean_acc")]
-        parts.append(f"Certificate `{name}` ({norm}): test certified accuracy of the best trial per {args.param.rsplit('.', 1)[-1]} (chosen by `{metric}`), on {points}.\n\n" + markdown_table(spec, groups, args.param, metric, columns))
+        columns += [
+            ("ACR", f"test/acr_{name}"),
+            ("abstain", f"test/abstain_rate_{name}"),
+            ("smoothed clean acc", "test/smoothed_clean_acc"),
+        ]
+        parts.append(
+            f"Certificate `{name}` ({norm}): test certified accuracy of the best trial per "
+            f"{args.param.rsplit('.', 1)[-1]} (chosen by `{metric}`), on {points}.\n\n"
+            + markdown_table(spec, groups, args.param, metric, columns)
+        )
     body = "\n".join(parts)
     write_section(args.output, spec.name, body)
     Console().print(body)

@@ -24,14 +24,22 @@ import argparse
 import math
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from certstudy.certify import CERTIFIERS, CertifierContext
-from certstudy.certify.bounds import CROWN_CHUNK_ELEMENTS, Ball, backward, crown_ibp, ibp, margin_lower_bounds, margin_spec
+from certstudy.certify.bounds import (
+    CROWN_CHUNK_ELEMENTS,
+    Ball,
+    backward,
+    crown_ibp,
+    ibp,
+    margin_lower_bounds,
+    margin_spec,
+)
 from certstudy.certify.network import AffineLayer, Layer, layers_of
 from certstudy.models import MODELS
 
@@ -79,8 +87,15 @@ def _time(fn: Callable[[], object], device: torch.device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=1024, help="batch of the forward pass, lipschitz and IBP (the certifiers' default)")
-    parser.add_argument("--crown-batch", type=int, default=64, help="batch of CROWN and of its own forward reference (the certifier's default)")
+    parser.add_argument(
+        "--batch", type=int, default=1024, help="batch of the forward pass, lipschitz and IBP (the certifiers' default)"
+    )
+    parser.add_argument(
+        "--crown-batch",
+        type=int,
+        default=64,
+        help="batch of CROWN and of its own forward reference (the certifier's default)",
+    )
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["digits", "mnist"], default=None, help="only the rows of one dataset")
@@ -88,8 +103,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = {k: v for k, v in MODEL_ROWS.items() if args.only is None or k.lower().startswith(args.only)}
-    table = Table(title=f"certifier cost per example vs a forward pass ({device}, {args.threads} threads, batch {args.batch} (MNIST rows: their own); CROWN batch {args.crown_batch}; medians of {args.repeats})")
-    for col in ["model", "batch", "forward µs/ex", "lipschitz / fwd", "lipschitz constants (once) s", "IBP / fwd", "CROWN-IBP / fwd", "forward µs/ex (CROWN batch)", "CROWN µs/ex", "CROWN / fwd"]:
+    table = Table(
+        title=f"certifier cost per example vs a forward pass ({device}, {args.threads} threads, batch {args.batch} "
+        f"(MNIST rows: their own); CROWN batch {args.crown_batch}; medians of {args.repeats})"
+    )
+    for col in [
+        "model",
+        "batch",
+        "forward µs/ex",
+        "lipschitz / fwd",
+        "lipschitz constants (once) s",
+        "IBP / fwd",
+        "CROWN-IBP / fwd",
+        "forward µs/ex (CROWN batch)",
+        "CROWN µs/ex",
+        "CROWN / fwd",
+    ]:
         table.add_column(col, justify="right" if col != "model" else "left")
     for label, (name, params, shape, batch, time_crown) in rows.items():
         torch.manual_seed(0)
@@ -120,7 +149,14 @@ def main() -> None:
             }
             if time_crown:
                 runs["crown"] = lambda: margin_lower_bounds("crown", layers, small, top[:n_small], 10)
-            sizes = {"forward": n_big, "lipschitz": n_big, "ibp": n_big, "forward_small": n_small, "crown": n_small, "crown_ibp": n_small}
+            sizes = {
+                "forward": n_big,
+                "lipschitz": n_big,
+                "ibp": n_big,
+                "forward_small": n_small,
+                "crown": n_small,
+                "crown_ibp": n_small,
+            }
             for fn in runs.values():
                 fn()  # warm-up
             times: dict[str, list[float]] = {k: [] for k in runs}

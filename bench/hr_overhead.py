@@ -35,13 +35,21 @@ def epoch_ratio(device: torch.device, epochs: int, model: str) -> tuple[list[flo
     times: dict[str, list[float]] = {"adversarial": [], "hr": []}
     parts = {}
     for name, params in (("adversarial", attack), ("hr", {**attack, "alpha": 0.1, "r": 0.1})):
-        cfg = TrialConfig.model_validate({"model": model_cfg, "method": {"name": name, "params": params}, "dataset": {"poisoning": {"rate": 0.2}}, "device": device.type, "threads": torch.get_num_threads()})
+        cfg = TrialConfig.model_validate(
+            {
+                "model": model_cfg,
+                "method": {"name": name, "params": params},
+                "dataset": {"poisoning": {"rate": 0.2}},
+                "device": device.type,
+                "threads": torch.get_num_threads(),
+            }
+        )
         seed_everything(0, cfg.threads)
         p = build_parts(cfg, "/nonexistent", device)
         parts[name] = (cfg, p, build_optimizer(cfg.training, p.model))
     parts["hr"][1].model.load_state_dict(parts["adversarial"][1].model.state_dict())
     for epoch in range(epochs + 1):  # epoch 0 warms both up and is not counted
-        for name in (("adversarial", "hr") if epoch % 2 else ("hr", "adversarial")):
+        for name in ("adversarial", "hr") if epoch % 2 else ("hr", "adversarial"):
             cfg, p, opt = parts[name]
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -109,13 +117,21 @@ def main() -> None:
     console = Console(width=120)
 
     pgd, hr = epoch_ratio(device, args.epochs, args.model)
-    table = Table(title=f"(1) epoch time on digits, {args.model}, l2 PGD-10, {device} ({torch.get_num_threads()} threads), {args.epochs} interleaved epochs each")
+    table = Table(
+        title=f"(1) epoch time on digits, {args.model}, l2 PGD-10, {device} ({torch.get_num_threads()} threads), "
+        f"{args.epochs} interleaved epochs each"
+    )
     for col in ("method", "median s/epoch", "min", "max"):
         table.add_column(col, justify="right")
     for name, ts in (("PGD-AT", pgd), ("HR (alpha 0.1, r 0.1)", hr)):
         table.add_row(name, f"{statistics.median(ts):.3f}", f"{min(ts):.3f}", f"{max(ts):.3f}")
     ratios = [h / p for h, p in zip(hr, pgd)]
-    table.add_row("HR / PGD-AT (median of paired ratios) [target <= 1.03]", f"{statistics.median(ratios):.3f}", f"{min(ratios):.3f}", f"{max(ratios):.3f}")
+    table.add_row(
+        "HR / PGD-AT (median of paired ratios) [target <= 1.03]",
+        f"{statistics.median(ratios):.3f}",
+        f"{min(ratios):.3f}",
+        f"{max(ratios):.3f}",
+    )
     # What HR adds per epoch, measured apart from the epoch-to-epoch noise of a shared machine:
     # the weights of every batch (the attack and the forward/backward are the same as PGD-AT's).
     batch, n_train = 64, 1078
@@ -129,7 +145,9 @@ def main() -> None:
     per_batch = (time.perf_counter() - t) / 200
     batches = -(-n_train // batch)
     added = batches * per_batch / statistics.median(pgd)
-    table.add_row(f"weights: {batches} batches x {per_batch * 1e3:.3f} ms / median PGD-AT epoch", f"+{added * 100:.1f} %", "", "")
+    table.add_row(
+        f"weights: {batches} batches x {per_batch * 1e3:.3f} ms / median PGD-AT epoch", f"+{added * 100:.1f} %", "", ""
+    )
     console.print(table)
 
     table = Table(title="(2) worst-case weights of one batch, alpha 0.1, r 0.1, CPU")
@@ -137,7 +155,9 @@ def main() -> None:
         table.add_column(col, justify="right")
     for n in (128, 1024, 8192):
         solve, closed, solver = solver_ratio(n, args.reps)
-        table.add_row(str(n), f"{solve * 1e3:.2f} ({solver}, solve only)", f"{closed * 1e3:.3f}", f"{solve / closed:.0f}x")
+        table.add_row(
+            str(n), f"{solve * 1e3:.2f} ({solver}, solve only)", f"{closed * 1e3:.3f}", f"{solve / closed:.0f}x"
+        )
     console.print(table)
 
 

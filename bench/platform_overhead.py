@@ -27,7 +27,16 @@ from certstudy.trial import run_trial
 from certstudy.workdir import Workdir
 
 # Eight PGD-training configurations of equal cost (the cost is in the attack steps).
-CONFIGS = [(1e-3, 0.10), (3e-3, 0.05), (2e-3, 0.15), (5e-4, 0.08), (1e-3, 0.12), (3e-3, 0.03), (2e-3, 0.06), (5e-4, 0.18)]
+CONFIGS = [
+    (1e-3, 0.10),
+    (3e-3, 0.05),
+    (2e-3, 0.15),
+    (5e-4, 0.08),
+    (1e-3, 0.12),
+    (3e-3, 0.03),
+    (2e-3, 0.06),
+    (5e-4, 0.18),
+]
 WORKLOADS = {
     # model section, the searched size parameter and its eight values, default epochs (~20 s each)
     "mlp": ({"name": "mlp", "params": {"depth": 2}}, "width", [128, 256, 192, 160, 224, 128, 256, 192], 90),
@@ -42,10 +51,24 @@ def study_dict(model: str, epochs: int) -> tuple[dict, list[dict]]:
         "name": "bench-overhead",
         "dataset": {"name": "digits", "poisoning": {"rate": 0.1}},
         "model": {**section, "search": {size: {"type": "int", "low": 32, "high": 256}}},
-        "method": {"name": "adversarial", "params": {"steps": 10}, "search": {"eps": {"type": "float", "low": 0.0, "high": 0.2}}},
-        "training": {"epochs": epochs, "batch_size": 64, "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}},
+        "method": {
+            "name": "adversarial",
+            "params": {"steps": 10},
+            "search": {"eps": {"type": "float", "low": 0.0, "high": 0.2}},
+        },
+        "training": {
+            "epochs": epochs,
+            "batch_size": 64,
+            "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        },
         "evaluation": {"attack": {"eps": 0.1, "steps": 10}},
-        "search": {"sampler": "random", "num_trials": len(points), "max_concurrent": 2, "seed": 0, "start_points": points},
+        "search": {
+            "sampler": "random",
+            "num_trials": len(points),
+            "max_concurrent": 2,
+            "seed": 0,
+            "start_points": points,
+        },
         "resources": {"cpu": 1},
     }
     return study, points
@@ -86,7 +109,9 @@ def main() -> None:
     tm = outcome.timings
     conc = spec.search.max_concurrent
     single = tm.get("trial_compute", 0) / len(points)
-    table = Table(title=f"platform overhead: {len(points)} {args.model} PGD-training trials x {epochs} epochs, {cores} cores")
+    table = Table(
+        title=f"platform overhead: {len(points)} {args.model} PGD-training trials x {epochs} epochs, {cores} cores"
+    )
     table.add_column("")
     table.add_column("seconds", justify="right")
     table.add_row(f"(a) loop, {cores} threads per trial", f"{loop_wall:.1f}")
@@ -95,13 +120,21 @@ def main() -> None:
     table.add_section()
     table.add_row(f"loop: mean seconds per trial ({cores} threads)", f"{sum(per_trial) / len(per_trial):.1f}")
     table.add_row("study: mean seconds of compute per trial (1 thread, 2 running)", f"{single:.1f}")
-    table.add_row(f"best possible ratio at this thread scaling: {single:.1f} / ({conc} x {sum(per_trial) / len(per_trial):.1f})", f"{single / (conc * sum(per_trial) / len(per_trial)):.3f}")
+    table.add_row(
+        f"best possible ratio at this thread scaling: {single:.1f} / ({conc} x {sum(per_trial) / len(per_trial):.1f})",
+        f"{single / (conc * sum(per_trial) / len(per_trial)):.3f}",
+    )
     table.add_row("study: Ray start (MLflow + Optuna set-up overlapped with it)", f"{tm.get('ray_start', 0):.1f}")
     table.add_row("study: ready to fit (start-up incl. MLflow + Optuna set-up)", f"{tm.get('setup', 0):.1f}")
     table.add_row("study: Tuner.fit wall", f"{tm.get('fit', 0):.1f}")
-    table.add_row("study: fit start -> first trial started (worker spawn, imports)", f"{tm.get('first_trial_start', 0):.1f}")
+    table.add_row(
+        "study: fit start -> first trial started (worker spawn, imports)", f"{tm.get('first_trial_start', 0):.1f}"
+    )
     table.add_row(f"study: trial compute in epochs (sum / {conc})", f"{tm.get('trial_compute', 0) / conc:.1f}")
-    table.add_row(f"study: trial start-up + reporting (sum of wall - compute, / {conc})", f"{(tm.get('trial_wall', 0) - tm.get('trial_compute', 0)) / conc:.1f}")
+    table.add_row(
+        f"study: trial start-up + reporting (sum of wall - compute, / {conc})",
+        f"{(tm.get('trial_wall', 0) - tm.get('trial_compute', 0)) / conc:.1f}",
+    )
     table.add_row("study: driver MLflow logging (callback time)", f"{tm.get('tracking', 0):.1f}")
     table.add_row("study: teardown (close runs, Ray shutdown)", f"{tm.get('teardown', 0):.1f}")
     table.add_row("study: total measured by launch()", f"{tm.get('total', 0):.1f}")

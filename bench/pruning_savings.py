@@ -21,10 +21,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from certstudy.study.by_param import searched_values
+from certstudy.analysis.by_param import searched_values
+from certstudy.analysis.reruns import write_section
 from certstudy.study.export import finished_trials
 from certstudy.study.pruning import PruningConfig
-from certstudy.study.reruns import write_section
 from certstudy.study.runner import launch
 from certstudy.study.spec import StudySpec, load_study
 from certstudy.study.tracking import Tracker
@@ -60,9 +60,16 @@ def run(spec: StudySpec, label: str, root: Path, console: Console) -> Outcome:
         epochs += max(steps) + 1 if steps else 0
         tags = c.run.data.tags
         searched = searched_values(spec, c, skip="")
-        reason = f"pruned at {tags['pruned_at_epoch']} ({tags['prune_reason']})" if "prune_reason" in tags else "completed"
-        per_trial.append(f"| {label} | {tags.get('optuna.trial_number')} | {searched} | {max(steps) + 1 if steps else 0} | {reason} | {int(c.value('best/epoch'))} | {c.value(objective.metric):.4f} |")
-    best = max(candidates, key=lambda c: c.value(objective.metric) if objective.mode == "max" else -c.value(objective.metric))
+        reason = (
+            f"pruned at {tags['pruned_at_epoch']} ({tags['prune_reason']})" if "prune_reason" in tags else "completed"
+        )
+        per_trial.append(
+            f"| {label} | {tags.get('optuna.trial_number')} | {searched} | {max(steps) + 1 if steps else 0} | "
+            f"{reason} | {int(c.value('best/epoch'))} | {c.value(objective.metric):.4f} |"
+        )
+    best = max(
+        candidates, key=lambda c: c.value(objective.metric) if objective.mode == "max" else -c.value(objective.metric)
+    )
     return Outcome(
         label,
         len(candidates),
@@ -98,26 +105,61 @@ def main() -> None:
     metric = spec.objectives[0].metric
     a, b = results
     table = Table(title=f"pruning savings: {spec.name}")
-    header = ["pruning", "trials", "pruned", "trial-epochs", "wall (s)", f"best {metric}", "its best epoch", "its test/robust_acc", "its test/clean_acc"]
+    header = [
+        "pruning",
+        "trials",
+        "pruned",
+        "trial-epochs",
+        "wall (s)",
+        f"best {metric}",
+        "its best epoch",
+        "its test/robust_acc",
+        "its test/clean_acc",
+    ]
     for h in header:
         table.add_column(h, justify="right")
-    rows = [[r.label, str(r.trials), str(r.pruned), str(r.epochs), f"{r.wall_s:.0f}", f"{r.best:.4f}", str(r.best_epoch), f"{r.best_test_robust:.4f}", f"{r.best_test_clean:.4f}"] for r in results]
+    rows = [
+        [
+            r.label,
+            str(r.trials),
+            str(r.pruned),
+            str(r.epochs),
+            f"{r.wall_s:.0f}",
+            f"{r.best:.4f}",
+            str(r.best_epoch),
+            f"{r.best_test_robust:.4f}",
+            f"{r.best_test_clean:.4f}",
+        ]
+        for r in results
+    ]
     for row in rows:
         table.add_row(*row)
     console.print(table)
     saved = 1 - b.epochs / a.epochs
     verdict = (
-        f"on/off trial-epochs: {b.epochs}/{a.epochs} = {b.epochs / a.epochs:.3f} ({100 * saved:.1f} % fewer; target >= 40 %); "
-        f"best {metric}: {b.best:.4f} vs {a.best:.4f} ({100 * (b.best - a.best):+.1f} points; target within 1 point); wall {b.wall_s / a.wall_s:.2f}x"
+        f"on/off trial-epochs: {b.epochs}/{a.epochs} = {b.epochs / a.epochs:.3f} ({100 * saved:.1f} % fewer; target "
+        f">= 40 %); "
+        f"best {metric}: {b.best:.4f} vs {a.best:.4f} ({100 * (b.best - a.best):+.1f} points; target within 1 point); "
+        f"wall {b.wall_s / a.wall_s:.2f}x"
     )
     console.print(verdict)
     pruning = ", ".join(f"{k}: {v}" for k, v in spec.pruning.model_dump(exclude_none=True).items())
     body = (
-        f"Regenerate: `python bench/pruning_savings.py` (study file `{args.study.relative_to(REPO) if args.study.is_absolute() and REPO in args.study.parents else args.study}`, "
-        f"{search.num_trials} trials, sampler {search.sampler} seed {search.seed}, both runs ending each trial on its best epoch; pruning {pruning}).\n\n"
-        "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows) + f"\n\n{verdict}\n\n"
+        f"Regenerate: `python bench/pruning_savings.py` (study file "
+        f"`{args.study.relative_to(REPO) if args.study.is_absolute() and REPO in args.study.parents else args.study}`, "
+        f"{search.num_trials} trials, sampler {search.sampler} seed {search.seed}, both runs ending each trial on its "
+        f"best epoch; pruning {pruning}).\n\n"
+        "| "
+        + " | ".join(header)
+        + " |\n|"
+        + "---|" * len(header)
+        + "\n"
+        + "\n".join("| " + " | ".join(r) + " |" for r in rows)
+        + f"\n\n{verdict}\n\n"
         "Per trial (epochs run; the best epoch and its objective, what each trial reports):\n\n"
-        f"| pruning | trial | searched | epochs | ended | best epoch | best {metric} |\n|---|---|---|---|---|---|---|\n" + "\n".join(a.per_trial + b.per_trial) + "\n"
+        f"| pruning | trial | searched | epochs | ended | best epoch | best {metric} |\n|---|---|---|---|---|---|---|\n"
+        + "\n".join(a.per_trial + b.per_trial)
+        + "\n"
     )
     write_section(args.output, f"{spec.name}_pruning", body)
 

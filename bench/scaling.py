@@ -21,11 +21,10 @@ from ray.cluster_utils import Cluster
 from rich.console import Console
 from rich.table import Table
 
-from certstudy.study.reruns import write_section
+from certstudy.analysis.reruns import write_section
 from certstudy.study.runner import StudyOutcome, launch
 from certstudy.study.spec import validate_spec
 from certstudy.workdir import Workdir
-
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +49,13 @@ def run(workers: int, trials: int, epochs: int, root: Path) -> StudyOutcome:
     cluster.wait_for_nodes()
     try:
         spec = validate_spec(study(trials, epochs), "bench")
-        return launch(spec, Workdir(root / f"w{workers}"), address=cluster.address, storage=str(root / f"shared{workers}"), console=Console(quiet=True))
+        return launch(
+            spec,
+            Workdir(root / f"w{workers}"),
+            address=cluster.address,
+            storage=str(root / f"shared{workers}"),
+            console=Console(quiet=True),
+        )
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -65,14 +70,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="certstudy-scaling-") as tmp:
         outcomes = {w: run(w, args.trials, args.epochs, Path(tmp)) for w in (1, 2)}
     table = Table(title=f"{args.trials} trials of {args.epochs} epochs, 1 CPU per worker node")
-    for col in ("workers", "completed", "wall (s)", "trials / min", "first trial starts (s)", "trial compute (s, summed)", "per trial (s)", "driver tracking (s)"):
+    for col in (
+        "workers",
+        "completed",
+        "wall (s)",
+        "trials / min",
+        "first trial starts (s)",
+        "trial compute (s, summed)",
+        "per trial (s)",
+        "driver tracking (s)",
+    ):
         table.add_column(col, justify="right")
     rate = {}
     for w, o in outcomes.items():
         t = o.timings
         done = o.counts.get("completed", 0)
         rate[w] = done / t["total"] * 60
-        table.add_row(str(w), str(done), f"{t['total']:.0f}", f"{rate[w]:.2f}", f"{t.get('setup', 0) + t.get('first_trial_start', 0):.0f}", f"{t.get('trial_compute', 0):.0f}", f"{t.get('trial_compute', 0) / max(done, 1):.1f}", f"{t.get('tracking', 0):.1f}")
+        table.add_row(
+            str(w),
+            str(done),
+            f"{t['total']:.0f}",
+            f"{rate[w]:.2f}",
+            f"{t.get('setup', 0) + t.get('first_trial_start', 0):.0f}",
+            f"{t.get('trial_compute', 0):.0f}",
+            f"{t.get('trial_compute', 0) / max(done, 1):.1f}",
+            f"{t.get('tracking', 0):.1f}",
+        )
     console = Console()
     console.print(table)
     ratio = rate[2] / rate[1]
@@ -80,14 +103,20 @@ def main() -> None:
     slowdown = per[1] / per[2] if per[2] else float("nan")
     rest = ratio / (2 * slowdown) if slowdown == slowdown else float("nan")
     verdict = (
-        f"2 workers / 1 worker: {ratio:.2f}x trials per minute (target >= 1.8x) = 2 nodes x {slowdown:.3f} (per-trial compute, {per[1]:.1f} s alone vs {per[2]:.1f} s "
-        f"side by side on this machine's {os.cpu_count()} cores) x {rest:.3f} (start-up, scheduling and the last round's idle node)"
+        f"2 workers / 1 worker: {ratio:.2f}x trials per minute (target >= 1.8x) = 2 nodes x {slowdown:.3f} (per-trial "
+        f"compute, {per[1]:.1f} s alone vs {per[2]:.1f} s "
+        f"side by side on this machine's {os.cpu_count()} cores) x {rest:.3f} (start-up, scheduling and the last "
+        f"round's idle node)"
     )
     console.print(verdict)
     body = (
-        f"Regenerate: `python bench/scaling.py --trials {args.trials} --epochs {args.epochs}` (logical nodes on one machine with {os.cpu_count()} cores; head with 0 CPUs runs the driver).\n\n"
+        f"Regenerate: `python bench/scaling.py --trials {args.trials} --epochs {args.epochs}` (logical nodes on one "
+        f"machine with {os.cpu_count()} cores; head with 0 CPUs runs the driver).\n\n"
         "| workers | completed | wall (s) | trials / min | per-trial compute (s) |\n|---|---|---|---|---|\n"
-        + "\n".join(f"| {w} | {o.counts.get('completed', 0)} | {o.timings['total']:.0f} | {rate[w]:.2f} | {per[w]:.1f} |" for w, o in outcomes.items())
+        + "\n".join(
+            f"| {w} | {o.counts.get('completed', 0)} | {o.timings['total']:.0f} | {rate[w]:.2f} | {per[w]:.1f} |"
+            for w, o in outcomes.items()
+        )
         + f"\n\n{verdict}\n"
     )
     write_section(REPO / "docs" / "results.md", "scaling", body)

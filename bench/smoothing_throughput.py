@@ -63,7 +63,10 @@ def sync(device: torch.device) -> None:
 def forward_floor(model: nn.Module, x: torch.Tensor, batch: int, device: torch.device) -> float:
     """Seconds for the forward passes alone: every sample of (b), in (b)'s batch size, noise pre-made."""
     total = len(x) * (N0 + N)
-    inputs = x[:1].repeat((min(batch, total), 1, 1, 1)) + torch.randn((min(batch, total), *x.shape[1:]), device=device) * SIGMA
+    inputs = (
+        x[:1].repeat((min(batch, total), 1, 1, 1))
+        + torch.randn((min(batch, total), *x.shape[1:]), device=device) * SIGMA
+    )
     with torch.inference_mode():
         model(inputs)
         sync(device)
@@ -97,7 +100,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--points", type=int, default=20)
     parser.add_argument("--cohen-batch", type=int, default=1000, help="(a)'s batch, as in certify.py")
-    parser.add_argument("--batch", type=int, help="(b)'s noisy inputs per forward pass (default: the certifier's auto_batch_size)")
+    parser.add_argument(
+        "--batch", type=int, help="(b)'s noisy inputs per forward pass (default: the certifier's auto_batch_size)"
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
@@ -108,11 +113,24 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.rand(args.points, 1, 8, 8, device=device)
     models = {
-        "digits MLP 64-256-256-10": MODELS.get("mlp").build(MODELS.get("mlp").Params(width=256, depth=2), (1, 8, 8), 10),
+        "digits MLP 64-256-256-10": MODELS.get("mlp").build(
+            MODELS.get("mlp").Params(width=256, depth=2), (1, 8, 8), 10
+        ),
         "digits CNN (16, 32 ch)": MODELS.get("cnn").build(MODELS.get("cnn").Params(), (1, 8, 8), 10),
     }
-    table = Table(title=f"smoothing certification, n0={N0}, n={N}, {args.points} points, {device.type}, {torch.get_num_threads()} threads, batch (a) {args.cohen_batch} (b) {args.batch}, median of {args.repeats}")
-    for col in ("model", "(a) Cohen loop samples/s", "(b) certstudy samples/s", "(b)/(a)", "forward floor samples/s", "forward share of (b)"):
+    table = Table(
+        title=f"smoothing certification, n0={N0}, n={N}, {args.points} points, {device.type}, "
+        f"{torch.get_num_threads()} threads, batch (a) {args.cohen_batch} (b) {args.batch}, median of "
+        f"{args.repeats}"
+    )
+    for col in (
+        "model",
+        "(a) Cohen loop samples/s",
+        "(b) certstudy samples/s",
+        "(b)/(a)",
+        "forward floor samples/s",
+        "forward share of (b)",
+    ):
         table.add_column(col, justify="right")
     samples = args.points * (N0 + N)
     for name, model in models.items():
@@ -122,12 +140,34 @@ def main() -> None:
         t_a, t_b, t_f = interleaved_medians(
             [
                 lambda: timed(lambda: (cohen_loop(model, x, args.cohen_batch), sync(device))),
-                lambda: timed(lambda: (certify(model, x, sigma=SIGMA, n0=N0, n=N, alpha=ALPHA, num_classes=10, batch_size=args.batch, seed=0), sync(device))),
+                lambda: timed(
+                    lambda: (
+                        certify(
+                            model,
+                            x,
+                            sigma=SIGMA,
+                            n0=N0,
+                            n=N,
+                            alpha=ALPHA,
+                            num_classes=10,
+                            batch_size=args.batch,
+                            seed=0,
+                        ),
+                        sync(device),
+                    )
+                ),
                 lambda: forward_floor(model, x, args.batch, device),
             ],
             args.repeats,
         )
-        table.add_row(name, f"{samples / t_a:,.0f}", f"{samples / t_b:,.0f}", f"{t_a / t_b:.2f}x", f"{samples / t_f:,.0f}", f"{t_f / t_b:.0%}")
+        table.add_row(
+            name,
+            f"{samples / t_a:,.0f}",
+            f"{samples / t_b:,.0f}",
+            f"{t_a / t_b:.2f}x",
+            f"{samples / t_f:,.0f}",
+            f"{t_f / t_b:.0%}",
+        )
     Console().print(table)
 
 

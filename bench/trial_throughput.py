@@ -28,8 +28,8 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -64,7 +64,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def plain_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int) -> torch.Tensor:
+def plain_pgd(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int
+) -> torch.Tensor:
     """l-inf PGD written out by hand, the same algorithm as certstudy's: random start, sign steps, and
     the highest-loss point per example over the clean input and every iterate (so 12 forward and 10
     backward passes for 10 steps, where Madry et al.'s last-iterate PGD makes 10 and 10)."""
@@ -90,7 +92,16 @@ def plain_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     return best
 
 
-def plain_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, batch: int, pgd: dict | None, dtype: torch.dtype, scaler: torch.amp.GradScaler | None) -> None:
+def plain_epoch(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    pgd: dict | None,
+    dtype: torch.dtype,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
     model.train()
     perm = torch.randperm(len(y), device=x.device)
     for i in range(0, len(y), batch):
@@ -130,7 +141,8 @@ def run_row(row: tuple, args: argparse.Namespace, device: torch.device) -> dict[
     cfg = TrialConfig.model_validate({
         "model": {"name": name, "params": params},
         "method": {"name": method_name, "params": method_params},
-        "training": {"batch_size": batch, "optimizer": "sgd", "lr": 0.01, "precision": args.precision, "channels_last": args.channels_last},
+        "training": {"batch_size": batch, "optimizer": "sgd", "lr": 0.01, "precision": args.precision,
+                     "channels_last": args.channels_last},
     })  # fmt: skip
     factory = MODELS.get(name)
     torch.manual_seed(0)
@@ -159,15 +171,28 @@ def run_row(row: tuple, args: argparse.Namespace, device: torch.device) -> dict[
             _sync(device)
             times[key].append(time.perf_counter() - t)
     plain, ours = (n / statistics.median(times[k]) for k in ("plain", "certstudy"))
-    attack = AttackConfig(**{k: v for k, v in method_params.items() if k in ("eps", "norm", "steps", "step_size")}) if method_params else AttackConfig(eps=0.0, steps=0)
+    attack = (
+        AttackConfig(**{k: v for k, v in method_params.items() if k in ("eps", "norm", "steps", "step_size")})
+        if method_params
+        else AttackConfig(eps=0.0, steps=0)
+    )
     eval_n = min(n, 256)
     _sync(device)
     t = time.perf_counter()
     evaluate(models[1], x[:eval_n], y[:eval_n], attack, (0.0, 1.0), batch_size=512, seed=0, to_float=splits.floats)
     _sync(device)
     eval_per_image = (time.perf_counter() - t) / eval_n
-    epoch_share = (10_000 * eval_per_image) / (10_000 * eval_per_image + 45_000 / ours)  # CIFAR-10: 5,000 val + 5,000 train points
-    return {"plain": plain, "certstudy": ours, "ratio": ours / plain, "rss": rss_mb(), "eval_share": epoch_share, "images": n}
+    epoch_share = (10_000 * eval_per_image) / (
+        10_000 * eval_per_image + 45_000 / ours
+    )  # CIFAR-10: 5,000 val + 5,000 train points
+    return {
+        "plain": plain,
+        "certstudy": ours,
+        "ratio": ours / plain,
+        "rss": rss_mb(),
+        "eval_share": epoch_share,
+        "images": n,
+    }
 
 
 CIFAR_MEMORY = textwrap.dedent(
@@ -179,7 +204,7 @@ CIFAR_MEMORY = textwrap.dedent(
     idle = rss()
     from certstudy.data import DATASETS
     ds = DATASETS.get("cifar10")
-    splits = ds.load(ds.Options(root={root!r}, download=False), 0, {root!r})
+    splits = ds.load(ds.Params(root={root!r}, download=False), 0, {root!r})
     gc.collect()
     used = rss() - idle
     stored = sum(t.numel() * t.element_size() for t in (splits.x_train, splits.x_val, splits.x_test))
@@ -196,8 +221,21 @@ def cifar_memory() -> tuple[float, float, str]:
         rng = np.random.default_rng(0)
         for name, count in [(f"data_batch_{i}", 10_000) for i in range(1, 6)] + [("test_batch", 10_000)]:
             with open(folder / name, "wb") as fh:
-                pickle.dump({"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, count).tolist()}, fh, protocol=2)
-        out = subprocess.run([sys.executable, "-c", CIFAR_MEMORY.format(root=tmp)], capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                pickle.dump(
+                    {
+                        "data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+                        "labels": rng.integers(0, 10, count).tolist(),
+                    },
+                    fh,
+                    protocol=2,
+                )
+        out = subprocess.run(
+            [sys.executable, "-c", CIFAR_MEMORY.format(root=tmp)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
     used, stored, dtype = out.stdout.split()
     return int(used) / 2**20, int(stored) / 2**20, dtype
 
@@ -218,18 +256,41 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     chosen = [ROWS[int(i) - 1] for i in args.rows.split(",") if i] or ROWS
-    table = Table(title=f"training images/s: certstudy's train_epoch vs a plain loop ({device}, {args.threads} threads, {args.precision}{', channels_last' if args.channels_last else ''}; medians of {args.repeats} interleaved repeats)")
-    for col in ["row", "images", "plain img/s", "certstudy img/s", "ratio", "host RSS MiB", "eval share of a CIFAR epoch"]:
+    table = Table(
+        title=f"training images/s: certstudy's train_epoch vs a plain loop ({device}, {args.threads} threads, "
+        f"{args.precision}{', channels_last' if args.channels_last else ''}; medians of {args.repeats} "
+        f"interleaved repeats)"
+    )
+    for col in [
+        "row",
+        "images",
+        "plain img/s",
+        "certstudy img/s",
+        "ratio",
+        "host RSS MiB",
+        "eval share of a CIFAR epoch",
+    ]:
         table.add_column(col, justify="left" if col == "row" else "right")
     ratios = []
     for row in chosen:
         r = run_row(row, args, device)
         ratios.append(r["ratio"])
-        table.add_row(row[0], str(r["images"]), f"{r['plain']:.1f}", f"{r['certstudy']:.1f}", f"{r['ratio']:.3f}", f"{r['rss']:.0f}", f"{100 * r['eval_share']:.0f} %")
+        table.add_row(
+            row[0],
+            str(r["images"]),
+            f"{r['plain']:.1f}",
+            f"{r['certstudy']:.1f}",
+            f"{r['ratio']:.3f}",
+            f"{r['rss']:.0f}",
+            f"{100 * r['eval_share']:.0f} %",
+        )
     console = Console(width=200)
     console.print(table)
     used, stored, dtype = cifar_memory()
-    console.print(f"CIFAR-10 trial data in host memory: {used:.0f} MiB above an idle torch process for {stored:.0f} MiB of {dtype} splits: {used / stored:.2f}x (target <= 1.3x)")
+    console.print(
+        f"CIFAR-10 trial data in host memory: {used:.0f} MiB above an idle torch process for {stored:.0f} MiB of "
+        f"{dtype} splits: {used / stored:.2f}x (target <= 1.3x)"
+    )
     print(f"min ratio {min(ratios):.3f}")
 
 

@@ -9,7 +9,8 @@ Per certificate one table: that trial's test certified accuracy at every radius 
 to its PGD-robust accuracy at the same radius (``evaluation.attack_grid``), its AutoAttack accuracy
 (``evaluation.autoattack``, on a fixed subset of the certified points) and the certification gap
 (AutoAttack minus certified accuracy on that subset), and its clean accuracy,
-plus the soundness audit's counts (over all the study's certificates). Written into docs/results.md under the study's name.
+plus the soundness audit's counts (over all the study's certificates). Written into docs/results.md
+under the study's name.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from certstudy.certify.metrics import autoattack_acc_name, cert_gap_name, certified_acc_name, radius_label
-from certstudy.study.by_param import best_per_param, markdown_table
+from certstudy.analysis.by_param import best_per_param, markdown_table
+from certstudy.analysis.reruns import write_section
+from certstudy.metric_names import autoattack_acc_name, cert_gap_name, certified_acc_name, radius_label, robust_acc_name
 from certstudy.study.export import study_spec
-from certstudy.study.reruns import write_section
 from certstudy.study.spec import certificates_of
 from certstudy.workdir import Workdir
 
@@ -42,21 +43,34 @@ def main() -> None:
     ev = spec.evaluation
     grid = [r for r in ev.radii.get(norm, []) if r > 0]
     parts = [
-        f"Study file: `trials/{spec.name}.yaml`. Regenerate: `certstudy launch trials/{spec.name}.yaml && python bench/verified_vs_eps.py {spec.name}`. "
+        f"Study file: `trials/{spec.name}.yaml`. Regenerate: `certstudy launch trials/{spec.name}.yaml && python "
+        f"bench/verified_vs_eps.py {spec.name}`. "
         f"Rows: the best trial per training eps, chosen by `{metric}` (val certified accuracy at the trial's own eps). "
-        f"Cells: test certified accuracy / PGD-robust accuracy ({ev.attack.steps} steps) at each {norm} radius, on the test split"
-        + (f"; AutoAttack ({ev.autoattack.version}) accuracy and the certification gap (AutoAttack minus certified accuracy) on a fixed subset of {ev.autoattack.subset} of those points" if ev.autoattack else "")
+        f"Cells: test certified accuracy / PGD-robust accuracy ({ev.attack.steps} steps) at each {norm} radius, on "
+        f"the test split"
+        + (
+            f"; AutoAttack ({ev.autoattack.version}) accuracy and the certification gap (AutoAttack minus certified "
+            f"accuracy) on a fixed subset of {ev.autoattack.subset} of those points"
+            if ev.autoattack
+            else ""
+        )
         + ".\n"
     ]
     for name, cert_norm in certificates:
         columns = [("clean acc", "test/clean_acc")]
         columns += [(f"r={r:g} verified", certified_acc_name("test", name, cert_norm, r)) for r in grid]
-        columns += [(f"r={r:g} PGD", f"test/robust_acc_{ev.attack.norm}_{radius_label(r)}") for r in grid if ev.attack_grid and ev.attack.norm == cert_norm]
+        columns += [
+            (f"r={r:g} PGD", robust_acc_name(ev.attack.norm, r))
+            for r in grid
+            if ev.attack_grid and ev.attack.norm == cert_norm
+        ]
         if ev.autoattack is not None and ev.attack.norm == cert_norm:
             columns += [(f"r={r:g} AutoAttack", autoattack_acc_name(cert_norm, r)) for r in grid]
             columns += [(f"r={r:g} gap", cert_gap_name("autoattack", name, cert_norm, r)) for r in grid]
         columns += [("audit violations", "audit/violations"), ("audited points", "audit/points")]
-        parts.append(f"Certificate `{name}` ({cert_norm}):\n\n" + markdown_table(spec, groups, args.param, metric, columns))
+        parts.append(
+            f"Certificate `{name}` ({cert_norm}):\n\n" + markdown_table(spec, groups, args.param, metric, columns)
+        )
     body = "\n".join(parts)
     write_section(args.output, spec.name, body)
     Console().print(body)

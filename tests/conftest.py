@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -27,9 +31,17 @@ def tiny_study(name: str = "tiny", **overrides: object) -> dict:
         "model": {"name": "mlp", "params": {"width": 32, "depth": 1}},
         "methods": [
             {"name": "erm"},
-            {"name": "adversarial", "params": {"steps": 2}, "search": {"eps": {"type": "float", "low": 0.02, "high": 0.1}}},
+            {
+                "name": "adversarial",
+                "params": {"steps": 2},
+                "search": {"eps": {"type": "float", "low": 0.02, "high": 0.1}},
+            },
         ],
-        "training": {"epochs": 3, "batch_size": 128, "search": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}},
+        "training": {
+            "epochs": 3,
+            "batch_size": 128,
+            "search": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+        },
         "evaluation": {"attack": {"eps": 0.05, "steps": 3}, "val_subset": 128, "test_subset": 200},
         "objectives": [{"metric": "val/robust_acc", "mode": "max"}],
         "search": {"num_trials": 3, "max_concurrent": 2, "seed": 3},
@@ -39,12 +51,14 @@ def tiny_study(name: str = "tiny", **overrides: object) -> dict:
     return study
 
 
-def launch_and_interrupt(root: Path, spec: dict, ready: "Callable[[list], bool]", wait_s: float = 180, kill: bool = False) -> tuple[int, str, Path]:
+def launch_and_interrupt(
+    root: Path, spec: dict, ready: Callable[[list], bool], wait_s: float = 180, kill: bool = False
+) -> tuple[int, str, Path]:
     """``certstudy launch`` in a subprocess, Ctrl-C once ``ready(runs)`` holds for the study's
     MLflow runs (``kill``: SIGKILL to the driver and the Ray processes it started, a lost driver);
     returns the exit code, the output and the work directory."""
-    import signal
     import shutil
+    import signal
     import subprocess
     import time
 
@@ -54,7 +68,13 @@ def launch_and_interrupt(root: Path, spec: dict, ready: "Callable[[list], bool]"
     path = root / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
     work = root / "work"
-    proc = subprocess.Popen([shutil.which("certstudy") or "", "launch", str(path), "--workdir", str(work)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [shutil.which("certstudy") or "", "launch", str(path), "--workdir", str(work)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     try:
         deadline = time.time() + wait_s
@@ -100,7 +120,15 @@ def launch_study(root: Path, spec: dict) -> dict:
     parents = [r for r in runs if r.data.tags.get("certstudy.role") == "study"]
     children = [r for r in runs if r.data.tags.get("certstudy.role") == "trial"]
     ot = optuna.load_study(study_name=name, storage=f"sqlite:///{work / name / 'optuna.db'}")
-    return {"work": work, "client": client, "exp": exp, "parents": parents, "children": children, "optuna": ot, "root": root}
+    return {
+        "work": work,
+        "client": client,
+        "exp": exp,
+        "parents": parents,
+        "children": children,
+        "optuna": ot,
+        "root": root,
+    }
 
 
 def shared_mnist_root() -> Path:
@@ -112,7 +140,7 @@ def shared_mnist_root() -> Path:
     return root
 
 
-def ball_samples(x: "torch.Tensor", eps: float, norm: str, n: int) -> "torch.Tensor":
+def ball_samples(x: torch.Tensor, eps: float, norm: str, n: int) -> torch.Tensor:
     """n points per example inside the ball intersected with [0, 1] (l-inf vertices and midpoints included)."""
     import torch
 
@@ -144,4 +172,3 @@ def checkpoint_after_epoch(cfg: object, epoch: int, saved: Path, data_dir: Path)
 
     with pytest.raises(Interrupt):
         run_trial(cfg, stop_after, data_dir=str(data_dir))  # type: ignore[arg-type]
-

@@ -12,13 +12,19 @@ from conftest import launch_study, shared_mnist_root
 pytestmark = pytest.mark.integration
 
 
-def _spec(name: str, model: dict, method: dict, evaluation: dict, *, dataset: dict | None = None, epochs: int = 2) -> dict:
+def _spec(
+    name: str, model: dict, method: dict, evaluation: dict, *, dataset: dict | None = None, epochs: int = 2
+) -> dict:
     return {
         "name": name,
         "dataset": dataset or {"name": "digits"},
         "model": model,
         "method": method,
-        "training": {"epochs": epochs, "batch_size": 64, "search": {"lr": {"type": "categorical", "choices": [0.002, 0.005]}}},
+        "training": {
+            "epochs": epochs,
+            "batch_size": 64,
+            "search": {"lr": {"type": "categorical", "choices": [0.002, 0.005]}},
+        },
         "evaluation": {"val_subset": 64, "test_subset": 60, **evaluation},
         "objectives": [{"metric": "val/clean_acc", "mode": "max"}],
         "search": {"sampler": "grid", "num_trials": 2, "max_concurrent": 2, "seed": 0},
@@ -32,30 +38,48 @@ def _finished(study: dict) -> list:
     return study["children"]
 
 
-def test_cnn7_with_batchnorm_trains_by_crown_ibp_and_is_soundly_certified(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_cnn7_with_batchnorm_trains_by_crown_ibp_and_is_soundly_certified(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     spec = _spec(
         "cnn7_crown_ibp",
         {"name": "cnn7", "params": {"width": 8, "linear_size": 32, "normalize": True}},
         {"name": "crown_ibp", "params": {"eps": 0.03, "norm": "linf", "warmup_epochs": 1, "beta_end": 0.5}},
-        {"attack": {"norm": "linf", "eps": 0.02, "steps": 3}, "radii": {"linf": [0.0, 0.005, 0.01, 0.02]}, "certify_subset": 30, "certifiers": [{"name": "ibp"}, {"name": "crown"}, {"name": "lipschitz"}]},
+        {
+            "attack": {"norm": "linf", "eps": 0.02, "steps": 3},
+            "radii": {"linf": [0.0, 0.005, 0.01, 0.02]},
+            "certify_subset": 30,
+            "certifiers": [{"name": "ibp"}, {"name": "crown"}, {"name": "lipschitz"}],
+        },
         epochs=3,
     )
     for child in _finished(launch_study(tmp_path_factory.mktemp("cnn7"), spec)):
         m = child.data.metrics
         assert m["audit/violations"] == 0 and m["audit/points"] > 0
         for cert in ("ibp", "crown"):
-            assert 0 <= m[f"test/certified_acc_{cert}_linf_r0.005"] <= m[f"test/certified_acc_{cert}_linf_r0"] <= 1  # r0: correct with a positive margin
-        assert m["test/certified_acc_ibp_linf_r0.005"] <= m["test/certified_acc_crown_linf_r0.005"] + 0.1  # CROWN is rarely looser
+            assert (
+                0 <= m[f"test/certified_acc_{cert}_linf_r0.005"] <= m[f"test/certified_acc_{cert}_linf_r0"] <= 1
+            )  # r0: correct with a positive margin
+        assert (
+            m["test/certified_acc_ibp_linf_r0.005"] <= m["test/certified_acc_crown_linf_r0.005"] + 0.1
+        )  # CROWN is rarely looser
         assert m["test/clean_acc"] > 0.3
         assert "train/crown_ibp_robust_ce" in m
 
 
-def test_gloro_2c2f_with_minmax_trains_by_gloro_and_is_soundly_certified(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_gloro_2c2f_with_minmax_trains_by_gloro_and_is_soundly_certified(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     spec = _spec(
         "gloro_minmax",
         {"name": "gloro_2c2f"},
         {"name": "gloro", "params": {"eps": 0.3, "loss": "trades", "lambda": 1.0}},
-        {"attack": {"norm": "l2", "eps": 0.3, "steps": 3}, "radii": {"l2": [0.0, 0.1, 0.3]}, "certify_subset": 40, "certifiers": [{"name": "lipschitz"}, {"name": "ibp"}, {"name": "crown"}]},
+        {
+            "attack": {"norm": "l2", "eps": 0.3, "steps": 3},
+            "radii": {"l2": [0.0, 0.1, 0.3]},
+            "certify_subset": 40,
+            "certifiers": [{"name": "lipschitz"}, {"name": "ibp"}, {"name": "crown"}],
+        },
         epochs=3,
     )
     for child in _finished(launch_study(tmp_path_factory.mktemp("gloro"), spec)):
@@ -74,8 +98,19 @@ def test_lenet_with_max_pooling_trains_by_smoothing_on_mnist(tmp_path_factory: p
         "lenet_smoothing",
         {"name": "lenet"},
         {"name": "smoothing", "params": {"sigma": 0.25}},
-        {"attack": {"norm": "l2", "eps": 0.25, "steps": 2}, "radii": {"l2": [0.0, 0.25, 0.5]}, "certify_subset": 20, "certifiers": [{"name": "smoothing", "params": {"n0": 32, "n": 300, "alpha": 0.01, "predict_n": 100}}, {"name": "ibp", "params": {"norm": "l2"}}]},
-        dataset={"name": "mnist", "options": {"root": str(root), "val_size": 200, "train_subset": 600, "test_subset": 100}},
+        {
+            "attack": {"norm": "l2", "eps": 0.25, "steps": 2},
+            "radii": {"l2": [0.0, 0.25, 0.5]},
+            "certify_subset": 20,
+            "certifiers": [
+                {"name": "smoothing", "params": {"n0": 32, "n": 300, "alpha": 0.01, "predict_n": 100}},
+                {"name": "ibp", "params": {"norm": "l2"}},
+            ],
+        },
+        dataset={
+            "name": "mnist",
+            "options": {"root": str(root), "val_size": 200, "train_subset": 600, "test_subset": 100},
+        },
     )
     for child in _finished(launch_study(tmp_path_factory.mktemp("lenet"), spec)):
         m = child.data.metrics

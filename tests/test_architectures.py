@@ -29,7 +29,12 @@ COUNTS = [
     # DM-large (SAME): 640, 36928, 73856, 147584, 147584, (128·14·14)·512+512, 5130
     ("dm_large", {}, MNIST, 640 + 36928 + 73856 + 147584 + 147584 + 12845568 + 5130),
     # CNN7 as DM-large plus BatchNorm (2 per channel) after each conv and FC512
-    ("cnn7", {}, MNIST, 640 + 36928 + 73856 + 147584 + 147584 + 12845568 + 5130 + 2 * (64 + 64 + 128 + 128 + 128 + 512)),
+    (
+        "cnn7",
+        {},
+        MNIST,
+        640 + 36928 + 73856 + 147584 + 147584 + 12845568 + 5130 + 2 * (64 + 64 + 128 + 128 + 128 + 512),
+    ),
     # GloRo 2C2F: 272, 8224 (14, 7 px), (32·7·7)·100+100, 1010
     ("gloro_2c2f", {}, MNIST, 272 + 8224 + 156900 + 1010),
     # GloRo 4C3F: 320, 16416, 18496, 65600, (64·7·7)·512+512, 262656, 5130
@@ -55,15 +60,41 @@ def test_parameter_count_matches_the_source(name: str, params: dict, shape: tupl
     assert sum(p.numel() for p in model.parameters()) == count
 
 
-SMALL = {"preact_resnet18": {"width": 8}, "wide_resnet": {"depth": 10, "widen_factor": 1}, "cnn7": {"width": 8, "linear_size": 32}}
+SMALL = {
+    "preact_resnet18": {"width": 8},
+    "wide_resnet": {"depth": 10, "widen_factor": 1},
+    "cnn7": {"width": 8, "linear_size": 32},
+}
 
 
 @pytest.mark.parametrize("shape", [MNIST, CIFAR], ids=["mnist", "cifar"])
-@pytest.mark.parametrize("name", ["dm_small", "dm_medium", "dm_large", "cnn7", "gloro_2c2f", "gloro_4c3f", "gloro_6c2f", "gloro_8c2f", "lenet", "mnist_cnn", "preact_resnet18", "wide_resnet"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dm_small",
+        "dm_medium",
+        "dm_large",
+        "cnn7",
+        "gloro_2c2f",
+        "gloro_4c3f",
+        "gloro_6c2f",
+        "gloro_8c2f",
+        "lenet",
+        "mnist_cnn",
+        "preact_resnet18",
+        "wide_resnet",
+    ],
+)
 def test_every_model_runs_forward_and_backward_on_its_dataset_shape(name: str, shape: tuple[int, ...]) -> None:
     factory = MODELS.get(name)
     torch.manual_seed(0)
-    model = build_model(factory, factory.Params(**SMALL.get(name, {}), normalize=True), shape, 10, ((0.5,) * shape[0], (0.25,) * shape[0]))
+    model = build_model(
+        factory,
+        factory.Params(**SMALL.get(name, {}), normalize=True),
+        shape,
+        10,
+        ((0.5,) * shape[0], (0.25,) * shape[0]),
+    )
     assert isinstance(model[0], Normalize)
     x = torch.rand(4, *shape)
     out = model(x)
@@ -87,7 +118,9 @@ def test_minmax_sorts_channel_pairs() -> None:
     assert MinMax()(x).tolist() == [[1.0, 3.0, -2.0, 5.0]]
     img = torch.randn(2, 4, 3, 3)
     out = MinMax()(img)
-    assert torch.equal(out[:, 0], torch.minimum(img[:, 0], img[:, 1])) and torch.equal(out[:, 3], torch.maximum(img[:, 2], img[:, 3]))
+    assert torch.equal(out[:, 0], torch.minimum(img[:, 0], img[:, 1])) and torch.equal(
+        out[:, 3], torch.maximum(img[:, 2], img[:, 3])
+    )
 
 
 SHAPE = (1, 8, 8)
@@ -136,7 +169,9 @@ def test_bounds_contain_1000_sampled_outputs_per_example(arch: str, norm: str, e
     tol = 1e-5
     with torch.no_grad():
         out = model(xs.flatten(0, 1)).view(n, len(x), -1)
-        assert torch.allclose(forward(layers, xs.flatten(0, 1)).view(n, len(x), -1), out, atol=1e-5)  # the layers are the model
+        assert torch.allclose(
+            forward(layers, xs.flatten(0, 1)).view(n, len(x), -1), out, atol=1e-5
+        )  # the layers are the model
         lo, hi = ibp(layers, ball)[1]
         assert (out >= lo - tol).all() and (out <= hi + tol).all()
         top = model(x).argmax(1)
@@ -168,7 +203,9 @@ def test_minmax_relaxation_is_exact_when_every_pair_is_ordered() -> None:
 
 def _jacobian_norm(fn, shape: tuple[int, ...]) -> float:
     n = math.prod(shape)
-    jac = torch.autograd.functional.jacobian(lambda v: fn(v.view(1, *shape)).flatten(), torch.zeros(n, dtype=torch.float64))
+    jac = torch.autograd.functional.jacobian(
+        lambda v: fn(v.view(1, *shape)).flatten(), torch.zeros(n, dtype=torch.float64)
+    )
     return float(torch.linalg.matrix_norm(jac, 2))
 
 
@@ -184,7 +221,11 @@ def test_batchnorm_and_normalize_norms_are_exact_spectral_norms() -> None:
 
 def test_maxpool_constant_bounds_its_output_changes() -> None:
     gen = torch.Generator().manual_seed(0)
-    for pool, expected in ((nn.MaxPool2d(2), 1.0), (nn.MaxPool2d(3, stride=2, padding=1), 2.0), (nn.MaxPool2d(3, stride=1), 3.0)):
+    for pool, expected in (
+        (nn.MaxPool2d(2), 1.0),
+        (nn.MaxPool2d(3, stride=2, padding=1), 2.0),
+        (nn.MaxPool2d(3, stride=1), 3.0),
+    ):
         layer = layer_for(pool, (2, 8, 8), tuple(pool(torch.zeros(1, 2, 8, 8)).shape[1:]))
         k = layer.spectral_norm()[0]
         assert k == pytest.approx(expected)
@@ -237,8 +278,13 @@ def test_training_batchnorm_bounds_use_the_clean_batch_statistics() -> None:
     with torch.no_grad():
         out = forward(layers, xs.flatten(0, 1)).view(200, len(x), -1)
     margins = out.gather(2, y.view(1, -1, 1).expand(200, -1, 1)) - out
-    assert (margins >= bound.lower.detach().unsqueeze(0) - 1e-4).all() and (margins >= ibp_lower.detach().unsqueeze(0) - 1e-4).all()
-    assert all(torch.equal(r, m.running_mean) for r, m in zip(running, (m for m in model.modules() if isinstance(m, nn.BatchNorm2d))))
+    assert (margins >= bound.lower.detach().unsqueeze(0) - 1e-4).all() and (
+        margins >= ibp_lower.detach().unsqueeze(0) - 1e-4
+    ).all()
+    assert all(
+        torch.equal(r, m.running_mean)
+        for r, m in zip(running, (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)))
+    )
     bound.lower.sum().backward()  # gradients reach the BN parameters through the recorded statistics
     assert model[1].weight.grad is not None
 
@@ -253,7 +299,11 @@ def test_training_batchnorm_bounds_use_the_clean_batch_statistics() -> None:
     ],
 )
 def test_configurations_the_walker_does_not_reproduce_are_refused(module: nn.Module, reason: str) -> None:
-    model = nn.Sequential(module, nn.Flatten(), nn.LazyLinear(3)) if not isinstance(module, nn.Flatten) else nn.Sequential(module, nn.Linear(64, 3))
+    model = (
+        nn.Sequential(module, nn.Flatten(), nn.LazyLinear(3))
+        if not isinstance(module, nn.Flatten)
+        else nn.Sequential(module, nn.Linear(64, 3))
+    )
     with pytest.raises(UnsupportedLayer, match=reason):
         layers_of(model, (1, 8, 8) if not isinstance(module, nn.BatchNorm2d) else (2, 8, 8))
 
@@ -297,7 +347,7 @@ def test_trained_nets_of_each_new_layer_kind_pass_the_soundness_audit(arch: str)
     from certstudy.data import DATASETS
 
     ds = DATASETS.get("digits")
-    s = ds.load(ds.Options(), 0, "/nonexistent")
+    s = ds.load(ds.Params(), 0, "/nonexistent")
     model = _nets(classes=10)[arch].train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
@@ -314,10 +364,15 @@ def test_trained_nets_of_each_new_layer_kind_pass_the_soundness_audit(arch: str)
     assert (model(x).argmax(1) == y).float().mean() > 0.8
     radii = {"linf": [0.0, 0.0005, 0.002, 0.005, 0.01, 0.02], "l2": [0.0, 0.002, 0.005, 0.02, 0.05, 0.1, 0.2]}
     context = CertifierContext(10, SHAPE, (0.0, 1.0), torch.device("cpu"), radii)
-    for name, params in [("ibp", {"norm": "linf"}), ("ibp", {"norm": "l2"}), ("crown", {"norm": "linf"}), ("crown", {"norm": "l2"}), ("lipschitz", {})]:
+    for name, params in [
+        ("ibp", {"norm": "linf"}),
+        ("ibp", {"norm": "l2"}),
+        ("crown", {"norm": "linf"}),
+        ("crown", {"norm": "l2"}),
+        ("lipschitz", {}),
+    ]:
         cls = CERTIFIERS.get(name)
         (cert,) = cls(cls.Params(**params), context).certify(model, x, y, seed=0).certificates
         found = audit(model, x, cert, steps=50, restarts=5, bounds=(0.0, 1.0), seed=0)
         assert found.points > 0, f"{name} {params}: nothing certified, the audit would check nothing"
         assert found.violations == 0, (name, params, found.violating_indices)
-

@@ -21,16 +21,20 @@ def model_and_data():
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("linf", 0.3), ("l2", 0.5), ("l2", 2.0)])
-@pytest.mark.parametrize("random_init", [True, False])
-def test_pgd_stays_in_ball_and_box_and_never_lowers_loss(model_and_data, norm: str, eps: float, random_init: bool) -> None:
+@pytest.mark.parametrize("random_start", [True, False])
+def test_pgd_stays_in_ball_and_box_and_never_lowers_loss(
+    model_and_data, norm: str, eps: float, random_start: bool
+) -> None:
     model, x, y = model_and_data
-    x_adv = pgd(model, x, y, eps=eps, norm=norm, steps=10, random_init=random_init, restarts=2)
+    x_adv = pgd(model, x, y, eps=eps, norm=norm, steps=10, random_start=random_start, restarts=2)
     delta = (x_adv - x).flatten(1)
     size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
     assert (size <= eps + 1e-6).all()
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
-        assert (F.cross_entropy(model(x_adv), y, reduction="none") >= F.cross_entropy(model(x), y, reduction="none") - 1e-7).all()
+        assert (
+            F.cross_entropy(model(x_adv), y, reduction="none") >= F.cross_entropy(model(x), y, reduction="none") - 1e-7
+        ).all()
 
 
 def test_pgd_raises_the_loss_and_leaves_parameter_gradients_alone(model_and_data) -> None:

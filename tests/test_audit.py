@@ -37,7 +37,11 @@ def test_trained_models_have_no_audit_violations(method: str, tmp_path: Path) ->
             "training": {"epochs": 3, "batch_size": 128, "lr": 0.005},
             "evaluation": {
                 "attack": {"norm": "linf", "eps": 0.05, "steps": 2},
-                "certifiers": [{"name": "lipschitz"}, {"name": "ibp", "params": {"norm": "linf"}}, {"name": "crown", "params": {"norm": "l2"}}],
+                "certifiers": [
+                    {"name": "lipschitz"},
+                    {"name": "ibp", "params": {"norm": "linf"}},
+                    {"name": "crown", "params": {"norm": "l2"}},
+                ],
                 "radii": {"l2": [0.0, 0.1, 0.2, 0.4], "linf": [0.0, 0.01, 0.02, 0.05]},
                 "val_subset": 64,
                 "test_subset": 120,
@@ -60,7 +64,9 @@ def test_audit_catches_an_overclaiming_certificate() -> None:
         preds = model(x).argmax(1)
     honest = Certificate("fake", "l2", preds, torch.full((50,), 1e-4, dtype=torch.float64))
     assert audit(model, x, honest, steps=50, restarts=5, bounds=None, seed=0).violations == 0
-    inflated = Certificate("fake", "l2", preds, torch.full((50,), 10.0, dtype=torch.float64))  # a linear model flips well within 10
+    inflated = Certificate(
+        "fake", "l2", preds, torch.full((50,), 10.0, dtype=torch.float64)
+    )  # a linear model flips well within 10
     found = audit(model, x, inflated, steps=50, restarts=5, bounds=None, seed=0)
     assert found.points == 50 and found.violations == 50
     abstaining = Certificate("fake", "linf", torch.full((50,), -1), torch.full((50,), torch.nan, dtype=torch.float64))

@@ -20,17 +20,20 @@ from certstudy.certify import CERTIFIERS
 from certstudy.certify.audit import audit
 from certstudy.certify.base import Certificate, CertifyResult
 from certstudy.certify.bounds import IBPCertifier
-from certstudy.certify.metrics import autoattack_acc_name, cert_gap_name, certified_acc_name, radius_label
 from certstudy.cli import main
+from certstudy.metric_names import autoattack_acc_name, cert_gap_name, certified_acc_name, radius_label
 from certstudy.trial import TrialConfig, run_trial
 from certstudy.trial.robustness import ALARM_RESULT, ALARM_TAG
-
 from conftest import launch_study, tiny_study
 
 RADII = {"linf": [0.0, 0.02, 0.05, 0.1], "l2": [0.0, 0.25, 0.5, 1.0]}
 CERTIFIERS_BY_NORM = {
     "linf": [{"name": "ibp"}, {"name": "crown"}],
-    "l2": [{"name": "lipschitz"}, {"name": "crown", "params": {"norm": "l2"}}, {"name": "ibp", "params": {"norm": "l2"}}],
+    "l2": [
+        {"name": "lipschitz"},
+        {"name": "crown", "params": {"norm": "l2"}},
+        {"name": "ibp", "params": {"norm": "l2"}},
+    ],
 }
 EPS = {"linf": 0.05, "l2": 0.5}
 
@@ -97,7 +100,9 @@ def test_apgd_margin_audit_breaks_an_overclaiming_certificate_and_respects_each_
     assert audit(model, x, honest, attack="apgd", steps=50, restarts=5, bounds=(0.0, 1.0), seed=0).violations == 0
     inflated = Certificate("fake", "l2", preds, torch.full((60,), 10.0, dtype=torch.float64))
     found = audit(model, x, inflated, attack="apgd", steps=50, restarts=5, bounds=(0.0, 1.0), seed=0)
-    assert found.points == 60 and found.violations >= 55  # in [0, 1]^16 a linear model flips well within l2 10, save where the box blocks it
+    assert (
+        found.points == 60 and found.violations >= 55
+    )  # in [0, 1]^16 a linear model flips well within l2 10, save where the box blocks it
 
 
 def test_autoattack_is_seeded_and_leaves_the_callers_rng_alone() -> None:
@@ -117,22 +122,33 @@ def test_autoattack_is_seeded_and_leaves_the_callers_rng_alone() -> None:
 class InflatedIBP(IBPCertifier):
     """IBP that claims radius 1000 wherever it certified anything at all: unsound on purpose."""
 
-    method = "inflated"
+    bound = "inflated"
 
     def certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> CertifyResult:
         result = super().certify(model, x, y, seed=seed)
         cert = result.certificates[0]
-        return CertifyResult([Certificate(cert.name, cert.norm, model(x).argmax(1), torch.full_like(cert.radii, 1000.0))])
+        return CertifyResult(
+            [Certificate(cert.name, cert.norm, model(x).argmax(1), torch.full_like(cert.radii, 1000.0))]
+        )
 
 
-def test_an_inflated_certificate_gives_a_negative_gap_and_the_alarm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_inflated_certificate_gives_a_negative_gap_and_the_alarm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(CERTIFIERS._items, "inflated", InflatedIBP)
     study = tiny_study(
         "inflated",
         methods=None,
         method={"name": "erm"},
         training={"epochs": 3, "batch_size": 64, "lr": 0.005},
-        evaluation={"attack": {"norm": "linf", "eps": 0.05, "steps": 5}, "radii": {"linf": [0.0, 0.05, 0.1]}, "certifiers": [{"name": "inflated"}, {"name": "ibp"}], "autoattack": {"version": "custom", "attacks": ["apgd-ce"], "subset": 80}, "audit": {"enabled": False}, "test_subset": 120},
+        evaluation={
+            "attack": {"norm": "linf", "eps": 0.05, "steps": 5},
+            "radii": {"linf": [0.0, 0.05, 0.1]},
+            "certifiers": [{"name": "inflated"}, {"name": "ibp"}],
+            "autoattack": {"version": "custom", "attacks": ["apgd-ce"], "subset": 80},
+            "audit": {"enabled": False},
+            "test_subset": 120,
+        },
         search={"num_trials": 1},
     )
     del study["methods"]
@@ -158,7 +174,10 @@ def test_without_autoattack_the_gap_is_measured_against_pgd_and_named_so(tmp_pat
     final = _pgd_trained("linf", tmp_path, autoattack=None)
     for r in RADII["linf"][1:]:
         assert not any(k.startswith("test/autoattack_acc") for k in final)
-        assert final[cert_gap_name("pgd", "crown", "linf", r)] == pytest.approx(final[f"test/robust_acc_linf_{radius_label(r)}"] - final[certified_acc_name("test", "crown", "linf", r)], abs=1e-12)
+        assert final[cert_gap_name("pgd", "crown", "linf", r)] == pytest.approx(
+            final[f"test/robust_acc_linf_{radius_label(r)}"] - final[certified_acc_name("test", "crown", "linf", r)],
+            abs=1e-12,
+        )
 
 
 # --- validation: one line, exit 2 ------------------------------------------------------------
@@ -176,18 +195,48 @@ def _validate(tmp_path: Path, capsys: pytest.CaptureFixture[str], study: dict) -
 @pytest.mark.parametrize(
     "change, field, message",
     [
-        ({"methods": None, "method": {"name": "smoothing", "params": {"sigma": 0.25}}, "evaluation": {"autoattack": {}}}, "evaluation.autoattack", "trains a base classifier"),
-        ({"evaluation": {"autoattack": {"version": "custom", "attacks": ["apgd-ce", "deepfool"]}}}, "evaluation.autoattack.attacks", "deepfool"),
+        (
+            {
+                "methods": None,
+                "method": {"name": "smoothing", "params": {"sigma": 0.25}},
+                "evaluation": {"autoattack": {}},
+            },
+            "evaluation.autoattack",
+            "trains a base classifier",
+        ),
+        (
+            {"evaluation": {"autoattack": {"version": "custom", "attacks": ["apgd-ce", "deepfool"]}}},
+            "evaluation.autoattack.attacks",
+            "deepfool",
+        ),
         ({"evaluation": {"autoattack": {"subset": 0}}}, "evaluation.autoattack.subset", "greater than or equal to 1"),
-        ({"evaluation": {"autoattack": {"attacks": ["square"]}}}, "evaluation.autoattack", "list attacks with version custom"),
+        (
+            {"evaluation": {"autoattack": {"attacks": ["square"]}}},
+            "evaluation.autoattack",
+            "list attacks with version custom",
+        ),
         ({"evaluation": {"autoattack": {"version": "custom"}}}, "evaluation.autoattack", "non-empty list of attacks"),
-        ({"objectives": [{"metric": "val/autoattack_acc_linf_r0.05", "mode": "max"}]}, "objectives[0].metric", "no val variant"),
+        (
+            {"objectives": [{"metric": "val/autoattack_acc_linf_r0.05", "mode": "max"}]},
+            "objectives[0].metric",
+            "no val variant",
+        ),
         ({"evaluation": {"best_metric": "val/cert_gap_ibp_linf_r0.05"}}, "evaluation.best_metric", "no val variant"),
-        ({"dataset": {"name": "synthetic_mixture"}, "evaluation": {"autoattack": {}}}, "evaluation.autoattack", "assumes images in [0, 1]"),
-        ({"dataset": {"name": "synthetic_mixture"}, "evaluation": {"audit": {"attack": "apgd"}}}, "evaluation.audit.attack", "APGD assumes images"),
+        (
+            {"dataset": {"name": "synthetic_mixture"}, "evaluation": {"autoattack": {}}},
+            "evaluation.autoattack",
+            "assumes images in [0, 1]",
+        ),
+        (
+            {"dataset": {"name": "synthetic_mixture"}, "evaluation": {"audit": {"attack": "apgd"}}},
+            "evaluation.audit.attack",
+            "APGD assumes images",
+        ),
     ],
 )
-def test_bad_autoattack_settings_are_one_line_errors(change: dict, field: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_autoattack_settings_are_one_line_errors(
+    change: dict, field: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     study = tiny_study("bad")
     for key, value in change.items():
         if value is None:
@@ -233,7 +282,12 @@ def test_export_then_run_reproduces_autoattack_exactly(aa_study: dict) -> None:
     assert main(["export", "aastudy", "--workdir", str(work), "--top", "1", "-o", str(out)]) == 0
     exported = yaml.safe_load(out.read_text())["provenance"]["metrics"]
     assert autoattack_acc_name("linf", 0.05) in exported
-    proc = subprocess.run([shutil.which("certstudy") or "", "run", str(out), "--workdir", str(work), "--no-track"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [shutil.which("certstudy") or "", "run", str(out), "--workdir", str(work), "--no-track"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "reproduced the exported metrics exactly" in proc.stdout, proc.stdout
     row = next(line for line in proc.stdout.splitlines() if autoattack_acc_name("linf", 0.05) in line)

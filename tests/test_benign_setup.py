@@ -16,7 +16,6 @@ from certstudy.study.space import grid_points
 from certstudy.study.spec import load_study, validate_spec
 from certstudy.trial import run_trial
 from certstudy.trial.config import TrainingConfig, TrialConfig
-
 from conftest import REPO, tiny_study
 
 
@@ -74,7 +73,14 @@ def test_full_batch_steps_per_epoch_and_attack_at_the_training_radius(tmp_path: 
             "dataset": {"name": "synthetic_mixture", "options": {"d": 40, "n_train": 30, "n_val": 40, "n_test": 60}},
             "model": {"name": "two_layer", "params": {"width": 16}},
             "method": {"name": "adversarial", "params": {"norm": "l2", "eps": 0.0, "steps": 3}},
-            "training": {"epochs": 2, "full_batch": True, "steps_per_epoch": 5, "optimizer": "sgd", "momentum": 0.0, "lr": 10.0},
+            "training": {
+                "epochs": 2,
+                "full_batch": True,
+                "steps_per_epoch": 5,
+                "optimizer": "sgd",
+                "momentum": 0.0,
+                "lr": 10.0,
+            },
             "evaluation": {"attack": {"norm": "linf", "eps": 0.5, "steps": 5, "at_training_radius": True}},
         }
     )
@@ -86,7 +92,10 @@ def test_full_batch_steps_per_epoch_and_attack_at_the_training_radius(tmp_path: 
 def test_spec_checks_for_the_grid_and_the_training_radius() -> None:
     spec = load_study(REPO / "trials" / "benign_overfitting.yaml")
     grid = grid_points(spec)
-    assert grid == {"adversarial.eps": [0.0, 0.44721, 1.11803, 2.23607, 3.3541, 4.47214], "dataset.d": [1000, 2000, 5000]}
+    assert grid == {
+        "adversarial.eps": [0.0, 0.44721, 1.11803, 2.23607, 3.3541, 4.47214],
+        "dataset.d": [1000, 2000, 5000],
+    }
     with pytest.raises(SpecError, match="categorical parameters only"):
         validate_spec(tiny_study("g", search={"sampler": "grid", "num_trials": 2}), "s.yaml")
     flat = tiny_study("g", search={"sampler": "grid", "num_trials": 7})

@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from certstudy.certify.bounds import Ball, backward, crown, crown_ibp, ibp, margin_lower_bounds, margin_spec, relaxed_forward
+from certstudy.certify.bounds import (
+    Ball,
+    backward,
+    crown,
+    crown_ibp,
+    ibp,
+    margin_lower_bounds,
+    margin_spec,
+    relaxed_forward,
+)
 from certstudy.certify.network import layers_of
 from certstudy.methods import METHODS, MethodContext
 from conftest import ball_samples
@@ -17,7 +26,17 @@ SHAPE = (1, 8, 8)
 def _models() -> dict[str, nn.Module]:
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 6))
-    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 6))
+    cnn = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 16),
+        nn.ReLU(),
+        nn.Linear(16, 6),
+    )
     return {"mlp": mlp.eval(), "cnn": cnn.eval()}
 
 
@@ -84,7 +103,10 @@ def test_relaxed_optimum_reproduces_the_bound_and_gap_is_nonnegative(norm: str) 
 def test_crown_ibp_loss_trains_and_reports_regularizers() -> None:
     model = _models()["cnn"].train()
     cls = METHODS.get("crown_ibp")
-    method = cls(cls.Params(eps=0.05, beta_start=1.0, beta_end=1.0, gap_weight=0.5, feasibility_weight=0.1), MethodContext(6, SHAPE, (0.0, 1.0), torch.device("cpu"), 4))
+    method = cls(
+        cls.Params(eps=0.05, beta_start=1.0, beta_end=1.0, gap_weight=0.5, feasibility_weight=0.1),
+        MethodContext(6, SHAPE, (0.0, 1.0), torch.device("cpu"), 4),
+    )
     method.on_epoch_start(model, 0)
     assert method.eps == pytest.approx(0.05 / 2)  # ramp over half of 4 epochs: 1/2 of eps after the first
     x, y = torch.rand(16, *SHAPE), torch.randint(0, 6, (16,))
@@ -96,7 +118,15 @@ def test_crown_ibp_loss_trains_and_reports_regularizers() -> None:
     assert cls.certifier_defaults(cls.Params(norm="l2")) == {"ibp": {"norm": "l2"}, "crown": {"norm": "l2"}}
 
 
-@pytest.mark.parametrize("conv", [nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.Conv2d(3, 4, 4, stride=2, padding=1), nn.Conv2d(2, 3, 3, stride=3, padding=2), nn.Conv2d(2, 2, 3, padding="same")])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 5, 3, stride=2, padding=1),
+        nn.Conv2d(3, 4, 4, stride=2, padding=1),
+        nn.Conv2d(2, 3, 3, stride=3, padding=2),
+        nn.Conv2d(2, 2, 3, padding="same"),
+    ],
+)
 def test_conv_transpose_matches_the_autograd_adjoint(conv: nn.Conv2d) -> None:
     from certstudy.certify.network import layer_for
 

@@ -11,7 +11,15 @@ import yaml
 from certstudy.cli import main
 
 
-def _study(model: str, params: dict | None = None, *, method: str = "erm", certifiers: tuple[str, ...] = (), dataset: str = "mnist", search: dict | None = None) -> dict:
+def _study(
+    model: str,
+    params: dict | None = None,
+    *,
+    method: str = "erm",
+    certifiers: tuple[str, ...] = (),
+    dataset: str = "mnist",
+    search: dict | None = None,
+) -> dict:
     return {
         "name": "cert",
         "dataset": {"name": dataset},
@@ -22,19 +30,66 @@ def _study(model: str, params: dict | None = None, *, method: str = "erm", certi
 
 
 REFUSED = [
-    ("residual-crown", _study("preact_resnet18", certifiers=("crown",)), "evaluation.certifiers[0].name", "model 'preact_resnet18' cannot be certified by certifier 'crown': layer PreActResNetModule"),
-    ("residual-ibp", _study("wide_resnet", {"depth": 16, "widen_factor": 2}, certifiers=("ibp",)), "evaluation.certifiers[0].name", "model 'wide_resnet' cannot be certified by certifier 'ibp': layer WideResNetModule"),
-    ("residual-lipschitz", _study("preact_resnet18", {"normalize": True}, method="smoothing", certifiers=("smoothing", "lipschitz")), "evaluation.certifiers[1].name", "certifier 'lipschitz': layer '1' (PreActResNetModule)"),
-    ("residual-gloro", _study("preact_resnet18", method="gloro"), "method.name", "model 'preact_resnet18' cannot be trained by method 'gloro'"),
-    ("tanh-crown", _study("mlp", {"activation": "tanh"}, certifiers=("crown",), dataset="digits"), "evaluation.certifiers[0].name", "layer '2' (Tanh)"),
-    ("searched-tanh-ibp", _study("mlp", certifiers=("ibp",), dataset="digits", search={"activation": {"type": "categorical", "choices": ["relu", "tanh"]}}), "evaluation.certifiers[0].name", "(Tanh)"),
-    ("gelu-crown-ibp-training", _study("cnn", {"activation": "gelu"}, method="crown_ibp", dataset="digits"), "method.name", "cannot be trained by method 'crown_ibp': layer '1' (GELU)"),
-    ("too-small-input", _study("lenet", dataset="digits", certifiers=("ibp",)), "model.name", "does not fit an input of size"),
+    (
+        "residual-crown",
+        _study("preact_resnet18", certifiers=("crown",)),
+        "evaluation.certifiers[0].name",
+        "model 'preact_resnet18' cannot be certified by certifier 'crown': layer PreActResNetModule",
+    ),
+    (
+        "residual-ibp",
+        _study("wide_resnet", {"depth": 16, "widen_factor": 2}, certifiers=("ibp",)),
+        "evaluation.certifiers[0].name",
+        "model 'wide_resnet' cannot be certified by certifier 'ibp': layer WideResNetModule",
+    ),
+    (
+        "residual-lipschitz",
+        _study("preact_resnet18", {"normalize": True}, method="smoothing", certifiers=("smoothing", "lipschitz")),
+        "evaluation.certifiers[1].name",
+        "certifier 'lipschitz': layer '1' (PreActResNetModule)",
+    ),
+    (
+        "residual-gloro",
+        _study("preact_resnet18", method="gloro"),
+        "method.name",
+        "model 'preact_resnet18' cannot be trained by method 'gloro'",
+    ),
+    (
+        "tanh-crown",
+        _study("mlp", {"activation": "tanh"}, certifiers=("crown",), dataset="digits"),
+        "evaluation.certifiers[0].name",
+        "layer '2' (Tanh)",
+    ),
+    (
+        "searched-tanh-ibp",
+        _study(
+            "mlp",
+            certifiers=("ibp",),
+            dataset="digits",
+            search={"activation": {"type": "categorical", "choices": ["relu", "tanh"]}},
+        ),
+        "evaluation.certifiers[0].name",
+        "(Tanh)",
+    ),
+    (
+        "gelu-crown-ibp-training",
+        _study("cnn", {"activation": "gelu"}, method="crown_ibp", dataset="digits"),
+        "method.name",
+        "cannot be trained by method 'crown_ibp': layer '1' (GELU)",
+    ),
+    (
+        "too-small-input",
+        _study("lenet", dataset="digits", certifiers=("ibp",)),
+        "model.name",
+        "does not fit an input of size",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case_id,data,field,fragment", REFUSED, ids=[c[0] for c in REFUSED])
-def test_uncertifiable_model_is_refused_at_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str], case_id: str, data: dict, field: str, fragment: str) -> None:
+def test_uncertifiable_model_is_refused_at_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case_id: str, data: dict, field: str, fragment: str
+) -> None:
     path = tmp_path / f"{case_id}.yaml"
     path.write_text(yaml.safe_dump(data))
     assert main(["validate", str(path)]) == 2
@@ -57,7 +112,9 @@ ALLOWED = [
 ]
 
 
-def test_certifiable_pairs_and_smoothing_on_any_model_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_certifiable_pairs_and_smoothing_on_any_model_validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     paths = []
     for i, data in enumerate(ALLOWED):
         paths.append(tmp_path / f"ok{i}.yaml")
@@ -96,10 +153,19 @@ def test_readme_table_of_certifiable_models(model: str, activation: str | None) 
     from certstudy.models import MODELS
 
     factory = MODELS.get(model)
-    params = factory.Params(**({"activation": activation} if activation else {}), **({"depth": 16, "widen_factor": 2} if model == "wide_resnet" else {}))
+    params = factory.Params(
+        **({"activation": activation} if activation else {}),
+        **({"depth": 16, "widen_factor": 2} if model == "wide_resnet" else {}),
+    )
     with torch.device("meta"):
         net = factory.build(params, (1, 28, 28), 10)
-    needs = {"lipschitz": CERTIFIERS.get("lipschitz").needs, "ibp": CERTIFIERS.get("ibp").needs, "crown": CERTIFIERS.get("crown").needs, "gloro": METHODS.get("gloro").needs, "crown_ibp": METHODS.get("crown_ibp").needs}
+    needs = {
+        "lipschitz": CERTIFIERS.get("lipschitz").needs,
+        "ibp": CERTIFIERS.get("ibp").needs,
+        "crown": CERTIFIERS.get("crown").needs,
+        "gloro": METHODS.get("gloro").needs,
+        "crown_ibp": METHODS.get("crown_ibp").needs,
+    }
     accepted = set()
     for name, need in needs.items():
         try:

@@ -23,7 +23,9 @@ def test_shipped_cifar10_pgd_at_study_runs_end_to_end(tmp_path_factory: pytest.T
     spec["model"]["params"]["width"] = 4
     spec["method"]["params"]["steps"] = 2
     spec["evaluation"]["attack"]["steps"] = 2
-    spec["training"].update({"epochs": 3, "batch_size": 40, "schedule": {"name": "multistep", "milestones": [1, 2], "gamma": 0.1}})
+    spec["training"].update(
+        {"epochs": 3, "batch_size": 40, "schedule": {"name": "multistep", "milestones": [1, 2], "gamma": 0.1}}
+    )
     spec["evaluation"].update({"train_subset": 20, "batch_size": 64})
     spec["search"].update({"num_trials": 2})
     spec["resources"] = {"cpu": 1, "gpu": 0}

@@ -7,8 +7,8 @@ import http.server
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import ray
@@ -19,7 +19,6 @@ from certstudy.study.preflight import PreflightError, check_resources, check_sto
 from certstudy.study.runner import launch
 from certstudy.study.spec import validate_spec
 from certstudy.workdir import Workdir
-
 from conftest import tiny_study
 
 pytestmark = pytest.mark.integration
@@ -46,7 +45,10 @@ def _free_port() -> int:
 
 
 def test_preflight_resources_and_tracking() -> None:
-    nodes = [{"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 8.0, "GPU": 1.0}}, {"Alive": True, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 2.0}}]
+    nodes = [
+        {"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 8.0, "GPU": 1.0}},
+        {"Alive": True, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 2.0}},
+    ]
     check_resources(2, 0.25, nodes=nodes)
     check_resources(8, 1, nodes=nodes)
     with pytest.raises(PreflightError, match=r"cpu=4, gpu=0.5 and no node.*10.0.0.2 \(2 CPU, 0 GPU\)"):
@@ -80,7 +82,9 @@ def test_preflight_resources_and_tracking() -> None:
     check_tracking("sqlite:///whatever.db")  # nothing to reach
 
 
-def test_storage_check_reaches_every_node_and_a_local_launch_refuses_what_no_node_has(two_workers: tuple[Cluster, list], tmp_path: Path) -> None:
+def test_storage_check_reaches_every_node_and_a_local_launch_refuses_what_no_node_has(
+    two_workers: tuple[Cluster, list], tmp_path: Path
+) -> None:
     cluster, _ = two_workers
     ray.init(address=cluster.address)
     check_storage(str(tmp_path / "shared"))  # one machine: every node sees the same files
@@ -98,13 +102,22 @@ def test_storage_check_reaches_every_node_and_a_local_launch_refuses_what_no_nod
 def test_fractional_gpus_pack_four_trials_per_logical_gpu(tmp_path: Path) -> None:
     ray.init(num_cpus=4, num_gpus=1, include_dashboard=False)
     try:
-        spec = tiny_study("quarter-gpus", resources={"cpu": 1, "gpu": 0.25}, search={"num_trials": 4, "max_concurrent": 4, "seed": 0}, training={"epochs": 6, "batch_size": 128})
+        spec = tiny_study(
+            "quarter-gpus",
+            resources={"cpu": 1, "gpu": 0.25},
+            search={"num_trials": 4, "max_concurrent": 4, "seed": 0},
+            training={"epochs": 6, "batch_size": 128},
+        )
         outcome = launch(validate_spec(spec, "s.yaml"), Workdir(tmp_path / "work"))
     finally:
         ray.shutdown()
     assert outcome.counts["completed"] == 4
     client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("quarter-gpus").experiment_id]) if r.data.tags.get("certstudy.role") == "trial"]
+    runs = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("quarter-gpus").experiment_id])
+        if r.data.tags.get("certstudy.role") == "trial"
+    ]
     assert len(runs) == 4
     assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)  # all four ran at once on one GPU
     with pytest.raises(PreflightError, match="gpu=0.25"):  # and without a GPU they are refused, not left PENDING
@@ -115,10 +128,16 @@ def test_fractional_gpus_pack_four_trials_per_logical_gpu(tmp_path: Path) -> Non
             ray.shutdown()
 
 
-def test_a_trial_whose_node_dies_resumes_on_another_node_in_its_own_run(two_workers: tuple[Cluster, list], tmp_path: Path) -> None:
+def test_a_trial_whose_node_dies_resumes_on_another_node_in_its_own_run(
+    two_workers: tuple[Cluster, list], tmp_path: Path
+) -> None:
     cluster, workers = two_workers
     epochs = 12
-    spec = tiny_study("node-loss", training={"epochs": epochs, "batch_size": 8}, search={"num_trials": 2, "max_concurrent": 2, "seed": 0, "max_failures": 3})
+    spec = tiny_study(
+        "node-loss",
+        training={"epochs": epochs, "batch_size": 8},
+        search={"num_trials": 2, "max_concurrent": 2, "seed": 0, "max_failures": 3},
+    )
     work = tmp_path / "work"
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     killed: dict[str, float] = {}
@@ -137,7 +156,9 @@ def test_a_trial_whose_node_dies_resumes_on_another_node_in_its_own_run(two_work
 
     killer = threading.Thread(target=kill_a_worker_mid_trial, daemon=True)
     killer.start()
-    outcome = launch(validate_spec(spec, "s.yaml"), Workdir(work), address=cluster.address, storage=str(tmp_path / "shared"))
+    outcome = launch(
+        validate_spec(spec, "s.yaml"), Workdir(work), address=cluster.address, storage=str(tmp_path / "shared")
+    )
     killer.join(timeout=5)
     assert "at" in killed, "the worker was not killed mid-trial"
     assert outcome.counts["completed"] == 2 and not outcome.interrupted

@@ -4,7 +4,8 @@ known-bad variants are rejected with Ray's errors."""
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -59,9 +60,17 @@ def _delete(path: list[str]) -> Callable[[dict], None]:
 @pytest.mark.parametrize(
     "mutate, error, message",
     [
-        (_set(["available_node_types", "gpu_worker", "resources", "GPU"], 0.5), ValidationError, "0.5 is not of type 'integer'"),
+        (
+            _set(["available_node_types", "gpu_worker", "resources", "GPU"], 0.5),
+            ValidationError,
+            "0.5 is not of type 'integer'",
+        ),
         (_set(["max_worker"], 3), ValidationError, "Additional properties are not allowed"),
-        (_delete(["available_node_types", "gpu_worker", "resources"]), ValidationError, "'resources' is a required property"),
+        (
+            _delete(["available_node_types", "gpu_worker", "resources"]),
+            ValidationError,
+            "'resources' is a required property",
+        ),
         (_set(["head_node_type"], "nope"), ValueError, "head_node_type"),
     ],
 )

@@ -15,7 +15,6 @@ import requests
 import yaml
 
 from certstudy.errors import SpecError
-
 from conftest import REPO, launch_study, tiny_study
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -47,14 +46,13 @@ def test_layout_errors_name_the_field(tmp_path: Path, layout: dict, field: str, 
 
 
 def test_every_shipped_layout_validates_and_a_study_names_one() -> None:
-    from certstudy.dashboards.layout import layout_names, load_layout
-    from certstudy.study.spec import validate_spec
+    from certstudy.dashboards.layout import layout_names, load_layout, validate_study
 
     assert "default" in layout_names()
     for name in layout_names():
         load_layout(name)
     with pytest.raises(SpecError, match="dashboard: got 'fancy'.*no such layout; known: default"):
-        validate_spec(tiny_study("d", dashboard="fancy"), "s.yaml")
+        validate_study(tiny_study("d", dashboard="fancy"), "s.yaml")
 
 
 # --- a real study, its dashboard in a browser, the MLflow UI ------------------------------------
@@ -76,14 +74,22 @@ def chromium() -> str:
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     spec = tiny_study(
         "dash",
-        training={"epochs": 4, "batch_size": 128, "search": {"lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}}},
-        evaluation={"attack": {"eps": 0.05, "steps": 3}, "val_subset": 128, "test_subset": 200, "certifiers": [{"name": "lipschitz"}], "radii": {"l2": [0, 0.1, 0.25], "linf": [0, 0.02]}},
+        training={
+            "epochs": 4,
+            "batch_size": 128,
+            "search": {"lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}},
+        },
+        evaluation={
+            "attack": {"eps": 0.05, "steps": 3},
+            "val_subset": 128,
+            "test_subset": 200,
+            "certifiers": [{"name": "lipschitz"}],
+            "radii": {"l2": [0, 0.1, 0.25], "linf": [0, 0.02]},
+        },
         search={"num_trials": 5, "max_concurrent": 2, "seed": 0},
         pruning={"pruner": {"name": "threshold", "lower": 0.55, "n_warmup_steps": 1}},
     )
     return launch_study(tmp_path_factory.mktemp("dash"), spec)
-
-
 
 
 @pytest.mark.integration
@@ -152,16 +158,37 @@ def test_the_mlflow_ui_shows_the_study_run_and_its_nested_trials(study: dict, ch
     from certstudy.cli import _free_port
 
     port = _free_port("127.0.0.1", 5000)
-    proc = subprocess.Popen([shutil.which("certstudy") or "", "ui", "--workdir", str(study["work"]), "--port", str(port), "--study", "dash"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            shutil.which("certstudy") or "",
+            "ui",
+            "--workdir",
+            str(study["work"]),
+            "--port",
+            str(port),
+            "--study",
+            "dash",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_for(f"{base}/health")
         exp_id = study["exp"].experiment_id
-        runs = requests.post(f"{base}/api/2.0/mlflow/runs/search", json={"experiment_ids": [exp_id], "max_results": 1000}, timeout=10).json()["runs"]
-        parent = [r for r in runs if any(t["key"] == "certstudy.role" and t["value"] == "study" for t in r["data"]["tags"])]
+        runs = requests.post(
+            f"{base}/api/2.0/mlflow/runs/search", json={"experiment_ids": [exp_id], "max_results": 1000}, timeout=10
+        ).json()["runs"]
+        parent = [
+            r for r in runs if any(t["key"] == "certstudy.role" and t["value"] == "study" for t in r["data"]["tags"])
+        ]
         assert len(parent) == 1
         pid = parent[0]["info"]["run_id"]
-        nested = [r for r in runs if any(t["key"] == "mlflow.parentRunId" and t["value"] == pid for t in r["data"]["tags"])]
+        nested = [
+            r for r in runs if any(t["key"] == "mlflow.parentRunId" and t["value"] == pid for t in r["data"]["tags"])
+        ]
         assert len(nested) == 5
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])

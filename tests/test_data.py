@@ -17,7 +17,7 @@ from certstudy.errors import TrialFailed
 
 def _digits(seed: int):
     ds = DATASETS.get("digits")
-    return ds.load(ds.Options(), seed, "/nonexistent")
+    return ds.load(ds.Params(), seed, "/nonexistent")
 
 
 def test_splits_are_deterministic_in_the_seed_and_differ_across_seeds() -> None:
@@ -65,7 +65,7 @@ def test_targeted_poisoning_sends_source_class_to_target() -> None:
 
 def test_synthetic_mixture_flip_rate_and_signal() -> None:
     ds = DATASETS.get("synthetic_mixture")
-    s = ds.load(ds.Options(d=50, mu_norm=3.0, beta=0.1, n_train=4000, n_val=10, n_test=4000), 0, "")
+    s = ds.load(ds.Params(d=50, mu_norm=3.0, beta=0.1, n_train=4000, n_val=10, n_test=4000), 0, "")
     assert s.bounds is None and s.input_shape == (50,)
     # sign<mu, x> has noisy-label error beta + (1 - 2 beta) Phi(-||mu||) (overfitting.md)
     err = ((s.x_test[:, 0] > 0).long() != s.y_test).float().mean().item()
@@ -95,7 +95,7 @@ def _mnist_files(root: Path, folder: str, n_train: int, n_test: int) -> None:
 def test_mnist_style_loader_reads_idx_files(tmp_path: Path, name: str, folder: str) -> None:
     _mnist_files(tmp_path, folder, 60, 20)
     ds = DATASETS.get(name)
-    s = ds.load(ds.Options(val_size=10, download=False), 0, str(tmp_path))
+    s = ds.load(ds.Params(val_size=10, download=False), 0, str(tmp_path))
     assert s.x_train.shape == (50, 1, 28, 28) and s.x_val.shape[0] == 10 and s.x_test.shape[0] == 20
     x = s.floats(s.x_train)
     assert s.x_train.dtype == torch.uint8 and 0 <= x.min() and x.max() <= 1 and s.y_train.dtype == torch.long
@@ -110,14 +110,14 @@ def test_cifar10_loader_reads_pickled_batches(tmp_path: Path) -> None:
         with open(folder / name, "wb") as fh:
             pickle.dump(batch, fh)
     ds = DATASETS.get("cifar10")
-    s = ds.load(ds.Options(val_size=5, download=False), 0, str(tmp_path))
+    s = ds.load(ds.Params(val_size=5, download=False), 0, str(tmp_path))
     assert s.x_train.shape == (25, 3, 32, 32) and s.x_val.shape == (5, 3, 32, 32) and s.x_test.shape == (7, 3, 32, 32)
 
 
 def test_missing_files_without_download_fail_in_one_line(tmp_path: Path) -> None:
     ds = DATASETS.get("mnist")
     with pytest.raises(TrialFailed) as info:
-        ds.load(ds.Options(download=False), 0, str(tmp_path))
+        ds.load(ds.Params(download=False), 0, str(tmp_path))
     assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
 
 

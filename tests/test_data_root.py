@@ -20,14 +20,18 @@ from conftest import shared_mnist_root
 def test_shared_mnist_loads_from_gz_files_in_place() -> None:
     root = shared_mnist_root()
     ds = DATASETS.get("mnist")
-    splits = ds.load(ds.Options(root=str(root), val_size=1000, train_subset=2000, test_subset=500), 0, "/nonexistent")
-    assert splits.x_train.shape == (2000, 1, 28, 28) and splits.x_val.shape == (1000, 1, 28, 28) and splits.x_test.shape == (500, 1, 28, 28)
+    splits = ds.load(ds.Params(root=str(root), val_size=1000, train_subset=2000, test_subset=500), 0, "/nonexistent")
+    assert (
+        splits.x_train.shape == (2000, 1, 28, 28)
+        and splits.x_val.shape == (1000, 1, 28, 28)
+        and splits.x_test.shape == (500, 1, 28, 28)
+    )
     x = splits.floats(splits.x_train)
     assert splits.x_train.dtype == torch.uint8 and x.min() >= 0 and x.max() == 1
     assert set(splits.y_test.tolist()) == set(range(10))
     # the official test set starts 7, 2, 1, 0, 4 (LeCun's t10k labels)
     assert splits.y_test[:5].tolist() == [7, 2, 1, 0, 4]
-    assert ds.shape(ds.Options()) == ((1, 28, 28), 10) and ds.normalization(ds.Options()) == ((0.1307,), (0.3081,))
+    assert ds.shape(ds.Params()) == ((1, 28, 28), 10) and ds.normalization(ds.Params()) == ((0.1307,), (0.3081,))
 
 
 def test_idx_reader_reads_gzipped_and_plain_files_alike(tmp_path: Path) -> None:
@@ -36,7 +40,9 @@ def test_idx_reader_reads_gzipped_and_plain_files_alike(tmp_path: Path) -> None:
     (tmp_path / "x-idx3-ubyte").write_bytes(raw)
     with gzip.open(tmp_path / "y-idx3-ubyte.gz", "wb") as fh:
         fh.write(raw)
-    assert np.array_equal(read_idx(tmp_path / "x-idx3-ubyte"), data) and np.array_equal(read_idx(tmp_path / "y-idx3-ubyte.gz"), data)
+    assert np.array_equal(read_idx(tmp_path / "x-idx3-ubyte"), data) and np.array_equal(
+        read_idx(tmp_path / "y-idx3-ubyte.gz"), data
+    )
     (tmp_path / "bad").write_bytes(raw[:-3])
     with pytest.raises(TrialFailed, match="header says"):
         read_idx(tmp_path / "bad")
@@ -45,7 +51,7 @@ def test_idx_reader_reads_gzipped_and_plain_files_alike(tmp_path: Path) -> None:
 def test_a_root_named_in_the_study_is_never_downloaded_into(tmp_path: Path) -> None:
     ds = DATASETS.get("mnist")
     with pytest.raises(TrialFailed, match="never downloaded into"):
-        ds.load(ds.Options(root=str(tmp_path / "empty")), 0, str(tmp_path / "data"))
+        ds.load(ds.Params(root=str(tmp_path / "empty")), 0, str(tmp_path / "data"))
     assert not (tmp_path / "empty").exists()
 
 
@@ -65,7 +71,8 @@ def test_normalize_puts_the_published_statistics_inside_the_model() -> None:
     from certstudy.trial.config import TrialConfig
 
     cfg = TrialConfig.model_validate({
-        "dataset": {"name": "mnist", "options": {"root": str(root), "train_subset": 100, "test_subset": 50, "val_size": 50}},
+        "dataset": {"name": "mnist",
+                    "options": {"root": str(root), "train_subset": 100, "test_subset": 50, "val_size": 50}},
         "model": {"name": "lenet", "params": {"normalize": True}},
     })  # fmt: skip
     parts = build_parts(cfg, "/nonexistent", torch.device("cpu"))

@@ -29,7 +29,13 @@ SPEC = {
         "certifiers": [{"name": "lipschitz"}, {"name": "ibp"}, {"name": "crown"}],
     },
     "objectives": [{"metric": "val/certified_acc_lipschitz_l2_r0.1", "mode": "max"}],
-    "search": {"sampler": "random", "num_trials": 2, "max_concurrent": 2, "seed": 0, "start_points": [{"method": "gloro"}, {"method": "crown_ibp"}]},
+    "search": {
+        "sampler": "random",
+        "num_trials": 2,
+        "max_concurrent": 2,
+        "seed": 0,
+        "start_points": [{"method": "gloro"}, {"method": "crown_ibp"}],
+    },
 }
 
 

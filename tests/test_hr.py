@@ -51,7 +51,9 @@ def _random_cases(count: int) -> list[tuple[np.ndarray, float, float, bool]]:
 CASES = _random_cases(60)
 
 
-@pytest.mark.parametrize("losses,alpha,r,ties", CASES, ids=[f"n{len(c[0])}-a{c[1]:.3g}-r{c[2]:.3g}{'-ties' if c[3] else ''}" for c in CASES])
+@pytest.mark.parametrize(
+    "losses,alpha,r,ties", CASES, ids=[f"n{len(c[0])}-a{c[1]:.3g}-r{c[2]:.3g}{'-ties' if c[3] else ''}" for c in CASES]
+)
 def test_closed_form_matches_the_convex_program(losses: np.ndarray, alpha: float, r: float, ties: bool) -> None:
     ref_value, ref_weights = cvxpy_primal(losses, alpha, r)
     w = worst_case_weights(torch.tensor(losses), alpha, r).numpy()
@@ -147,7 +149,9 @@ def test_alpha_and_r_zero_reproduce_erm_and_pgd_at_exactly(eps: float, baseline:
     ctx = MethodContext(10, (1, 8, 8), (0.0, 1.0), torch.device("cpu"), 1)
     hr = HolisticRobust(HRParams(alpha=0.0, r=0.0, eps=eps, norm="linf", steps=5), ctx)
     base_cls = METHODS.get(baseline)
-    base = base_cls(base_cls.Params(**({"eps": eps, "norm": "linf", "steps": 5} if baseline == "adversarial" else {})), ctx)
+    base = base_cls(
+        base_cls.Params(**({"eps": eps, "norm": "linf", "steps": 5} if baseline == "adversarial" else {})), ctx
+    )
     torch.manual_seed(7)
     a = hr.loss(model, x, y)
     torch.manual_seed(7)
@@ -158,8 +162,17 @@ def test_alpha_and_r_zero_reproduce_erm_and_pgd_at_exactly(eps: float, baseline:
 def test_hr_trial_reports_its_certificate(tmp_path) -> None:
     from certstudy.trial import TrialConfig, run_trial
 
-    cfg = TrialConfig.model_validate({"method": {"name": "hr", "params": {"alpha": 0.1, "r": 0.1, "eps": 0.3, "steps": 3}}, "training": {"epochs": 2}, "evaluation": {"val_subset": 100, "test_subset": 100, "attack": {"steps": 2}}, "model": {"name": "mlp", "params": {"width": 32}}})
+    cfg = TrialConfig.model_validate(
+        {
+            "method": {"name": "hr", "params": {"alpha": 0.1, "r": 0.1, "eps": 0.3, "steps": 3}},
+            "training": {"epochs": 2},
+            "evaluation": {"val_subset": 100, "test_subset": 100, "attack": {"steps": 2}},
+            "model": {"name": "mlp", "params": {"width": 32}},
+        }
+    )
     final = run_trial(cfg, lambda m, d: None, data_dir=str(tmp_path))
     assert final["test/hr_objective"] > 0 and final["test/hr_robust_loss"] > 0
-    assert final["tags/hr.bound_holds"] == ("true" if final["test/hr_objective"] >= final["test/hr_robust_loss"] else "false")
+    assert final["tags/hr.bound_holds"] == (
+        "true" if final["test/hr_objective"] >= final["test/hr_robust_loss"] else "false"
+    )
     assert math.isfinite(final["test/hr_bound_holds"])

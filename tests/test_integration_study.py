@@ -26,7 +26,13 @@ EPOCHS = 3
 SPEC = tiny_study(
     "itest",
     model={"name": "mlp", "params": {"width": 512, "depth": 4}},
-    training={"epochs": EPOCHS, "batch_size": 128, "optimizer": "sgd", "momentum": 0.99, "search": {"lr": {"type": "categorical", "choices": [10.0, 0.003]}}},
+    training={
+        "epochs": EPOCHS,
+        "batch_size": 128,
+        "optimizer": "sgd",
+        "momentum": 0.99,
+        "search": {"lr": {"type": "categorical", "choices": [10.0, 0.003]}},
+    },
     search={"sampler": "random", "num_trials": 3, "max_concurrent": 2, "seed": 0},
 )
 
@@ -88,7 +94,10 @@ def test_optuna_storage_links_trials_to_the_parent_run(study: dict) -> None:
 
 def test_export_then_run_reproduces_the_exported_metrics_exactly(study: dict) -> None:
     work, out = study["work"], study["root"] / "best.yaml"
-    assert main(["export", "itest", "--workdir", str(work), "--metric", "val/robust_acc", "--top", "3", "-o", str(out)]) == 0
+    assert (
+        main(["export", "itest", "--workdir", str(work), "--metric", "val/robust_acc", "--top", "3", "-o", str(out)])
+        == 0
+    )
     docs = list(yaml.safe_load_all(out.read_text()))
     assert len(docs) == 2  # the failed trial is never exported
     values = [d["provenance"]["metrics"]["val/robust_acc"] for d in docs]
@@ -98,7 +107,9 @@ def test_export_then_run_reproduces_the_exported_metrics_exactly(study: dict) ->
     assert best["provenance"]["mlflow_run_id"] in {c.info.run_id for c in study["children"]}
     exe = shutil.which("certstudy") or ""
     assert exe, "the console script should be installed"
-    proc = subprocess.run([exe, "run", str(out), "--workdir", str(work), "--no-track"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [exe, "run", str(out), "--workdir", str(work), "--no-track"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert "reproduced the exported metrics exactly" in proc.stdout, proc.stdout
 
@@ -112,7 +123,13 @@ def _free_port() -> int:
 def test_ui_serves_the_study_on_loopback_with_nested_runs(study: dict) -> None:
     port = _free_port()
     exe = shutil.which("certstudy") or ""
-    proc = subprocess.Popen([exe, "ui", "--workdir", str(study["work"]), "--port", str(port), "--study", "itest"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [exe, "ui", "--workdir", str(study["work"]), "--port", str(port), "--study", "itest"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 90
@@ -126,7 +143,9 @@ def test_ui_serves_the_study_on_loopback_with_nested_runs(study: dict) -> None:
         else:
             pytest.fail("MLflow UI did not come up within 90 s")
         body = json.dumps({"experiment_ids": [study["exp"].experiment_id], "max_results": 100}).encode()
-        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             runs = json.load(r)["runs"]
         tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]

@@ -13,7 +13,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_interrupted_study_leaves_no_run_running(tmp_path: Path) -> None:
-    spec = tiny_study("interrupted", training={"epochs": 200, "batch_size": 128}, search={"num_trials": 4, "max_concurrent": 2, "seed": 0})
+    spec = tiny_study(
+        "interrupted",
+        training={"epochs": 200, "batch_size": 128},
+        search={"num_trials": 4, "max_concurrent": 2, "seed": 0},
+    )
 
     def running(runs: list) -> bool:  # trials are running and logging
         children = [r for r in runs if r.data.tags.get("certstudy.role") == "trial"]
@@ -38,7 +42,9 @@ def test_a_lost_driver_is_resumed_with_exactly_the_planned_trials(tmp_path: Path
     from certstudy.cli import main
 
     n = 5
-    spec = tiny_study("lost-driver", training={"epochs": 6, "batch_size": 8}, search={"num_trials": n, "max_concurrent": 2, "seed": 0})  # slow enough to be killed mid-study
+    spec = tiny_study(
+        "lost-driver", training={"epochs": 6, "batch_size": 8}, search={"num_trials": n, "max_concurrent": 2, "seed": 0}
+    )  # slow enough to be killed mid-study
 
     def some_done(runs: list) -> bool:
         children = [r for r in runs if r.data.tags.get("certstudy.role") == "trial"]
@@ -56,4 +62,6 @@ def test_a_lost_driver_is_resumed_with_exactly_the_planned_trials(tmp_path: Path
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert not [r for r in runs if r.info.status == "RUNNING"]
     finished = [r for r in runs if r.data.tags.get("certstudy.role") == "trial" and r.info.status == "FINISHED"]
-    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in finished) == list(range(n))  # one finished run per trial
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in finished) == list(
+        range(n)
+    )  # one finished run per trial

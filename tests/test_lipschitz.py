@@ -11,7 +11,7 @@ from torch import nn
 
 from certstudy.certify import CERTIFIERS, CertifierContext
 from certstudy.certify.lipschitz import PowerIterates, bottom_logit, lipschitz_radii, margin_constants, spectral_norm
-from certstudy.certify.network import UnsupportedLayer, layer_for, layers_of
+from certstudy.certify.network import Layer, UnsupportedLayer, layer_for, layers_of
 from certstudy.methods import METHODS, MethodContext
 
 
@@ -24,7 +24,9 @@ def _layer(module: nn.Module, in_shape: tuple[int, ...]) -> Layer:
 def _materialised(module: nn.Module, in_shape: tuple[int, ...]) -> torch.Tensor:
     """The layer's matrix from autograd's Jacobian (independent of the code under test)."""
     n = math.prod(in_shape)
-    jac = torch.autograd.functional.jacobian(lambda v: module(v.view(1, *in_shape)).flatten(), torch.zeros(n, dtype=torch.float64))
+    jac = torch.autograd.functional.jacobian(
+        lambda v: module(v.view(1, *in_shape)).flatten(), torch.zeros(n, dtype=torch.float64)
+    )
     return jac
 
 
@@ -74,12 +76,27 @@ def test_unknown_layers_are_refused() -> None:
 
 def _cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 20), nn.ReLU(), nn.Linear(20, 5))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 20),
+        nn.ReLU(),
+        nn.Linear(20, 5),
+    )
 
 
 def _certifier(name: str, classes: int = 5, shape: tuple[int, ...] = (1, 8, 8), **params: object):
     cls = CERTIFIERS.get(name)
-    return cls(cls.Params(**params), CertifierContext(classes, shape, (0.0, 1.0), torch.device("cpu"), {"l2": [0.0, 0.05, 0.1, 0.2], "linf": [0.0, 0.01, 0.02]}))
+    return cls(
+        cls.Params(**params),
+        CertifierContext(
+            classes, shape, (0.0, 1.0), torch.device("cpu"), {"l2": [0.0, 0.05, 0.1, 0.2], "linf": [0.0, 0.01, 0.02]}
+        ),
+    )
 
 
 def test_margin_constants_bound_the_margin_gradients() -> None:
@@ -122,7 +139,9 @@ def test_equal_logits_are_not_certified() -> None:
     model = nn.Sequential(lin)
     x = torch.tensor([[0.5, 0.1, 0.0, 0.0]])  # classes 0 and 1 tie for the top
     cls = CERTIFIERS.get("lipschitz")
-    result = cls(cls.Params(), CertifierContext(3, (4,), (0.0, 1.0), torch.device("cpu"))).certify(model, x, torch.tensor([0]), seed=0)
+    result = cls(cls.Params(), CertifierContext(3, (4,), (0.0, 1.0), torch.device("cpu"))).certify(
+        model, x, torch.tensor([0]), seed=0
+    )
     cert = result.certificates[0]
     assert torch.isnan(cert.radii).all() and int(cert.predictions[0]) == -1
     constants = margin_constants(1.0, lin.weight.detach())
@@ -130,7 +149,9 @@ def test_equal_logits_are_not_certified() -> None:
     assert float(bottom_logit(logits, constants, 0.0)) == float(logits.max())  # y_bot ties the top: not y_j > y_bot
     for name in ("ibp", "crown"):
         c = CERTIFIERS.get(name)
-        out = c(c.Params(norm="l2"), CertifierContext(3, (4,), (0.0, 1.0), torch.device("cpu"), {"l2": [0.0, 0.1]})).certify(model, x, torch.tensor([0]), seed=0)
+        out = c(
+            c.Params(norm="l2"), CertifierContext(3, (4,), (0.0, 1.0), torch.device("cpu"), {"l2": [0.0, 0.1]})
+        ).certify(model, x, torch.tensor([0]), seed=0)
         assert torch.isnan(out.certificates[0].radii).all()
 
 
@@ -163,7 +184,9 @@ def test_gloro_training_keeps_iterates_and_reports_converged_constant() -> None:
         loss = method.loss(model, x, y)
         opt.zero_grad()
         loss.backward()
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model[0].parameters())  # the bound trains the conv
+        assert any(
+            p.grad is not None and p.grad.abs().sum() > 0 for p in model[0].parameters()
+        )  # the bound trains the conv
         opt.step()
     state = method.state_dict()
     assert len(state) == 4  # two convs, the pool and the hidden dense layer

@@ -21,7 +21,6 @@ from certstudy.trial import run_trial
 from certstudy.trial.checkpoint import MODEL_FILE, load
 from certstudy.trial.config import TrialConfig
 from certstudy.trial.loop import StopRequest
-
 from conftest import tiny_study
 
 SPACE = {"x": optuna.distributions.FloatDistribution(0, 1)}
@@ -123,7 +122,12 @@ def test_spec_errors_name_the_pruning_field() -> None:
     with pytest.raises(SpecError, match=r"pruning\.pruner.*unexpected keyword argument 'bogus'"):
         validate_spec(study_with(pruning={"pruner": {"name": "median", "bogus": 1}}), "s.yaml")
     with pytest.raises(SpecError, match=r"pruning\.pruner\.name.*multi-objective"):
-        validate_spec(study_with(pruning={"pruner": "median"}, objectives=[{"metric": "val/robust_acc"}, {"metric": "val/clean_acc"}]), "s.yaml")
+        validate_spec(
+            study_with(
+                pruning={"pruner": "median"}, objectives=[{"metric": "val/robust_acc"}, {"metric": "val/clean_acc"}]
+            ),
+            "s.yaml",
+        )
     certified = study_with(
         pruning={"pruner": "median"},
         objectives=[{"metric": "val/certified_acc_lipschitz_l2_r0.25"}],
@@ -138,9 +142,24 @@ def test_spec_errors_name_the_pruning_field() -> None:
 
 
 def test_a_pruned_study_ends_trials_on_their_best_epoch_by_the_objective() -> None:
-    spec = validate_spec(study_with(pruning={"overfitting": {"min_drop": 0.05}}, objectives=[{"metric": "val/robust_loss", "mode": "min"}]), "s.yaml")
-    assert (spec.evaluation.final_model, spec.evaluation.best_metric, spec.evaluation.best_mode) == ("best", "val/robust_loss", "min")
-    multi = validate_spec(study_with(pruning={"overfitting": {"min_drop": 0.05}}, objectives=[{"metric": "val/robust_acc"}, {"metric": "val/clean_acc"}]), "s.yaml")
+    spec = validate_spec(
+        study_with(
+            pruning={"overfitting": {"min_drop": 0.05}}, objectives=[{"metric": "val/robust_loss", "mode": "min"}]
+        ),
+        "s.yaml",
+    )
+    assert (spec.evaluation.final_model, spec.evaluation.best_metric, spec.evaluation.best_mode) == (
+        "best",
+        "val/robust_loss",
+        "min",
+    )
+    multi = validate_spec(
+        study_with(
+            pruning={"overfitting": {"min_drop": 0.05}},
+            objectives=[{"metric": "val/robust_acc"}, {"metric": "val/clean_acc"}],
+        ),
+        "s.yaml",
+    )
     assert (multi.evaluation.final_model, multi.evaluation.best_metric) == ("best", "val/robust_acc")
     explicit = validate_spec(study_with(pruning={"pruner": "median"}, evaluation={"final_model": "last"}), "s.yaml")
     assert explicit.evaluation.final_model == "last"
@@ -153,13 +172,23 @@ def test_a_pruned_study_ends_trials_on_their_best_epoch_by_the_objective() -> No
 
 def make_searcher(tmp_path: Path, pruning: dict, metric: object = "m", mode: object = "max") -> StudySearcher:
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
-    return StudySearcher(space=SPACE, metric=metric, mode=mode, storage=storage, study_name="s", pruning=PruningConfig.model_validate(pruning))
+    return StudySearcher(
+        space=SPACE,
+        metric=metric,
+        mode=mode,
+        storage=storage,
+        study_name="s",
+        pruning=PruningConfig.model_validate(pruning),
+    )
 
 
 def run_epochs(s: StudySearcher, trial_id: str, values: list[float], gaps: list[float] | None = None) -> int | None:
     """Feeds epochs until a decision; returns the epoch it was taken at."""
     for e, v in enumerate(values):
-        d = s.observe(trial_id, {"m": v, "epoch": float(e), "val/robust_acc": v, "gap/robust_acc": (gaps or [0.0] * len(values))[e]})
+        d = s.observe(
+            trial_id,
+            {"m": v, "epoch": float(e), "val/robust_acc": v, "gap/robust_acc": (gaps or [0.0] * len(values))[e]},
+        )
         if d is not None:
             return d.epoch
     return None
@@ -179,7 +208,9 @@ def test_searcher_prunes_with_the_optuna_pruner_and_records_pruned(tmp_path: Pat
         assert s.observe("c", {"m": 0.1, "epoch": 1.0}).reason == "median"  # Ray's duplicate: same decision
     s.on_trial_complete("c", result={"m": 0.3, "best/epoch": 0.0})
     trials = {t.number: t for t in s.study.get_trials()}
-    assert [trials[i].state for i in range(3)] == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.PRUNED]
+    assert [trials[i].state for i in range(3)] == [optuna.trial.TrialState.COMPLETE] * 2 + [
+        optuna.trial.TrialState.PRUNED
+    ]
     pruned = trials[2]
     assert pruned.value == pytest.approx(0.1)  # its last intermediate value, not the best epoch's
     assert pruned.intermediate_values == {0: 0.3, 1: 0.1}
@@ -188,7 +219,9 @@ def test_searcher_prunes_with_the_optuna_pruner_and_records_pruned(tmp_path: Pat
 
 
 def test_overfitting_rule_prunes_multi_objective_studies_optuna_pruners_do_not(tmp_path: Path) -> None:
-    s = make_searcher(tmp_path, {"overfitting": {"min_drop": 0.1, "patience": 2}}, metric=["m", "n"], mode=["max", "max"])
+    s = make_searcher(
+        tmp_path, {"overfitting": {"min_drop": 0.1, "patience": 2}}, metric=["m", "n"], mode=["max", "max"]
+    )
     s.suggest("a")
     assert run_epochs(s, "a", [0.5, 0.8, 0.6, 0.6, 0.6]) == 3
     s.on_trial_complete("a", result={"m": 0.8, "n": 0.5})
@@ -291,7 +324,15 @@ def test_best_metric_must_be_reported_every_epoch(tmp_path: Path) -> None:
 def test_study_file_round_trips_with_a_pruning_section(tmp_path: Path) -> None:
     from certstudy.study.spec import dump_study, load_study
 
-    spec = validate_spec(study_with(pruning={"pruner": {"name": "patient", "patience": 2, "wrapped": {"name": "median", "n_startup_trials": 3}}, "overfitting": {"min_drop": 0.03, "warmup": 4}}), "s.yaml")
+    spec = validate_spec(
+        study_with(
+            pruning={
+                "pruner": {"name": "patient", "patience": 2, "wrapped": {"name": "median", "n_startup_trials": 3}},
+                "overfitting": {"min_drop": 0.03, "warmup": 4},
+            }
+        ),
+        "s.yaml",
+    )
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(dump_study(spec)))
     again = load_study(path)

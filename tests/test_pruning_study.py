@@ -21,7 +21,15 @@ THRESHOLD = {"pruner": {"name": "threshold", "lower": 0.99, "n_warmup_steps": 1}
 
 
 def pruned_study(name: str, **overrides: object) -> dict:
-    spec = tiny_study(name, training={"epochs": 6, "batch_size": 128, "search": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}, pruning=THRESHOLD)
+    spec = tiny_study(
+        name,
+        training={
+            "epochs": 6,
+            "batch_size": 128,
+            "search": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+        },
+        pruning=THRESHOLD,
+    )
     spec.update(overrides)
     return spec
 
@@ -69,14 +77,25 @@ def test_an_interrupted_study_resumes_with_its_pruning_decisions(tmp_path: Path)
     spec["training"]["batch_size"] = 8  # slow enough epochs that the study is still running when interrupted
 
     def two_pruned(runs: list) -> bool:
-        return len([r for r in runs if r.data.tags.get("certstudy.status") == "pruned" and r.info.status == "FINISHED"]) >= 2
+        return (
+            len([r for r in runs if r.data.tags.get("certstudy.status") == "pruned" and r.info.status == "FINISHED"])
+            >= 2
+        )
 
     returncode, first, work = launch_and_interrupt(tmp_path, spec, two_pruned)
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     assert returncode == 130, first
-    before = {r.info.run_id: (r.info.end_time, r.data.tags.get("ray.trial_id")) for r in _runs(client, "resumed") if r.data.tags.get("certstudy.status") == "pruned"}
+    before = {
+        r.info.run_id: (r.info.end_time, r.data.tags.get("ray.trial_id"))
+        for r in _runs(client, "resumed")
+        if r.data.tags.get("certstudy.status") == "pruned"
+    }
     storage = f"sqlite:///{work / 'resumed' / 'optuna.db'}"
-    pruned_before = {t.number: dict(t.user_attrs) for t in optuna.load_study(study_name="resumed", storage=storage).get_trials() if t.state == optuna.trial.TrialState.PRUNED}
+    pruned_before = {
+        t.number: dict(t.user_attrs)
+        for t in optuna.load_study(study_name="resumed", storage=storage).get_trials()
+        if t.state == optuna.trial.TrialState.PRUNED
+    }
     assert len(pruned_before) >= 2 and len(pruned_before) < 6, first
 
     from certstudy.cli import main

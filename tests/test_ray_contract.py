@@ -15,7 +15,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from certstudy.study.optuna_bridge import StudySearcher
 from certstudy.study.pruning import PruningConfig
-from certstudy.study.results import OPTUNA_TRIAL_KEY
+from certstudy.study.records import OPTUNA_TRIAL_KEY
 
 
 def test_ray_is_the_pinned_version() -> None:
@@ -32,7 +32,9 @@ def test_optuna_search_private_state_names() -> None:
 
 def test_failure_is_shown_to_the_scheduler_before_the_searcher_records_it() -> None:
     src = inspect.getsource(tune_controller.TuneController._process_trial_failure)
-    assert src.index("_scheduler_alg.on_trial_error") < src.index("_search_alg.on_trial_complete(trial.trial_id, error=True)")
+    assert src.index("_scheduler_alg.on_trial_error") < src.index(
+        "_search_alg.on_trial_complete(trial.trial_id, error=True)"
+    )
 
 
 def test_stock_optuna_search_records_an_errored_trial_with_results_as_complete() -> None:
@@ -66,7 +68,12 @@ def test_the_scheduler_sees_each_result_before_the_searcher() -> None:
 def test_optuna_search_hard_codes_a_nop_pruner_that_the_study_lets_us_replace() -> None:
     src = inspect.getsource(OptunaSearch._setup_study)
     assert "NopPruner()" in src and "create_study(" in src
-    s = StudySearcher(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max", pruning=PruningConfig(pruner={"name": "threshold", "lower": 0.5}))
+    s = StudySearcher(
+        space={"x": optuna.distributions.FloatDistribution(0, 1)},
+        metric="m",
+        mode="max",
+        pruning=PruningConfig(pruner={"name": "threshold", "lower": 0.5}),
+    )
     assert isinstance(s._ot_study.pruner, optuna.pruners.ThresholdPruner)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from certstudy.study.reruns import write_section
+from certstudy.analysis.reruns import write_section
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path: Path) -> None:

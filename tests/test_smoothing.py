@@ -49,9 +49,12 @@ def test_reference_values_at_alpha_1e_3() -> None:
         assert cohen_radius(n, n, 1e-3, 1.0) == pytest.approx(r_max, abs=0.01)
 
 
-@pytest.mark.parametrize(("p_a", "n", "alpha"), [(0.7, 100, 0.05), (0.9, 1000, 0.01), (0.99, 500, 0.05), (0.6, 2000, 0.1)])
+@pytest.mark.parametrize(
+    ("p_a", "n", "alpha"), [(0.7, 100, 0.05), (0.9, 1000, 0.01), (0.99, 500, 0.05), (0.6, 2000, 0.1)]
+)
 def test_over_certification_rate_is_at_most_alpha(p_a: float, n: int, alpha: float) -> None:
-    """Counts ~ Binomial(n, pA): the radius exceeds the true sigma * Phi^-1(pA) (the bound fails) in at most alpha of repeats."""
+    """Counts ~ Binomial(n, pA): the radius exceeds the true sigma * Phi^-1(pA) (the bound fails) in at most alpha of "
+    "repeats."""
     rng = np.random.default_rng(0)
     k = rng.binomial(n, p_a, size=40_000)
     over = (_lower(k, n, alpha) > p_a).mean()
@@ -178,7 +181,9 @@ def test_linear_classifier_radius_is_below_the_true_distance_and_approaches_it()
 def test_uniform_random_classifier_abstains() -> None:
     torch.manual_seed(0)
     x = torch.rand(300, 4)
-    out = certify(UniformRandom(10), x, sigma=0.25, n0=100, n=1000, alpha=0.01, num_classes=10, batch_size=10_000, seed=0)
+    out = certify(
+        UniformRandom(10), x, sigma=0.25, n0=100, n=1000, alpha=0.01, num_classes=10, batch_size=10_000, seed=0
+    )
     assert (out.cohen_prediction == ABSTAIN).double().mean() >= 0.99
     assert (out.two_sided_prediction == ABSTAIN).double().mean() >= 0.99
 
@@ -186,7 +191,9 @@ def test_uniform_random_classifier_abstains() -> None:
 @pytest.mark.parametrize("batch_size", [1, 7, 100, 997, 5_000, 100_000])
 def test_counts_sum_to_n_whatever_the_batch_size(batch_size: int) -> None:
     x = torch.rand(5, 3)
-    counts = sample_counts(UniformRandom(4), x, 997, 0.5, num_classes=4, batch_size=batch_size, generator=torch.Generator().manual_seed(0))
+    counts = sample_counts(
+        UniformRandom(4), x, 997, 0.5, num_classes=4, batch_size=batch_size, generator=torch.Generator().manual_seed(0)
+    )
     assert counts.shape == (5, 4)
     assert counts.sum(dim=1).tolist() == [997] * 5
 
@@ -205,19 +212,26 @@ def test_several_points_per_batch_give_the_counts_of_one_point_at_a_time() -> No
 
 def test_registered_certifier_reports_both_certificates_and_predict_extras() -> None:
     cls = CERTIFIERS.get("smoothing")
-    cert = cls(cls.Params(sigma=0.25, n0=20, n=200, alpha=0.01, predict_n=100), CertifierContext(10, (8,), (0.0, 1.0), torch.device("cpu")))
+    cert = cls(
+        cls.Params(sigma=0.25, n0=20, n=200, alpha=0.01, predict_n=100),
+        CertifierContext(10, (8,), (0.0, 1.0), torch.device("cpu")),
+    )
     result = cert.certify(Constant(1, 10), torch.rand(6, 8), torch.tensor([1, 1, 1, 0, 0, 0]), seed=0)
     assert [c.name for c in result.certificates] == ["smoothing", "smoothing_two_sided"]
     assert result.extras == {"smoothed_clean_acc": 0.5, "abstain_rate": 0.0}
     with pytest.raises(ValueError, match="sigma"):
-        cls(cls.Params(), CertifierContext(10, (8,), None, torch.device("cpu"))).certify(Constant(1, 10), torch.rand(2, 8), torch.tensor([1, 1]), seed=0)
+        cls(cls.Params(), CertifierContext(10, (8,), None, torch.device("cpu"))).certify(
+            Constant(1, 10), torch.rand(2, 8), torch.tensor([1, 1]), seed=0
+        )
 
 
 @pytest.mark.parametrize("regularizer", ["none", "adre", "consistency"])
 def test_method_losses_are_finite_and_train(regularizer: str) -> None:
     torch.manual_seed(0)
     cls = METHODS.get("smoothing")
-    method = cls(cls.Params(sigma=0.25, regularizer=regularizer), MethodContext(3, (4,), (0.0, 1.0), torch.device("cpu"), 1))
+    method = cls(
+        cls.Params(sigma=0.25, regularizer=regularizer), MethodContext(3, (4,), (0.0, 1.0), torch.device("cpu"), 1)
+    )
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
     x, y = torch.rand(64, 4), torch.randint(0, 3, (64,))
     x = x + nn.functional.one_hot(y, 3).float() @ torch.eye(3, 4)  # separable classes
@@ -252,7 +266,14 @@ def test_trial_reports_certified_metrics_and_curve_files_reproducibly(tmp_path) 
             "model": {"name": "mlp", "params": {"width": 64}},
             "method": {"name": "smoothing", "params": {"sigma": 0.25, "regularizer": "consistency", "lambda": 1.0}},
             "training": {"epochs": 3, "batch_size": 64, "lr": 3e-3},
-            "evaluation": {"attack": {"norm": "l2", "eps": 0.25, "steps": 2}, "val_subset": 100, "test_subset": 200, "certify_subset": 60, "certify_val_subset": 30, "certifiers": [{"name": "smoothing", "params": {"n0": 50, "n": 500, "alpha": 0.01}}]},
+            "evaluation": {
+                "attack": {"norm": "l2", "eps": 0.25, "steps": 2},
+                "val_subset": 100,
+                "test_subset": 200,
+                "certify_subset": 60,
+                "certify_val_subset": 30,
+                "certifiers": [{"name": "smoothing", "params": {"n0": 50, "n": 500, "alpha": 0.01}}],
+            },
         }
     )
     files: dict[str, bytes] = {}
@@ -271,7 +292,11 @@ def test_trial_reports_certified_metrics_and_curve_files_reproducibly(tmp_path) 
             assert 0.0 <= first[f"{split}/abstain_rate_{cert}"] <= 1.0 and first[f"{split}/acr_{cert}"] >= 0.0
     assert first["test/certified_acc_smoothing_l2_r0"] > 0.5  # digits at sigma = 0.25 after 3 epochs
     assert 0.0 <= first["test/smoothed_clean_acc"] <= 1.0 and 0.0 <= first["test/abstain_rate"] <= 1.0
-    assert sorted(files) == ["certify/smoothing_curve.csv", "certify/smoothing_curve.png", "certify/smoothing_radii.csv"]
+    assert sorted(files) == [
+        "certify/smoothing_curve.csv",
+        "certify/smoothing_curve.png",
+        "certify/smoothing_radii.csv",
+    ]
     assert files["certify/smoothing_curve.png"].startswith(b"\x89PNG")
     rows = files["certify/smoothing_radii.csv"].decode().splitlines()
     assert rows[0] == "index,label,certificate,prediction,radius" and len(rows) == 1 + 2 * 60
@@ -288,9 +313,13 @@ def test_certified_metrics_follow_cohens_reporting_conventions() -> None:
     from certstudy.certify import Certificate, CertifyResult
     from certstudy.certify.metrics import certification_metrics, curve
 
-    cert = Certificate("c", "l2", torch.tensor([0, 1, ABSTAIN, 2]), torch.tensor([0.5, 0.25, math.nan, 0.1], dtype=torch.float64))
+    cert = Certificate(
+        "c", "l2", torch.tensor([0, 1, ABSTAIN, 2]), torch.tensor([0.5, 0.25, math.nan, 0.1], dtype=torch.float64)
+    )
     y = torch.tensor([0, 1, 1, 0])
-    m = certification_metrics("test", CertifyResult([cert], {"extra": 1.0}), y, {"l2": [0.0, 0.25, 0.5, 0.75], "linf": [0.1]})
+    m = certification_metrics(
+        "test", CertifyResult([cert], {"extra": 1.0}), y, {"l2": [0.0, 0.25, 0.5, 0.75], "linf": [0.1]}
+    )
     assert m == {
         "test/certified_acc_c_l2_r0": 0.5,
         "test/certified_acc_c_l2_r0.25": 0.5,

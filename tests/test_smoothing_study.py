@@ -33,7 +33,13 @@ SPEC = {
         "certifiers": [{"name": "smoothing", "params": {"n0": 32, "n": 300, "alpha": 0.01, "predict_n": 100}}],
     },
     "objectives": [{"metric": m, "mode": "max"} for m in OBJECTIVES],
-    "search": {"sampler": "random", "num_trials": 2, "max_concurrent": 2, "seed": 0, "start_points": [{"smoothing.sigma": 0.25}, {"smoothing.sigma": 0.5}]},
+    "search": {
+        "sampler": "random",
+        "num_trials": 2,
+        "max_concurrent": 2,
+        "seed": 0,
+        "start_points": [{"smoothing.sigma": 0.25}, {"smoothing.sigma": 0.5}],
+    },
 }
 
 
@@ -53,7 +59,9 @@ def test_final_only_objectives_reach_optuna_and_mlflow(study: dict) -> None:
         assert ot_trial.values == [child.data.metrics[m] for m in OBJECTIVES]
         assert not ot_trial.intermediate_values  # two objectives: Optuna keeps no intermediate values
         history = study["client"].get_metric_history(child.info.run_id, OBJECTIVES[0])
-        assert [m.step for m in history] == [1] and all(math.isfinite(m.value) for m in history)  # no NaN placeholders logged
+        assert [m.step for m in history] == [1] and all(
+            math.isfinite(m.value) for m in history
+        )  # no NaN placeholders logged
         assert float(child.data.params["method.params.sigma"]) == ot_trial.params["smoothing.sigma"]
 
 
@@ -83,11 +91,15 @@ def test_pareto_export_reruns_to_the_same_certified_accuracy(study: dict) -> Non
 
 
 def test_best_trial_per_sigma_table(study: dict) -> None:
-    from certstudy.study.by_param import best_per_param, markdown_table
+    from certstudy.analysis.by_param import best_per_param, markdown_table
 
-    spec, groups = best_per_param(Workdir.resolve(str(study["work"])), "stest", "method.params.sigma", "val/acr_smoothing")
+    spec, groups = best_per_param(
+        Workdir.resolve(str(study["work"])), "stest", "method.params.sigma", "val/acr_smoothing"
+    )
     assert [g.value for g in groups] == ["0.25", "0.5"] and [g.trials for g in groups] == [1, 1]
-    table = markdown_table(spec, groups, "method.params.sigma", "val/acr_smoothing", [("r=0.5", "test/certified_acc_smoothing_l2_r0.5")])
+    table = markdown_table(
+        spec, groups, "method.params.sigma", "val/acr_smoothing", [("r=0.5", "test/certified_acc_smoothing_l2_r0.5")]
+    )
     rows = table.splitlines()
     assert rows[0].startswith("| sigma | best trial") and len(rows) == 4
     assert rows[2].startswith("| 0.25 | smoothing |")

@@ -7,7 +7,7 @@ from mlflow.entities import Run, RunData, RunInfo
 
 from certstudy.study.export import Candidate, pareto_front, rank
 from certstudy.study.space import SearchSpace, resolve
-from certstudy.study.spec import Objective, validate_spec, dump_study
+from certstudy.study.spec import Objective, dump_study, validate_spec
 from conftest import tiny_study
 
 
@@ -36,7 +36,9 @@ def test_resolve_fixes_every_hyperparameter_and_keeps_the_rest() -> None:
 
 
 def test_resolved_trial_of_a_study_with_start_points_is_a_valid_fixed_study() -> None:
-    spec = validate_spec(tiny_study(search={"num_trials": 3, "start_points": [{"method": "erm", "training.lr": 0.005}]}), "t")
+    spec = validate_spec(
+        tiny_study(search={"num_trials": 3, "start_points": [{"method": "erm", "training.lr": 0.005}]}), "t"
+    )
     fixed = resolve(spec, spec.search.start_points[0])
     again = validate_spec(dump_study(fixed), "t")
     assert again.is_fixed() and again.search.start_points == [] and again.trial_config().training.lr == 0.005
@@ -48,7 +50,13 @@ def _cand(name: str, a: float, b: float) -> Candidate:
 
 
 def test_pareto_front_keeps_exactly_the_non_dominated_trials() -> None:
-    cands = [_cand("p", 0.9, 0.1), _cand("q", 0.5, 0.5), _cand("r", 0.4, 0.4), _cand("s", 0.1, 0.9), _cand("t", 0.5, 0.5)]
+    cands = [
+        _cand("p", 0.9, 0.1),
+        _cand("q", 0.5, 0.5),
+        _cand("r", 0.4, 0.4),
+        _cand("s", 0.1, 0.9),
+        _cand("t", 0.5, 0.5),
+    ]
     objectives = [Objective(metric="val/a", mode="max"), Objective(metric="val/b", mode="max")]
     front = [c.run.info.run_id for c in pareto_front(cands, objectives)]
     assert front[0] == "p" and sorted(front) == ["p", "q", "s", "t"]
@@ -67,19 +75,22 @@ def test_launching_a_study_again_keeps_the_earlier_results_aside(tmp_path) -> No
 
     from rich.console import Console
 
-    from certstudy.study.runner import _prepare_study_dir
+    from certstudy.study.session import prepare_study_dir
     from certstudy.workdir import Workdir
 
     work = Workdir.resolve(tmp_path / "w")
     spec = validate_spec(tiny_study("again"), "t")
     out = io.StringIO()
-    first = _prepare_study_dir(spec, work, overwrite=False, console=Console(file=out))
+    first = prepare_study_dir(spec, work, overwrite=False, console=Console(file=out))
     (first / "optuna.db").write_text("earlier")
-    second = _prepare_study_dir(spec, work, overwrite=False, console=Console(file=out))
+    second = prepare_study_dir(spec, work, overwrite=False, console=Console(file=out))
     kept = [p for p in work.root.iterdir() if p.name.startswith("again.prev-")]
     assert second == first and len(kept) == 1 and (kept[0] / "optuna.db").read_text() == "earlier"
     assert not (second / "optuna.db").exists() and (second / "study.yaml").exists()
     assert "moved to" in out.getvalue()
     (second / "optuna.db").write_text("later")
-    _prepare_study_dir(spec, work, overwrite=True, console=Console(file=out))
-    assert not (second / "optuna.db").exists() and len([p for p in work.root.iterdir() if p.name.startswith("again.prev-")]) == 1
+    prepare_study_dir(spec, work, overwrite=True, console=Console(file=out))
+    assert (
+        not (second / "optuna.db").exists()
+        and len([p for p in work.root.iterdir() if p.name.startswith("again.prev-")]) == 1
+    )

@@ -25,7 +25,11 @@ def _cfg(**kw) -> TrialConfig:
 
 def test_training_improves_accuracy_on_digits(tmp_path: Path) -> None:
     history: list[dict] = []
-    final = run_trial(_cfg(method={"name": "erm"}, training={"epochs": 6, "lr": 3e-3}), lambda m, d: history.append(m), data_dir=str(tmp_path))
+    final = run_trial(
+        _cfg(method={"name": "erm"}, training={"epochs": 6, "lr": 3e-3}),
+        lambda m, d: history.append(m),
+        data_dir=str(tmp_path),
+    )
     assert len(history) == 6 and [int(m["epoch"]) for m in history] == list(range(6))
     assert history[-1]["val/clean_acc"] > history[0]["val/clean_acc"] + 0.1
     assert final["test/clean_acc"] > 0.8
@@ -56,6 +60,10 @@ def test_resumed_trial_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_pa
 
 
 def test_diverging_loss_fails_the_trial_with_its_reason(tmp_path: Path) -> None:
-    cfg = _cfg(model={"name": "mlp", "params": {"width": 512, "depth": 4}}, method={"name": "erm"}, training={"epochs": 3, "optimizer": "sgd", "lr": 10.0, "momentum": 0.99})
+    cfg = _cfg(
+        model={"name": "mlp", "params": {"width": 512, "depth": 4}},
+        method={"name": "erm"},
+        training={"epochs": 3, "optimizer": "sgd", "lr": 10.0, "momentum": 0.99},
+    )
     with pytest.raises(TrialFailed, match="epoch"):
         run_trial(cfg, lambda m, d: None, data_dir=str(tmp_path))

@@ -43,7 +43,7 @@ def _cfg(**kw) -> TrialConfig:
 
 def test_splits_stay_compact_and_become_floats_in_the_box_per_batch() -> None:
     ds = DATASETS.get("digits")
-    s = ds.load(ds.Options(), 0, "/nonexistent")
+    s = ds.load(ds.Params(), 0, "/nonexistent")
     assert s.x_train.dtype == torch.uint8 and s.divisor == 16.0
     x = s.floats(s.x_train[:64])
     assert x.dtype == torch.float32 and x.min() >= 0 and x.max() == 1
@@ -95,10 +95,30 @@ def _synchronous_evaluate(model, x, y, attack, bounds, batch_size, seed) -> Scor
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             with torch.no_grad():
                 logits = model(xb)
-            adv = pgd(model, xb, yb, eps=attack.eps, norm=attack.norm, steps=attack.steps, step_size=attack.step_size, random_init=attack.random_start, restarts=attack.restarts, bounds=bounds, generator=gen)
+            adv = pgd(
+                model,
+                xb,
+                yb,
+                eps=attack.eps,
+                norm=attack.norm,
+                steps=attack.steps,
+                step_size=attack.step_size,
+                random_start=attack.random_start,
+                restarts=attack.restarts,
+                bounds=bounds,
+                generator=gen,
+            )
             with torch.no_grad():
                 adv_logits = model(adv)
-            sums += torch.tensor([(logits.argmax(1) == yb).sum().item(), F.cross_entropy(logits, yb, reduction="sum").item(), (adv_logits.argmax(1) == yb).sum().item(), F.cross_entropy(adv_logits, yb, reduction="sum").item()], dtype=torch.float64)
+            sums += torch.tensor(
+                [
+                    (logits.argmax(1) == yb).sum().item(),
+                    F.cross_entropy(logits, yb, reduction="sum").item(),
+                    (adv_logits.argmax(1) == yb).sum().item(),
+                    F.cross_entropy(adv_logits, yb, reduction="sum").item(),
+                ],
+                dtype=torch.float64,
+            )
     return Scores(*(sums / len(y)).tolist())
 
 
@@ -139,7 +159,11 @@ def test_mixed_precision_trains_on_cpu_and_resumes_exactly(tmp_path: Path, preci
     history: list[dict] = []
     full = run_trial(cfg, lambda m, d: history.append(m), data_dir=str(tmp_path))
     assert history[-1]["train/loss"] < history[0]["train/loss"] and full["test/clean_acc"] > 0.5
-    fp32 = run_trial(_cfg(method={"name": "erm"}, training={"epochs": 4, "batch_size": 64, "lr": 3e-3}), lambda m, d: None, data_dir=str(tmp_path))
+    fp32 = run_trial(
+        _cfg(method={"name": "erm"}, training={"epochs": 4, "batch_size": 64, "lr": 3e-3}),
+        lambda m, d: None,
+        data_dir=str(tmp_path),
+    )
     assert full["train/loss"] != fp32["train/loss"]  # the loss really ran in reduced precision
     saved = tmp_path / f"{precision}-epoch1"
     checkpoint_after_epoch(cfg, 1, saved, tmp_path)
@@ -186,9 +210,20 @@ def test_a_nan_loss_is_reported_with_its_epoch_and_batch() -> None:
         ("synthetic_mixture", {"crop": 2}, "dataset.augment", "is not images"),
     ],
 )
-def test_augmentation_that_changes_labels_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], dataset: str, augmentation: dict, field: str, fragment: str) -> None:
+def test_augmentation_that_changes_labels_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dataset: str, augmentation: dict, field: str, fragment: str
+) -> None:
     path = tmp_path / "aug.yaml"
-    path.write_text(yaml.safe_dump({"name": "aug", "dataset": {"name": dataset, "augment": augmentation}, "model": {"name": "mlp"}, "method": {"name": "erm"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "aug",
+                "dataset": {"name": dataset, "augment": augmentation},
+                "model": {"name": "mlp"},
+                "method": {"name": "erm"},
+            }
+        )
+    )
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{path}: {field}: " in err and fragment in err, err
@@ -201,7 +236,10 @@ def write_cifar(root: Path, per_batch: int, test: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     for name, count in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
         labels = rng.integers(0, 10, count)
-        images = rng.integers(0, 40, (count, 3, 32, 32), dtype=np.uint8) + (20 * labels).astype(np.uint8)[:, None, None, None]  # brightness encodes the label
+        images = (
+            rng.integers(0, 40, (count, 3, 32, 32), dtype=np.uint8)
+            + (20 * labels).astype(np.uint8)[:, None, None, None]
+        )  # brightness encodes the label
         with open(folder / name, "wb") as fh:
             pickle.dump({"data": images.reshape(count, 3072), "labels": labels.tolist()}, fh, protocol=2)
     return root
@@ -210,7 +248,7 @@ def write_cifar(root: Path, per_batch: int, test: int, seed: int = 0) -> Path:
 def test_cifar_batches_are_read_without_running_code(tmp_path: Path) -> None:
     root = write_cifar(tmp_path / "data", 20, 10)
     ds = DATASETS.get("cifar10")
-    s = ds.load(ds.Options(root=str(root), val_size=10), 0, "/nonexistent")
+    s = ds.load(ds.Params(root=str(root), val_size=10), 0, "/nonexistent")
     assert s.x_train.dtype == torch.uint8 and s.x_train.shape == (90, 3, 32, 32) and s.divisor == 255.0
 
     marker = tmp_path / "code-ran"
@@ -222,7 +260,7 @@ def test_cifar_batches_are_read_without_running_code(tmp_path: Path) -> None:
     with open(root / "cifar-10-batches-py" / "test_batch", "wb") as fh:
         pickle.dump({"data": np.zeros((1, 3072), np.uint8), "labels": [Payload()]}, fh)
     with pytest.raises(TrialFailed, match="is not allowed in a CIFAR-10 batch"):
-        ds.load(ds.Options(root=str(root), val_size=10), 0, "/nonexistent")
+        ds.load(ds.Params(root=str(root), val_size=10), 0, "/nonexistent")
     assert not marker.exists()
 
 
@@ -235,7 +273,7 @@ MEMORY = textwrap.dedent(
     idle = rss()
     from certstudy.data import DATASETS
     ds = DATASETS.get("cifar10")
-    s = ds.load(ds.Options(root=sys.argv[1], val_size=5000), 0, sys.argv[1])
+    s = ds.load(ds.Params(root=sys.argv[1], val_size=5000), 0, sys.argv[1])
     gc.collect()
     print(rss() - idle, sum(t.numel() * t.element_size() for t in (s.x_train, s.x_val, s.x_test)))
     """
@@ -251,9 +289,23 @@ def test_a_cifar_trials_splits_take_at_most_1_3x_their_uint8_size_in_host_memory
 
 
 def test_evaluation_every_k_epochs_reports_on_those_and_the_last(tmp_path: Path) -> None:
-    cfg = _cfg(method={"name": "erm"}, training={"epochs": 5, "batch_size": 64, "lr": 3e-3}, evaluation={"every": 2, "attack": {"eps": 0.05, "steps": 2}, "val_subset": 100, "test_subset": 100})
+    cfg = _cfg(
+        method={"name": "erm"},
+        training={"epochs": 5, "batch_size": 64, "lr": 3e-3},
+        evaluation={"every": 2, "attack": {"eps": 0.05, "steps": 2}, "val_subset": 100, "test_subset": 100},
+    )
     seen: list[int] = []
     full = run_trial(cfg, lambda m, d: seen.append(int(m["epoch"])), data_dir=str(tmp_path))
     assert seen == [1, 3, 4]
-    every_epoch = run_trial(_cfg(method={"name": "erm"}, training={"epochs": 5, "batch_size": 64, "lr": 3e-3}, evaluation={"attack": {"eps": 0.05, "steps": 2}, "val_subset": 100, "test_subset": 100}), lambda m, d: None, data_dir=str(tmp_path))
-    assert full["test/clean_acc"] == every_epoch["test/clean_acc"]  # evaluating draws from its own generator: training is unchanged
+    every_epoch = run_trial(
+        _cfg(
+            method={"name": "erm"},
+            training={"epochs": 5, "batch_size": 64, "lr": 3e-3},
+            evaluation={"attack": {"eps": 0.05, "steps": 2}, "val_subset": 100, "test_subset": 100},
+        ),
+        lambda m, d: None,
+        data_dir=str(tmp_path),
+    )
+    assert (
+        full["test/clean_acc"] == every_epoch["test/clean_acc"]
+    )  # evaluating draws from its own generator: training is unchanged

@@ -12,18 +12,21 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from certstudy import __version__
-from certstudy.errors import CertstudyError
+from certstudy.errors import CertstudyError, collapse
 from certstudy.workdir import Workdir
 
 if TYPE_CHECKING:
-    from certstudy.study.runner import StudyOutcome
+    from certstudy.study.session import StudyOutcome
+    from certstudy.study.spec import StudySpec
 
 # Off a terminal (CI logs, pipes) rich would wrap at 80 columns; tables read better wider.
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -36,7 +39,10 @@ def _add_workdir(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="certstudy", description="Hyperparameter studies of certified-robust training (Ray Tune + Optuna + MLflow).")
+    parser = argparse.ArgumentParser(
+        prog="certstudy",
+        description="Hyperparameter studies of certified-robust training (Ray Tune + Optuna + MLflow).",
+    )
     parser.add_argument("--version", action="version", version=f"certstudy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -47,18 +53,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("launch", help="run a study: Ray Tune trials proposed by Optuna, tracked in MLflow")
     p.add_argument("file", type=Path)
     _add_workdir(p)
-    p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or HOST:PORT); default: start Ray locally")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the work directory); on a cluster, the MLflow server on the head")
-    p.add_argument("--storage", help="Ray Tune storage shared by every node: a shared filesystem path or s3://... (default: <workdir>/<study>); required with several nodes")
-    p.add_argument("--autoscaling", action="store_true", help="the cluster adds nodes on demand: a trial request no current node satisfies is a warning, not an error")
-    p.add_argument("--overwrite", action="store_true", help="delete earlier results of a study of the same name (default: move them to <study>.prev-<time>)")
+    p.add_argument(
+        "--address", help="join a running Ray cluster (e.g. 'auto' or HOST:PORT); default: start Ray locally"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: sqlite in the work directory); on a cluster, the MLflow server on the head",
+    )
+    p.add_argument(
+        "--storage",
+        help="Ray Tune storage shared by every node: a shared filesystem path or s3://... (default: "
+        "<workdir>/<study>); required with several nodes",
+    )
+    p.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the cluster adds nodes on demand: a trial request no current node satisfies is a warning, not an error",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete earlier results of a study of the same name (default: move them to <study>.prev-<time>)",
+    )
     p.add_argument("--num-trials", type=int, help="override search.num_trials")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
 
     p = sub.add_parser("resume", help="continue an interrupted study where it stopped")
     p.add_argument("study")
     _add_workdir(p)
-    p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or HOST:PORT); default: start Ray locally")
+    p.add_argument(
+        "--address", help="join a running Ray cluster (e.g. 'auto' or HOST:PORT); default: start Ray locally"
+    )
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
 
     p = sub.add_parser("status", help="trials by state and the best so far, from the stored state (Ray is not started)")
@@ -72,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["min", "max"], help="default: the objective's mode, else max")
     p.add_argument("--top", type=int, default=1, help="how many configurations to write (default 1)")
     p.add_argument("--pareto", action="store_true", help="write the Pareto front of a multi-objective study")
-    p.add_argument("--trial", type=int, help="write this trial (its Optuna number), e.g. from the dashboard's top table")
+    p.add_argument(
+        "--trial", type=int, help="write this trial (its Optuna number), e.g. from the dashboard's top table"
+    )
     p.add_argument("-o", "--output", type=Path, help="default: <workdir>/<study>/best.yaml")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
 
@@ -100,29 +127,67 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands ---------------------------------------------------------------------------------
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _load_documents(path: Path, overrides: dict[str, Any] | None = None) -> list[StudySpec]:
+    """The study documents of a file as every command sees them: validated, command-line overrides
+    included, and each one's dashboard layout checked."""
+    from certstudy.dashboards.layout import check_study_layout
     from certstudy.study.spec import load_documents
 
+    docs = load_documents(path, overrides)
+    for spec in docs:
+        check_study_layout(spec, str(path))
+    return docs
+
+
+def _dashboard_hook(workdir: Workdir) -> Callable[[StudyOutcome], None]:
+    """Rebuilds the study's dashboard once the study has ended (and printed its summary)."""
+
+    def rebuild(outcome: StudyOutcome) -> None:
+        from certstudy.dashboards.build import build_dashboard
+
+        t = time.perf_counter()
+        try:
+            built = build_dashboard(workdir, outcome.name)
+            console.print(f"dashboard: {built.path} (also in the MLflow parent run)", highlight=False)
+        except Exception as exc:  # noqa: BLE001 - the study's results are already recorded
+            console.print(f"warning: the dashboard was not built: {collapse(str(exc))}", highlight=False)
+        outcome.timings["dashboard"] = time.perf_counter() - t
+
+    return rebuild
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.files:
-        for spec in load_documents(path):
-            searched = sum(len(s) for s in [spec.model.search, spec.training.search, spec.dataset.search] + [m.search for m in spec.method_entries])
-            kind = "fixed configuration" if spec.is_fixed() else f"{spec.search.num_trials} trials, {len(spec.method_entries)} method(s), {searched} searched parameter(s)"
+        for spec in _load_documents(path):
+            searched = sum(len(search) for _, search in spec.searched_sections())
+            kind = (
+                "fixed configuration"
+                if spec.is_fixed()
+                else f"{spec.search.num_trials} trials, {len(spec.method_entries)} method(s), {searched} searched "
+                f"parameter(s)"
+            )
             console.print(f"ok: {path}: study {spec.name!r} ({kind})", highlight=False)
     return 0
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from certstudy.study.spec import load_study
-
-    spec = load_study(args.file)
-    if args.num_trials is not None:
-        if args.num_trials < 1:
-            raise CertstudyError("--num-trials: must be at least 1")
-        spec = spec.model_copy(update={"search": spec.search.model_copy(update={"num_trials": args.num_trials})})
+    overrides = {"search.num_trials": args.num_trials} if args.num_trials is not None else None
+    spec = _load_documents(args.file, overrides)[0]
     workdir = Workdir.resolve(args.workdir)
     from certstudy.study.runner import launch
 
-    outcome = launch(spec, workdir, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage, autoscaling=args.autoscaling, overwrite=args.overwrite, verbose=args.verbose, console=console)
+    outcome = launch(
+        spec,
+        workdir,
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        storage=args.storage,
+        autoscaling=args.autoscaling,
+        overwrite=args.overwrite,
+        verbose=args.verbose,
+        console=console,
+        on_end=[_dashboard_hook(workdir)],
+    )
     return _report_outcome(outcome, workdir)
 
 
@@ -130,7 +195,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from certstudy.study.runner import resume
 
     workdir = Workdir.resolve(args.workdir)
-    return _report_outcome(resume(args.study, workdir, address=args.address, verbose=args.verbose, console=console), workdir)
+    return _report_outcome(
+        resume(
+            args.study,
+            workdir,
+            address=args.address,
+            verbose=args.verbose,
+            console=console,
+            on_end=[_dashboard_hook(workdir)],
+        ),
+        workdir,
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -139,40 +214,64 @@ def cmd_status(args: argparse.Namespace) -> int:
     workdir = Workdir.resolve(args.workdir)
     st = study_status(workdir, args.study)
     obj = st.spec.objectives[0]
-    table = Table(title=f"study {st.spec.name}: {len(st.rows)} of {st.spec.search.num_trials} trials proposed; parent run {st.parent_status}")
+    table = Table(
+        title=f"study {st.spec.name}: {len(st.rows)} of {st.spec.search.num_trials} trials proposed; parent run "
+        f"{st.parent_status}"
+    )
     for col in ("trial", "state", "epochs", obj.metric, "params", "mlflow run", "note"):
         table.add_column(col, justify="right" if col in ("trial", "epochs", obj.metric) else "left")
     for r in st.rows:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
         value = f"{r.value:.4f}" if r.value is not None else "-"
-        table.add_row(str(r.number), r.state, str(r.epochs) if r.epochs is not None else "-", value, params, r.run_status, r.note)
+        table.add_row(
+            str(r.number), r.state, str(r.epochs) if r.epochs is not None else "-", value, params, r.run_status, r.note
+        )
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(st.counts.items())) or "no trials yet"
     best = st.best
-    console.print(f"{counts}; best {obj.metric} ({obj.mode}): " + (f"{best.value:.4f} (trial {best.number})" if best else "none yet"), highlight=False)
+    console.print(
+        f"{counts}; best {obj.metric} ({obj.mode}): "
+        + (f"{best.value:.4f} (trial {best.number})" if best else "none yet"),
+        highlight=False,
+    )
     if st.resumable:
-        console.print(f"unfinished: continue with certstudy resume {st.spec.name} --workdir {workdir.root}", highlight=False)
+        console.print(
+            f"unfinished: continue with certstudy resume {st.spec.name} --workdir {workdir.root}", highlight=False
+        )
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from certstudy.dashboards.build import build_dashboard
 
-    built = build_dashboard(Workdir.resolve(args.workdir), args.study, layout=args.layout, out=args.output, log_to_mlflow=not args.no_mlflow)
-    console.print(f"dashboard: {built.path} ({len(built.panels)} figures" + (f"; left out for lack of data: {', '.join(built.left_out)}" if built.left_out else "") + ")", highlight=False)
+    built = build_dashboard(
+        Workdir.resolve(args.workdir), args.study, layout=args.layout, out=args.output, log_to_mlflow=not args.no_mlflow
+    )
+    console.print(
+        f"dashboard: {built.path} ({len(built.panels)} figures"
+        + (f"; left out for lack of data: {', '.join(built.left_out)}" if built.left_out else "")
+        + ")",
+        highlight=False,
+    )
     return 0
 
 
-def _report_outcome(outcome: "StudyOutcome", workdir: Workdir) -> int:
+def _report_outcome(outcome: StudyOutcome, workdir: Workdir) -> int:
     c = outcome.counts
     console.print(
-        f"study {outcome.name}: {c.get('completed', 0)} completed, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed in {outcome.timings.get('total', 0):.0f}s; "
-        f"MLflow experiment {outcome.experiment_id}, parent run {outcome.parent_run_id} (certstudy ui --workdir {workdir.root}); "
+        f"study {outcome.name}: {c.get('completed', 0)} completed, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} "
+        f"failed in {outcome.timings.get('total', 0):.0f}s; "
+        f"MLflow experiment {outcome.experiment_id}, parent run {outcome.parent_run_id} (certstudy ui --workdir "
+        f"{workdir.root}); "
         f"next: certstudy export {outcome.name} --workdir {workdir.root}",
         highlight=False,
     )
     if outcome.interrupted:
-        err_console.print(f"study {outcome.name} was interrupted; every open MLflow run was closed as KILLED (continue it: certstudy resume {outcome.name} --workdir {workdir.root})", highlight=False)
+        err_console.print(
+            f"study {outcome.name} was interrupted; every open MLflow run was closed as KILLED (continue it: "
+            f"certstudy resume {outcome.name} --workdir {workdir.root})",
+            highlight=False,
+        )
         return 130
     return 0 if c.get("completed", 0) + c.get("pruned", 0) > 0 else 1
 
@@ -182,7 +281,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise CertstudyError("--top: must be at least 1")
-    out, docs = export(Workdir.resolve(args.workdir), args.study, metric=args.metric, mode=args.mode, top=args.top, pareto=args.pareto, trial=args.trial, out=args.output, tracking_uri=args.tracking_uri)
+    out, docs = export(
+        Workdir.resolve(args.workdir),
+        args.study,
+        metric=args.metric,
+        mode=args.mode,
+        top=args.top,
+        pareto=args.pareto,
+        trial=args.trial,
+        out=args.output,
+        tracking_uri=args.tracking_uri,
+    )
     table = Table(title=f"exported to {out}")
     table.add_column("#")
     table.add_column("method")
@@ -192,7 +301,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     for doc in docs:
         prov = doc["provenance"]
         by = prov["by"] if prov["by"] != "pareto" else prov["objectives"][0]["metric"]
-        table.add_row(str(prov["rank"]), doc["method"]["name"], by, f"{prov['metrics'].get(by, float('nan')):.4f}", prov["mlflow_run_id"])
+        table.add_row(
+            str(prov["rank"]),
+            doc["method"]["name"],
+            by,
+            f"{prov['metrics'].get(by, float('nan')):.4f}",
+            prov["mlflow_run_id"],
+        )
     console.print(table)
     console.print(f"re-run one with: certstudy run {out} --index 1", highlight=False)
     return 0
@@ -200,25 +315,30 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from certstudy.errors import SpecError
-    from certstudy.study.spec import load_documents
 
-    docs = load_documents(args.file)
+    docs = _load_documents(args.file)
     if not 1 <= args.index <= len(docs):
         raise SpecError(str(args.file), "--index", args.index, f"the file holds {len(docs)} document(s)")
     spec = docs[args.index - 1]
     from certstudy.study.single import run_fixed
 
     def on_epoch(m: dict[str, float]) -> None:
-        console.print(f"epoch {int(m['epoch'])}: train/loss {m['train/loss']:.4f}  val/clean_acc {m['val/clean_acc']:.4f}  val/robust_acc {m['val/robust_acc']:.4f}", highlight=False)
+        console.print(
+            f"epoch {int(m['epoch'])}: train/loss {m['train/loss']:.4f}  val/clean_acc {m['val/clean_acc']:.4f}  "
+            f"val/robust_acc {m['val/robust_acc']:.4f}",
+            highlight=False,
+        )
 
-    outcome = run_fixed(spec, Workdir.resolve(args.workdir), track=not args.no_track, on_epoch=on_epoch, source=str(args.file))
+    outcome = run_fixed(
+        spec, Workdir.resolve(args.workdir), track=not args.no_track, on_epoch=on_epoch, source=str(args.file)
+    )
     table = Table(title=f"final metrics of {spec.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     if outcome.compared:
         table.add_column("exported", justify="right")
         table.add_column("diff", justify="right")
-    from certstudy.study.results import numeric_metrics, result_tags
+    from certstudy.study.records import numeric_metrics, result_tags
 
     values = numeric_metrics(outcome.metrics)
     for key in sorted(values):
@@ -232,7 +352,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"{key}: {value}", highlight=False)
     if outcome.compared:
         same = outcome.max_abs_diff == 0.0
-        console.print(f"reproduced the exported metrics {'exactly' if same else f'up to {outcome.max_abs_diff:.3e}'} ({len(outcome.compared)} metrics compared)", highlight=False)
+        console.print(
+            f"reproduced the exported metrics {'exactly' if same else f'up to {outcome.max_abs_diff:.3e}'} "
+            f"({len(outcome.compared)} metrics compared)",
+            highlight=False,
+        )
     if outcome.run_id:
         console.print(f"MLflow run {outcome.run_id}", highlight=False)
     return 0
@@ -264,9 +388,24 @@ def cmd_ui(args: argparse.Namespace) -> int:
         exp = tracker.client.get_experiment_by_name(spec.experiment_name)
         parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
         if parent is not None:
-            console.print(f"study {spec.name}: {url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}", highlight=False)
+            console.print(
+                f"study {spec.name}: {url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}", highlight=False
+            )
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", workdir.tracking_uri, "--default-artifact-root", workdir.artifact_root.as_uri(), "--host", args.host, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        workdir.tracking_uri,
+        "--default-artifact-root",
+        workdir.artifact_root.as_uri(),
+        "--host",
+        args.host,
+        "--port",
+        str(port),
+    ]
     sys.stdout.flush()
     try:
         return subprocess.call(cmd, env=env)
@@ -274,7 +413,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
-COMMANDS = {"validate": cmd_validate, "launch": cmd_launch, "resume": cmd_resume, "status": cmd_status, "dashboard": cmd_dashboard, "export": cmd_export, "run": cmd_run, "ui": cmd_ui}
+COMMANDS = {
+    "validate": cmd_validate,
+    "launch": cmd_launch,
+    "resume": cmd_resume,
+    "status": cmd_status,
+    "dashboard": cmd_dashboard,
+    "export": cmd_export,
+    "run": cmd_run,
+    "ui": cmd_ui,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

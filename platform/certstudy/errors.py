@@ -25,6 +25,16 @@ class TrialFailed(CertstudyError):
     """A trial cannot go on (diverged loss, unusable data); the study records it as FAILED."""
 
 
+def collapse(text: str, limit: int = 500) -> str:
+    """``text`` on one line (whitespace runs become one space), at most ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    return collapse(f"{type(exc).__name__}: {exc}", limit)
+
+
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     text = " ".join(text.split())

@@ -1,12 +1,12 @@
-"""Where a study's state lives (shared/design.md): one work directory per user or project.
+"""Where a study's state lives (README: Work directory): one work directory per user or project.
 
-    <workdir>/mlflow.db            MLflow tracking store (sqlite)
-    <workdir>/mlartifacts/         MLflow artifacts
-    <workdir>/data/                downloaded datasets ($CERTSTUDY_DATA replaces it)
-    <workdir>/<study>/study.yaml   the study as launched
-    <workdir>/<study>/optuna.db    Optuna storage
-    <workdir>/<study>/ray/         Ray Tune experiment (trial dirs, checkpoints)
-    <workdir>/<study>/best.yaml    default export
+<workdir>/mlflow.db            MLflow tracking store (sqlite)
+<workdir>/mlartifacts/         MLflow artifacts
+<workdir>/data/                downloaded datasets ($CERTSTUDY_DATA replaces it)
+<workdir>/<study>/study.yaml   the study as launched
+<workdir>/<study>/optuna.db    Optuna storage
+<workdir>/<study>/ray/         Ray Tune experiment (trial dirs, checkpoints)
+<workdir>/<study>/best.yaml    default export
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Workdir:
     root: Path
 
     @classmethod
-    def resolve(cls, arg: str | os.PathLike[str] | None = None) -> "Workdir":
+    def resolve(cls, arg: str | os.PathLike[str] | None = None) -> Workdir:
         """``--workdir`` if given, else ``$CERTSTUDY_HOME``, else ``./certstudy-runs``; absolute."""
         chosen = arg or os.environ.get(ENV_VAR) or DEFAULT_WORKDIR
         return cls(Path(chosen).expanduser().resolve())

@@ -14,7 +14,7 @@ rounding) and in the [0, 1] box AutoAttack assumes, so the caller must pass inpu
 from __future__ import annotations
 
 import logging
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,9 +23,7 @@ from certstudy.attacks.pgd import Norm
 from certstudy.models.base import eval_mode
 
 AttackName = Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]
-ATTACK_NAMES: tuple[str, ...] = get_args(AttackName)
 STANDARD_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")  # version="standard"
-IMAGE_ATTACKS = frozenset({"square"})  # square windows: inputs must be (C, H, W)
 LIBRARY_NORM = {"l2": "L2", "linf": "Linf"}
 
 logging.getLogger("auto-attack").setLevel(logging.ERROR)  # its progress lines would flood a trial's log
@@ -55,14 +53,29 @@ def autoattack_robust(
 
     if eps <= 0:
         with torch.no_grad(), eval_mode(model):
-            return torch.cat([model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size] for i in range(0, len(y), batch_size)])
+            return torch.cat(
+                [model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size] for i in range(0, len(y), batch_size)]
+            )
     version = "standard" if attacks is None or tuple(attacks) == STANDARD_ATTACKS else "custom"
     with torch.random.fork_rng(devices=_devices(x)), eval_mode(model):
-        adversary = AutoAttack(model, norm=LIBRARY_NORM[norm], eps=float(eps), version=version, attacks=None if version == "standard" else list(attacks or ()), seed=seed, device=x.device)
+        adversary = AutoAttack(
+            model,
+            norm=LIBRARY_NORM[norm],
+            eps=float(eps),
+            version=version,
+            attacks=None if version == "standard" else list(attacks or ()),
+            seed=seed,
+            device=x.device,
+        )
         adversary.verbose = False
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
         with torch.no_grad():
-            return torch.cat([model(x_adv[i : i + batch_size]).argmax(1) == y[i : i + batch_size] for i in range(0, len(y), batch_size)])
+            return torch.cat(
+                [
+                    model(x_adv[i : i + batch_size]).argmax(1) == y[i : i + batch_size]
+                    for i in range(0, len(y), batch_size)
+                ]
+            )
 
 
 def _margin_apgd_class() -> type:
@@ -78,14 +91,18 @@ def _margin_apgd_class() -> type:
     return MarginAPGD
 
 
-def apgd_margin(model: nn.Module, x: Tensor, target: Tensor, eps: Tensor, *, norm: Norm, steps: int, restarts: int, seed: int) -> Tensor:
+def apgd_margin(
+    model: nn.Module, x: Tensor, target: Tensor, eps: Tensor, *, norm: Norm, steps: int, restarts: int, seed: int
+) -> Tensor:
     """The highest-margin point APGD finds for each example within its own radius ``eps[i]``
     (the clean point where no restart beats it), in the [0, 1] box.
 
     Each restart is one APGD run on the whole batch (``attack_single_run``: the library's
     ``perturb`` drops points between restarts, which a per-point radius cannot follow).
     """
-    attack = _margin_apgd_class()(model, n_iter=steps, norm=LIBRARY_NORM[norm], n_restarts=1, eps=1.0, seed=seed, loss="dlr", device=x.device)
+    attack = _margin_apgd_class()(
+        model, n_iter=steps, norm=LIBRARY_NORM[norm], n_restarts=1, eps=1.0, seed=seed, loss="dlr", device=x.device
+    )
     radius = eps.to(x).view(-1, *([1] * (x.dim() - 1)))
     attack.eps = radius  # broadcasts per point through the step sizes and the projections
     attack.init_hyperparam(x)

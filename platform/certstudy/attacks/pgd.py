@@ -37,7 +37,7 @@ def project(delta: Tensor, eps: Radius, norm: Norm) -> Tensor:
     return delta * scale
 
 
-def random_start(x: Tensor, eps: Radius, norm: Norm, generator: torch.Generator | None) -> Tensor:
+def uniform_in_ball(x: Tensor, eps: Radius, norm: Norm, generator: torch.Generator | None) -> Tensor:
     """A point drawn uniformly from the eps-ball."""
     eps = _per_example(eps, x)
     if norm == "linf":
@@ -45,7 +45,9 @@ def random_start(x: Tensor, eps: Radius, norm: Norm, generator: torch.Generator 
     direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     direction = direction / _flat_norm(direction).clamp_min(1e-12)
     d = x[0].numel()
-    radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+    radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype) ** (
+        1.0 / d
+    )
     return direction * radius * eps
 
 
@@ -70,7 +72,7 @@ def pgd(
     norm: Norm,
     steps: int,
     step_size: float | None = None,
-    random_init: bool = True,
+    random_start: bool = True,
     restarts: int = 1,
     bounds: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
@@ -89,7 +91,7 @@ def pgd(
             best_loss = objective(model(x), y)
         best = x.clone()
         for _ in range(restarts):
-            delta = _clip(x, random_start(x, eps, norm, generator), bounds) if random_init else torch.zeros_like(x)
+            delta = _clip(x, uniform_in_ball(x, eps, norm, generator), bounds) if random_start else torch.zeros_like(x)
             for step in range(steps + 1):
                 delta.requires_grad_(True)
                 losses = objective(model(x + delta), y)

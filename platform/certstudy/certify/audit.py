@@ -54,11 +54,26 @@ def audit(
             target = preds[idx].to(x.device)
             exact = radii[idx].to(x.device)
             eps = exact.to(x.dtype)
-            eps = torch.where(eps.double() > exact, torch.nextafter(eps, torch.zeros_like(eps)), eps)  # never attack beyond the radius
+            eps = torch.where(
+                eps.double() > exact, torch.nextafter(eps, torch.zeros_like(eps)), eps
+            )  # never attack beyond the radius
             if attack == "apgd":
-                adv = apgd_margin(model, xb, target, eps, norm=certificate.norm, steps=steps, restarts=restarts, seed=seed + i)  # type: ignore[arg-type]
+                adv = apgd_margin(
+                    model, xb, target, eps, norm=certificate.norm, steps=steps, restarts=restarts, seed=seed + i
+                )  # type: ignore[arg-type]
             else:
-                adv = pgd(model, xb, target, eps=eps, norm=certificate.norm, steps=steps, restarts=restarts, bounds=bounds, generator=gen, loss="margin")  # type: ignore[arg-type]
+                adv = pgd(
+                    model,
+                    xb,
+                    target,
+                    eps=eps,
+                    norm=certificate.norm,
+                    steps=steps,
+                    restarts=restarts,
+                    bounds=bounds,
+                    generator=gen,
+                    loss="margin",
+                )  # type: ignore[arg-type]
             with torch.no_grad():
                 flipped = model(adv).argmax(1) != target
             bad += idx[flipped.cpu()].tolist()

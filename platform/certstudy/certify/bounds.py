@@ -1,7 +1,7 @@
 """Bound propagation (IBP, CROWN, CROWN-IBP) over an l-inf or l2 ball, and the ``ibp`` and ``crown`` certifiers.
 
 Written here because no maintained library fits: auto_LiRPA's registry release (0.3) does not run
-on torch 2 and its working 0.7.1 is not on the registry and pins torch < 2.9 (shared/reference).
+on torch 2 and its newer source (github.com/Verified-Intelligence/auto_LiRPA) is not on the registry.
 The network is a chain of layer kinds (``certify/network.py``): affine layers (Linear, Conv2d,
 AvgPool2d, Flatten, BatchNorm, Normalize) are exact; IBP pushes intervals through ReLU, MinMax and
 MaxPool; CROWN relaxes all three (``relax`` of each layer kind).
@@ -32,7 +32,17 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
-from certstudy.certify.network import RELAXATION, INTERVAL, AffineLayer, FlattenLayer, Layer, LinearLayer, Relaxation, UnsupportedLayer, layers_of
+from certstudy.certify.network import (
+    INTERVAL,
+    RELAXATION,
+    AffineLayer,
+    FlattenLayer,
+    Layer,
+    LinearLayer,
+    Relaxation,
+    UnsupportedLayer,
+    layers_of,
+)
 from certstudy.certify.registry import CERTIFIERS
 from certstudy.models.base import eval_mode
 
@@ -51,8 +61,12 @@ class Ball:
     box: Box = None
 
     @staticmethod
-    def of(x: Tensor, eps: float | Tensor, norm: Norm, box: Box = None) -> "Ball":
-        e = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(x)) if not isinstance(eps, Tensor) or eps.dim() == 0 else eps.to(x)
+    def of(x: Tensor, eps: float | Tensor, norm: Norm, box: Box = None) -> Ball:
+        e = (
+            torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(x))
+            if not isinstance(eps, Tensor) or eps.dim() == 0
+            else eps.to(x)
+        )
         return Ball(x, e, norm, box)
 
     def _eps(self, like: Tensor) -> Tensor:
@@ -114,7 +128,12 @@ def ibp(layers: list[Layer], ball: Ball, spec: Tensor | None = None) -> tuple[li
             spread = torch.bmm(w.abs(), rad.unsqueeze(-1)).squeeze(-1)
             return outputs, (centre - spread, centre + spread)
         lo, hi = layer.interval(lo, hi)
-        if ball.norm == "l2" and isinstance(layer, AffineLayer) and not isinstance(layer, FlattenLayer) and _is_first_affine(layers, i):
+        if (
+            ball.norm == "l2"
+            and isinstance(layer, AffineLayer)
+            and not isinstance(layer, FlattenLayer)
+            and _is_first_affine(layers, i)
+        ):
             exact = layer.forward(ball.x.reshape(len(ball.x), *layer.in_shape))
             r = ball._eps(exact) * layer.row_norms()
             lo, hi = torch.maximum(lo, exact - r), torch.minimum(hi, exact + r)
@@ -139,7 +158,16 @@ def _affine_back(layer: AffineLayer, a: Tensor, const: Tensor) -> tuple[Tensor, 
     return layer.transpose(a.reshape(n * s, *layer.out_shape)).view(n, s, *layer.in_shape), const
 
 
-def backward(layers: list[Layer], end: int, spec: Tensor, pre_bounds: list[Interval], ball: Ball, *, upper: bool = True, record: bool = False) -> BackwardBound:
+def backward(
+    layers: list[Layer],
+    end: int,
+    spec: Tensor,
+    pre_bounds: list[Interval],
+    ball: Ball,
+    *,
+    upper: bool = True,
+    record: bool = False,
+) -> BackwardBound:
     """CROWN bounds of spec·(output of layer ``end``); ``pre_bounds[i]`` bounds layer i's output.
 
     ``spec`` has shape (B or 1, S, *out_shape); a leading 1 is broadcast over the batch. Affine
@@ -206,7 +234,8 @@ this many coefficients (rows x batch x widest layer), so memory stays bounded on
 
 
 def crown(layers: list[Layer], ball: Ball, spec: Tensor) -> Tensor:
-    """Full CROWN lower bounds of spec·logits: every bound feeding a non-linear layer by CROWN, intersected with IBP's."""
+    """Full CROWN lower bounds of spec·logits: every bound feeding a non-linear layer by CROWN, intersected with "
+    "IBP's."""
     ibp_bounds, _ = ibp(layers, ball)
     bounds: list[Interval] = []
     n = len(ball.x)
@@ -219,7 +248,9 @@ def crown(layers: list[Layer], ball: Ball, spec: Tensor) -> Tensor:
         rows = math.prod(layer.out_shape)
         lows, highs = [], []
         for start in range(0, rows, chunk):
-            eye = torch.eye(rows, device=ball.x.device, dtype=ball.x.dtype)[start : start + chunk].view(1, -1, *layer.out_shape)
+            eye = torch.eye(rows, device=ball.x.device, dtype=ball.x.dtype)[start : start + chunk].view(
+                1, -1, *layer.out_shape
+            )
             b = backward(layers, i, eye, bounds, ball)
             assert b.upper is not None
             lows.append(b.lower)
@@ -249,9 +280,10 @@ def ibp_margins(layers: list[Layer], ball: Ball, classes: Tensor) -> Tensor:
     return own - centre - spread.view(-1, m, m).gather(1, classes.view(-1, 1, 1).expand(-1, 1, m)).squeeze(1)
 
 
-def margin_lower_bounds(method: str, layers: list[Layer], ball: Ball, classes: Tensor, num_classes: int) -> Tensor:
-    """Lower bounds on y_c - y_i over the ball for every i (+inf at i = c), by ``ibp`` or ``crown``."""
-    if method == "ibp":
+def margin_lower_bounds(bound: str, layers: list[Layer], ball: Ball, classes: Tensor, num_classes: int) -> Tensor:
+    """Lower bounds on y_c - y_i over the ball for every i (+inf at i = c), by the ``bound`` ``ibp`` or
+    ``crown``."""
+    if bound == "ibp":
         lower = ibp_margins(layers, ball, classes)
     else:
         lower = crown(layers, ball, margin_spec(classes, num_classes).to(ball.x.dtype))
@@ -273,12 +305,13 @@ class BoundCertifier(Certifier):
     Params = BoundParams
     params: BoundParams
     deterministic = True
-    method: str = ""
+    bound: str = ""
+    """The bound computed, ``ibp`` or ``crown``; also the certificate's name."""
 
     @classmethod
     def certificates(cls, params: CertifierParams) -> list[tuple[str, str]]:
         assert isinstance(params, BoundParams)
-        return [(cls.method, params.norm)]
+        return [(cls.bound, params.norm)]
 
     def certify(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> CertifyResult:
         p = self.params
@@ -298,22 +331,34 @@ class BoundCertifier(Certifier):
                         break
                     idx = alive.nonzero().squeeze(1)
                     ball = Ball.of(xb[idx], r, p.norm, self.context.bounds)
-                    ok = margin_lower_bounds(self.method, layers, ball, top[idx], self.context.num_classes).min(1).values > 0
+                    ok = (
+                        margin_lower_bounds(self.bound, layers, ball, top[idx], self.context.num_classes).min(1).values
+                        > 0
+                    )
                     radius[idx[ok]] = r
                     alive[idx[~ok]] = False
                 preds.append(torch.where(torch.isnan(radius), ABSTAIN, top).cpu())
                 radii.append(radius.cpu())
         empty = torch.zeros(0)
-        return CertifyResult([Certificate(self.method, p.norm, torch.cat(preds) if preds else empty.long(), torch.cat(radii) if radii else empty.double())])
+        return CertifyResult(
+            [
+                Certificate(
+                    self.bound,
+                    p.norm,
+                    torch.cat(preds) if preds else empty.long(),
+                    torch.cat(radii) if radii else empty.double(),
+                )
+            ]
+        )
 
 
 @CERTIFIERS.register("ibp")
 class IBPCertifier(BoundCertifier):
-    method = "ibp"
+    bound = "ibp"
     needs = frozenset({INTERVAL})
 
 
 @CERTIFIERS.register("crown")
 class CROWNCertifier(BoundCertifier):
-    method = "crown"
+    bound = "crown"
     needs = frozenset({INTERVAL, RELAXATION})

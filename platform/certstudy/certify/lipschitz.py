@@ -7,7 +7,7 @@ max pooling) and w the last layer's rows. A point predicted j is certified at ev
 min_{i != j} (y_j - y_i) / K_ji.
 
 Written here because no maintained library fits: the reference GloRo is TensorFlow-only and
-auto_LiRPA's registry release does not run on torch 2 (see shared/reference). Soundness rests on
+auto_LiRPA's registry releases (0.2, 0.3) do not run on torch 2. Soundness rests on
 the spectral norms being upper bounds, so the certifier does not use the training-time power
 iterates: it computes each norm exactly (``torch.linalg.matrix_norm`` of a Linear weight, the SVD
 of the materialised matrix of a convolution or pooling layer) and only for layers too large to
@@ -87,7 +87,9 @@ def _normalise(u: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def spectral_norm(layer: Layer, *, max_exact_dim: int = 16384, iterations: int = 2000, slack: float = 1e-3) -> tuple[float, bool]:
+def spectral_norm(
+    layer: Layer, *, max_exact_dim: int = 16384, iterations: int = 2000, slack: float = 1e-3
+) -> tuple[float, bool]:
     """(an upper bound on ||layer||_2, whether it is exact): each layer kind's own (``certify/network.py``):
     SVD of a dense or materialised matrix where it fits, else converged power iteration times (1 + slack)."""
     return layer.spectral_norm(max_exact_dim=max_exact_dim, iterations=iterations, slack=slack)
@@ -142,7 +144,9 @@ def lipschitz_radii(logits: Tensor, constants: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class LipschitzParams(CertifierParams):
-    max_exact_dim: int = Field(16384, ge=1, description="largest layer input size whose matrix is materialised for an exact SVD")
+    max_exact_dim: int = Field(
+        16384, ge=1, description="largest layer input size whose matrix is materialised for an exact SVD"
+    )
     iterations: int = Field(2000, ge=1, description="power iterations for layers too large to materialise")
     slack: float = Field(1e-3, ge=0, description="relative inflation of a power-iteration estimate")
     batch_size: int = Field(1024, ge=1)
@@ -172,11 +176,18 @@ class LipschitzCertifier(Certifier):
             constants, exact = self.constants(model)  # once per model: the per-example cost is below
             top, radii = self.radii(model, x, constants)
         k_max = float(constants.max()) if constants.numel() else 0.0
-        return CertifyResult([Certificate("lipschitz", "l2", top.cpu(), radii.cpu())], {"lipschitz_max_margin_constant": k_max, "lipschitz_exact": float(exact)})
+        return CertifyResult(
+            [Certificate("lipschitz", "l2", top.cpu(), radii.cpu())],
+            {"lipschitz_max_margin_constant": k_max, "lipschitz_exact": float(exact)},
+        )
 
     def radii(self, model: nn.Module, x: Tensor, constants: Tensor) -> tuple[Tensor, Tensor]:
         """(predictions with ABSTAIN where uncertified, radii): one forward pass and the margins."""
         b = self.params.batch_size
-        logits = torch.cat([model(x[i : i + b]) for i in range(0, len(x), b)]) if len(x) else torch.zeros((0, self.context.num_classes), device=x.device)
+        logits = (
+            torch.cat([model(x[i : i + b]) for i in range(0, len(x), b)])
+            if len(x)
+            else torch.zeros((0, self.context.num_classes), device=x.device)
+        )
         top, radii = lipschitz_radii(logits, constants.to(logits.device))
         return torch.where(torch.isnan(radii), torch.full_like(top, ABSTAIN), top), radii

@@ -9,46 +9,12 @@ correctly certified points with 0 for every other point.
 from __future__ import annotations
 
 import io
-import re
 
 import torch
 from torch import Tensor
 
 from certstudy.certify.base import ABSTAIN, Certificate, CertifyResult
-
-
-def radius_label(r: float) -> str:
-    """How a radius appears in a metric name: ``0.25`` -> ``r0.25``, ``1.0`` -> ``r1``."""
-    return f"r{r:g}"
-
-
-def certified_acc_name(prefix: str, certificate: str, norm: str, r: float) -> str:
-    return f"{prefix}/certified_acc_{certificate}_{norm}_{radius_label(r)}"
-
-
-def autoattack_acc_name(norm: str, r: float) -> str:
-    return f"test/autoattack_acc_{norm}_{radius_label(r)}"
-
-
-def cert_gap_name(source: str, certificate: str, norm: str, r: float) -> str:
-    """The certification gap's name: ``test/cert_gap_...`` against AutoAttack, ``test/pgd_cert_gap_...``
-    against PGD (when AutoAttack is off)."""
-    prefix = "" if source == "autoattack" else f"{source}_"
-    return f"test/{prefix}cert_gap_{certificate}_{norm}_{radius_label(r)}"
-
-
-CERTIFICATION_METRIC = re.compile(r"^(train|val|test)/(certified_acc|acr|abstain_rate)_")
-END_ONLY_METRIC = re.compile(r"^(train|val|gap)/(autoattack_acc|cert_gap|pgd_cert_gap)_")
-"""Measured on test points at the end only (no val variant): they cannot steer a search."""
-
-
-def certificate_metric_names(prefix: str, certificates: list[tuple[str, str]], grid: dict[str, list[float]]) -> list[str]:
-    """The per-certificate metric names ``certification_metrics`` will report (extras aside)."""
-    names = []
-    for name, norm in certificates:
-        names += [certified_acc_name(prefix, name, norm, r) for r in grid.get(norm, [])]
-        names += [f"{prefix}/acr_{name}", f"{prefix}/abstain_rate_{name}"]
-    return names
+from certstudy.metric_names import certified_acc_name
 
 
 def certified_radii(cert: Certificate, y: Tensor) -> Tensor:
@@ -62,7 +28,9 @@ def _mean(values: Tensor) -> float:
     return float(values.double().mean()) if len(values) else 0.0
 
 
-def certification_metrics(prefix: str, result: CertifyResult, y: Tensor, grid: dict[str, list[float]]) -> dict[str, float]:
+def certification_metrics(
+    prefix: str, result: CertifyResult, y: Tensor, grid: dict[str, list[float]]
+) -> dict[str, float]:
     """``<prefix>/certified_acc_<cert>_<norm>_r<r>`` on the grid of the certificate's norm,
     ``<prefix>/acr_<cert>``, ``<prefix>/abstain_rate_<cert>`` and the certifier's extras."""
     out: dict[str, float] = {}
@@ -113,7 +81,9 @@ def curve_png(result: CertifyResult, y: Tensor, title: str) -> bytes:
     for cert in result.certificates:
         xs, ys = curve(cert, y)
         xs, ys = xs + [xs[-1] * 1.02 + 1e-3], ys + [0.0]  # nothing is certified beyond the largest radius
-        ax.step(xs, ys, where="pre", label=f"{cert.name} ({cert.norm})")  # acc(r) = acc at the next step for r in (s_i, s_i+1]
+        ax.step(
+            xs, ys, where="pre", label=f"{cert.name} ({cert.norm})"
+        )  # acc(r) = acc at the next step for r in (s_i, s_i+1]
     ax.set_xlabel("radius")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)

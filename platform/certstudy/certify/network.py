@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,11 @@ from certstudy.models.layers import MinMax, Normalize
 
 INTERVAL, RELAXATION, LIPSCHITZ = "interval", "relaxation", "lipschitz"
 ALL_OPERATIONS = frozenset({INTERVAL, RELAXATION, LIPSCHITZ})
-OPERATION_USE = {INTERVAL: "interval bounds (IBP)", RELAXATION: "linear relaxations (CROWN)", LIPSCHITZ: "Lipschitz bounds"}
+OPERATION_USE = {
+    INTERVAL: "interval bounds (IBP)",
+    RELAXATION: "linear relaxations (CROWN)",
+    LIPSCHITZ: "Lipschitz bounds",
+}
 SKIPPED: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout)
 
 Interval = tuple[Tensor, Tensor]
@@ -65,7 +70,15 @@ class Layer:
     elementwise: ClassVar[bool] = False
     """An activation whose pre-activation bounds must come from an affine layer right before it."""
 
-    def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...], device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, name: str = "") -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        device: torch.device = torch.device("cpu"),
+        dtype: torch.dtype = torch.float32,
+        name: str = "",
+    ) -> None:
         self.module = module
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.device, self.dtype = device, dtype  # the model's (parameter-free layers have none of their own)
@@ -88,7 +101,9 @@ class Layer:
         """(an upper bound on the layer's l2 Lipschitz constant, whether it is exact rather than estimated)."""
         return 1.0, True
 
-    def relax(self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False) -> tuple[Tensor, Tensor, Relaxation | None]:
+    def relax(
+        self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False
+    ) -> tuple[Tensor, Tensor, Relaxation | None]:
         """CROWN through a non-linear layer: for coefficients ``a`` (N, S, *out_shape) on its output and
         input bounds ``lo, hi`` (B, *in_shape), (coefficients on its input, constant (N, S), the
         lines chosen) such that a·f(z) >= a_in·z + const (<= when ``upper``) for every z in [lo, hi]."""
@@ -149,12 +164,16 @@ class AffineLayer(Layer):
         """Wᵀ v by autograd (a vector-Jacobian product at 0), differentiable in W: never a hand-written
         transpose, so it is right for any stride, padding and output size."""
         differentiable = torch.is_grad_enabled()
-        z = torch.zeros((cotangent.shape[0], *self.in_shape), device=cotangent.device, dtype=cotangent.dtype, requires_grad=True)
+        z = torch.zeros(
+            (cotangent.shape[0], *self.in_shape), device=cotangent.device, dtype=cotangent.dtype, requires_grad=True
+        )
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(self.linear(z), z, cotangent, create_graph=differentiable)
         return grad
 
-    def spectral_norm(self, *, max_exact_dim: float = 16384, iterations: float = 2000, slack: float = 1e-3, **_: float) -> tuple[float, bool]:
+    def spectral_norm(
+        self, *, max_exact_dim: float = 16384, iterations: float = 2000, slack: float = 1e-3, **_: float
+    ) -> tuple[float, bool]:
         """SVD of the materialised matrix in float64 where it fits, else converged power iteration times (1 + slack)."""
         n_in = math.prod(self.in_shape)
         with torch.no_grad():
@@ -165,14 +184,18 @@ class AffineLayer(Layer):
                 return float(torch.linalg.matrix_norm(matrix, 2)), True
             return power_norm(self, int(iterations)) * (1 + slack), False
 
-    def in_float64(self) -> "AffineLayer":
+    def in_float64(self) -> AffineLayer:
         """The same layer with its parameters in float64 (a copy; the model is untouched)."""
-        return type(self)(copy.deepcopy(self.module).double(), self.in_shape, self.out_shape, self.device, torch.float64, self.name)
+        return type(self)(
+            copy.deepcopy(self.module).double(), self.in_shape, self.out_shape, self.device, torch.float64, self.name
+        )
 
 
 def power_norm(layer: AffineLayer, iterations: int, tol: float = 1e-9) -> float:
     """||W||_2 estimated by power iteration on WᵀW until the estimate changes by less than ``tol`` (relative)."""
-    u = torch.randn((1, *layer.in_shape), generator=torch.Generator().manual_seed(0)).to(device=layer.device, dtype=layer.dtype)
+    u = torch.randn((1, *layer.in_shape), generator=torch.Generator().manual_seed(0)).to(
+        device=layer.device, dtype=layer.dtype
+    )
     last = 0.0
     for _ in range(iterations):
         u = layer.adjoint(layer.linear(u))
@@ -208,7 +231,9 @@ class LinearLayer(AffineLayer):
         return self.module.bias
 
     def affine_map(self, z: Tensor, scale: float = 1.0) -> Tensor:
-        return F.linear(z, self.module.weight * scale, self.module.bias)  # the scale goes on the weights, a far smaller tensor
+        return F.linear(
+            z, self.module.weight * scale, self.module.bias
+        )  # the scale goes on the weights, a far smaller tensor
 
     def abs_linear(self, z: Tensor, scale: float = 1.0) -> Tensor:
         return F.linear(z, self.module.weight.abs() * scale)
@@ -279,7 +304,11 @@ class AvgPoolLayer(AffineLayer):
     @classmethod
     def check(cls, module: nn.Module) -> str | None:
         assert isinstance(module, nn.AvgPool2d)
-        if module.ceil_mode or (not module.count_include_pad and _pair(module.padding) != (0, 0)) or module.divisor_override:
+        if (
+            module.ceil_mode
+            or (not module.count_include_pad and _pair(module.padding) != (0, 0))
+            or module.divisor_override
+        ):
             return "AvgPool2d is supported with the default count_include_pad, ceil_mode and divisor"
         return None
 
@@ -447,7 +476,9 @@ class ReLULayer(Layer):
     def interval(self, lo: Tensor, hi: Tensor) -> Interval:
         return lo.clamp_min(0), hi.clamp_min(0)
 
-    def relax(self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False) -> tuple[Tensor, Tensor, Relaxation | None]:
+    def relax(
+        self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False
+    ) -> tuple[Tensor, Tensor, Relaxation | None]:
         slope, intercept, unstable, _ = _relax_relu(a, lo.unsqueeze(1), hi.unsqueeze(1), upper)
         relaxation = Relaxation(index, slope, intercept, unstable) if record else None
         return a * slope, (a * intercept).flatten(2).sum(-1), relaxation
@@ -467,7 +498,9 @@ class MinMaxLayer(Layer):
     modules = (MinMax,)
     elementwise = True
 
-    def relax(self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False) -> tuple[Tensor, Tensor, Relaxation | None]:
+    def relax(
+        self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False
+    ) -> tuple[Tensor, Tensor, Relaxation | None]:
         if record:
             raise UnsupportedLayer(f"layer {self.label}: the tightness regularizers replay ReLU relaxations only")
         pairs = a.unflatten(2, (a.shape[2] // 2, 2))  # (N, S, C/2, 2, ...): [..., 0, ...] min, [..., 1, ...] max
@@ -523,7 +556,8 @@ class MaxPoolLayer(Layer):
         return F.unfold(padded.reshape(b * c, 1, *padded.shape[2:]), (kh, kw), stride=(sh, sw)).view(b, c, kh * kw, -1)
 
     def lines(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(flat index of x_i* in each input channel, whether x_i* dominates its window, max_j u_j), each (B, C, windows)."""
+        """(flat index of x_i* in each input channel, whether x_i* dominates its window, max_j u_j), each (B, C, "
+        "windows)."""
         (_, kw), (sh, sw), (ph, pw) = self._geometry()
         lo_w, hi_w = self._windows(lo), self._windows(hi)
         star = lo_w.argmax(2, keepdim=True)
@@ -537,7 +571,9 @@ class MaxPoolLayer(Layer):
         col = (window % out_w) * sw + star.squeeze(2) % kw - pw
         return row * self.in_shape[2] + col, dominated, ceiling
 
-    def relax(self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False) -> tuple[Tensor, Tensor, Relaxation | None]:
+    def relax(
+        self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False
+    ) -> tuple[Tensor, Tensor, Relaxation | None]:
         if record:
             raise UnsupportedLayer(f"layer {self.label}: the tightness regularizers replay ReLU relaxations only")
         flat_index, dominated, ceiling = self.lines(lo, hi)
@@ -547,7 +583,9 @@ class MaxPoolLayer(Layer):
         exact_side = (a >= 0) if not upper else (a <= 0)  # the side where the line through x_i* applies
         on_star = exact_side | dominated
         const = torch.where(on_star, torch.zeros_like(a), a * ceiling).flatten(2).sum(-1)
-        a_in = torch.zeros((batch, a.shape[1], a.shape[2], math.prod(self.in_shape[1:])), device=a.device, dtype=a.dtype)
+        a_in = torch.zeros(
+            (batch, a.shape[1], a.shape[2], math.prod(self.in_shape[1:])), device=a.device, dtype=a.dtype
+        )
         a_in = a_in.scatter_add(3, flat_index.expand_as(a), torch.where(on_star, a, torch.zeros_like(a)))
         return a_in.view(batch, a.shape[1], *self.in_shape), const, None
 
@@ -563,11 +601,17 @@ def _walk(module: nn.Module, name: str) -> Iterator[tuple[str, nn.Module]]:
 def kind_of(module: nn.Module, name: str = "", needs: frozenset[str] = frozenset()) -> type[Layer]:
     """The module's layer kind; raises ``UnsupportedLayer`` naming the layer when there is none, its
     configuration is not reproduced, or it lacks an operation in ``needs``."""
-    label = f"layer '{name}' ({type(module).__name__})" if name else f"layer {type(module).__name__} (the whole network)"
+    label = (
+        f"layer '{name}' ({type(module).__name__})" if name else f"layer {type(module).__name__} (the whole network)"
+    )
     kind = _KINDS.get(type(module))
     if kind is None:
         known = ", ".join(sorted({t.__name__ for t in _KINDS}))
-        what = "has its own forward (e.g. residual connections), not a chain of layers" if next(module.children(), None) is not None else "is not supported"
+        what = (
+            "has its own forward (e.g. residual connections), not a chain of layers"
+            if next(module.children(), None) is not None
+            else "is not supported"
+        )
         raise UnsupportedLayer(f"{label} {what}; the deterministic certifiers walk nn.Sequential chains of: {known}")
     reason = kind.check(module)
     if reason:
@@ -603,7 +647,10 @@ def layers_of(model: nn.Module, input_shape: tuple[int, ...], needs: frozenset[s
         shape = out
     for i, layer in enumerate(layers):
         if layer.elementwise and (i == 0 or not isinstance(layers[i - 1], AffineLayer)):
-            raise UnsupportedLayer(f"every activation must follow an affine layer (its pre-activation bounds come from that layer); {layer.label} does not")
+            raise UnsupportedLayer(
+                f"every activation must follow an affine layer (its pre-activation bounds come from that layer); "
+                f"{layer.label} does not"
+            )
     if not layers or not isinstance(layers[-1], LinearLayer):
         raise UnsupportedLayer("the network must end with a Linear layer (the logits)")
     return layers
@@ -614,4 +661,3 @@ def forward(layers: list[Layer], z: Tensor, until: int | None = None) -> Tensor:
     for layer in layers[: None if until is None else until + 1]:
         z = layer.forward(z)
     return z
-

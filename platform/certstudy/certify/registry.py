@@ -1,5 +1,6 @@
 """The certifier registry."""
 
+from certstudy.certify.base import Certifier
 from certstudy.registry import Registry
 
-CERTIFIERS: Registry = Registry("certifier")
+CERTIFIERS: Registry[type[Certifier]] = Registry("certifier")

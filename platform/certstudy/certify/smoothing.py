@@ -13,7 +13,8 @@ on *every* other class (Bonferroni: each of the K-1 classes at level (1 - split)
 capped at 1 - pA_lower. The two levels sum to alpha, so it is sound at level alpha; with the cap it
 is never below Cohen's radius computed at pA_lower's level, and it beats Cohen's radius at the full
 alpha when the non-top mass is spread over several classes. (Only the abstract of Feng et al. is
-verified; this is the sound reading in shared/reference/smoothing.md section 4, not their T-CERTIFY.)
+verified; this is a sound reading of its two-sided bound, Feng et al. 2020, "Regularized Training and
+Tight Certification for Randomized Smoothed Classifier with Provable Robustness", not their T-CERTIFY.)
 
 Sampling is batched on the model's device: several test points share a forward pass when ``n``
 is small next to the batch, noise comes from a seeded device generator, classes are counted with
@@ -82,7 +83,9 @@ def _cohen(k: np.ndarray, n: int, alpha: float, sigma: float) -> tuple[np.ndarra
     return np.where(ok, sigma * norm.ppf(np.clip(p, 0.5, 1.0)), 0.0), ok
 
 
-def _two_sided(counts: np.ndarray, top: np.ndarray, n: int, alpha: float, sigma: float, split: float) -> tuple[np.ndarray, np.ndarray]:
+def _two_sided(
+    counts: np.ndarray, top: np.ndarray, n: int, alpha: float, sigma: float, split: float
+) -> tuple[np.ndarray, np.ndarray]:
     m, k_classes = counts.shape
     rows = np.arange(m)
     p_a = _lower(counts[rows, top], n, alpha * split)
@@ -99,7 +102,16 @@ def _two_sided(counts: np.ndarray, top: np.ndarray, n: int, alpha: float, sigma:
 
 
 @torch.inference_mode()
-def sample_counts(model: nn.Module, x: Tensor, num: int, sigma: float, *, num_classes: int, batch_size: int, generator: torch.Generator) -> Tensor:
+def sample_counts(
+    model: nn.Module,
+    x: Tensor,
+    num: int,
+    sigma: float,
+    *,
+    num_classes: int,
+    batch_size: int,
+    generator: torch.Generator,
+) -> Tensor:
     """Class counts of f(x_i + e) over ``num`` Gaussian draws for every row x_i: a (len(x), K) int64 CPU tensor."""
     m = len(x)
     counts = torch.zeros(m, num_classes, dtype=torch.int64, device=x.device)
@@ -133,11 +145,39 @@ class SmoothingOutcome:
     two_sided_radius: Tensor
 
 
-def certify(model: nn.Module, x: Tensor, *, sigma: float, n0: int, n: int, alpha: float, num_classes: int, batch_size: int, seed: int, split: float = 0.5) -> SmoothingOutcome:
+def certify(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    num_classes: int,
+    batch_size: int,
+    seed: int,
+    split: float = 0.5,
+) -> SmoothingOutcome:
     """CERTIFY for every row of x: independent selection (n0) and estimation (n) samples."""
     with eval_mode(model):
-        selection = sample_counts(model, x, n0, sigma, num_classes=num_classes, batch_size=batch_size, generator=torch.Generator(device=x.device).manual_seed(seed))
-        estimation = sample_counts(model, x, n, sigma, num_classes=num_classes, batch_size=batch_size, generator=torch.Generator(device=x.device).manual_seed(seed + 1))
+        selection = sample_counts(
+            model,
+            x,
+            n0,
+            sigma,
+            num_classes=num_classes,
+            batch_size=batch_size,
+            generator=torch.Generator(device=x.device).manual_seed(seed),
+        )
+        estimation = sample_counts(
+            model,
+            x,
+            n,
+            sigma,
+            num_classes=num_classes,
+            batch_size=batch_size,
+            generator=torch.Generator(device=x.device).manual_seed(seed + 1),
+        )
     top = selection.argmax(dim=1).numpy()
     counts = estimation.numpy()
     k_top = counts[np.arange(len(top)), top]
@@ -154,10 +194,21 @@ def certify(model: nn.Module, x: Tensor, *, sigma: float, n0: int, n: int, alpha
     return SmoothingOutcome(top_t, estimation, pred(ok_cohen), rad(r_cohen, ok_cohen), pred(ok_two), rad(r_two, ok_two))
 
 
-def predict(model: nn.Module, x: Tensor, *, sigma: float, n: int, alpha: float, num_classes: int, batch_size: int, seed: int) -> Tensor:
-    """PREDICT for every row: the top class when a binomial test rejects a tie with the runner-up at alpha, else ABSTAIN."""
+def predict(
+    model: nn.Module, x: Tensor, *, sigma: float, n: int, alpha: float, num_classes: int, batch_size: int, seed: int
+) -> Tensor:
+    """PREDICT for every row: the top class when a binomial test rejects a tie with the runner-up at alpha, else "
+    "ABSTAIN."""
     with eval_mode(model):
-        counts = sample_counts(model, x, n, sigma, num_classes=num_classes, batch_size=batch_size, generator=torch.Generator(device=x.device).manual_seed(seed))
+        counts = sample_counts(
+            model,
+            x,
+            n,
+            sigma,
+            num_classes=num_classes,
+            batch_size=batch_size,
+            generator=torch.Generator(device=x.device).manual_seed(seed),
+        )
     return predict_from_counts(counts, alpha)
 
 
@@ -183,13 +234,14 @@ def auto_batch_size(device: torch.device) -> int:
     return 16384 if device.type == "cuda" else 1024
 
 
-
-class SmoothingParams(CertifierParams):
+class SmoothingCertifierParams(CertifierParams):
     sigma: float | None = Field(None, gt=0, le=10, description="noise level; None: the training method's sigma")
     n0: int = Field(100, ge=1, description="selection sample per point")
     n: int = Field(10000, ge=1, description="estimation sample per point")
     alpha: float = Field(0.001, gt=0, lt=1, description="failure probability of each certificate")
-    batch_size: int | None = Field(None, ge=1, description="noisy inputs per forward pass; None: auto_batch_size(device)")
+    batch_size: int | None = Field(
+        None, ge=1, description="noisy inputs per forward pass; None: auto_batch_size(device)"
+    )
     two_sided: bool = Field(True, description="also issue the two-sided certificate (smoothing_two_sided)")
     split: float = Field(0.5, gt=0, lt=1, description="share of alpha spent on pA_lower by the two-sided certificate")
     predict_n: int = Field(1000, ge=0, description="draws for PREDICT (smoothed accuracy, abstain rate); 0: skip")
@@ -197,16 +249,16 @@ class SmoothingParams(CertifierParams):
 
 @CERTIFIERS.register("smoothing")
 class SmoothingCertifier(Certifier):
-    Params = SmoothingParams
-    params: SmoothingParams
+    Params = SmoothingCertifierParams
+    params: SmoothingCertifierParams
 
     @classmethod
-    def certificates(cls, params: SmoothingParams) -> list[tuple[str, str]]:  # type: ignore[override]
+    def certificates(cls, params: SmoothingCertifierParams) -> list[tuple[str, str]]:  # type: ignore[override]
         return [("smoothing", "l2")] + ([("smoothing_two_sided", "l2")] if params.two_sided else [])
 
     @classmethod
     def check(cls, params: CertifierParams) -> None:
-        assert isinstance(params, SmoothingParams)
+        assert isinstance(params, SmoothingCertifierParams)
         if params.sigma is None:
             raise ValueError("params.sigma is required: the training method sets no noise level")
 
@@ -216,13 +268,26 @@ class SmoothingCertifier(Certifier):
         assert p.sigma is not None
         k = self.context.num_classes
         batch = p.batch_size or auto_batch_size(x.device)
-        out = certify(model, x, sigma=p.sigma, n0=p.n0, n=p.n, alpha=p.alpha, num_classes=k, batch_size=batch, seed=seed, split=p.split)
+        out = certify(
+            model,
+            x,
+            sigma=p.sigma,
+            n0=p.n0,
+            n=p.n,
+            alpha=p.alpha,
+            num_classes=k,
+            batch_size=batch,
+            seed=seed,
+            split=p.split,
+        )
         certs = [Certificate("smoothing", "l2", out.cohen_prediction, out.cohen_radius)]
         if p.two_sided:
             certs.append(Certificate("smoothing_two_sided", "l2", out.two_sided_prediction, out.two_sided_radius))
         extras: dict[str, float] = {}
         if p.predict_n > 0 and len(y):
-            pred = predict(model, x, sigma=p.sigma, n=p.predict_n, alpha=p.alpha, num_classes=k, batch_size=batch, seed=seed + 2)
+            pred = predict(
+                model, x, sigma=p.sigma, n=p.predict_n, alpha=p.alpha, num_classes=k, batch_size=batch, seed=seed + 2
+            )
             extras["smoothed_clean_acc"] = float((pred == y.cpu()).double().mean())
             extras["abstain_rate"] = float((pred == ABSTAIN).double().mean())
         return CertifyResult(certs, extras)

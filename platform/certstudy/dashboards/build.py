@@ -20,9 +20,8 @@ from certstudy.dashboards.data import StudyData, load_study_data
 from certstudy.dashboards.layout import Layout, load_layout
 from certstudy.dashboards.panels import PANELS
 from certstudy.study.export import study_spec
+from certstudy.study.records import DASHBOARD_ARTIFACT
 from certstudy.workdir import Workdir
-
-DASHBOARD_ARTIFACT = "dashboard.html"
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
@@ -51,13 +50,23 @@ def render(data: StudyData, layout: Layout) -> tuple[str, dict[str, int], list[s
             drawn[sid] = len(fig.data)
             title = html.escape(panel.title or (fig.layout.title.text or panel.type))
             fig.update_layout(title=None, margin={"t": 20})  # the section's heading carries it
-            div = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"{sid}-plot", config={"displaylogo": False, "responsive": True})
-            sections.append(f'<section class="panel" id="{sid}" data-panel="{panel.type}" data-traces="{len(fig.data)}"><h2>{title}</h2>{div}</section>')
+            div = pio.to_html(
+                fig,
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=f"{sid}-plot",
+                config={"displaylogo": False, "responsive": True},
+            )
+            sections.append(
+                f'<section class="panel" id="{sid}" data-panel="{panel.type}" '
+                f'data-traces="{len(fig.data)}"><h2>{title}</h2>{div}</section>'
+            )
     spec = data.spec
     counts: dict[str, int] = {}
     for t in data.trials:
         counts[t.state] = counts.get(t.state, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    objectives = html.escape(", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives))
     title = html.escape(layout.title.format(study=spec.name))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -66,7 +75,7 @@ def render(data: StudyData, layout: Layout) -> tuple[str, dict[str, int], list[s
 </head><body>
 <header><h1>{title}</h1>
 <p>{html.escape(spec.description)}</p>
-<p>{len(data.trials)} of {spec.search.num_trials} trials: {html.escape(summary)}; objectives: {html.escape(", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives))}</p>
+<p>{len(data.trials)} of {spec.search.num_trials} trials: {html.escape(summary)}; objectives: {objectives}</p>
 <p>MLflow parent run {html.escape(str(data.parent_run_id))}; built {time.strftime("%Y-%m-%d %H:%M:%S")}</p>
 <script type="application/json" id="certstudy-panels">{json.dumps({"panels": drawn, "left_out": left_out})}</script>
 </header>
@@ -76,7 +85,9 @@ def render(data: StudyData, layout: Layout) -> tuple[str, dict[str, int], list[s
     return page, drawn, left_out
 
 
-def build_dashboard(workdir: Workdir, study: str, *, layout: str | None = None, out: Path | None = None, log_to_mlflow: bool = True) -> Built:
+def build_dashboard(
+    workdir: Workdir, study: str, *, layout: str | None = None, out: Path | None = None, log_to_mlflow: bool = True
+) -> Built:
     spec = study_spec(workdir, study)
     chosen = load_layout(layout or spec.dashboard)
     data = load_study_data(workdir, spec)

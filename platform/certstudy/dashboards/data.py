@@ -13,11 +13,10 @@ from typing import Any
 
 import optuna
 
-from certstudy.study.results import summary_metrics
+from certstudy.study.records import METHOD_LABEL_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, STATUS_TAG, summary_metrics
 from certstudy.study.spec import StudySpec
 from certstudy.study.status import state_name
 from certstudy.study.stored import StoredStudy
-from certstudy.study.tracking import PRUNE_REASON_TAG, PRUNED_AT_TAG, STATUS_TAG
 from certstudy.workdir import Workdir
 
 SERIES = ("train/robust_acc", "val/robust_acc")
@@ -70,7 +69,12 @@ def load_study_data(workdir: Workdir, spec: StudySpec, series: tuple[str, ...] =
     for t in ot.get_trials(deepcopy=False):
         run = runs.get(t.number)
         tags = run.data.tags if run else {}
-        data = TrialData(t.number, tags.get(STATUS_TAG) or state_name(t.state), tags.get("certstudy.method_label", str(t.params.get("method", spec.method_entries[0].key))), dict(t.params))
+        data = TrialData(
+            t.number,
+            tags.get(STATUS_TAG) or state_name(t.state),
+            tags.get(METHOD_LABEL_TAG, str(t.params.get("method", spec.method_entries[0].key))),
+            dict(t.params),
+        )
         if run is not None:
             data.run_id = run.info.run_id
             data.metrics = summary_metrics(run.data.metrics)

@@ -8,12 +8,13 @@ field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from certstudy.errors import SpecError
+from certstudy.study.spec import StudySpec, validate_spec
 
 LAYOUTS_DIR = Path(__file__).resolve().parents[3] / "dashboards"
 
@@ -43,7 +44,9 @@ class Pareto(Panel):
 
     type: Literal["pareto"]
     x: str = "test/clean_acc"
-    y: str | None = Field(None, description="default: the first certificate at its largest radius, else test/robust_acc")
+    y: str | None = Field(
+        None, description="default: the first certificate at its largest radius, else test/robust_acc"
+    )
 
 
 class LearningCurves(Panel):
@@ -85,7 +88,13 @@ class TopTable(Panel):
     metrics: list[str] = Field(default_factory=lambda: ["val/robust_acc", "test/clean_acc", "test/robust_acc"])
 
 
-AnyPanel = Annotated[Union[CertifiedCurves, CertificationGap, Pareto, LearningCurves, ParamEffects, Heatmap, Importances, TopTable], Field(discriminator="type")]
+AnyPanel = Annotated[
+    CertifiedCurves | CertificationGap | Pareto | LearningCurves | ParamEffects | Heatmap | Importances | TopTable,
+    Field(discriminator="type"),
+]
+
+
+PANEL_TYPES = frozenset(get_args(cls.model_fields["type"].annotation)[0] for cls in get_args(get_args(AnyPanel)[0]))
 
 
 class Layout(BaseModel):
@@ -104,11 +113,31 @@ def load_layout(name_or_path: str) -> Layout:
         path = LAYOUTS_DIR / f"{name_or_path}.yaml"
     source = str(path)
     if not path.exists():
-        raise SpecError(source, "dashboard", name_or_path, f"no such layout; known: {', '.join(layout_names()) or 'none'} (or give a path)")
+        raise SpecError(
+            source,
+            "dashboard",
+            name_or_path,
+            f"no such layout; known: {', '.join(layout_names()) or 'none'} (or give a path)",
+        )
     data = yaml.safe_load(path.read_text())
     try:
         return Layout.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in {"certified_curves", "pareto", "learning_curves", "param_effects", "heatmap", "importances", "top_table"}))
+        where = ".".join(str(p) for p in err["loc"] if p not in PANEL_TYPES)
         raise SpecError(source, where or "layout", err.get("input"), err["msg"]) from None
+
+
+def check_study_layout(spec: StudySpec, source: str) -> None:
+    """The layout a study file names exists and is valid (raises ``SpecError`` on its ``dashboard`` field)."""
+    try:
+        load_layout(spec.dashboard)
+    except SpecError as exc:
+        raise SpecError(source, "dashboard", spec.dashboard, f"{exc}") from None
+
+
+def validate_study(data: Any, source: str) -> StudySpec:
+    """A study document validated as the CLI validates it: the study itself, then its dashboard layout."""
+    spec = validate_spec(data, source)
+    check_study_layout(spec, source)
+    return spec

@@ -4,15 +4,25 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import optuna
 import plotly.graph_objects as go
 
-from certstudy.certify.metrics import autoattack_acc_name, cert_gap_name, certified_acc_name, radius_label
 from certstudy.dashboards.data import StudyData, TrialData
-from certstudy.dashboards.layout import CertificationGap, CertifiedCurves, Heatmap, Importances, LearningCurves, Panel, ParamEffects, Pareto, TopTable
+from certstudy.dashboards.layout import (
+    CertificationGap,
+    CertifiedCurves,
+    Heatmap,
+    Importances,
+    LearningCurves,
+    Panel,
+    ParamEffects,
+    Pareto,
+    TopTable,
+)
+from certstudy.metric_names import autoattack_acc_name, cert_gap_name, certified_acc_name, robust_acc_name
 from certstudy.study.spec import certificates_of
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -36,7 +46,14 @@ def _color(i: int) -> str:
 
 def _figure(title: str, x: str, y: str) -> go.Figure:
     fig = go.Figure()
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white", height=420, margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    fig.update_layout(
+        title=title,
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        height=420,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
     return fig
 
 
@@ -51,11 +68,21 @@ def certified_curves(panel: CertifiedCurves, data: StudyData) -> list[go.Figure]
         fig = _figure(f"certified accuracy against {norm} radius: {cert}", f"{norm} radius", "test certified accuracy")
         methods = sorted({t.method for t in data.finished})
         for m_i, method in enumerate(methods):
-            for rank, t in enumerate(_ranked([t for t in data.finished if t.method == method], metric, mode)[: panel.top]):
+            for rank, t in enumerate(
+                _ranked([t for t in data.finished if t.method == method], metric, mode)[: panel.top]
+            ):
                 ys = [t.value(certified_acc_name("test", cert, norm, r)) for r in grid]
                 if all(math.isnan(v) for v in ys):
                     continue
-                fig.add_trace(go.Scatter(x=grid, y=ys, mode="lines+markers", name=f"{method} #{rank + 1} (trial {t.number})", line={"color": _color(m_i), "dash": ["solid", "dash", "dot"][rank % 3]}))
+                fig.add_trace(
+                    go.Scatter(
+                        x=grid,
+                        y=ys,
+                        mode="lines+markers",
+                        name=f"{method} #{rank + 1} (trial {t.number})",
+                        line={"color": _color(m_i), "dash": ["solid", "dash", "dot"][rank % 3]},
+                    )
+                )
         if fig.data:
             figures.append(fig)
     return figures or None
@@ -73,14 +100,22 @@ def certification_gap(panel: CertificationGap, data: StudyData) -> list[go.Figur
     ev = data.spec.evaluation
     norm = ev.attack.norm
     grid = sorted(r for r in ev.radii.get(norm, []) if r > 0)
-    source, empirical = ("autoattack", lambda r: autoattack_acc_name(norm, r)) if ev.autoattack else ("pgd", lambda r: f"test/robust_acc_{norm}_{radius_label(r)}")
+    source, empirical = (
+        ("autoattack", lambda r: autoattack_acc_name(norm, r))
+        if ev.autoattack
+        else ("pgd", lambda r: robust_acc_name(norm, r))
+    )
     metric, mode = _objective(data)
     top = _ranked(data.finished, metric, mode)[: panel.top]
     figures = []
     for cert, cert_norm in certificates_of(data.spec):
         if cert_norm != norm:
             continue
-        fig = _figure(f"certification gap: {cert} vs {'AutoAttack' if source == 'autoattack' else 'PGD'} ({norm})", f"{norm} radius", "test accuracy")
+        fig = _figure(
+            f"certification gap: {cert} vs {'AutoAttack' if source == 'autoattack' else 'PGD'} ({norm})",
+            f"{norm} radius",
+            "test accuracy",
+        )
         for i, t in enumerate(top):
             certified = [t.value(certified_acc_name("test", cert, norm, r)) for r in grid]
             attacked = [t.value(empirical(r)) for r in grid]
@@ -90,12 +125,41 @@ def certification_gap(panel: CertificationGap, data: StudyData) -> list[go.Figur
             alarm = " ALARM: negative gap" if any(g < 0 for g in gaps if math.isfinite(g)) else ""
             name = f"{t.method} trial {t.number}"
             color = _color(i)
-            fig.add_trace(go.Scatter(x=grid, y=attacked, mode="lines+markers", name=f"{name}: {source}", line={"color": color, "dash": "dash"}, legendgroup=name))
-            fig.add_trace(go.Scatter(x=grid, y=certified, mode="lines+markers", name=f"{name}: certified{alarm}", line={"color": color}, fill="tonexty", fillcolor=_fill(color), legendgroup=name))
+            fig.add_trace(
+                go.Scatter(
+                    x=grid,
+                    y=attacked,
+                    mode="lines+markers",
+                    name=f"{name}: {source}",
+                    line={"color": color, "dash": "dash"},
+                    legendgroup=name,
+                )
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=grid,
+                    y=certified,
+                    mode="lines+markers",
+                    name=f"{name}: certified{alarm}",
+                    line={"color": color},
+                    fill="tonexty",
+                    fillcolor=_fill(color),
+                    legendgroup=name,
+                )
+            )
             if source == "autoattack":
-                pgd = [t.value(f"test/robust_acc_{norm}_{radius_label(r)}") for r in grid]
+                pgd = [t.value(robust_acc_name(norm, r)) for r in grid]
                 if not all(math.isnan(v) for v in pgd):
-                    fig.add_trace(go.Scatter(x=grid, y=pgd, mode="lines", name=f"{name}: PGD", line={"color": color, "dash": "dot", "width": 1}, legendgroup=name))
+                    fig.add_trace(
+                        go.Scatter(
+                            x=grid,
+                            y=pgd,
+                            mode="lines",
+                            name=f"{name}: PGD",
+                            line={"color": color, "dash": "dot", "width": 1},
+                            legendgroup=name,
+                        )
+                    )
         if fig.data:
             figures.append(fig)
     return figures or None
@@ -117,10 +181,36 @@ def pareto(panel: Pareto, data: StudyData) -> list[go.Figure] | None:
     fig = _figure(f"{panel.x} against {y}", panel.x, y)
     for m_i, method in enumerate(sorted({t.method for t in points})):
         mine = [t for t in points if t.method == method]
-        fig.add_trace(go.Scatter(x=[t.value(panel.x) for t in mine], y=[t.value(y) for t in mine], mode="markers", name=method, marker={"color": _color(m_i), "size": 9}, text=[f"trial {t.number} ({t.state})" for t in mine]))
-    front = [t for t in points if not any(o.value(panel.x) >= t.value(panel.x) and o.value(y) >= t.value(y) and (o.value(panel.x) > t.value(panel.x) or o.value(y) > t.value(y)) for o in points)]
+        fig.add_trace(
+            go.Scatter(
+                x=[t.value(panel.x) for t in mine],
+                y=[t.value(y) for t in mine],
+                mode="markers",
+                name=method,
+                marker={"color": _color(m_i), "size": 9},
+                text=[f"trial {t.number} ({t.state})" for t in mine],
+            )
+        )
+    front = [
+        t
+        for t in points
+        if not any(
+            o.value(panel.x) >= t.value(panel.x)
+            and o.value(y) >= t.value(y)
+            and (o.value(panel.x) > t.value(panel.x) or o.value(y) > t.value(y))
+            for o in points
+        )
+    ]
     front.sort(key=lambda t: t.value(panel.x))
-    fig.add_trace(go.Scatter(x=[t.value(panel.x) for t in front], y=[t.value(y) for t in front], mode="lines", name="Pareto front", line={"color": "black", "dash": "dash"}))
+    fig.add_trace(
+        go.Scatter(
+            x=[t.value(panel.x) for t in front],
+            y=[t.value(y) for t in front],
+            mode="lines",
+            name="Pareto front",
+            line={"color": "black", "dash": "dash"},
+        )
+    )
     return [fig]
 
 
@@ -133,7 +223,17 @@ def learning_curves(panel: LearningCurves, data: StudyData) -> list[go.Figure] |
         for j, metric in enumerate(panel.metrics):
             points = t.series.get(metric)
             if points:
-                fig.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines", name=f"trial {t.number} {metric}", legendgroup=f"t{t.number}", line={"color": _color(i), "dash": "dot" if j else "solid"}, opacity=0.8))
+                fig.add_trace(
+                    go.Scatter(
+                        x=[s for s, _ in points],
+                        y=[v for _, v in points],
+                        mode="lines",
+                        name=f"trial {t.number} {metric}",
+                        legendgroup=f"t{t.number}",
+                        line={"color": _color(i), "dash": "dot" if j else "solid"},
+                        opacity=0.8,
+                    )
+                )
     pruned = [t for t in trials if t.prune_reason is not None and t.pruned_at is not None]
     if pruned:
         metric = panel.metrics[-1]
@@ -143,7 +243,17 @@ def learning_curves(panel: LearningCurves, data: StudyData) -> list[go.Figure] |
             xs.append(t.pruned_at)
             ys.append(at.get(t.pruned_at, math.nan))
             texts.append(f"trial {t.number} pruned at epoch {t.pruned_at}: {t.prune_reason}")
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="pruned", marker={"symbol": "x", "size": 12, "color": "black"}, text=texts, hoverinfo="text"))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                name="pruned",
+                marker={"symbol": "x", "size": 12, "color": "black"},
+                text=texts,
+                hoverinfo="text",
+            )
+        )
     return [fig]
 
 
@@ -163,8 +273,24 @@ def param_effects(panel: ParamEffects, data: StudyData) -> list[go.Figure] | Non
         fig = _figure(f"{metric} against {name}", name, metric)
         for m_i, method in enumerate(sorted({t.method for t in mine})):
             group = [t for t in mine if t.method == method]
-            fig.add_trace(go.Scatter(x=_param_values(group, name), y=[t.value(metric) for t in group], mode="markers", name=method, marker={"color": _color(m_i), "size": 9, "symbol": ["circle" if t.state == "completed" else "x" for t in group]}, text=[f"trial {t.number} ({t.state})" for t in group]))
-        if all(isinstance(v, (int, float)) and v > 0 for v in _param_values(mine, name)) and max(_param_values(mine, name)) / min(_param_values(mine, name)) > 20:
+            fig.add_trace(
+                go.Scatter(
+                    x=_param_values(group, name),
+                    y=[t.value(metric) for t in group],
+                    mode="markers",
+                    name=method,
+                    marker={
+                        "color": _color(m_i),
+                        "size": 9,
+                        "symbol": ["circle" if t.state == "completed" else "x" for t in group],
+                    },
+                    text=[f"trial {t.number} ({t.state})" for t in group],
+                )
+            )
+        if (
+            all(isinstance(v, (int, float)) and v > 0 for v in _param_values(mine, name))
+            and max(_param_values(mine, name)) / min(_param_values(mine, name)) > 20
+        ):
             fig.update_xaxes(type="log")
         figures.append(fig)
     return figures or None
@@ -198,7 +324,17 @@ def heatmap(panel: Heatmap, data: StudyData) -> list[go.Figure] | None:
         counts[yi(t.params[y]), xi(t.params[x])] += 1
     mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     fig = _figure(f"mean {metric} over {x} x {y}", x, y)
-    fig.add_trace(go.Heatmap(x=xl, y=yl, z=mean.tolist(), colorscale="Viridis", colorbar={"title": metric}, text=counts.astype(int).tolist(), hovertemplate="%{x}, %{y}: %{z:.4f} (%{text} trials)<extra></extra>"))
+    fig.add_trace(
+        go.Heatmap(
+            x=xl,
+            y=yl,
+            z=mean.tolist(),
+            colorscale="Viridis",
+            colorbar={"title": metric},
+            text=counts.astype(int).tolist(),
+            hovertemplate="%{x}, %{y}: %{z:.4f} (%{text} trials)<extra></extra>",
+        )
+    )
     return [fig]
 
 
@@ -215,7 +351,11 @@ def importances(panel: Importances, data: StudyData) -> list[go.Figure] | None:
     if not scores:
         return None
     names = list(scores)[::-1]
-    fig = _figure(f"parameter importances for {data.spec.objectives[0].metric} (Optuna, completed trials)", "importance", "parameter")
+    fig = _figure(
+        f"parameter importances for {data.spec.objectives[0].metric} (Optuna, completed trials)",
+        "importance",
+        "parameter",
+    )
     fig.add_trace(go.Bar(x=[scores[n] for n in names], y=names, orientation="h", name="importance"))
     return [fig]
 
@@ -227,9 +367,23 @@ def top_table(panel: TopTable, data: StudyData) -> list[go.Figure] | None:
         return None
     columns = [metric] + [m for m in panel.metrics if m != metric]
     header = ["rank", "trial", "method", "state"] + columns + ["export"]
-    rows = [[i + 1, t.number, t.method, t.state + (f" at {t.pruned_at} ({t.prune_reason})" if t.prune_reason else "")] + [f"{t.value(c):.4f}" for c in columns] + [f"certstudy export {data.spec.name} --trial {t.number}"] for i, t in enumerate(ranked)]
-    fig = go.Figure(go.Table(header={"values": header, "align": "left"}, cells={"values": [list(col) for col in zip(*rows)], "align": "left"}))
-    fig.update_layout(title=f"top {len(ranked)} trials by {metric} ({mode})", height=140 + 40 * len(rows), margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    rows = [
+        [i + 1, t.number, t.method, t.state + (f" at {t.pruned_at} ({t.prune_reason})" if t.prune_reason else "")]
+        + [f"{t.value(c):.4f}" for c in columns]
+        + [f"certstudy export {data.spec.name} --trial {t.number}"]
+        for i, t in enumerate(ranked)
+    ]
+    fig = go.Figure(
+        go.Table(
+            header={"values": header, "align": "left"},
+            cells={"values": [list(col) for col in zip(*rows)], "align": "left"},
+        )
+    )
+    fig.update_layout(
+        title=f"top {len(ranked)} trials by {metric} ({mode})",
+        height=140 + 40 * len(rows),
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
     return [fig]
 
 

@@ -21,7 +21,12 @@ class Augment(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    crop: int = Field(0, ge=0, le=64, description="random crop after zero-padding this many pixels on each side (0: off; CIFAR recipe: 4)")
+    crop: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="random crop after zero-padding this many pixels on each side (0: off; CIFAR recipe: 4)",
+    )
     flip: bool = Field(False, description="random horizontal flip with probability 1/2 (not for digits)")
 
     @property

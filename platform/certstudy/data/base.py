@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 
-class DatasetOptions(BaseModel):
+class DatasetParams(BaseModel):
     """Base for a dataset's typed options (a study file's ``dataset.options``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -49,8 +49,11 @@ class Splits:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
-    def to(self, device: torch.device | str) -> "Splits":
-        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")})
+    def to(self, device: torch.device | str) -> Splits:
+        return dataclasses.replace(
+            self,
+            **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")},
+        )
 
 
 class Dataset(Protocol):
@@ -58,18 +61,18 @@ class Dataset(Protocol):
     per-channel normalisation its papers use (None: the train split's own), and a loader that is
     deterministic in ``seed``."""
 
-    Options: type[DatasetOptions]
+    Params: type[DatasetParams]
     flip_keeps_labels: bool
     """Whether a horizontal flip keeps every label (``dataset.augment.flip`` is refused otherwise)."""
 
     @staticmethod
-    def shape(options: DatasetOptions) -> tuple[tuple[int, ...], int]: ...
+    def shape(options: DatasetParams) -> tuple[tuple[int, ...], int]: ...
 
     @staticmethod
-    def normalization(options: DatasetOptions) -> tuple[tuple[float, ...], tuple[float, ...]] | None: ...
+    def normalization(options: DatasetParams) -> tuple[tuple[float, ...], tuple[float, ...]] | None: ...
 
     @staticmethod
-    def load(options: DatasetOptions, seed: int, data_dir: str) -> Splits: ...
+    def load(options: DatasetParams, seed: int, data_dir: str) -> Splits: ...
 
 
 def channel_stats(splits: Splits, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

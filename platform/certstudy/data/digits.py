@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from certstudy.data.base import DatasetOptions, Splits, split_indices
+from certstudy.data.base import DatasetParams, Splits, split_indices
 from certstudy.data.registry import DATASETS
 
 
-class DigitsOptions(DatasetOptions):
+class DigitsParams(DatasetParams):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
@@ -27,19 +27,19 @@ class DigitsOptions(DatasetOptions):
 class Digits:
     """1,797 grey-scale 8x8 digits, 10 classes, pixels 0..16 stored as uint8 and scaled to [0, 1] per batch."""
 
-    Options = DigitsOptions
+    Params = DigitsParams
     flip_keeps_labels = False  # a mirrored digit is another symbol, or none
 
     @staticmethod
-    def shape(options: DigitsOptions) -> tuple[tuple[int, ...], int]:
+    def shape(options: DigitsParams) -> tuple[tuple[int, ...], int]:
         return (1, 8, 8), 10
 
     @staticmethod
-    def normalization(options: DigitsOptions) -> None:
+    def normalization(options: DigitsParams) -> None:
         return None  # no published constants: the train split's own statistics
 
     @staticmethod
-    def load(options: DigitsOptions, seed: int, data_dir: str) -> Splits:
+    def load(options: DigitsParams, seed: int, data_dir: str) -> Splits:
         pixels, labels = _read_digits()
         x = torch.tensor(pixels, dtype=torch.uint8).view(-1, 1, 8, 8)  # 0..16
         y = torch.tensor(labels, dtype=torch.long)

@@ -26,7 +26,7 @@ class Poisoning(BaseModel):
     target: int | None = Field(None, ge=0, description="targeted only: the label every flip goes to")
 
     @model_validator(mode="after")
-    def _targeted_fields(self) -> "Poisoning":
+    def _targeted_fields(self) -> Poisoning:
         if self.kind == "uniform" and (self.source is not None or self.target is not None):
             raise ValueError("source/target apply only to kind 'targeted'")
         if self.source is not None and self.source == self.target:
@@ -51,7 +51,9 @@ def poison(splits: Splits, spec: Poisoning, seed: int) -> Splits:
     elif spec.target is not None:
         candidates = candidates[y != spec.target]
     if n_flip > len(candidates):
-        raise TrialFailed(f"poisoning: rate {spec.rate} needs {n_flip} flips but only {len(candidates)} train samples are eligible")
+        raise TrialFailed(
+            f"poisoning: rate {spec.rate} needs {n_flip} flips but only {len(candidates)} train samples are eligible"
+        )
     chosen = candidates[torch.randperm(len(candidates), generator=gen)[:n_flip]].sort().values
     if spec.kind == "uniform":
         shift = torch.randint(1, k, (n_flip,), generator=gen)  # never maps a label to itself

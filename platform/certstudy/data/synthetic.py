@@ -12,11 +12,11 @@ import math
 import torch
 from pydantic import Field
 
-from certstudy.data.base import DatasetOptions, Splits
+from certstudy.data.base import DatasetParams, Splits
 from certstudy.data.registry import DATASETS
 
 
-class SyntheticMixtureOptions(DatasetOptions):
+class SyntheticMixtureParams(DatasetParams):
     d: int = Field(1000, ge=1)
     mu_norm: float = Field(math.sqrt(20.0), gt=0)
     beta: float = Field(0.1, ge=0, lt=0.5)
@@ -25,7 +25,9 @@ class SyntheticMixtureOptions(DatasetOptions):
     n_test: int = Field(2000, ge=1)
 
 
-def sample_mixture(n: int, d: int, mu_norm: float, beta: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_mixture(
+    n: int, d: int, mu_norm: float, beta: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (x, noisy labels in {0,1}, clean labels in {0,1})."""
     clean = torch.randint(0, 2, (n,), generator=gen)
     sign = clean.float() * 2 - 1
@@ -38,20 +40,23 @@ def sample_mixture(n: int, d: int, mu_norm: float, beta: float, gen: torch.Gener
 
 @DATASETS.register("synthetic_mixture")
 class SyntheticMixture:
-    Options = SyntheticMixtureOptions
+    Params = SyntheticMixtureParams
     flip_keeps_labels = False
 
     @staticmethod
-    def shape(options: SyntheticMixtureOptions) -> tuple[tuple[int, ...], int]:
+    def shape(options: SyntheticMixtureParams) -> tuple[tuple[int, ...], int]:
         return (options.d,), 2
 
     @staticmethod
-    def normalization(options: SyntheticMixtureOptions) -> None:
+    def normalization(options: SyntheticMixtureParams) -> None:
         return None
 
     @staticmethod
-    def load(options: SyntheticMixtureOptions, seed: int, data_dir: str) -> Splits:
+    def load(options: SyntheticMixtureParams, seed: int, data_dir: str) -> Splits:
         gen = torch.Generator().manual_seed(seed)
-        parts = [sample_mixture(n, options.d, options.mu_norm, options.beta, gen) for n in (options.n_train, options.n_val, options.n_test)]
+        parts = [
+            sample_mixture(n, options.d, options.mu_norm, options.beta, gen)
+            for n in (options.n_train, options.n_val, options.n_test)
+        ]
         (xtr, ytr, _), (xva, yva, _), (xte, yte, _) = parts
         return Splits(xtr, ytr, xva, yva, xte, yte, num_classes=2, bounds=None)

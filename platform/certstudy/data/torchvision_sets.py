@@ -17,20 +17,22 @@ import ctypes
 import gzip
 import math
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from certstudy.data.base import DatasetOptions, Splits
+from certstudy.data.base import DatasetParams, Splits
 from certstudy.data.registry import DATASETS
 from certstudy.errors import TrialFailed
 
 
-class VisionOptions(DatasetOptions):
-    root: str | None = Field(None, min_length=1, description="data root (read only); default $CERTSTUDY_DATA, else <workdir>/data")
+class VisionParams(DatasetParams):
+    root: str | None = Field(
+        None, min_length=1, description="data root (read only); default $CERTSTUDY_DATA, else <workdir>/data"
+    )
     val_size: int = Field(5000, ge=1, description="images held out of the official train split")
     train_subset: int | None = Field(None, ge=1, description="keep only the first N remaining train images")
     test_subset: int | None = Field(None, ge=1, description="keep only the first N test images")
@@ -45,7 +47,9 @@ def _download(name: str, cls_name: str, root: Path) -> None:
             getattr(tvd, cls_name)(root=str(root), train=train, download=True)
     except Exception as exc:  # URLError, HTTPError, socket timeouts, corrupt partial files
         reason = " ".join(str(exc).split())[:120]
-        raise TrialFailed(f"dataset {name}: files not in {root} and download failed ({reason}); place the standard files there") from None
+        raise TrialFailed(
+            f"dataset {name}: files not in {root} and download failed ({reason}); place the standard files there"
+        ) from None
 
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -61,7 +65,7 @@ def _idx_path(raw: Path, name: str) -> Path | None:
 
 def read_idx(path: Path) -> np.ndarray:
     """An unsigned-byte IDX array (LeCun's MNIST format), gzipped or not."""
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as fh:
         data = fh.read()
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise TrialFailed(f"{path}: not an unsigned-byte IDX file")
@@ -77,7 +81,10 @@ def _idx_reader(folder: str) -> Callable[[Path, bool], tuple[torch.Tensor, torch
     def read(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         raw = root / folder / "raw"
         prefix = "train" if train else "t10k"
-        images, labels = (read_idx(_idx_path(raw, f"{prefix}-{kind}") or raw / f"{prefix}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+        images, labels = (
+            read_idx(_idx_path(raw, f"{prefix}-{kind}") or raw / f"{prefix}-{kind}")
+            for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+        )
         return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
     return read
@@ -143,57 +150,93 @@ def _present_cifar(root: Path) -> bool:
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-def data_root(options: VisionOptions, data_dir: str) -> tuple[Path, bool]:
+def data_root(options: VisionParams, data_dir: str) -> tuple[Path, bool]:
     """(the root to read, whether downloading into it is allowed): the study's own root is read only."""
     if options.root is not None:
         return Path(options.root).expanduser(), False
     return Path(data_dir), True  # Workdir.data_dir: $CERTSTUDY_DATA, else <workdir>/data
 
 
-def _make(name: str, cls_name: str, shape: tuple[int, int, int], normalization: Stats, mirror_invariant: bool, present: Callable[[Path], bool], read: Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]]) -> type:
+def _make(
+    name: str,
+    cls_name: str,
+    shape: tuple[int, int, int],
+    normalization: Stats,
+    mirror_invariant: bool,
+    present: Callable[[Path], bool],
+    read: Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]],
+) -> type:
     class VisionDataset:
-        Options = VisionOptions
+        Params = VisionParams
         flip_keeps_labels = mirror_invariant
 
         @staticmethod
-        def shape(options: VisionOptions) -> tuple[tuple[int, ...], int]:
+        def shape(options: VisionParams) -> tuple[tuple[int, ...], int]:
             return shape, 10
 
         @staticmethod
-        def normalization(options: VisionOptions) -> Stats:
+        def normalization(options: VisionParams) -> Stats:
             return normalization
 
         @staticmethod
-        def load(options: VisionOptions, seed: int, data_dir: str) -> Splits:
+        def load(options: VisionParams, seed: int, data_dir: str) -> Splits:
             root, may_download = data_root(options, data_dir)
             if not present(root):
                 if not may_download:
-                    raise TrialFailed(f"dataset {name}: files not in dataset.options.root {root} (a root named in the study is read, never downloaded into)")
+                    raise TrialFailed(
+                        f"dataset {name}: files not in dataset.options.root {root} (a root named in the study is "
+                        f"read, never downloaded into)"
+                    )
                 if not options.download:
                     raise TrialFailed(f"dataset {name}: files not in {root} and download is off")
                 _download(name, cls_name, root)
             x_full, y_full = read(root, True)
             x_test, y_test = read(root, False)
             if options.val_size >= len(y_full):
-                raise TrialFailed(f"dataset {name}: val_size {options.val_size} leaves no training images ({len(y_full)} in the train files)")
+                raise TrialFailed(
+                    f"dataset {name}: val_size {options.val_size} leaves no training images ({len(y_full)} in the "
+                    f"train files)"
+                )
             perm = torch.randperm(len(y_full), generator=torch.Generator().manual_seed(seed))
             val, train = perm[: options.val_size].sort().values, perm[options.val_size :].sort().values
             if options.train_subset is not None:
                 train = train[: options.train_subset]
             if options.test_subset is not None:
                 x_test, y_test = x_test[: options.test_subset], y_test[: options.test_subset]
-            splits = Splits(x_full[train], y_full[train], x_full[val], y_full[val], x_test, y_test, num_classes=10, divisor=255.0)
+            splits = Splits(
+                x_full[train], y_full[train], x_full[val], y_full[val], x_test, y_test, num_classes=10, divisor=255.0
+            )
             del x_full, y_full
             release_freed_memory()
             return splits
 
     VisionDataset.__name__ = VisionDataset.__qualname__ = cls_name
-    VisionDataset.__doc__ = f"{cls_name} from the data root (downloaded by torchvision when online); normalisation {normalization}."
+    VisionDataset.__doc__ = (
+        f"{cls_name} from the data root (downloaded by torchvision when online); normalisation {normalization}."
+    )
     return DATASETS.register(name)(VisionDataset)
 
 
 # Per-channel mean/std of the training sets, as the papers' code uses them (``model.params.normalize``).
 # A horizontal flip keeps the label of a garment or a CIFAR object, not of a digit.
-MNIST = _make("mnist", "MNIST", (1, 28, 28), ((0.1307,), (0.3081,)), False, _present_mnist("MNIST"), _idx_reader("MNIST"))
-FashionMNIST = _make("fashion_mnist", "FashionMNIST", (1, 28, 28), ((0.2860,), (0.3530,)), True, _present_mnist("FashionMNIST"), _idx_reader("FashionMNIST"))
-CIFAR10 = _make("cifar10", "CIFAR10", (3, 32, 32), ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)), True, _present_cifar, _read_cifar10)
+MNIST = _make(
+    "mnist", "MNIST", (1, 28, 28), ((0.1307,), (0.3081,)), False, _present_mnist("MNIST"), _idx_reader("MNIST")
+)
+FashionMNIST = _make(
+    "fashion_mnist",
+    "FashionMNIST",
+    (1, 28, 28),
+    ((0.2860,), (0.3530,)),
+    True,
+    _present_mnist("FashionMNIST"),
+    _idx_reader("FashionMNIST"),
+)
+CIFAR10 = _make(
+    "cifar10",
+    "CIFAR10",
+    (3, 32, 32),
+    ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    True,
+    _present_cifar,
+    _read_cifar10,
+)

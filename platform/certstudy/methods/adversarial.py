@@ -29,9 +29,27 @@ class PGDParams(MethodParams):
     random_start: bool = True
 
 
-def pgd_points(params: PGDParams, model: nn.Module, x: Tensor, y: Tensor, bounds: tuple[float, float] | None, generator: torch.Generator | None = None) -> Tensor:
+def pgd_points(
+    params: PGDParams,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    bounds: tuple[float, float] | None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """PGD points of (x, y) under the method's training attack (x itself when eps = 0)."""
-    return pgd(model, x, y, eps=params.eps, norm=params.norm, steps=params.steps, step_size=params.step_size, random_init=params.random_start, bounds=bounds, generator=generator)
+    return pgd(
+        model,
+        x,
+        y,
+        eps=params.eps,
+        norm=params.norm,
+        steps=params.steps,
+        step_size=params.step_size,
+        random_start=params.random_start,
+        bounds=bounds,
+        generator=generator,
+    )
 
 
 class AdversarialParams(PGDParams):

@@ -7,7 +7,8 @@ lb = beta·lb_CROWN-IBP + (1 - beta)·lb_IBP, loss = kappa·CE(clean) + (1 - kap
 remaining epochs while beta and kappa move from their start to their end values (per epoch).
 
 Tightness regularizers, **our reconstruction of Zhu et al. from the paper's abstract and a
-reviewer's summary only (UNVERIFIED against its §4; shared/reference/lipschitz_and_relaxation.md)**:
+reviewer's summary only (UNVERIFIED against its §4: Zhu et al., "Improving the Tightness of Convex
+Relaxation Bounds for Training Certifiably Robust Classifiers", arXiv:2002.09766)**:
 - ``gap_weight`` (r1): mean over margins of d = c·f(x*) - lb_CROWN-IBP >= 0, x* the point where
   the linear bound is attained. d = 0 when the relaxed optimum is feasible for the real network.
 - ``feasibility_weight`` (r2): at the relaxed optimum, the summed distance between each unstable
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from certstudy.certify.bounds import Ball, crown_ibp, ibp, margin_spec, relaxed_forward
 from certstudy.certify.network import INTERVAL, RELAXATION, Layer, forward, layers_of
-from certstudy.methods.base import Method, MethodParams
+from certstudy.methods.base import Method, MethodContext, MethodParams
 from certstudy.methods.registry import METHODS
 
 
@@ -47,7 +48,9 @@ class CrownIbpParams(MethodParams):
     kappa_start: float = Field(1.0, ge=0, le=1, description="weight of the clean loss at the ramp's start")
     kappa_end: float = Field(0.5, ge=0, le=1, description="... and at its end")
     gap_weight: float = Field(0.0, ge=0, description="Zhu et al. r1: weight of the relaxation gap (unverified reading)")
-    feasibility_weight: float = Field(0.0, ge=0, description="Zhu et al. r2: weight of the unstable-ReLU infeasibility (unverified reading)")
+    feasibility_weight: float = Field(
+        0.0, ge=0, description="Zhu et al. r2: weight of the unstable-ReLU infeasibility (unverified reading)"
+    )
 
 
 @METHODS.register("crown_ibp")
@@ -56,7 +59,7 @@ class CrownIbpTraining(Method):
     params: CrownIbpParams
     needs = frozenset({INTERVAL, RELAXATION})
 
-    def __init__(self, params: MethodParams, context: Any) -> None:
+    def __init__(self, params: MethodParams, context: MethodContext) -> None:
         super().__init__(params, context)
         self.progress = 0.0
         self._layers: list[Layer] | None = None
@@ -108,7 +111,9 @@ class CrownIbpTraining(Method):
         if regularised:
             _, infeasibility = relaxed_forward(layers, bound)
             n, s = spec.shape[:2]
-            real = forward(layers, bound.x_star.reshape(n * s, *x.shape[1:])).view(n, s, -1)  # the network the bounds describe
+            real = forward(layers, bound.x_star.reshape(n * s, *x.shape[1:])).view(
+                n, s, -1
+            )  # the network the bounds describe
             gap = (spec * real).sum(-1) - bound.lower
             per_margin = s - 1  # the label's own row is zero
             gap_mean = gap.sum(1).mean() / per_margin
@@ -119,6 +124,10 @@ class CrownIbpTraining(Method):
 
     def epoch_metrics(self) -> dict[str, float]:
         p = self.params
-        out = {"train/crown_ibp_eps": self.eps, "train/crown_ibp_beta": self._mix(p.beta_start, p.beta_end), "train/crown_ibp_kappa": self._mix(p.kappa_start, p.kappa_end)}
+        out = {
+            "train/crown_ibp_eps": self.eps,
+            "train/crown_ibp_beta": self._mix(p.beta_start, p.beta_end),
+            "train/crown_ibp_kappa": self._mix(p.kappa_start, p.kappa_end),
+        }
         out.update({f"train/crown_ibp_{k}": float(v) for k, v in self._stats.items()})
         return out

@@ -9,7 +9,7 @@ at every epoch start (relative change < 1e-2, at most 100 rounds). Certification
 the ``lipschitz`` certifier computes exact norms of the final weights; ``final_metrics`` reports
 the converged-and-frozen power estimate next to the exact product as a convergence check.
 
-Written here because the reference GloRo is TensorFlow-only (shared/reference). Losses:
+Written here because the reference GloRo (github.com/klasleino/gloro) is TensorFlow-only. Losses:
 ``crossentropy`` over the m+1 logits, or ``trades``: CE(y, label) + lambda·KL(softmax(y) || softmax([y, y_⊥])[:m]),
 which equals lambda·softplus(y_⊥ - logsumexp(y)). The training eps follows a schedule from
 ``eps_start_fraction``·train_eps to train_eps over the first ``ramp_fraction`` of the epochs
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from certstudy.certify.lipschitz import PowerIterates, bottom_logit, last_layer_weight, margin_constants, sub_lipschitz
 from certstudy.certify.network import LIPSCHITZ, Layer, layers_of
 from certstudy.data.base import Splits
-from certstudy.methods.base import Method, MethodParams
+from certstudy.methods.base import Method, MethodContext, MethodParams
 from certstudy.methods.registry import METHODS
 
 
@@ -38,7 +38,9 @@ class GloroParams(MethodParams):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     eps: float = Field(0.3, gt=0, le=10, description="evaluation l2 radius")
-    train_eps_factor: float = Field(1.0, ge=0.5, le=4, description="training radius at the end of the ramp, as a multiple of eps")
+    train_eps_factor: float = Field(
+        1.0, ge=0.5, le=4, description="training radius at the end of the ramp, as a multiple of eps"
+    )
     loss: Literal["crossentropy", "trades"] = "crossentropy"
     lambda_: float = Field(1.5, alias="lambda", ge=0, description="trades: weight of the KL term")
     schedule: Literal["constant", "linear", "log"] = "log"
@@ -70,7 +72,7 @@ class GloroTraining(Method):
     params: GloroParams
     needs = frozenset({LIPSCHITZ})
 
-    def __init__(self, params: MethodParams, context: Any) -> None:
+    def __init__(self, params: MethodParams, context: MethodContext) -> None:
         super().__init__(params, context)
         self.eps = scheduled_eps(self.params, 0, context.epochs)
         self._layers: list[Layer] | None = None
@@ -114,7 +116,9 @@ class GloroTraining(Method):
         self._k_sub = k_sub.detach()
         if self.params.loss == "crossentropy":
             return F.cross_entropy(torch.cat([logits, y_bot[:, None]], dim=1), y)
-        return F.cross_entropy(logits, y) + self.params.lambda_ * F.softplus(y_bot - torch.logsumexp(logits, dim=1)).mean()
+        return (
+            F.cross_entropy(logits, y) + self.params.lambda_ * F.softplus(y_bot - torch.logsumexp(logits, dim=1)).mean()
+        )
 
     def epoch_metrics(self) -> dict[str, float]:
         out = {"train/gloro_eps": self.eps}
@@ -127,7 +131,11 @@ class GloroTraining(Method):
         layers, iterates = self.iterates(model)
         frozen = iterates.converge(1e-4, 200)
         exact = sub_lipschitz(layers)[0]
-        return {"test/gloro_k_sub_power": frozen, "test/gloro_k_sub_exact": exact, "test/gloro_k_sub_ratio": frozen / exact if exact > 0 else 1.0}
+        return {
+            "test/gloro_k_sub_power": frozen,
+            "test/gloro_k_sub_exact": exact,
+            "test/gloro_k_sub_ratio": frozen / exact if exact > 0 else 1.0,
+        }
 
     def state_dict(self) -> dict[str, Tensor | float | int]:
         if self._iterates is None:

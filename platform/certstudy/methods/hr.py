@@ -15,7 +15,8 @@ HR objective on the n training points. ``final_metrics`` reports that objective 
 split next to the adversarial test loss at the same eps, so every trial shows whether the bound
 held on its test split.
 
-The weights come from an exact closed form (shared/reference/hr.md section 2) instead of the
+The weights come from an exact closed form (the dual of the KL-ball problem in Bennouna et al.,
+ICML 2023, "Certified Robust Neural Networks: Generalization and Corruption Resistance") instead of the
 reference library's per-batch conic program (cvxpy + ECOS/MOSEK/SCS): trimming the lowest-loss
 alpha mass onto the worst point is a sort, and the KL step is a one-dimensional root in the dual
 variable u, found here by vectorised grid refinement on the losses' device with a fixed number of
@@ -37,6 +38,7 @@ from certstudy.data.base import Splits
 from certstudy.methods.adversarial import PGDParams, pgd_points, pgd_threat_model
 from certstudy.methods.base import Method, MethodParams
 from certstudy.methods.registry import METHODS
+from certstudy.metric_names import TAG_PREFIX
 from certstudy.models.base import eval_mode
 
 _GRID = 64  # points per refinement round
@@ -125,11 +127,11 @@ class HRParams(PGDParams):
 
 @METHODS.register("hr")
 class HolisticRobust(Method):
+    """HR training; alpha = r = 0 is exactly ERM (eps = 0) or PGD adversarial training (eps > 0)."""
+
     @classmethod
     def threat_model(cls, params: MethodParams) -> tuple[str, float] | None:
         return pgd_threat_model(params)  # type: ignore[arg-type]
-
-    """HR training; alpha = r = 0 is exactly ERM (eps = 0) or PGD adversarial training (eps > 0)."""
 
     Params = HRParams
     params: HRParams
@@ -150,7 +152,12 @@ class HolisticRobust(Method):
         objective = float(hr_value(train, self.params.alpha, self.params.r))
         test_loss = float(test.mean())
         holds = objective >= test_loss
-        return {"test/hr_objective": objective, "test/hr_robust_loss": test_loss, "test/hr_bound_holds": float(holds), "tags/hr.bound_holds": str(holds).lower()}
+        return {
+            "test/hr_objective": objective,
+            "test/hr_robust_loss": test_loss,
+            "test/hr_bound_holds": float(holds),
+            f"{TAG_PREFIX}hr.bound_holds": str(holds).lower(),
+        }
 
     def _losses(self, model: nn.Module, splits: Splits, x: Tensor, y: Tensor, batch_size: int, seed: int) -> Tensor:
         gen = torch.Generator(device=x.device).manual_seed(seed)

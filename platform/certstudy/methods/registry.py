@@ -1,5 +1,6 @@
 """The training-method registry."""
 
+from certstudy.methods.base import Method
 from certstudy.registry import Registry
 
-METHODS: Registry = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method")

@@ -33,13 +33,15 @@ DEFAULT_K = {"none": 1, "adre": 8, "consistency": 2}
 DEFAULT_LAMBDA = {"none": 0.0, "adre": 0.1, "consistency": 10.0}
 
 
-class SmoothingParams(MethodParams):
+class SmoothingTrainingParams(MethodParams):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     sigma: float = Field(0.25, gt=0, le=4, description="training noise level in [0, 1] input units")
     regularizer: Literal["none", "adre", "consistency"] = "none"
     k: int | None = Field(None, ge=1, le=64, description="noisy copies per example; None: the regularizer's default")
-    lambda_: float | None = Field(None, alias="lambda", ge=0, description="regularizer weight; None: the regularizer's default")
+    lambda_: float | None = Field(
+        None, alias="lambda", ge=0, description="regularizer weight; None: the regularizer's default"
+    )
     eta: float = Field(0.5, ge=0, description="consistency: weight of the entropy term")
 
     @property
@@ -53,19 +55,21 @@ class SmoothingParams(MethodParams):
 
 @METHODS.register("smoothing")
 class SmoothingTraining(Method):
-    Params = SmoothingParams
-    params: SmoothingParams
+    Params = SmoothingTrainingParams
+    params: SmoothingTrainingParams
     model_is_classifier = False  # the smoothed classifier g, not the trained f, is certified
 
     @classmethod
     def certifier_defaults(cls, params: MethodParams) -> dict[str, dict[str, Any]]:
-        assert isinstance(params, SmoothingParams)
+        assert isinstance(params, SmoothingTrainingParams)
         return {"smoothing": {"sigma": params.sigma}}
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         p = self.params
         k = p.copies
-        noisy = x.unsqueeze(0).expand(k, *x.shape) + torch.randn((k, *x.shape), device=x.device, dtype=x.dtype) * p.sigma
+        noisy = (
+            x.unsqueeze(0).expand(k, *x.shape) + torch.randn((k, *x.shape), device=x.device, dtype=x.dtype) * p.sigma
+        )
         logits = model(noisy.reshape(k * len(x), *x.shape[1:])).view(k, len(x), -1)
         ce = F.cross_entropy(logits.reshape(k * len(x), -1), y.repeat(k))
         if p.regularizer == "none":

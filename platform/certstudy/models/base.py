@@ -8,8 +8,9 @@ in front as a ``Normalize`` layer (``trial/build.py``), so every radius stays in
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Literal, Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -20,7 +21,9 @@ class ModelParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    normalize: bool = Field(False, description="put the dataset's per-channel mean/std normalisation inside the network as its first layer")
+    normalize: bool = Field(
+        False, description="put the dataset's per-channel mean/std normalisation inside the network as its first layer"
+    )
 
 
 class ModelFactory(Protocol):
@@ -49,7 +52,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-def build_model(factory: ModelFactory, params: ModelParams, input_shape: tuple[int, ...], num_classes: int, normalization: Normalization | None = None) -> nn.Module:
+def build_model(
+    factory: ModelFactory,
+    params: ModelParams,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    normalization: Normalization | None = None,
+) -> nn.Module:
     """The factory's network, behind a ``Normalize`` first layer when ``params.normalize`` asks for it."""
     from certstudy.models.layers import Normalize
 

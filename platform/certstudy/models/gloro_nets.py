@@ -32,7 +32,10 @@ _SPECS: dict[str, tuple[list[tuple[int, int, int]], list[int]]] = {
     "gloro_2c2f": ([(16, 4, 2), (32, 4, 2)], [100]),
     "gloro_4c3f": ([(32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)], [512, 512]),
     "gloro_6c2f": ([(32, 3, 1), (32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 3, 1), (64, 4, 2)], [512]),
-    "gloro_8c2f": ([(64, 3, 1), (64, 3, 1), (64, 4, 2), (128, 3, 1), (128, 3, 1), (128, 4, 2), (256, 3, 1), (256, 4, 2)], [256]),
+    "gloro_8c2f": (
+        [(64, 3, 1), (64, 3, 1), (64, 4, 2), (128, 3, 1), (128, 3, 1), (128, 4, 2), (256, 3, 1), (256, 4, 2)],
+        [256],
+    ),
 }
 
 
@@ -58,7 +61,9 @@ def _register(name: str) -> None:
         @staticmethod
         def build(params: GloroNetParams, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
             activation = MinMax if params.activation == "minmax" else nn.ReLU
-            model = conv_chain(name, input_shape, [(out, k, s, 1) for out, k, s in convs], hidden, num_classes, activation=activation)
+            model = conv_chain(
+                name, input_shape, [(out, k, s, 1) for out, k, s in convs], hidden, num_classes, activation=activation
+            )
             if params.init == "orthogonal":
                 _orthogonal(model)
             return model

@@ -6,7 +6,7 @@ Both are plain modules the certifiers recognise by exact type (``certify/network
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +55,10 @@ def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     """The spatial size after a convolution or pooling (floor mode), as PyTorch computes it."""
     out = (size + 2 * padding - kernel) // stride + 1
     if out < 1:
-        raise ValueError(f"a {kernel}x{kernel} window with stride {stride} and padding {padding} does not fit an input of size {size}")
+        raise ValueError(
+            f"a {kernel}x{kernel} window with stride {stride} and padding {padding} does not fit an input of size "
+            f"{size}"
+        )
     return out
 
 
@@ -67,14 +70,25 @@ def image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]
     return c, h, w
 
 
-def conv_chain(name: str, input_shape: tuple[int, ...], convs: list[tuple[int, int, int, int]], hidden: list[int], num_classes: int, *, batch_norm: bool = False, activation: Callable[[], nn.Module] = nn.ReLU) -> nn.Sequential:
+def conv_chain(
+    name: str,
+    input_shape: tuple[int, ...],
+    convs: list[tuple[int, int, int, int]],
+    hidden: list[int],
+    num_classes: int,
+    *,
+    batch_norm: bool = False,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+) -> nn.Sequential:
     """The chain of the certified-training papers' nets: per (out channels, kernel, stride, padding) a conv
     (+ BatchNorm) + activation, Flatten, per hidden width a dense layer (+ BatchNorm) + activation, and a
     linear head."""
     c, h, w = image_shape(name, input_shape)
     layers: list[nn.Module] = []
     for out, k, s, p in convs:
-        layers += [nn.Conv2d(c, out, k, stride=s, padding=p)] + ([nn.BatchNorm2d(out)] if batch_norm else []) + [activation()]
+        layers += (
+            [nn.Conv2d(c, out, k, stride=s, padding=p)] + ([nn.BatchNorm2d(out)] if batch_norm else []) + [activation()]
+        )
         c, h, w = out, conv_out(h, k, s, p), conv_out(w, k, s, p)
     layers.append(nn.Flatten())
     fan_in = c * h * w

@@ -28,7 +28,9 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False) if stride != 1 or in_planes != planes else None
+        self.shortcut = (
+            nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False) if stride != 1 or in_planes != planes else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
@@ -62,7 +64,9 @@ class PreActResNetModule(nn.Module):
 
 
 class PreActResNet18Params(ModelParams):
-    width: int = Field(64, ge=1, le=1024, description="channels of the first stage (64 in the paper; the stages have 1x, 2x, 4x, 8x)")
+    width: int = Field(
+        64, ge=1, le=1024, description="channels of the first stage (64 in the paper; the stages have 1x, 2x, 4x, 8x)"
+    )
 
 
 @MODELS.register("preact_resnet18")

@@ -1,5 +1,6 @@
 """The model registry."""
 
+from certstudy.models.base import ModelFactory
 from certstudy.registry import Registry
 
-MODELS: Registry = Registry("model")
+MODELS: Registry[type[ModelFactory]] = Registry("model")

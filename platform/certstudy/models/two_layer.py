@@ -73,7 +73,11 @@ class TwoLayer:
         first: nn.Module = ScaledLinear(d, m, scale) if params.fan_in_scaling else nn.Linear(d, m, bias=False)
         with torch.no_grad():
             first.weight.normal_(0.0, params.init_scale * scale)
-        phi: nn.Module = SmoothLeakyReLU(params.gamma, params.smoothness) if params.activation == "smooth_leaky_relu" else nn.LeakyReLU(params.gamma)
+        phi: nn.Module = (
+            SmoothLeakyReLU(params.gamma, params.smoothness)
+            if params.activation == "smooth_leaky_relu"
+            else nn.LeakyReLU(params.gamma)
+        )
         head = nn.Linear(m, 2, bias=False)
         a = torch.ones(m) / math.sqrt(m)
         a[m // 2 :] *= -1

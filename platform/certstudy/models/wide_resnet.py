@@ -28,7 +28,9 @@ class WideBasicBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False) if in_planes != out_planes else None
+        self.shortcut = (
+            nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False) if in_planes != out_planes else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         pre = F.relu(self.bn1(x))
@@ -44,7 +46,12 @@ class WideResNetModule(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         groups: list[nn.Module] = []
         for i in range(3):
-            blocks = [WideBasicBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1], (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
+            blocks = [
+                WideBasicBlock(
+                    widths[i] if j == 0 else widths[i + 1], widths[i + 1], (1 if i == 0 else 2) if j == 0 else 1
+                )
+                for j in range(n)
+            ]
             groups.append(nn.Sequential(*blocks))
         self.block1, self.block2, self.block3 = groups
         self.bn = nn.BatchNorm2d(widths[3])
@@ -66,7 +73,7 @@ class WideResNetParams(ModelParams):
     widen_factor: int = Field(10, ge=1, le=20)
 
     @model_validator(mode="after")
-    def _depth_is_6n_plus_4(self) -> "WideResNetParams":
+    def _depth_is_6n_plus_4(self) -> WideResNetParams:
         if (self.depth - 4) % 6:
             raise ValueError(f"depth must be 6n + 4 (e.g. 28 or 34), got {self.depth}")
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import queue
@@ -9,23 +10,58 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from ray.tune import Callback
 
 from certstudy.study.optuna_bridge import StudySearcher, trial_error_reason
 from certstudy.study.progress import Progress
-from certstudy.study.pruning import PruneDecision
-from certstudy.study.results import OPTUNA_TRIAL_KEY, failure_reason, result_epoch, result_tags, series_metrics
+from certstudy.study.records import (
+    DATASET_TAG,
+    METHOD_LABEL_TAG,
+    METHOD_TAG,
+    MODEL_ARTIFACT_DIR,
+    MODEL_TAG,
+    OPTUNA_TAG,
+    OPTUNA_TRIAL_KEY,
+    REASON_TAG,
+    RETRIES_TAG,
+    STATUS_TAG,
+    STUDY_TAG,
+    failure_reason,
+    result_epoch,
+    result_tags,
+    series_metrics,
+)
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec, dump_study
-from certstudy.study.tracking import MODEL_ARTIFACT_DIR, OPTUNA_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, REASON_TAG, STATUS_TAG, STUDY_TAG, Tracker
+from certstudy.study.tracking import Tracker
 from certstudy.trial.checkpoint import ARTIFACTS_DIR, MODEL_FILE
 
-
 logger = logging.getLogger(__name__)
+_restoring: dict[str, list[Callback]] = {}  # studies being restored -> the callbacks unpickled so far
+
+
+@contextlib.contextmanager
+def restoring(study: str) -> Iterator[list[Callback]]:
+    """Collects the callbacks of ``study`` that are unpickled inside the block (``Tuner.restore``
+    loads them from its state): a resume reaches them, and the restored searcher they hold, without
+    Ray's private attributes."""
+    found = _restoring.setdefault(study, [])
+    try:
+        yield found
+    finally:
+        _restoring.pop(study, None)
+
+
+def _unpickled(study: str, callback: Callback) -> None:
+    if study in _restoring:
+        _restoring[study].append(callback)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -41,10 +77,6 @@ def timed(method: F) -> F:
             self.seconds += time.perf_counter() - t0
 
     return wrapper  # type: ignore[return-value]
-
-
-def prune_tags(decision: PruneDecision) -> dict[str, str]:
-    return {STATUS_TAG: "pruned", PRUNE_REASON_TAG: decision.reason, PRUNED_AT_TAG: str(decision.epoch), "certstudy.prune_detail": decision.detail}
 
 
 def trial_label(trial: Any) -> str:
@@ -64,7 +96,15 @@ class MlflowTrialCallback(Callback):
 
     FLUSH_SECONDS = 2.0
 
-    def __init__(self, tracking_uri: str, artifact_root: str | None, experiment_id: str, parent_run_id: str, spec: dict[str, Any], searcher: StudySearcher | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        artifact_root: str | None,
+        experiment_id: str,
+        parent_run_id: str,
+        spec: dict[str, Any],
+        searcher: StudySearcher | None = None,
+    ) -> None:
         self.searcher = searcher  # the source of prune decisions (restored with it by Tuner.restore)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
@@ -87,6 +127,10 @@ class MlflowTrialCallback(Callback):
             state[key] = None  # connections and threads are rebuilt after unpickling
         state["_pending"] = {}
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        _unpickled(str(self.spec.get("name")), self)
 
     @property
     def tracker(self) -> Tracker:
@@ -147,15 +191,23 @@ class MlflowTrialCallback(Callback):
             number = config.get(OPTUNA_TRIAL_KEY)
             tags = {
                 STUDY_TAG: self.study.name,
-                "certstudy.method": cfg.method.name,
-                "certstudy.method_label": entry.key,
-                "certstudy.dataset": cfg.dataset.name,
-                "certstudy.model": cfg.model.name,
+                METHOD_TAG: cfg.method.name,
+                METHOD_LABEL_TAG: entry.key,
+                DATASET_TAG: cfg.dataset.name,
+                MODEL_TAG: cfg.model.name,
                 OPTUNA_TAG: str(number),
             }
-            name = f"{self.study.name}-{number:04d}-{entry.key}" if number is not None else f"{self.study.name}-{trial_id}"
+            name = (
+                f"{self.study.name}-{number:04d}-{entry.key}" if number is not None else f"{self.study.name}-{trial_id}"
+            )
             self._runs[trial_id] = self.tracker.start_trial(
-                self.experiment_id, self.parent_run_id, trial_id, name, cfg.model_dump(mode="json"), tags, yaml.safe_dump(dump_study(resolved), sort_keys=False)
+                self.experiment_id,
+                self.parent_run_id,
+                trial_id,
+                name,
+                cfg.model_dump(mode="json"),
+                tags,
+                yaml.safe_dump(dump_study(resolved), sort_keys=False),
             )
         return self._runs[trial_id]
 
@@ -167,7 +219,9 @@ class MlflowTrialCallback(Callback):
         for trial_id, (config, epochs) in pending.items():
             self.tracker.log_metric_steps(self._run_id(trial_id, config), epochs)
 
-    def _write_end(self, trial_id: str, config: dict[str, Any], status: str, tags: dict[str, str], model_dir: str | None) -> None:
+    def _write_end(
+        self, trial_id: str, config: dict[str, Any], status: str, tags: dict[str, str], model_dir: str | None
+    ) -> None:
         run_id = self._run_id(trial_id, config)
         if model_dir is not None:
             self.tracker.log_artifacts(run_id, [Path(model_dir) / MODEL_FILE], MODEL_ARTIFACT_DIR)
@@ -180,7 +234,7 @@ class MlflowTrialCallback(Callback):
             self.tracker.client.set_tag(run_id, key, value)
 
     def _write_retry(self, trial_id: str, config: dict[str, Any], retries: int) -> None:
-        self.tracker.client.set_tag(self._run_id(trial_id, config), "certstudy.retries", str(retries))
+        self.tracker.client.set_tag(self._run_id(trial_id, config), RETRIES_TAG, str(retries))
 
     # Ray hooks (driver thread): enqueue only -------------------------------------------------
 
@@ -194,7 +248,9 @@ class MlflowTrialCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if failure_reason(result) is not None:
             return
-        self._submit(self._buffer_metrics, trial.trial_id, dict(trial.config), series_metrics(result), result_epoch(result))
+        self._submit(
+            self._buffer_metrics, trial.trial_id, dict(trial.config), series_metrics(result), result_epoch(result)
+        )
         tags = result_tags(result)
         if tags:
             self._submit(self._write_tags, trial.trial_id, dict(trial.config), tags)
@@ -215,7 +271,7 @@ class MlflowTrialCallback(Callback):
                     if (Path(d) / ARTIFACTS_DIR).is_dir():
                         shutil.copytree(Path(d) / ARTIFACTS_DIR, Path(model_dir) / ARTIFACTS_DIR)
         decision = self.searcher.prune_decision(trial.trial_id) if self.searcher is not None else None
-        self._end(trial, "FINISHED", prune_tags(decision) if decision else {STATUS_TAG: "completed"}, model_dir)
+        self._end(trial, "FINISHED", decision.tags() if decision else {STATUS_TAG: "completed"}, model_dir)
 
     @timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -229,7 +285,11 @@ class MlflowTrialCallback(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in trials:
             if trial.trial_id in self._started and trial.trial_id not in self._ended:
-                self._end(trial, "KILLED", {STATUS_TAG: "killed", REASON_TAG: f"study ended while the trial was {trial.status}"})
+                self._end(
+                    trial,
+                    "KILLED",
+                    {STATUS_TAG: "killed", REASON_TAG: f"study ended while the trial was {trial.status}"},
+                )
         self.flush()
 
     def _end(self, trial: Any, status: str, tags: dict[str, str], model_dir: str | None = None) -> None:
@@ -242,12 +302,17 @@ class MlflowTrialCallback(Callback):
 class ProgressCallback(Callback):
     """Feeds trial events to the live progress display (re-attached after a restore)."""
 
-    def __init__(self, progress: Progress | None, searcher: StudySearcher | None = None) -> None:
+    def __init__(self, progress: Progress | None, searcher: StudySearcher | None = None, study: str = "") -> None:
         self.progress = progress
         self.searcher = searcher
+        self.study = study
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"progress": None, "searcher": self.searcher}
+        return {"progress": None, "searcher": self.searcher, "study": self.study}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        _unpickled(self.study, self)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress:

@@ -40,13 +40,19 @@ def _model_variants(fixed: dict[str, Any], search: dict[str, Any]) -> list[dict[
 def check_certifiable(spec: Any, source: str, probed: list[tuple[Any, Any]]) -> None:
     """Raises ``SpecError`` when a configured certifier or a method cannot walk the model; ``probed`` is
     each method entry's (class, params at the first probes), as validation builds them."""
-    checks = [(f"evaluation.certifiers[{i}].name", "certifier", e.name, CERTIFIERS.get(e.name).needs) for i, e in enumerate(spec.evaluation.certifiers)]
+    checks = [
+        (f"evaluation.certifiers[{i}].name", "certifier", e.name, CERTIFIERS.get(e.name).needs)
+        for i, e in enumerate(spec.evaluation.certifiers)
+    ]
     key = "methods" if spec.methods is not None else "method"
-    methods = [(f"{key}[{i}].name" if spec.methods is not None else f"{key}.name", m, cls, params) for i, (m, (cls, params)) in enumerate(zip(spec.method_entries, probed))]
+    methods = [
+        (f"{key}[{i}].name" if spec.methods is not None else f"{key}.name", m, cls, params)
+        for i, (m, (cls, params)) in enumerate(zip(spec.method_entries, probed))
+    ]
     if not any(needs for *_, needs in checks) and not any(cls.needs for _, _, cls, _ in methods):
         return
     dataset = DATASETS.get(spec.dataset.name)
-    options = dataset.Options(**_first_probes(spec.dataset.options, spec.dataset.search))
+    options = dataset.Params(**_first_probes(spec.dataset.options, spec.dataset.search))
     shape, num_classes = dataset.shape(options)
     factory = MODELS.get(spec.model.name)
     normalization = ((0.0,) * shape[0], (1.0,) * shape[0])  # values do not matter for the layer walk
@@ -60,7 +66,9 @@ def check_certifiable(spec: Any, source: str, probed: list[tuple[Any, Any]]) -> 
                 try:
                     model = build_model(factory, factory.Params(**model_params), shape, num_classes, normalization)
                 except ValueError as exc:
-                    raise SpecError(source, "model.name", spec.model.name, f"cannot build for input shape {shape}: {exc}") from None
+                    raise SpecError(
+                        source, "model.name", spec.model.name, f"cannot build for input shape {shape}: {exc}"
+                    ) from None
                 context = MethodContext(num_classes, shape, (0.0, 1.0), torch.device("meta"), spec.training.epochs)
                 model = method_cls(params, context).wrap_model(model)
             for field, what, name, needs in wanted:
@@ -68,4 +76,6 @@ def check_certifiable(spec: Any, source: str, probed: list[tuple[Any, Any]]) -> 
                     layers_of(model, shape, needs)
                 except UnsupportedLayer as exc:
                     verb = "certified by" if what == "certifier" else "trained by"
-                    raise SpecError(source, field, name, f"model {spec.model.name!r} cannot be {verb} {what} {name!r}: {exc}") from None
+                    raise SpecError(
+                        source, field, name, f"model {spec.model.name!r} cannot be {verb} {what} {name!r}: {exc}"
+                    ) from None

@@ -1,8 +1,8 @@
 """``certstudy export``: the best trials of a study as re-runnable study files.
 
 Reads the study's latest parent run in MLflow and its finished child runs, completed or pruned,
-each at its best epoch where it ended on one (``best/`` metrics, see ``results.summary_metrics``). Each exported entry is
-a complete study document (the trial's resolved configuration: every hyperparameter fixed) with a
+each at its best epoch where it ended on one (``best/`` metrics, see ``records.summary_metrics``).
+Each exported entry is a complete study document (the trial's resolved configuration: every hyperparameter fixed) with a
 ``provenance`` block: the metrics it reached, its MLflow run id and its Optuna trial number.
 ``--top K`` ranks by one metric; ``--pareto`` keeps the trials no other trial beats on every
 objective of the study.
@@ -19,10 +19,18 @@ import yaml
 from mlflow.entities import Run
 
 from certstudy.errors import CertstudyError, SpecError
-from certstudy.study.results import BEST_EPOCH_KEY, summary_metrics
+from certstudy.study.records import (
+    BEST_EPOCH_KEY,
+    OPTUNA_TAG,
+    PRUNE_REASON_TAG,
+    PRUNED_AT_TAG,
+    STATUS_TAG,
+    summary_metrics,
+)
 from certstudy.study.spec import Objective, StudySpec, load_study
-from certstudy.study.tracking import OPTUNA_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, STATUS_TAG, Tracker
+from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
+
 
 @dataclass
 class Candidate:
@@ -36,7 +44,9 @@ class Candidate:
 def study_spec(workdir: Workdir, study: str) -> StudySpec:
     path = workdir.study_file(study)
     if not path.exists():
-        raise SpecError(str(workdir.root), "study", study, f"no study of that name in this work directory (looked for {path})")
+        raise SpecError(
+            str(workdir.root), "study", study, f"no study of that name in this work directory (looked for {path})"
+        )
     return load_study(path)
 
 
@@ -45,7 +55,11 @@ def finished_trials(tracker: Tracker, spec: StudySpec) -> tuple[Run, list[Candid
     parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
     if parent is None:
         raise CertstudyError(f"no MLflow runs for study {spec.name!r} at {tracker.tracking_uri}")
-    runs = [r for r in tracker.child_runs(exp.experiment_id, parent.info.run_id) if r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) in ("completed", "pruned")]
+    runs = [
+        r
+        for r in tracker.child_runs(exp.experiment_id, parent.info.run_id)
+        if r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) in ("completed", "pruned")
+    ]
     return parent, [Candidate(r, summary_metrics(r.data.metrics)) for r in runs]
 
 
@@ -64,13 +78,19 @@ def pareto_front(candidates: list[Candidate], objectives: list[Objective]) -> li
     front = []
     for c in usable:
         a = oriented(c)
-        dominated = any(all(x >= y for x, y in zip(oriented(d), a)) and any(x > y for x, y in zip(oriented(d), a)) for d in usable if d is not c)
+        dominated = any(
+            all(x >= y for x, y in zip(oriented(d), a)) and any(x > y for x, y in zip(oriented(d), a))
+            for d in usable
+            if d is not c
+        )
         if not dominated:
             front.append(c)
     return rank(front, objectives[0].metric, objectives[0].mode)
 
 
-def _entry(tracker: Tracker, spec: StudySpec, parent: Run, cand: Candidate, rank_: int, selection: dict[str, Any]) -> dict[str, Any]:
+def _entry(
+    tracker: Tracker, spec: StudySpec, parent: Run, cand: Candidate, rank_: int, selection: dict[str, Any]
+) -> dict[str, Any]:
     doc = tracker.trial_study(cand.run.info.run_id)
     doc["name"] = f"{spec.name}-best-{rank_}"
     doc["description"] = f"rank {rank_} of study {spec.name} by {selection['by']}"
@@ -84,13 +104,28 @@ def _entry(tracker: Tracker, spec: StudySpec, parent: Run, cand: Candidate, rank
         "mlflow_experiment_id": cand.run.info.experiment_id,
         "optuna_trial": int(optuna_number) if optuna_number not in (None, "None") else None,
         **({"best_epoch": int(cand.metrics[BEST_EPOCH_KEY])} if BEST_EPOCH_KEY in cand.metrics else {}),
-        **({"prune_reason": tags[PRUNE_REASON_TAG], "pruned_at_epoch": int(tags[PRUNED_AT_TAG])} if PRUNE_REASON_TAG in (tags := cand.run.data.tags) else {}),
+        **(
+            {"prune_reason": tags[PRUNE_REASON_TAG], "pruned_at_epoch": int(tags[PRUNED_AT_TAG])}
+            if PRUNE_REASON_TAG in (tags := cand.run.data.tags)
+            else {}
+        ),
         "metrics": {k: cand.metrics[k] for k in sorted(cand.metrics)},
     }
     return doc
 
 
-def export(workdir: Workdir, study: str, *, metric: str | None = None, mode: str | None = None, top: int = 1, pareto: bool = False, trial: int | None = None, out: Path | None = None, tracking_uri: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
+def export(
+    workdir: Workdir,
+    study: str,
+    *,
+    metric: str | None = None,
+    mode: str | None = None,
+    top: int = 1,
+    pareto: bool = False,
+    trial: int | None = None,
+    out: Path | None = None,
+    tracking_uri: str | None = None,
+) -> tuple[Path, list[dict[str, Any]]]:
     spec = study_spec(workdir, study)
     tracker = Tracker(spec.tracking_uri(workdir.tracking_uri, tracking_uri))
     parent, candidates = finished_trials(tracker, spec)
@@ -101,11 +136,18 @@ def export(workdir: Workdir, study: str, *, metric: str | None = None, mode: str
         chosen = [c for c in candidates if c.run.data.tags.get(OPTUNA_TAG) == str(trial)]
         if not chosen:
             finished = sorted(int(n) for c in candidates if (n := c.run.data.tags.get(OPTUNA_TAG, "")).isdigit())
-            raise SpecError(study, "--trial", trial, f"no finished trial of that number; finished: {', '.join(map(str, finished))}")
+            raise SpecError(
+                study, "--trial", trial, f"no finished trial of that number; finished: {', '.join(map(str, finished))}"
+            )
         selection = {"by": metric or spec.objectives[0].metric, "mode": mode or spec.objectives[0].mode, "trial": trial}
     elif pareto:
         if not spec.multi_objective:
-            raise SpecError(study, "--pareto", [o.metric for o in spec.objectives], "a Pareto front needs a study with two or more objectives; use --metric/--top")
+            raise SpecError(
+                study,
+                "--pareto",
+                [o.metric for o in spec.objectives],
+                "a Pareto front needs a study with two or more objectives; use --metric/--top",
+            )
         chosen = pareto_front(candidates, spec.objectives)
         selection = {"by": "pareto", "objectives": [o.model_dump() for o in spec.objectives]}
     else:
@@ -122,7 +164,10 @@ def export(workdir: Workdir, study: str, *, metric: str | None = None, mode: str
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w") as fh:
-        fh.write(f"# best configurations of study {study} ({selection['by']}); each document is a study file: certstudy run {out.name} --index K\n")
+        fh.write(
+            f"# best configurations of study {study} ({selection['by']}); each document is a study file: certstudy "
+            f"run {out.name} --index K\n"
+        )
         yaml.safe_dump_all(docs, fh, sort_keys=False)
     tmp.replace(out)  # never leave a half-written export behind
     return out, docs

@@ -25,23 +25,33 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from certstudy.study.pruning import PruneDecision, PruningConfig
-from certstudy.study.results import BEST_EPOCH_KEY, FAILURE_KEY, OPTUNA_TRIAL_KEY, failure_reason, result_epoch
+from certstudy.study.pruning import PruningConfig
+from certstudy.study.records import (
+    BEST_EPOCH_KEY,
+    FAIL_REASON_ATTR,
+    FAILURE_KEY,
+    OPTUNA_TRIAL_KEY,
+    RAY_TRIAL_ID_ATTR,
+    PruneDecision,
+    failure_reason,
+    result_epoch,
+)
 from certstudy.study.stop_board import post_stop
 
 logger = logging.getLogger(__name__)
-PRUNE_REASON_ATTR = "prune_reason"
-PRUNED_AT_ATTR = "pruned_at_epoch"
 
 
-def make_sampler(name: str, multi_objective: bool, seed: int, grid: dict[str, list[Any]] | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str, multi_objective: bool, seed: int, grid: dict[str, list[Any]] | None = None
+) -> optuna.samplers.BaseSampler:
     """``auto`` is TPE for one objective and NSGA-II for several; ``grid`` walks ``grid`` (every
     combination once, in a seeded order)."""
     if name == "grid":
@@ -76,7 +86,12 @@ class StudySearcher(OptunaSearch):
         """Records one epoch's result and returns the trial's prune decision (a new one, or the
         one taken earlier), or None. Each epoch is taken once: a result seen again (Ray's final
         duplicate, or an epoch repeated after a resume) changes nothing."""
-        if failure_reason(result) is not None or BEST_EPOCH_KEY in result or trial_id not in self._ot_trials or trial_id in self._completed_trials:
+        if (
+            failure_reason(result) is not None
+            or BEST_EPOCH_KEY in result
+            or trial_id not in self._ot_trials
+            or trial_id in self._completed_trials
+        ):
             return self._pruned.get(trial_id)
         epoch = result_epoch(result)
         if epoch <= self._observed.get(trial_id, -1) or trial_id in self._pruned:
@@ -88,7 +103,9 @@ class StudySearcher(OptunaSearch):
         if isinstance(value, (int, float)) and math.isfinite(value):
             ot_trial.report(float(value), epoch)
             if self._pruning.pruner.name != "none" and ot_trial.should_prune():
-                decision = PruneDecision(self._pruning.pruner.name, epoch, f"{self.metric} {value:.4f} at epoch {epoch}")
+                decision = PruneDecision(
+                    self._pruning.pruner.name, epoch, f"{self.metric} {value:.4f} at epoch {epoch}"
+                )
         rule = self._pruning.overfitting
         if decision is None and rule is not None:
             series = self._series.setdefault(trial_id, {})
@@ -98,9 +115,8 @@ class StudySearcher(OptunaSearch):
                 decision = PruneDecision("overfitting", epoch, detail)
         if decision is not None:
             self._pruned[trial_id] = decision
-            ot_trial.set_user_attr(PRUNE_REASON_ATTR, decision.reason)
-            ot_trial.set_user_attr(PRUNED_AT_ATTR, decision.epoch)
-            ot_trial.set_user_attr("prune_detail", decision.detail)
+            for key, value in decision.attrs().items():
+                ot_trial.set_user_attr(key, value)
         return decision
 
     def prune_decision(self, trial_id: str) -> PruneDecision | None:
@@ -114,14 +130,16 @@ class StudySearcher(OptunaSearch):
         self.__dict__.setdefault("_pruned", {})
         by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
         known = {t.number for t in self._ot_trials.values()}
-        self._orphans = [t._trial_id for n, t in sorted(by_number.items()) if t.state == TrialState.RUNNING and n not in known]
+        self._orphans = [
+            t._trial_id for n, t in sorted(by_number.items()) if t.state == TrialState.RUNNING and n not in known
+        ]
         for trial_id, ot_trial in self._ot_trials.items():
             stored = by_number.get(ot_trial.number)
             if stored is not None and stored.state.is_finished():
                 self._completed_trials.add(trial_id)
-            if stored is not None and trial_id not in self._pruned and PRUNE_REASON_ATTR in stored.user_attrs:
-                attrs = stored.user_attrs
-                self._pruned[trial_id] = PruneDecision(str(attrs[PRUNE_REASON_ATTR]), int(attrs.get(PRUNED_AT_ATTR, -1)), str(attrs.get("prune_detail", "")))
+            decision = PruneDecision.from_attrs(stored.user_attrs) if stored is not None else None
+            if decision is not None and trial_id not in self._pruned:
+                self._pruned[trial_id] = decision
 
     # Ray hooks -------------------------------------------------------------------------------
 
@@ -136,7 +154,7 @@ class StudySearcher(OptunaSearch):
         if config is None:
             return None
         ot_trial = self._ot_trials[trial_id]
-        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
         return {**config, OPTUNA_TRIAL_KEY: ot_trial.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -156,7 +174,7 @@ class StudySearcher(OptunaSearch):
             return
         ot_trial = self._ot_trials[trial_id]
         if reason is not None:
-            ot_trial.set_user_attr("fail_reason", reason)
+            ot_trial.set_user_attr(FAIL_REASON_ATTR, reason)
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         else:
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)  # keeps the last intermediate value

@@ -35,7 +35,9 @@ def _describe(node: dict[str, Any]) -> str:
     return f"{node.get('NodeManagerAddress', '?')} ({r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU)"
 
 
-def check_resources(cpu: float, gpu: float, extra: dict[str, float] | None = None, nodes: list[dict[str, Any]] | None = None) -> None:
+def check_resources(
+    cpu: float, gpu: float, extra: dict[str, float] | None = None, nodes: list[dict[str, Any]] | None = None
+) -> None:
     """Raises unless some alive node has at least the trial's request of every resource."""
     nodes = alive_nodes() if nodes is None else nodes
     want = {"CPU": cpu, "GPU": gpu, **(extra or {})}
@@ -44,7 +46,10 @@ def check_resources(cpu: float, gpu: float, extra: dict[str, float] | None = Non
         if all(have.get(k, 0.0) >= v for k, v in want.items() if v > 0):
             return
     asked = ", ".join(f"{k.lower()}={v:g}" for k, v in want.items() if v > 0)
-    raise PreflightError(f"resources: a trial asks for {asked} and no node of the Ray cluster has that; nodes: {'; '.join(_describe(n) for n in nodes) or 'none'}")
+    raise PreflightError(
+        f"resources: a trial asks for {asked} and no node of the Ray cluster has that; nodes: "
+        f"{'; '.join(_describe(n) for n in nodes) or 'none'}"
+    )
 
 
 @ray.remote(num_cpus=0)
@@ -81,7 +86,9 @@ def check_storage(storage: str, nodes: list[dict[str, Any]] | None = None, timeo
     try:
         nodes = alive_nodes() if nodes is None else nodes
         probes = {
-            _describe(n): _probe_storage.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(uri, marker, n["NodeID"][:12])
+            _describe(n): _probe_storage.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(uri, marker, n["NodeID"][:12])
             for n in nodes
         }
         for where, ref in probes.items():
@@ -90,7 +97,10 @@ def check_storage(storage: str, nodes: list[dict[str, Any]] | None = None, timeo
             except ray.exceptions.GetTimeoutError:
                 problem = f"no answer within {timeout_s:.0f} s"
             if problem:
-                raise PreflightError(f"storage {storage} is not shared with node {where}: {problem}; give --storage a shared filesystem path or s3://... that every node can reach")
+                raise PreflightError(
+                    f"storage {storage} is not shared with node {where}: {problem}; give --storage a shared "
+                    f"filesystem path or s3://... that every node can reach"
+                )
     finally:
         fs.delete_file(f"{root}/{marker}")
 
@@ -101,6 +111,11 @@ def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
     try:
         response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
     except requests.RequestException as exc:
-        raise PreflightError(f"tracking URI {uri} is unreachable from the driver ({type(exc).__name__}); start the MLflow server or fix --tracking-uri") from None
+        raise PreflightError(
+            f"tracking URI {uri} is unreachable from the driver ({type(exc).__name__}); start the MLflow server or "
+            f"fix --tracking-uri"
+        ) from None
     if response.status_code != 200:
-        raise PreflightError(f"tracking URI {uri} answered /health with HTTP {response.status_code}; is it an MLflow server?")
+        raise PreflightError(
+            f"tracking URI {uri} answered /health with HTTP {response.status_code}; is it an MLflow server?"
+        )

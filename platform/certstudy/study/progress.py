@@ -16,8 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from certstudy.study.pruning import PruneDecision
-from certstudy.study.results import summary_metrics
+from certstudy.study.records import PruneDecision, summary_metrics
 from certstudy.study.spec import Objective
 from certstudy.trial.robustness import ALARM_RESULT
 
@@ -36,7 +35,15 @@ class TrialView:
 
 
 class Progress:
-    def __init__(self, study: str, objectives: list[Objective], num_trials: int, default_method: str, console: Console | None = None, earlier: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        study: str,
+        objectives: list[Objective],
+        num_trials: int,
+        default_method: str,
+        console: Console | None = None,
+        earlier: dict[str, int] | None = None,
+    ) -> None:
         self.study = study
         self.earlier = dict(earlier or {})  # trials that ended before a resume
         self.objectives = objectives
@@ -49,7 +56,7 @@ class Progress:
 
     # lifecycle -------------------------------------------------------------------------------
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self.t0 = time.monotonic()
         if self.console.is_terminal:
             self._live = Live(self._status(), console=self.console, refresh_per_second=4, transient=False)
@@ -67,7 +74,9 @@ class Progress:
     # events ----------------------------------------------------------------------------------
 
     def started(self, trial_id: str, label: str, method: str) -> None:
-        view = self.trials.setdefault(trial_id, TrialView(label, method or self.default_method, started_at=time.monotonic()))
+        view = self.trials.setdefault(
+            trial_id, TrialView(label, method or self.default_method, started_at=time.monotonic())
+        )
         view.state = "running"
         self._event(f"{label} ({view.method}) started")
 
@@ -77,7 +86,9 @@ class Progress:
             return
         view.epoch = int(result.get("epoch", view.epoch))
         view.compute_s = float(result.get("time_total_s", view.compute_s))
-        view.metrics = summary_metrics({k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        view.metrics = summary_metrics(
+            {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        )
         self._refresh()
 
     def completed(self, trial_id: str, result: dict[str, Any] | None, pruned: PruneDecision | None = None) -> None:
@@ -92,7 +103,10 @@ class Progress:
         view.state, view.ended_at = ("pruned" if pruned else "completed"), time.monotonic()
         if pruned:
             view.reason = pruned.reason
-            self._event(f"{view.label} ({view.method}) pruned at epoch {pruned.epoch} ({pruned.reason}: {pruned.detail}); best epoch: {self._objective_text(view)}")
+            self._event(
+                f"{view.label} ({view.method}) pruned at epoch {pruned.epoch} ({pruned.reason}: {pruned.detail}); "
+                f"best epoch: {self._objective_text(view)}"
+            )
         else:
             self._event(f"{view.label} ({view.method}) completed: {self._objective_text(view)}")
 
@@ -117,17 +131,27 @@ class Progress:
         """Summed over finished trials: wall time from start to end, and time inside epochs."""
         ended = [v for v in self.trials.values() if v.ended_at]
         first = min((v.started_at for v in self.trials.values()), default=self.t0)
-        return {"trial_wall": sum(v.ended_at - v.started_at for v in ended), "trial_compute": sum(v.compute_s for v in ended), "first_trial_start": first - self.t0}
+        return {
+            "trial_wall": sum(v.ended_at - v.started_at for v in ended),
+            "trial_compute": sum(v.compute_s for v in ended),
+            "first_trial_start": first - self.t0,
+        }
 
     def best(self) -> TrialView | None:
         obj = self.objectives[0]
-        done = [v for v in self.trials.values() if v.state in ("completed", "pruned") and math.isfinite(v.metrics.get(obj.metric, math.nan))]
+        done = [
+            v
+            for v in self.trials.values()
+            if v.state in ("completed", "pruned") and math.isfinite(v.metrics.get(obj.metric, math.nan))
+        ]
         if not done:
             return None
         return (max if obj.mode == "max" else min)(done, key=lambda v: v.metrics[obj.metric])
 
     def _objective_text(self, view: TrialView) -> str:
-        return ", ".join(f"{o.metric}={view.metrics[o.metric]:.4f}" for o in self.objectives if o.metric in view.metrics)
+        return ", ".join(
+            f"{o.metric}={view.metrics[o.metric]:.4f}" for o in self.objectives if o.metric in view.metrics
+        )
 
     def _status(self) -> Text:
         c = self.counts()
@@ -135,7 +159,8 @@ class Progress:
         best_text = f"best {self._objective_text(best)} ({best.label}, {best.method})" if best else "best: none yet"
         elapsed = time.monotonic() - self.t0
         return Text(
-            f"{self.study}: {c['completed'] + c['pruned']}/{self.num_trials} done ({c['pruned']} pruned), {c['running']} running, {c['failed']} failed | {best_text} | {elapsed:5.0f}s",
+            f"{self.study}: {c['completed'] + c['pruned']}/{self.num_trials} done ({c['pruned']} pruned), "
+            f"{c['running']} running, {c['failed']} failed | {best_text} | {elapsed:5.0f}s",
         )
 
     def _refresh(self) -> None:
@@ -147,14 +172,22 @@ class Progress:
             self._live.console.print(line)
             self._live.update(self._status())
         else:
-            self.console.print(f"[{time.monotonic() - self.t0:5.0f}s] {line}  ({self._status().plain.split(' | ')[0].split(': ', 1)[1]})", highlight=False)
+            self.console.print(
+                f"[{time.monotonic() - self.t0:5.0f}s] {line}  "
+                f"({self._status().plain.split(' | ')[0].split(': ', 1)[1]})",
+                highlight=False,
+            )
 
     def summary(self, top: int = 5) -> Table:
         obj = self.objectives[0]
         done = [v for v in self.trials.values() if v.state in ("completed", "pruned") and obj.metric in v.metrics]
         done.sort(key=lambda v: v.metrics[obj.metric], reverse=obj.mode == "max")
         table = Table(title=f"top trials of {self.study} by {obj.metric} ({obj.mode})")
-        columns = [o.metric for o in self.objectives] + [m for m in ("val/clean_acc", "test/clean_acc", "test/robust_acc") if m not in {o.metric for o in self.objectives}]
+        columns = [o.metric for o in self.objectives] + [
+            m
+            for m in ("val/clean_acc", "test/clean_acc", "test/robust_acc")
+            if m not in {o.metric for o in self.objectives}
+        ]
         table.add_column("trial")
         table.add_column("method")
         table.add_column("epochs", justify="right")
@@ -162,5 +195,7 @@ class Progress:
             table.add_column(col, justify="right")
         for v in done[:top]:
             epochs = f"{v.epoch + 1}" + (f" (pruned: {v.reason})" if v.state == "pruned" else "")
-            table.add_row(v.label, v.method, epochs, *(f"{v.metrics[c]:.4f}" if c in v.metrics else "-" for c in columns))
+            table.add_row(
+                v.label, v.method, epochs, *(f"{v.metrics[c]:.4f}" if c in v.metrics else "-" for c in columns)
+            )
         return table

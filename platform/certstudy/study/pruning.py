@@ -3,7 +3,7 @@
 Both are decided on the driver after every epoch (``optuna_bridge.StudyScheduler``). The pruner is
 any of Optuna's, by name, with its own arguments (``patient`` wraps another); it sees the single
 objective's per-epoch values, so it cannot run in multi-objective studies. The overfitting rule
-(Rice et al. 2020; shared/reference/overfitting.md) reads robust validation accuracy and the
+(Rice et al. 2020, "Overfitting in adversarially robust deep learning") reads robust validation accuracy and the
 robust generalisation gap of the trial alone, so it works in any study.
 """
 
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from certstudy.metric_names import SPLIT_METRIC
 
 PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,
@@ -36,14 +38,16 @@ class PrunerConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: Literal["median", "percentile", "successive_halving", "hyperband", "patient", "threshold", "wilcoxon", "none"] = "none"
+    name: Literal[
+        "median", "percentile", "successive_halving", "hyperband", "patient", "threshold", "wilcoxon", "none"
+    ] = "none"
 
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
     @model_validator(mode="after")
-    def _buildable(self) -> "PrunerConfig":
+    def _buildable(self) -> PrunerConfig:
         self.build()  # Optuna checks its own arguments; its message becomes the field's error
         return self
 
@@ -51,7 +55,9 @@ class PrunerConfig(BaseModel):
         kwargs = self.kwargs
         if self.name == "patient":
             wrapped = kwargs.pop("wrapped", None)
-            inner = PrunerConfig.model_validate(wrapped if isinstance(wrapped, Mapping) else {"name": wrapped or "none"})
+            inner = PrunerConfig.model_validate(
+                wrapped if isinstance(wrapped, Mapping) else {"name": wrapped or "none"}
+            )
             kwargs["wrapped_pruner"] = None if inner.name == "none" else inner.build()
         try:
             with warnings.catch_warnings():  # Patient and Wilcoxon are "experimental" in Optuna 5
@@ -73,15 +79,15 @@ class OverfittingRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = Field("val/robust_acc", pattern=r"^(train|val|gap)/[A-Za-z0-9_.\-]+$")
-    gap_metric: str = Field("gap/robust_acc", pattern=r"^(train|val|gap)/[A-Za-z0-9_.\-]+$", description="train minus val robust accuracy")
+    metric: str = Field("val/robust_acc", pattern=SPLIT_METRIC)
+    gap_metric: str = Field("gap/robust_acc", pattern=SPLIT_METRIC, description="train minus val robust accuracy")
     min_drop: float | None = Field(0.02, gt=0, le=1)
     patience: int = Field(5, ge=1, le=100000)
     max_gap: float | None = Field(None, gt=0, le=1)
     warmup: int = Field(0, ge=0, le=100000)
 
     @model_validator(mode="after")
-    def _something_to_check(self) -> "OverfittingRule":
+    def _something_to_check(self) -> OverfittingRule:
         if self.min_drop is None and self.max_gap is None:
             raise ValueError("give min_drop, max_gap or both")
         return self
@@ -108,7 +114,10 @@ class OverfittingRule(BaseModel):
             drops[e] = best - v if math.isfinite(v) else math.nan
         window = range(epoch - self.patience + 1, epoch + 1)
         if all(e in drops and drops[e] >= self.min_drop - 1e-12 for e in window):
-            return f"{self.metric} {value:.3f} at least {self.min_drop:g} below its best {best:.3f} for {self.patience} epochs (epoch {epoch})"
+            return (
+                f"{self.metric} {value:.3f} at least {self.min_drop:g} below its best {best:.3f} for "
+                f"{self.patience} epochs (epoch {epoch})"
+            )
         return None
 
 
@@ -128,10 +137,3 @@ class PruningConfig(BaseModel):
     @property
     def enabled(self) -> bool:
         return self.pruner.name != "none" or self.overfitting is not None
-
-
-@dataclass(frozen=True)
-class PruneDecision:
-    reason: str  # the pruner's name, or "overfitting"
-    epoch: int
-    detail: str = ""

@@ -8,14 +8,14 @@ study, tag ``certstudy.role=run``) so it sits beside the trial it reproduces.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from certstudy.errors import SpecError
-from certstudy.study.results import result_tags, series_metrics, summary_metrics
+from certstudy.study.records import METHOD_TAG, STUDY_ARTIFACT, result_tags, series_metrics, summary_metrics
 from certstudy.study.spec import StudySpec, dump_study
 from certstudy.trial import run_trial
 from certstudy.trial.checkpoint import ARTIFACTS_DIR, MODEL_FILE
@@ -33,22 +33,37 @@ class RunOutcome:
         return max((abs(a - b) for a, b in self.compared.values()), default=0.0)
 
 
-def run_fixed(spec: StudySpec, workdir: Workdir, *, track: bool = True, on_epoch: Callable[[dict[str, float]], None] | None = None, source: str = "study") -> RunOutcome:
+def run_fixed(
+    spec: StudySpec,
+    workdir: Workdir,
+    *,
+    track: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    source: str = "study",
+) -> RunOutcome:
     if not spec.is_fixed():
-        raise SpecError(source, "search", "<searched parameters>", "certstudy run needs a study with every hyperparameter fixed (one method, no search); use certstudy launch")
+        raise SpecError(
+            source,
+            "search",
+            "<searched parameters>",
+            "certstudy run needs a study with every hyperparameter fixed (one method, no search); use certstudy launch",
+        )
     cfg = spec.trial_config()
     workdir.ensure()
     tracker = run_id = None
     if track:
-        from certstudy.study.tracking import ROLE_TAG, STUDY_TAG, Tracker, flatten
+        from certstudy.study.records import ROLE_TAG, STUDY_TAG
+        from certstudy.study.tracking import Tracker, flatten
 
         tracker = Tracker(spec.tracking_uri(workdir.tracking_uri), workdir.artifact_root)
         exp = tracker.experiment_id(spec.experiment_name)
-        run = tracker.client.create_run(exp, run_name=f"{spec.name}-run", tags={ROLE_TAG: "run", STUDY_TAG: spec.name, "certstudy.method": cfg.method.name})
+        run = tracker.client.create_run(
+            exp, run_name=f"{spec.name}-run", tags={ROLE_TAG: "run", STUDY_TAG: spec.name, METHOD_TAG: cfg.method.name}
+        )
         run_id = run.info.run_id
         for key, value in flatten(cfg.model_dump(mode="json")).items():
             tracker.client.log_param(run_id, key, value[:6000])
-        tracker.client.log_text(run_id, yaml.safe_dump(dump_study(spec), sort_keys=False), "study.yaml")
+        tracker.client.log_text(run_id, yaml.safe_dump(dump_study(spec), sort_keys=False), STUDY_ARTIFACT)
 
     def report(metrics: dict[str, float | str], checkpoint_dir: str | None) -> None:
         if tracker is not None and run_id is not None:

@@ -17,7 +17,9 @@ METHOD_PARAM = "method"
 
 
 class SuggestingTrial(Protocol):
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float: ...
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
 
@@ -41,7 +43,7 @@ class SearchSpace:
         key = trial.suggest_categorical(METHOD_PARAM, list(entries)) if len(entries) > 1 else next(iter(entries))
         for name, dist in entries[key].search.items():
             _suggest(trial, f"{key}.{name}", dist)
-        for section, search in (("model", self.spec.model.search), ("training", self.spec.training.search), ("dataset", self.spec.dataset.search)):
+        for section, search in self.spec.shared_search():
             for name, dist in search.items():
                 _suggest(trial, f"{section}.{name}", dist)
         return None
@@ -57,7 +59,7 @@ def grid_points(spec: StudySpec) -> dict[str, list[Any]]:
     for m in entries:
         for name, dist in m.search.items():
             grid[f"{m.key}.{name}"] = list(dist.choices)  # type: ignore[union-attr]
-    for section, search in (("model", spec.model.search), ("training", spec.training.search), ("dataset", spec.dataset.search)):
+    for section, search in spec.shared_search():
         for name, dist in search.items():
             grid[f"{section}.{name}"] = list(dist.choices)  # type: ignore[union-attr]
     return grid
@@ -77,5 +79,13 @@ def resolve(spec: StudySpec, values: dict[str, Any]) -> StudySpec:
     training = spec.training.model_copy(update={**picked("training"), "search": {}})
     dataset = spec.dataset.model_copy(update={"options": {**spec.dataset.options, **picked("dataset")}, "search": {}})
     search = spec.search.model_copy(update={"num_trials": 1, "max_concurrent": 1, "start_points": []})
-    data = {**spec.model_dump(), "method": method.model_dump(), "methods": None, "model": model.model_dump(), "training": training.model_dump(), "dataset": dataset.model_dump(), "search": search.model_dump()}
+    data = {
+        **spec.model_dump(),
+        "method": method.model_dump(),
+        "methods": None,
+        "model": model.model_dump(),
+        "training": training.model_dump(),
+        "dataset": dataset.model_dump(),
+        "search": search.model_dump(),
+    }
     return StudySpec.model_validate(data)

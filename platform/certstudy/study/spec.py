@@ -12,19 +12,32 @@ a file may hold several YAML documents, one study each.
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from certstudy.certify import CERTIFIERS
-from certstudy.certify.metrics import CERTIFICATION_METRIC, END_ONLY_METRIC, certificate_metric_names
 from certstudy.data import DATASETS
 from certstudy.errors import SpecError
 from certstudy.methods import METHODS
+from certstudy.metric_names import (
+    CERTIFICATION_METRIC,
+    END_ONLY_METRIC,
+    EPOCH_METRICS,
+    SPLIT_METRIC,
+    certificate_metric_names,
+    per_epoch_metric,
+)
 from certstudy.models import MODELS
+from certstudy.registry import Registry
+from certstudy.study.certifiable import check_certifiable
+from certstudy.study.pruning import PruningConfig
+from certstudy.trial.build import certifier_params
 from certstudy.trial.config import (
     ComponentConfig,
     DatasetConfig,
@@ -32,10 +45,6 @@ from certstudy.trial.config import (
     TrainingConfig,
     TrialConfig,
 )
-from certstudy.trial.build import certifier_params
-from certstudy.trial.evaluation import EPOCH_METRICS
-from certstudy.study.certifiable import check_certifiable
-from certstudy.study.pruning import PruningConfig
 
 
 class Strict(BaseModel):
@@ -53,7 +62,7 @@ class FloatRange(Strict):
     step: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
+    def _ordered(self) -> FloatRange:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
@@ -74,7 +83,7 @@ class IntRange(Strict):
     step: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
+    def _ordered(self) -> IntRange:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
@@ -89,13 +98,13 @@ class IntRange(Strict):
 
 class Categorical(Strict):
     type: Literal["categorical"]
-    choices: list[Union[bool, int, float, str, None]] = Field(min_length=1)
+    choices: list[bool | int | float | str | None] = Field(min_length=1)
 
     def probes(self) -> list[Any]:
         return list(self.choices)
 
 
-Distribution = Annotated[Union[FloatRange, IntRange, Categorical], Field(discriminator="type")]
+Distribution = Annotated[FloatRange | IntRange | Categorical, Field(discriminator="type")]
 
 
 # --- sections -------------------------------------------------------------------------------
@@ -132,7 +141,9 @@ class SearchConfig(Strict):
     max_concurrent: int = Field(2, ge=1, le=10000)
     seed: int = Field(0, ge=0)
     max_failures: int = Field(1, ge=0, le=100, description="retries of a trial whose worker died")
-    start_points: list[dict[str, Any]] = Field(default_factory=list, description="parameter values tried first, by search-space name")
+    start_points: list[dict[str, Any]] = Field(
+        default_factory=list, description="parameter values tried first, by search-space name"
+    )
 
 
 class Resources(Strict):
@@ -155,7 +166,10 @@ class Tracking(Strict):
     @classmethod
     def _no_file_store(cls, uri: str | None) -> str | None:
         if uri and (uri.startswith("file:") or "://" not in uri):
-            raise ValueError("must be a database or server URI (sqlite:///..., postgresql://..., http://...); MLflow 3 file stores are not supported")
+            raise ValueError(
+                "must be a database or server URI (sqlite:///..., postgresql://..., http://...); MLflow 3 file stores "
+                "are not supported"
+            )
         return uri
 
 
@@ -170,7 +184,9 @@ class StudySpec(Strict):
     methods: list[MethodEntry] | None = Field(None, min_length=1)
     training: SearchableTraining = Field(default_factory=SearchableTraining)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val/robust_acc", mode="max")], min_length=1)
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="val/robust_acc", mode="max")], min_length=1
+    )
     search: SearchConfig = Field(default_factory=SearchConfig)
     pruning: PruningConfig = Field(default_factory=PruningConfig)
     resources: Resources = Field(default_factory=Resources)
@@ -181,14 +197,18 @@ class StudySpec(Strict):
     provenance: dict[str, Any] | None = Field(None, description="written by export; ignored by launch")
 
     @model_validator(mode="after")
-    def _best_epoch_defaults(self) -> "StudySpec":
+    def _best_epoch_defaults(self) -> StudySpec:
         """A pruned study tests and certifies each trial's best epoch, the epoch being picked by
         the objective when it is reported every epoch (unless the file says otherwise)."""
         ev, updates = self.evaluation, {}
         if self.pruning.enabled and "final_model" not in ev.model_fields_set:
             updates["final_model"] = "best"
         objective = self.objectives[0]
-        if "best_metric" not in ev.model_fields_set and len(self.objectives) == 1 and per_epoch_metric(objective.metric):
+        if (
+            "best_metric" not in ev.model_fields_set
+            and len(self.objectives) == 1
+            and per_epoch_metric(objective.metric)
+        ):
             updates.update(best_metric=objective.metric, best_mode=objective.mode)
         if updates:
             self.evaluation = ev.model_copy(update=updates)
@@ -215,10 +235,19 @@ class StudySpec(Strict):
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    def shared_search(self) -> list[tuple[str, dict[str, Any]]]:
+        """(section, search) of the sections every trial searches, in the order the space samples
+        them: model, training, dataset."""
+        return [("model", self.model.search), ("training", self.training.search), ("dataset", self.dataset.search)]
+
+    def searched_sections(self) -> list[tuple[str, dict[str, Any]]]:
+        """(search-space prefix, search) of every section: each method entry (by its key), then the
+        shared ones."""
+        return [(m.key, m.search) for m in self.method_entries] + self.shared_search()
+
     def is_fixed(self) -> bool:
         """True when there is nothing to search: one method, no ``search`` entries."""
-        sections = [self.dataset.search, self.model.search, self.training.search] + [m.search for m in self.method_entries]
-        return len(self.method_entries) == 1 and not any(sections)
+        return len(self.method_entries) == 1 and not any(search for _, search in self.searched_sections())
 
     def trial_config(self) -> TrialConfig:
         """The trial of a fixed study (see ``space.resolve`` for a searched one)."""
@@ -278,7 +307,9 @@ def _lookup(data: Any, loc: Iterable[Any]) -> Any:
     return data
 
 
-def _first_error(source: str, exc: ValidationError, data: Any, prefix: tuple[Any, ...] = (), model: Any = None) -> SpecError:
+def _first_error(
+    source: str, exc: ValidationError, data: Any, prefix: tuple[Any, ...] = (), model: Any = None
+) -> SpecError:
     err = exc.errors(include_url=False)[0]
     loc = tuple(p for p in err["loc"] if p not in ("float", "int", "categorical"))
     full = prefix + loc
@@ -296,24 +327,44 @@ def _first_error(source: str, exc: ValidationError, data: Any, prefix: tuple[Any
     return SpecError(source, _path(full), value, msg[0].lower() + msg[1:] if msg else "invalid")
 
 
-def _check_component(source: str, path: str, registry: Any, name: str, params_attr: str, fixed: dict[str, Any], search: dict[str, Any]) -> None:
+def _check_component(
+    source: str,
+    path: str,
+    registry: Registry[Any],
+    name: str,
+    fixed: dict[str, Any],
+    search: dict[str, Any],
+    fixed_key: str = "params",
+) -> None:
+    """A registered component's name, and its fixed and searched params against its ``Params``
+    (a dataset's are given under ``options``)."""
     if name not in registry:
         raise SpecError(source, f"{path}.name", name, f"known {registry.kind}s: {', '.join(registry.names())}")
-    params_model = getattr(registry.get(name), params_attr)
-    _check_params(source, path, params_model, fixed, search, fixed_key="options" if params_attr == "Options" else "params")
+    _check_params(source, path, registry.get(name).Params, fixed, search, fixed_key=fixed_key)
 
 
-def _check_params(source: str, path: str, params_model: type[BaseModel], fixed: dict[str, Any], search: dict[str, Any], fixed_key: str) -> None:
+def _check_params(
+    source: str, path: str, params_model: type[BaseModel], fixed: dict[str, Any], search: dict[str, Any], fixed_key: str
+) -> None:
     try:
         params_model(**fixed)
     except ValidationError as exc:
-        raise _first_error(source, exc, fixed, (path, fixed_key) if fixed_key else (path,), model=params_model) from None
+        raise _first_error(
+            source, exc, fixed, (path, fixed_key) if fixed_key else (path,), model=params_model
+        ) from None
     names = param_names(params_model)
     for key, dist in search.items():
         if key not in names:
-            raise SpecError(source, f"{path}.search.{key}", key, f"not a parameter of this section; parameters: {', '.join(names)}")
+            raise SpecError(
+                source, f"{path}.search.{key}", key, f"not a parameter of this section; parameters: {', '.join(names)}"
+            )
         if key in fixed:
-            raise SpecError(source, f"{path}.search.{key}", key, f"is also fixed in {path}.{fixed_key}.{key}; fix it or search it, not both")
+            raise SpecError(
+                source,
+                f"{path}.search.{key}",
+                key,
+                f"is also fixed in {path}.{fixed_key}.{key}; fix it or search it, not both",
+            )
         for probe in dist.probes():
             try:
                 params_model(**{**fixed, key: probe})
@@ -325,7 +376,12 @@ def _check_params(source: str, path: str, params_model: type[BaseModel], fixed: 
 def param_names(params_model: type[BaseModel]) -> list[str]:
     """The names a study file uses for a params model's fields (its alias where it has one, e.g. ``lambda``),
     its own fields before those every model of its kind inherits (such as ``normalize``)."""
-    inherited = {name for base in params_model.__mro__[1:] if isinstance(base, type) and issubclass(base, BaseModel) for name in base.model_fields}
+    inherited = {
+        name
+        for base in params_model.__mro__[1:]
+        if isinstance(base, type) and issubclass(base, BaseModel)
+        for name in base.model_fields
+    }
     fields = params_model.model_fields.items()
     ordered = [(n, f) for n, f in fields if n not in inherited] + [(n, f) for n, f in fields if n in inherited]
     return [f.alias or name for name, f in ordered]
@@ -360,18 +416,21 @@ def certificates_of(spec: StudySpec, source: str = "study") -> list[tuple[str, s
                 raise SpecError(source, f"{path}.params", entry.params, f"{exc} (method {m.key})") from None
             for name, norm in cls.certificates(params):
                 if seen.setdefault(name, i) != i:
-                    raise SpecError(source, f"{path}.name", entry.name, f"certificate {name!r} is already issued by evaluation.certifiers[{seen[name]}]")
+                    raise SpecError(
+                        source,
+                        f"{path}.name",
+                        entry.name,
+                        f"certificate {name!r} is already issued by evaluation.certifiers[{seen[name]}]",
+                    )
                 if (name, norm) not in out:
                     out.append((name, norm))
     return out
 
 
-def per_epoch_metric(metric: str) -> bool:
-    """Reported after every epoch (not only at the end, as certified metrics are)."""
-    return bool(re.fullmatch(r"(train|val|gap)/[A-Za-z0-9_.\-]+", metric)) and not CERTIFICATION_METRIC.match(metric) and not END_ONLY_METRIC.match(metric)
-
-
-END_ONLY_HINT = "AutoAttack accuracy and the certification gap are measured on test points at the end only (there is no val variant); steer with a val/ metric"
+END_ONLY_HINT = (
+    "AutoAttack accuracy and the certification gap are measured on test points at the end only (there is "
+    "no val variant); steer with a val/ metric"
+)
 
 
 def _check_end_only(source: str, spec: StudySpec) -> None:
@@ -390,17 +449,33 @@ def _check_autoattack(source: str, spec: StudySpec) -> None:
     """AutoAttack (and the APGD audit) attack the trained classifier in the [0, 1] image box."""
     ev = spec.evaluation
     dataset = DATASETS.get(spec.dataset.name)
-    shape, _ = dataset.shape(dataset.Options(**spec.dataset.options))
+    shape, _ = dataset.shape(dataset.Params(**spec.dataset.options))
     if ev.audit.attack == "apgd" and len(shape) != 3:
-        raise SpecError(source, "evaluation.audit.attack", "apgd", f"APGD assumes images in [0, 1]; dataset {spec.dataset.name!r} has inputs of shape {shape}; use pgd")
+        raise SpecError(
+            source,
+            "evaluation.audit.attack",
+            "apgd",
+            f"APGD assumes images in [0, 1]; dataset {spec.dataset.name!r} has inputs of shape {shape}; use pgd",
+        )
     if ev.autoattack is None:
         return
     if len(shape) != 3:
-        raise SpecError(source, "evaluation.autoattack", spec.dataset.name, f"AutoAttack assumes images in [0, 1]; dataset {spec.dataset.name!r} has inputs of shape {shape}")
+        raise SpecError(
+            source,
+            "evaluation.autoattack",
+            spec.dataset.name,
+            f"AutoAttack assumes images in [0, 1]; dataset {spec.dataset.name!r} has inputs of shape {shape}",
+        )
     for m in spec.method_entries:
         method_cls, _ = _probe_params(m)
         if not method_cls.model_is_classifier:
-            raise SpecError(source, "evaluation.autoattack", m.key, f"method {m.key!r} trains a base classifier, not the classifier it certifies; AutoAttack would measure the wrong model (see README: evaluating smoothed classifiers)")
+            raise SpecError(
+                source,
+                "evaluation.autoattack",
+                m.key,
+                f"method {m.key!r} trains a base classifier, not the classifier it certifies; AutoAttack would "
+                f"measure the wrong model (see README: evaluating smoothed classifiers)",
+            )
 
 
 def _check_grid(source: str, spec: StudySpec) -> None:
@@ -412,16 +487,32 @@ def _check_grid(source: str, spec: StudySpec) -> None:
     size = len(entries)
     key = "methods" if spec.methods is not None else "method"
     sections = [(f"{key}[{i}]" if spec.methods is not None else key, m.search) for i, m in enumerate(entries)]
-    sections += [("model", spec.model.search), ("training", spec.training.search), ("dataset", spec.dataset.search)]
+    sections += spec.shared_search()
     for where, search in sections:
         for name, dist in search.items():
             if not isinstance(dist, Categorical):
-                raise SpecError(source, f"{where}.search.{name}.type", dist.type, "the grid sampler takes categorical parameters only (list the values to try)")
+                raise SpecError(
+                    source,
+                    f"{where}.search.{name}.type",
+                    dist.type,
+                    "the grid sampler takes categorical parameters only (list the values to try)",
+                )
             if where.startswith("method") and len(entries) > 1:
-                raise SpecError(source, f"{where}.search.{name}", name, "the grid sampler needs one space for every trial; method-specific parameters of one of several methods are conditional")
+                raise SpecError(
+                    source,
+                    f"{where}.search.{name}",
+                    name,
+                    "the grid sampler needs one space for every trial; method-specific parameters of one of several "
+                    "methods are conditional",
+                )
             size *= len(dist.choices)
     if spec.search.num_trials > size:
-        raise SpecError(source, "search.num_trials", spec.search.num_trials, f"the grid has {size} points; ask for at most that many trials")
+        raise SpecError(
+            source,
+            "search.num_trials",
+            spec.search.num_trials,
+            f"the grid has {size} points; ask for at most that many trials",
+        )
 
 
 def _check_augment(source: str, spec: StudySpec) -> None:
@@ -429,20 +520,22 @@ def _check_augment(source: str, spec: StudySpec) -> None:
     if not augment.enabled:
         return
     dataset = DATASETS.get(spec.dataset.name)
-    shape, _ = dataset.shape(dataset.Options(**spec.dataset.options))
+    shape, _ = dataset.shape(dataset.Params(**spec.dataset.options))
     if len(shape) != 3:
-        raise SpecError(source, "dataset.augment", augment.model_dump(), f"dataset {spec.dataset.name!r} is not images (input shape {shape}); crop and flip need (C, H, W) inputs")
+        raise SpecError(
+            source,
+            "dataset.augment",
+            augment.model_dump(),
+            f"dataset {spec.dataset.name!r} is not images (input shape {shape}); crop and flip need (C, H, W) inputs",
+        )
     if augment.flip and not dataset.flip_keeps_labels:
-        raise SpecError(source, "dataset.augment.flip", True, f"a horizontal flip changes {spec.dataset.name!r} labels (a mirrored digit is another symbol or none); use crop only")
-
-
-def _check_dashboard(source: str, spec: StudySpec) -> None:
-    from certstudy.dashboards.layout import load_layout
-
-    try:
-        load_layout(spec.dashboard)
-    except SpecError as exc:
-        raise SpecError(source, "dashboard", spec.dashboard, f"{exc}") from None
+        raise SpecError(
+            source,
+            "dataset.augment.flip",
+            True,
+            f"a horizontal flip changes {spec.dataset.name!r} labels (a mirrored digit is another symbol or none); "
+            f"use crop only",
+        )
 
 
 def _check_attack(source: str, spec: StudySpec) -> None:
@@ -451,17 +544,34 @@ def _check_attack(source: str, spec: StudySpec) -> None:
     for m in spec.method_entries:
         method_cls, params = _probe_params(m)
         if method_cls.threat_model(params) is None:
-            raise SpecError(source, "evaluation.attack.at_training_radius", True, f"method {m.key!r} trains against no radius; attack at a fixed evaluation.attack.eps instead")
+            raise SpecError(
+                source,
+                "evaluation.attack.at_training_radius",
+                True,
+                f"method {m.key!r} trains against no radius; attack at a fixed evaluation.attack.eps instead",
+            )
 
 
 def _check_pruning(source: str, spec: StudySpec) -> None:
     if spec.pruning.pruner.name == "none":
         return
     if spec.multi_objective:
-        raise SpecError(source, "pruning.pruner.name", spec.pruning.pruner.name, "Optuna's pruners cannot prune multi-objective studies; use pruning.overfitting (it works with any objectives) or one objective")
+        raise SpecError(
+            source,
+            "pruning.pruner.name",
+            spec.pruning.pruner.name,
+            "Optuna's pruners cannot prune multi-objective studies; use pruning.overfitting (it works with any "
+            "objectives) or one objective",
+        )
     metric = spec.objectives[0].metric
     if not per_epoch_metric(metric):
-        raise SpecError(source, "pruning.pruner.name", spec.pruning.pruner.name, f"a pruner needs an objective reported every epoch, and {metric} is measured only at the end; use a per-epoch objective or pruning.overfitting")
+        raise SpecError(
+            source,
+            "pruning.pruner.name",
+            spec.pruning.pruner.name,
+            f"a pruner needs an objective reported every epoch, and {metric} is measured only at the end; use a "
+            f"per-epoch objective or pruning.overfitting",
+        )
 
 
 def _check_objectives(source: str, spec: StudySpec, certificates: list[tuple[str, str]]) -> None:
@@ -469,16 +579,38 @@ def _check_objectives(source: str, spec: StudySpec, certificates: list[tuple[str
     for i, obj in enumerate(spec.objectives):
         where = f"objectives[{i}].metric"
         if obj.metric.startswith("test/"):
-            raise SpecError(source, where, obj.metric, "test metrics cannot steer the search (that would tune on the test split); use a val/ metric")
+            raise SpecError(
+                source,
+                where,
+                obj.metric,
+                "test metrics cannot steer the search (that would tune on the test split); use a val/ metric",
+            )
         if END_ONLY_METRIC.match(obj.metric):
             raise SpecError(source, where, obj.metric, END_ONLY_HINT)
         if CERTIFICATION_METRIC.match(obj.metric):
             if not spec.evaluation.certify_val_subset:
-                raise SpecError(source, where, obj.metric, "certified val metrics need evaluation.certify_val_subset > 0 (val points certified at the end)")
+                raise SpecError(
+                    source,
+                    where,
+                    obj.metric,
+                    "certified val metrics need evaluation.certify_val_subset > 0 (val points certified at the end)",
+                )
             if obj.metric not in certified:
-                raise SpecError(source, where, obj.metric, f"not reported by the configured certifiers and radii; e.g. {', '.join(sorted(certified)[:4]) or 'none (no certifiers)'}")
-        elif obj.metric not in EPOCH_METRICS and not re.fullmatch(r"(train|val|gap)/[A-Za-z0-9_.\-]+", obj.metric):
-            raise SpecError(source, where, obj.metric, f"objectives are per-epoch metrics, e.g. {', '.join(m for m in EPOCH_METRICS if m.startswith('val/'))}, or certified val metrics")
+                raise SpecError(
+                    source,
+                    where,
+                    obj.metric,
+                    f"not reported by the configured certifiers and radii; e.g. "
+                    f"{', '.join(sorted(certified)[:4]) or 'none (no certifiers)'}",
+                )
+        elif obj.metric not in EPOCH_METRICS and not re.fullmatch(SPLIT_METRIC, obj.metric):
+            raise SpecError(
+                source,
+                where,
+                obj.metric,
+                f"objectives are per-epoch metrics, e.g. "
+                f"{', '.join(m for m in EPOCH_METRICS if m.startswith('val/'))}, or certified val metrics",
+            )
 
 
 def validate_spec(data: Any, source: str) -> StudySpec:
@@ -487,26 +619,42 @@ def validate_spec(data: Any, source: str) -> StudySpec:
         raise SpecError(source, "", type(data).__name__, "a study file must be a YAML mapping")
     if ("method" in data) == ("methods" in data):
         both = "method" in data
-        raise SpecError(source, "methods" if both else "method", "<both given>" if both else "<missing>", "give exactly one of 'method' (one method) or 'methods' (a list)")
+        raise SpecError(
+            source,
+            "methods" if both else "method",
+            "<both given>" if both else "<missing>",
+            "give exactly one of 'method' (one method) or 'methods' (a list)",
+        )
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as exc:
         raise _first_error(source, exc, data, model=StudySpec) from None
-    _check_component(source, "dataset", DATASETS, spec.dataset.name, "Options", spec.dataset.options, spec.dataset.search)
-    _check_component(source, "model", MODELS, spec.model.name, "Params", spec.model.params, spec.model.search)
+    _check_component(
+        source, "dataset", DATASETS, spec.dataset.name, spec.dataset.options, spec.dataset.search, "options"
+    )
+    _check_component(source, "model", MODELS, spec.model.name, spec.model.params, spec.model.search)
     entries = spec.method_entries
     key = "methods" if spec.methods is not None else "method"
     for i, m in enumerate(entries):
-        _check_component(source, f"{key}[{i}]" if spec.methods is not None else key, METHODS, m.name, "Params", m.params, m.search)
+        _check_component(
+            source, f"{key}[{i}]" if spec.methods is not None else key, METHODS, m.name, m.params, m.search
+        )
     seen: set[str] = set()
     for i, m in enumerate(entries):
         if m.key in seen:
-            raise SpecError(source, f"methods[{i}].label", m.label, f"method {m.key!r} is listed twice; give each entry a distinct label")
+            raise SpecError(
+                source,
+                f"methods[{i}].label",
+                m.label,
+                f"method {m.key!r} is listed twice; give each entry a distinct label",
+            )
         seen.add(m.key)
     training_fixed = spec.training.model_dump(exclude={"search"})
     for k in spec.training.search:
         if k in spec.training.model_fields_set:
-            raise SpecError(source, f"training.search.{k}", k, f"is also fixed in training.{k}; fix it or search it, not both")
+            raise SpecError(
+                source, f"training.search.{k}", k, f"is also fixed in training.{k}; fix it or search it, not both"
+            )
         training_fixed.pop(k, None)
     _check_params(source, "training", TrainingConfig, training_fixed, spec.training.search, fixed_key="")
     _check_objectives(source, spec, certificates_of(spec, source))
@@ -519,7 +667,6 @@ def validate_spec(data: Any, source: str) -> StudySpec:
     _check_end_only(source, spec)
     _check_autoattack(source, spec)
     _check_grid(source, spec)
-    _check_dashboard(source, spec)
     _check_augment(source, spec)
     if spec.is_fixed():
         try:
@@ -537,7 +684,7 @@ def space_names(spec: StudySpec) -> dict[str, Any]:
         names["method"] = Categorical(type="categorical", choices=[m.key for m in entries])
     for m in entries:
         names.update({f"{m.key}.{k}": d for k, d in m.search.items()})
-    for section, search in (("model", spec.model.search), ("training", spec.training.search), ("dataset", spec.dataset.search)):
+    for section, search in spec.shared_search():
         names.update({f"{section}.{k}": d for k, d in search.items()})
     return names
 
@@ -558,17 +705,43 @@ def _check_start_points(source: str, spec: StudySpec) -> None:
         for key, value in point.items():
             where = f"search.start_points[{i}].{key}"
             if key not in names:
-                raise SpecError(source, where, key, f"not a search-space parameter; parameters: {', '.join(names) or 'none'}")
+                raise SpecError(
+                    source, where, key, f"not a search-space parameter; parameters: {', '.join(names) or 'none'}"
+                )
             if not _inside(names[key], value):
                 raise SpecError(source, where, value, f"outside the searched range of {key}")
     if len(spec.search.start_points) > spec.search.num_trials:
-        raise SpecError(source, "search.start_points", len(spec.search.start_points), f"more start points than num_trials ({spec.search.num_trials})")
+        raise SpecError(
+            source,
+            "search.start_points",
+            len(spec.search.start_points),
+            f"more start points than num_trials ({spec.search.num_trials})",
+        )
 
 
-def load_documents(path: str | Path) -> list[StudySpec]:
-    """All study documents in a YAML file (an export may hold several)."""
+def apply_overrides(data: Any, overrides: dict[str, Any]) -> Any:
+    """``data`` with each dotted key of ``overrides`` (e.g. ``search.num_trials``) set, so a command
+    line override is validated like the file (grid size, start points, bounds)."""
+    if not isinstance(data, dict):
+        return data
+    data = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                break  # a malformed section: validation names it
+        else:
+            node[leaf] = value
+    return data
+
+
+def load_documents(path: str | Path, overrides: dict[str, Any] | None = None) -> list[StudySpec]:
+    """All study documents in a YAML file (an export may hold several), with command-line
+    ``overrides`` applied before validation."""
     path = Path(path)
-    source = str(path)
+    source = str(path) + (f" (with {', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else "")
     try:
         text = path.read_text()
     except OSError as exc:
@@ -582,12 +755,13 @@ def load_documents(path: str | Path) -> list[StudySpec]:
         raise SpecError(source, "", where, f"not valid YAML: {problem}") from None
     if not docs:
         raise SpecError(source, "", "<empty>", "the file holds no study")
+    docs = [apply_overrides(d, overrides) for d in docs] if overrides else docs
     return [validate_spec(d, source if len(docs) == 1 else f"{source} (document {i + 1})") for i, d in enumerate(docs)]
 
 
-def load_study(path: str | Path) -> StudySpec:
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
     """The single study in a file (the first, for a multi-document export)."""
-    return load_documents(path)[0]
+    return load_documents(path, overrides)[0]
 
 
 def dump_study(spec: StudySpec) -> dict[str, Any]:
@@ -600,7 +774,9 @@ def dump_study(spec: StudySpec) -> dict[str, Any]:
     for key in ("method", "methods"):
         if data.get(key) is None:
             data.pop(key, None)
-    sections = [data["dataset"], data["model"], data["training"]] + ([data["method"]] if "method" in data else data["methods"])
+    sections = [data["dataset"], data["model"], data["training"]] + (
+        [data["method"]] if "method" in data else data["methods"]
+    )
     for section in sections:
         if not section.get("search"):
             section.pop("search", None)

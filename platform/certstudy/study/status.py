@@ -14,10 +14,16 @@ from typing import Any
 import optuna
 
 from certstudy.study.export import study_spec
-from certstudy.study.results import summary_metrics
+from certstudy.study.records import (
+    FAIL_REASON_ATTR,
+    PRUNE_REASON_TAG,
+    PRUNED_AT_TAG,
+    REASON_TAG,
+    STATUS_TAG,
+    summary_metrics,
+)
 from certstudy.study.spec import StudySpec
 from certstudy.study.stored import StoredStudy
-from certstudy.study.tracking import PRUNE_REASON_TAG, PRUNED_AT_TAG, REASON_TAG, STATUS_TAG
 from certstudy.workdir import Workdir
 
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
@@ -50,7 +56,11 @@ class StudyStatus:
     @property
     def best(self) -> TrialRow | None:
         obj = self.spec.objectives[0]
-        done = [r for r in self.rows if r.state in ("completed", "pruned") and r.value is not None and math.isfinite(r.value)]
+        done = [
+            r
+            for r in self.rows
+            if r.state in ("completed", "pruned") and r.value is not None and math.isfinite(r.value)
+        ]
         if not done:
             return None
         return (max if obj.mode == "max" else min)(done, key=lambda r: r.value)  # type: ignore[arg-type, return-value]
@@ -84,13 +94,16 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
                 row.note = f"pruned at epoch {tags.get(PRUNED_AT_TAG)} ({tags[PRUNE_REASON_TAG]})"
             elif REASON_TAG in tags:
                 row.note = tags[REASON_TAG]
-        elif "fail_reason" in t.user_attrs:
-            row.note = str(t.user_attrs["fail_reason"])
+        elif FAIL_REASON_ATTR in t.user_attrs:
+            row.note = str(t.user_attrs[FAIL_REASON_ATTR])
         rows.append(row)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     from ray.tune import Tuner  # reads files only; Ray is not started
 
-    resumable = Tuner.can_restore(stored.ray_experiment) and counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0) < spec.search.num_trials
+    resumable = (
+        Tuner.can_restore(stored.ray_experiment)
+        and counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0) < spec.search.num_trials
+    )
     return StudyStatus(spec, rows, parent_status, resumable, counts)

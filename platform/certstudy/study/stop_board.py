@@ -48,7 +48,9 @@ def open_board(study: str) -> Any:
     """The study's board, created on first use (by the driver: it owns it, it dies with it)."""
     key = (study, ray.get_runtime_context().get_job_id())
     if key not in _HANDLES:
-        _HANDLES[key] = StopBoard.options(name=board_name(study), namespace=NAMESPACE, get_if_exists=True, lifetime=None).remote()  # type: ignore[attr-defined]
+        _HANDLES[key] = StopBoard.options(
+            name=board_name(study), namespace=NAMESPACE, get_if_exists=True, lifetime=None
+        ).remote()  # type: ignore[attr-defined]
     return _HANDLES[key]
 
 

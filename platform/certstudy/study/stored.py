@@ -14,14 +14,10 @@ import optuna
 from mlflow.entities import Run
 
 from certstudy.errors import CertstudyError
+from certstudy.study.records import EXPERIMENT_ATTR, OPTUNA_TAG, PARENT_ATTR, RAY_EXPERIMENT_ATTR, TRACKING_ATTR
 from certstudy.study.spec import StudySpec
-from certstudy.study.tracking import OPTUNA_TAG, Tracker
+from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
-
-PARENT_ATTR = "mlflow_parent_run_id"
-EXPERIMENT_ATTR = "mlflow_experiment_id"
-TRACKING_ATTR = "mlflow_tracking_uri"
-RAY_EXPERIMENT_ATTR = "ray_experiment"
 
 
 @dataclass
@@ -34,11 +30,13 @@ class StoredStudy:
     ray_experiment: str
 
     @classmethod
-    def open(cls, workdir: Workdir, spec: StudySpec, artifact_root: Path | None = None) -> "StoredStudy":
+    def open(cls, workdir: Workdir, spec: StudySpec, artifact_root: Path | None = None) -> StoredStudy:
         try:
             ot = optuna.load_study(study_name=spec.name, storage=workdir.optuna_url(spec.name))
         except KeyError:
-            raise CertstudyError(f"study {spec.name!r} has no Optuna study in {workdir.optuna_url(spec.name)} (it never got past set-up)") from None
+            raise CertstudyError(
+                f"study {spec.name!r} has no Optuna study in {workdir.optuna_url(spec.name)} (it never got past set-up)"
+            ) from None
         attrs = ot.user_attrs
         tracker = Tracker(attrs.get(TRACKING_ATTR) or spec.tracking_uri(workdir.tracking_uri), artifact_root)
         ray_experiment = attrs.get(RAY_EXPERIMENT_ATTR) or str(workdir.ray_experiment_dir(spec.name))

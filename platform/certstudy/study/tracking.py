@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
-ROLE_TAG = "certstudy.role"
-STUDY_TAG = "certstudy.study"
-STATUS_TAG = "certstudy.status"
-REASON_TAG = "certstudy.fail_reason"
-PRUNE_REASON_TAG = "prune_reason"  # the pruner's name, or "overfitting"
-PRUNED_AT_TAG = "pruned_at_epoch"  # 0-based, like the metrics' epoch steps
-TRIAL_ID_TAG = "ray.trial_id"
-OPTUNA_TAG = "optuna.trial_number"
-PARENT_TAG = "mlflow.parentRunId"
-TRIAL_STUDY_ARTIFACT = "trial_study.yaml"
-MODEL_ARTIFACT_DIR = "model"
+from certstudy.study.records import (
+    EXPERIMENT_TAGS,
+    PARENT_TAG,
+    ROLE_TAG,
+    STATUS_TAG,
+    STUDY_ARTIFACT,
+    STUDY_TAG,
+    TRIAL_ID_TAG,
+    TRIAL_STUDY_ARTIFACT,
+)
 
 _MAX_BATCH = 100  # MLflow accepts at most 100 params (and 1000 metrics) per log_batch
 
@@ -59,12 +59,23 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         location = (self.artifact_root / name).as_uri() if self.artifact_root else None
-        return self.client.create_experiment(name, artifact_location=location, tags={"certstudy": "1"})
+        return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
 
-    def start_study(self, experiment_id: str, study: str, params: Mapping[str, Any], study_yaml: str, tags: Mapping[str, str] | None = None) -> str:
-        run = self.client.create_run(experiment_id, run_name=study, tags={ROLE_TAG: "study", STUDY_TAG: study, STATUS_TAG: "running", **(tags or {})})
+    def start_study(
+        self,
+        experiment_id: str,
+        study: str,
+        params: Mapping[str, Any],
+        study_yaml: str,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        run = self.client.create_run(
+            experiment_id,
+            run_name=study,
+            tags={ROLE_TAG: "study", STUDY_TAG: study, STATUS_TAG: "running", **(tags or {})},
+        )
         self._log_params(run.info.run_id, flatten(params))
-        self.client.log_text(run.info.run_id, study_yaml, "study.yaml")
+        self.client.log_text(run.info.run_id, study_yaml, STUDY_ARTIFACT)
         return run.info.run_id
 
     def end_run(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
@@ -74,22 +85,44 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
     def latest_study_run(self, experiment_id: str, study: str) -> Run | None:
-        runs = self.client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study}'", order_by=["attributes.start_time DESC"], max_results=1)
+        runs = self.client.search_runs(
+            [experiment_id],
+            f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         return runs[0] if runs else None
 
     # trial runs ------------------------------------------------------------------------------
 
     def find_trial_run(self, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
-        runs = self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_ID_TAG}` = '{trial_id}'", max_results=1)
+        runs = self.client.search_runs(
+            [experiment_id],
+            f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
+            max_results=1,
+        )
         return runs[0].info.run_id if runs else None
 
-    def start_trial(self, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str], trial_yaml: str) -> str:
+    def start_trial(
+        self,
+        experiment_id: str,
+        parent_run_id: str,
+        trial_id: str,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        trial_yaml: str,
+    ) -> str:
         """The trial's child run: created once, found again (and reopened) on a retry or resume."""
         existing = self.find_trial_run(experiment_id, parent_run_id, trial_id)
         if existing is not None:
             self.client.update_run(existing, status="RUNNING")
             return existing
-        run = self.client.create_run(experiment_id, run_name=run_name, tags={ROLE_TAG: "trial", PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, STATUS_TAG: "running", **tags})
+        run = self.client.create_run(
+            experiment_id,
+            run_name=run_name,
+            tags={ROLE_TAG: "trial", PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, STATUS_TAG: "running", **tags},
+        )
         run_id = run.info.run_id
         self._log_params(run_id, flatten(params))
         self.client.log_text(run_id, trial_yaml, TRIAL_STUDY_ARTIFACT)

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from ray import tune
 
-from certstudy.study.results import BEST_PREFIX, FAILURE_KEY, one_line
+from certstudy.errors import one_line
+from certstudy.study.records import BEST_PREFIX, FAILURE_KEY
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec
 from certstudy.study.stop_board import BoardReader
@@ -64,4 +65,3 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) ->
             raise
         objectives = {o.metric: last.get(o.metric, math.nan) for o in spec.objectives}
         tune.report({**objectives, "epoch": last.get("epoch", -1.0), FAILURE_KEY: one_line(exc)})
-

@@ -44,7 +44,9 @@ class BestEpoch:
     def update(self, epoch: int, metrics: dict[str, float | str], model: nn.Module, method: Method) -> bool:
         if self.metric not in metrics:
             per_epoch = ", ".join(sorted(k for k in metrics if "/" in k))
-            raise TrialFailed(f"evaluation.best_metric {self.metric!r} is not reported every epoch; per-epoch metrics: {per_epoch}")
+            raise TrialFailed(
+                f"evaluation.best_metric {self.metric!r} is not reported every epoch; per-epoch metrics: {per_epoch}"
+            )
         value = float(metrics[self.metric])
         if not self.better(value):
             return False
@@ -59,7 +61,13 @@ class BestEpoch:
         method.load_state_dict(self._method)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "value": self.value, "metrics": self.metrics, "model": self._model, "method": self._method}
+        return {
+            "epoch": self.epoch,
+            "value": self.value,
+            "metrics": self.metrics,
+            "model": self._model,
+            "method": self._method,
+        }
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if not state or state.get("epoch") is None:

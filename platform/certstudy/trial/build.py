@@ -26,7 +26,7 @@ class TrialParts:
 
 def load_splits(cfg: TrialConfig, data_dir: str) -> Splits:
     dataset = DATASETS.get(cfg.dataset.name)
-    splits = dataset.load(dataset.Options(**cfg.dataset.options), cfg.seed, data_dir)
+    splits = dataset.load(dataset.Params(**cfg.dataset.options), cfg.seed, data_dir)
     return poison(splits, cfg.dataset.poisoning, cfg.seed)
 
 
@@ -36,18 +36,28 @@ def build_parts(cfg: TrialConfig, data_dir: str, device: torch.device) -> TrialP
     splits = load_splits(cfg, data_dir)
     factory = MODELS.get(cfg.model.name)
     params = factory.Params(**cfg.model.params)
-    normalization = (dataset.normalization(dataset.Options(**cfg.dataset.options)) or channel_stats(splits)) if params.normalize else None
+    normalization = (
+        (dataset.normalization(dataset.Params(**cfg.dataset.options)) or channel_stats(splits))
+        if params.normalize
+        else None
+    )
     model = build_model(factory, params, splits.input_shape, splits.num_classes, normalization)
     splits = splits.to(device)
     method_cls = METHODS.get(cfg.method.name)
     context = MethodContext(splits.num_classes, splits.input_shape, splits.bounds, device, cfg.training.epochs)
     method = method_cls(method_cls.Params(**cfg.method.params), context)
     model = method.wrap_model(model).to(device)
-    cert_context = CertifierContext(splits.num_classes, splits.input_shape, splits.bounds, device, dict(cfg.evaluation.radii))
+    cert_context = CertifierContext(
+        splits.num_classes, splits.input_shape, splits.bounds, device, dict(cfg.evaluation.radii)
+    )
     certifiers = []
     for entry in cfg.evaluation.certifiers:
         certifier_cls = CERTIFIERS.get(entry.name)
-        certifiers.append(certifier_cls(certifier_params(certifier_cls, entry.name, entry.params, method_cls, method.params), cert_context))
+        certifiers.append(
+            certifier_cls(
+                certifier_params(certifier_cls, entry.name, entry.params, method_cls, method.params), cert_context
+            )
+        )
     return TrialParts(splits, model, method, certifiers)
 
 
@@ -65,6 +75,8 @@ def attack_at_training_radius(cfg: TrialConfig, method: Method) -> TrialConfig:
     return cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"attack": attack})})
 
 
-def certifier_params(certifier_cls: type[Certifier], name: str, params: dict, method_cls: type[Method], method_params: MethodParams) -> CertifierParams:
+def certifier_params(
+    certifier_cls: type[Certifier], name: str, params: dict, method_cls: type[Method], method_params: MethodParams
+) -> CertifierParams:
     """The certifier's params: what the method implies (e.g. its noise level), overridden by the study's."""
     return certifier_cls.Params(**{**method_cls.certifier_defaults(method_params).get(name, {}), **params})

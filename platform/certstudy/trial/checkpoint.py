@@ -29,7 +29,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(directory: str | Path, state: dict[str, Any], model_state: dict[str, torch.Tensor] | None = None, artifacts: dict[str, bytes] | None = None) -> None:
+def save(
+    directory: str | Path,
+    state: dict[str, Any],
+    model_state: dict[str, torch.Tensor] | None = None,
+    artifacts: dict[str, bytes] | None = None,
+) -> None:
     """The trial state; plus the bare model weights (``model.pt``) and result files when given (at the end)."""
     directory = Path(directory)
     torch.save(state, directory / CHECKPOINT_FILE)
@@ -43,4 +48,3 @@ def save(directory: str | Path, state: dict[str, Any], model_state: dict[str, to
 
 def load(directory: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
     return torch.load(Path(directory) / CHECKPOINT_FILE, map_location=map_location, weights_only=True)
-

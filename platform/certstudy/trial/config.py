@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from certstudy.attacks.autoattack import STANDARD_ATTACKS, AttackName
 from certstudy.data.augmentation import Augment
 from certstudy.data.poisoning import Poisoning
+from certstudy.metric_names import SPLIT_METRIC
 
 
 class Strict(BaseModel):
@@ -51,19 +52,27 @@ class TrainingConfig(Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient's global norm")
     full_batch: bool = Field(False, description="gradient descent: steps on the whole train split")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype of the training loss (fp16 with a GradScaler); evaluation, certificates and the audit run in fp32")
-    channels_last: bool = Field(False, description="channels-last memory format for image models and batches (faster convolutions on CUDA)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="autocast dtype of the training loss (fp16 with a GradScaler); evaluation, certificates and the "
+        "audit run in fp32",
+    )
+    channels_last: bool = Field(
+        False, description="channels-last memory format for image models and batches (faster convolutions on CUDA)"
+    )
     cudnn_benchmark: bool = Field(False, description="let cuDNN pick the fastest kernels (CUDA; not bit-reproducible)")
-    steps_per_epoch: int = Field(1, ge=1, le=100000, description="full_batch only: gradient steps between two evaluations")
+    steps_per_epoch: int = Field(
+        1, ge=1, le=100000, description="full_batch only: gradient steps between two evaluations"
+    )
 
     @model_validator(mode="after")
-    def _steps_need_full_batch(self) -> "TrainingConfig":
+    def _steps_need_full_batch(self) -> TrainingConfig:
         if self.steps_per_epoch > 1 and not self.full_batch:
             raise ValueError("steps_per_epoch applies to full_batch training (an epoch of minibatches is one pass)")
         return self
 
     @model_validator(mode="after")
-    def _milestones_in_range(self) -> "TrainingConfig":
+    def _milestones_in_range(self) -> TrainingConfig:
         bad = [m for m in self.schedule.milestones if not 0 < m < self.epochs]
         if bad:
             raise ValueError(f"schedule.milestones {bad} must lie in (0, epochs={self.epochs})")
@@ -77,7 +86,10 @@ class AttackConfig(Strict):
     step_size: float | None = Field(None, gt=0, description="default 2.5 * eps / steps")
     restarts: int = Field(1, ge=1, le=100)
     random_start: bool = True
-    at_training_radius: bool = Field(False, description="attack with the training method's own norm and radius (its threat model) instead of norm/eps")
+    at_training_radius: bool = Field(
+        False,
+        description="attack with the training method's own norm and radius (its threat model) instead of norm/eps",
+    )
 
 
 def _default_radii() -> dict[str, list[float]]:
@@ -88,7 +100,9 @@ class AuditConfig(Strict):
     """The soundness audit of deterministic certificates: a strong PGD at each certified radius."""
 
     enabled: bool = True
-    attack: Literal["pgd", "apgd"] = Field("pgd", description="pgd: margin PGD; apgd: APGD (Croce & Hein) on the margin loss, with its adaptive step size")
+    attack: Literal["pgd", "apgd"] = Field(
+        "pgd", description="pgd: margin PGD; apgd: APGD (Croce & Hein) on the margin loss, with its adaptive step size"
+    )
     steps: int = Field(50, ge=50, le=10000, description="attack steps (at least 50)")
     restarts: int = Field(5, ge=5, le=100, description="random restarts (at least 5)")
 
@@ -97,13 +111,22 @@ class AutoAttackConfig(Strict):
     """AutoAttack (Croce & Hein 2020) on the test split at the end of a trial, at every positive radius
     of the evaluation attack norm's grid: ``test/autoattack_acc_<norm>_r<r>``."""
 
-    version: Literal["standard", "custom"] = Field("standard", description="standard: APGD-CE, APGD-T, FAB-T, Square (RobustBench's evaluation); custom: the attacks listed")
+    version: Literal["standard", "custom"] = Field(
+        "standard",
+        description="standard: APGD-CE, APGD-T, FAB-T, Square (RobustBench's evaluation); custom: the attacks listed",
+    )
     attacks: list[AttackName] | None = Field(None, description="custom only: the attacks to run, in order")
-    subset: int = Field(200, ge=1, le=100000, description="test points attacked: a fixed subset of the certified test points, the same for every trial of a study")
+    subset: int = Field(
+        200,
+        ge=1,
+        le=100000,
+        description="test points attacked: a fixed subset of the certified test points, the same for every trial of a "
+        "study",
+    )
     batch_size: int = Field(250, ge=1, le=100000)
 
     @model_validator(mode="after")
-    def _attacks_match_version(self) -> "AutoAttackConfig":
+    def _attacks_match_version(self) -> AutoAttackConfig:
         if self.version == "custom" and not self.attacks:
             raise ValueError("version custom needs a non-empty list of attacks")
         if self.version == "standard" and self.attacks is not None:
@@ -118,23 +141,51 @@ class AutoAttackConfig(Strict):
 class EvaluationConfig(Strict):
     attack: AttackConfig = Field(default_factory=AttackConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
-    certifiers: list[ComponentConfig] = Field(default_factory=list, description="certifiers run on the test points at the end")
-    radii: dict[Literal["l2", "linf"], list[float]] = Field(default_factory=_default_radii, description="the radius grid of certified-accuracy metrics, per norm")
-    attack_grid: bool = Field(False, description="also attack the test points at every radius of the attack norm's grid (test/robust_acc_<norm>_r<r>)")
-    autoattack: AutoAttackConfig | None = Field(None, description="AutoAttack at the end on a fixed test subset (None: off)")
-    certify_subset: int | None = Field(None, ge=1, description="test points certified (None: the evaluated test points)")
-    certify_val_subset: int = Field(0, ge=0, description="val points certified at the end, for val/certified_* objectives (0: none)")
+    certifiers: list[ComponentConfig] = Field(
+        default_factory=list, description="certifiers run on the test points at the end"
+    )
+    radii: dict[Literal["l2", "linf"], list[float]] = Field(
+        default_factory=_default_radii, description="the radius grid of certified-accuracy metrics, per norm"
+    )
+    attack_grid: bool = Field(
+        False,
+        description="also attack the test points at every radius of the attack norm's grid "
+        "(test/robust_acc_<norm>_r<r>)",
+    )
+    autoattack: AutoAttackConfig | None = Field(
+        None, description="AutoAttack at the end on a fixed test subset (None: off)"
+    )
+    certify_subset: int | None = Field(
+        None, ge=1, description="test points certified (None: the evaluated test points)"
+    )
+    certify_val_subset: int = Field(
+        0, ge=0, description="val points certified at the end, for val/certified_* objectives (0: none)"
+    )
     val_subset: int | None = Field(None, ge=1, description="fixed val points evaluated each epoch (None: all)")
-    every: int = Field(1, ge=1, le=10000, description="epochs between evaluations; reports, checkpoints and pruning decisions happen on evaluated epochs, and the last epoch is always evaluated")
-    train_subset: int | None = Field(None, ge=1, description="fixed train points for train/robust_acc (None: as many as val)")
+    every: int = Field(
+        1,
+        ge=1,
+        le=10000,
+        description="epochs between evaluations; reports, checkpoints and pruning decisions happen on evaluated "
+        "epochs, and the last epoch is always evaluated",
+    )
+    train_subset: int | None = Field(
+        None, ge=1, description="fixed train points for train/robust_acc (None: as many as val)"
+    )
     test_subset: int | None = Field(None, ge=1, description="test points evaluated at the end (None: all)")
     batch_size: int = Field(512, ge=1)
-    final_model: Literal["last", "best"] = Field("last", description="the model evaluated on test and certified at the end: the last epoch's, or the best epoch's by best_metric (a pruned trial always uses its best)")
-    best_metric: str = Field("val/robust_acc", pattern=r"^(train|val|gap)/[A-Za-z0-9_.\-]+$", description="the per-epoch metric that picks the best epoch")
+    final_model: Literal["last", "best"] = Field(
+        "last",
+        description="the model evaluated on test and certified at the end: the last epoch's, or the best epoch's by "
+        "best_metric (a pruned trial always uses its best)",
+    )
+    best_metric: str = Field(
+        "val/robust_acc", pattern=SPLIT_METRIC, description="the per-epoch metric that picks the best epoch"
+    )
     best_mode: Literal["max", "min"] = "max"
 
     @model_validator(mode="after")
-    def _radii_valid(self) -> "EvaluationConfig":
+    def _radii_valid(self) -> EvaluationConfig:
         for norm, grid in self.radii.items():
             if any(not (r >= 0 and r < float("inf")) for r in grid):
                 raise ValueError(f"radii.{norm} must be finite and >= 0, got {grid}")

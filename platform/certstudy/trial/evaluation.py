@@ -7,8 +7,8 @@ draws and evaluating never moves the training RNG stream.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,23 +16,8 @@ from torch import Tensor, nn
 
 from certstudy.attacks import pgd
 from certstudy.models.base import eval_mode
-from certstudy.trial.environment import sum_dtype
 from certstudy.trial.config import AttackConfig
-
-EPOCH_METRICS = (
-    "train/loss",
-    "train/acc",
-    "train/robust_acc",
-    "train/robust_loss",
-    "val/clean_acc",
-    "val/clean_loss",
-    "val/robust_acc",
-    "val/robust_loss",
-    "gap/robust_acc",
-    "gap/robust_loss",
-    "train/lr",
-)
-FINAL_METRICS = ("test/clean_acc", "test/clean_loss", "test/robust_acc", "test/robust_loss")
+from certstudy.trial.environment import sum_dtype
 
 
 @dataclass(frozen=True)
@@ -47,7 +32,17 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bounds: tuple[float, float] | None, *, batch_size: int, seed: int, to_float: Callable[[Tensor], Tensor] = _identity) -> Scores:
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attack: AttackConfig,
+    bounds: tuple[float, float] | None,
+    *,
+    batch_size: int,
+    seed: int,
+    to_float: Callable[[Tensor], Tensor] = _identity,
+) -> Scores:
     """Clean and robust scores of ``model`` on (x, y) under the evaluation attack.
 
     ``x`` may be stored compactly (``Splits.floats`` is then ``to_float``, applied per batch). The
@@ -61,7 +56,19 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attack: AttackConfig, bound
             xb, yb = to_float(x[i : i + batch_size]), y[i : i + batch_size]
             with torch.no_grad():
                 logits = model(xb)
-            x_adv = pgd(model, xb, yb, eps=attack.eps, norm=attack.norm, steps=attack.steps, step_size=attack.step_size, random_init=attack.random_start, restarts=attack.restarts, bounds=bounds, generator=gen)
+            x_adv = pgd(
+                model,
+                xb,
+                yb,
+                eps=attack.eps,
+                norm=attack.norm,
+                steps=attack.steps,
+                step_size=attack.step_size,
+                random_start=attack.random_start,
+                restarts=attack.restarts,
+                bounds=bounds,
+                generator=gen,
+            )
             with torch.no_grad():
                 adv_logits = model(x_adv)
                 sums += torch.stack(

@@ -9,29 +9,29 @@ streams, so a resumed trial ends with the same metrics as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 import math
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
 
+from certstudy.certify.base import Certificate
+from certstudy.data.augmentation import augment
 from certstudy.errors import TrialFailed
+from certstudy.metric_names import robust_acc_name
 from certstudy.trial import checkpoint
 from certstudy.trial.best import BestEpoch
 from certstudy.trial.build import TrialParts, attack_at_training_radius, build_parts
-from certstudy.certify.metrics import radius_label
-from certstudy.certify.base import Certificate
 from certstudy.trial.certification import certify_all
-from certstudy.trial.robustness import ALARM_RESULT, accuracy_metrics, autoattack_accuracy, gap_metrics, pgd_accuracy
 from certstudy.trial.config import TrialConfig
 from certstudy.trial.environment import seed_everything, select_device, sum_dtype
 from certstudy.trial.evaluation import Scores, evaluate
 from certstudy.trial.optim import build_optimizer, build_schedule
 from certstudy.trial.precision import Precision
-from certstudy.data.augmentation import augment
+from certstudy.trial.robustness import ALARM_RESULT, accuracy_metrics, autoattack_accuracy, gap_metrics, pgd_accuracy
 
 AUTOATTACK_SUBSET_SEED = 0  # not the trial's seed: every trial of a study attacks the same points
 
@@ -45,10 +45,17 @@ def _fixed_subset(n: int, size: int | None, seed: int) -> Tensor:
 
 
 def _scores(prefix: str, s: Scores) -> dict[str, float]:
-    return {f"{prefix}/clean_acc": s.clean_acc, f"{prefix}/clean_loss": s.clean_loss, f"{prefix}/robust_acc": s.robust_acc, f"{prefix}/robust_loss": s.robust_loss}
+    return {
+        f"{prefix}/clean_acc": s.clean_acc,
+        f"{prefix}/clean_loss": s.clean_loss,
+        f"{prefix}/robust_acc": s.robust_acc,
+        f"{prefix}/robust_loss": s.robust_loss,
+    }
 
 
-def attack_grid(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: TrialConfig, bounds: tuple[float, float] | None) -> dict[str, float]:
+def attack_grid(
+    model: torch.nn.Module, x: Tensor, y: Tensor, cfg: TrialConfig, bounds: tuple[float, float] | None
+) -> dict[str, float]:
     """PGD-robust accuracy of float inputs ``x`` at every positive radius of the attack norm's grid
     (upper bounds on certified accuracy)."""
     ev = cfg.evaluation
@@ -56,11 +63,17 @@ def attack_grid(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: TrialConfig, 
     for r in ev.radii.get(ev.attack.norm, []):
         attack = ev.attack.model_copy(update={"eps": r, "step_size": None})
         s = evaluate(model, x, y, attack, bounds, batch_size=ev.batch_size, seed=cfg.seed + 16)
-        out[f"test/robust_acc_{ev.attack.norm}_{radius_label(r)}"] = s.robust_acc
+        out[robust_acc_name(ev.attack.norm, r)] = s.robust_acc
     return out
 
 
-def train_epoch(parts: TrialParts, cfg: TrialConfig, optimizer: torch.optim.Optimizer, epoch: int, precision: Precision | None = None) -> float:
+def train_epoch(
+    parts: TrialParts,
+    cfg: TrialConfig,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    precision: Precision | None = None,
+) -> float:
     """One pass over the (shuffled) train split, or ``steps_per_epoch`` full-batch gradient steps;
     returns the mean training loss.
 
@@ -136,25 +149,44 @@ def _end_metrics(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> tuple[di
     x_cert, y_cert = splits.floats(splits.x_test[sub.cert]), splits.y_test[sub.cert]
     certificates: list[Certificate] = []
     if parts.certifiers:
-        val_points = (splits.floats(splits.x_val[sub.cert_val]), splits.y_val[sub.cert_val]) if sub.cert_val is not None else None
+        val_points = (
+            (splits.floats(splits.x_val[sub.cert_val]), splits.y_val[sub.cert_val])
+            if sub.cert_val is not None
+            else None
+        )
         certified, files, certificates = certify_all(parts, cfg, (x_cert, y_cert), val_points, cfg.seed + 15)
         metrics.update(certified)
     metrics.update(_empirical_metrics(parts, cfg, x_cert, y_cert, certificates))
     return metrics, files
 
 
-def _empirical_metrics(parts: TrialParts, cfg: TrialConfig, x_cert: Tensor, y_cert: Tensor, certificates: list[Certificate]) -> dict[str, float | str]:
+def _empirical_metrics(
+    parts: TrialParts, cfg: TrialConfig, x_cert: Tensor, y_cert: Tensor, certificates: list[Certificate]
+) -> dict[str, float | str]:
     """AutoAttack on a fixed subset of the certified points (or, without it, the attack grid's PGD on
     all of them when there are certificates to compare), and the certification gap."""
     ev, model = cfg.evaluation, parts.model
     radii = ev.radii.get(ev.attack.norm, [])
     if ev.autoattack is not None:
         if parts.splits.bounds != (0.0, 1.0):
-            raise TrialFailed(f"evaluation.autoattack needs inputs in the box [0, 1]; this dataset's box is {parts.splits.bounds}")
+            raise TrialFailed(
+                f"evaluation.autoattack needs inputs in the box [0, 1]; this dataset's box is {parts.splits.bounds}"
+            )
         points = _fixed_subset(len(y_cert), ev.autoattack.subset, AUTOATTACK_SUBSET_SEED)
-        empirical = autoattack_accuracy(model, x_cert, y_cert, points, norm=ev.attack.norm, radii=radii, config=ev.autoattack, seed=cfg.seed + 17)
+        empirical = autoattack_accuracy(
+            model, x_cert, y_cert, points, norm=ev.attack.norm, radii=radii, config=ev.autoattack, seed=cfg.seed + 17
+        )
     elif ev.attack_grid and certificates:
-        empirical = pgd_accuracy(model, x_cert, y_cert, attack=ev.attack, radii=radii, bounds=parts.splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 16)
+        empirical = pgd_accuracy(
+            model,
+            x_cert,
+            y_cert,
+            attack=ev.attack,
+            radii=radii,
+            bounds=parts.splits.bounds,
+            batch_size=ev.batch_size,
+            seed=cfg.seed + 16,
+        )
     else:
         return {}
     metrics: dict[str, float | str] = dict(accuracy_metrics(empirical))
@@ -171,7 +203,9 @@ def _check_finite(metrics: dict[str, float | str], epoch: int) -> None:
         raise TrialFailed(f"metric {bad[0]} is {metrics[bad[0]]} at epoch {epoch}")
 
 
-def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from: str | Path | None = None) -> dict[str, float | str]:
+def run_trial(
+    cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from: str | Path | None = None
+) -> dict[str, float | str]:
     """Trains and evaluates one configuration; returns the last report's metrics (test included).
 
     With ``evaluation.final_model: best``, or when ``report`` returns a ``StopRequest``, the trial
@@ -194,7 +228,9 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
         train=_fixed_subset(len(splits.y_train), ev.train_subset or len(val_idx), cfg.seed + 2).to(device),
         test=test_idx,
         cert=test_idx[_fixed_subset(len(test_idx), ev.certify_subset, cfg.seed + 4).to(device)],
-        cert_val=_fixed_subset(len(splits.y_val), ev.certify_val_subset, cfg.seed + 5).to(device) if ev.certify_val_subset else None,
+        cert_val=_fixed_subset(len(splits.y_val), ev.certify_val_subset, cfg.seed + 5).to(device)
+        if ev.certify_val_subset
+        else None,
     )
     best = BestEpoch(ev.best_metric, ev.best_mode)
 
@@ -221,8 +257,26 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
         schedule.step()
         if not final and (epoch + 1) % ev.every:
             continue  # not an evaluated epoch: no evaluation, report or checkpoint
-        val = evaluate(model, splits.x_val[sub.val], splits.y_val[sub.val], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 11, to_float=splits.floats)
-        tr = evaluate(model, splits.x_train[sub.train], splits.y_train[sub.train], ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 12, to_float=splits.floats)
+        val = evaluate(
+            model,
+            splits.x_val[sub.val],
+            splits.y_val[sub.val],
+            ev.attack,
+            splits.bounds,
+            batch_size=ev.batch_size,
+            seed=cfg.seed + 11,
+            to_float=splits.floats,
+        )
+        tr = evaluate(
+            model,
+            splits.x_train[sub.train],
+            splits.y_train[sub.train],
+            ev.attack,
+            splits.bounds,
+            batch_size=ev.batch_size,
+            seed=cfg.seed + 12,
+            to_float=splits.floats,
+        )
         metrics = {
             "epoch": float(epoch),
             "train/lr": lr,
@@ -262,7 +316,9 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, data_dir: str, resume_from:
     return metrics
 
 
-def _finish_on_best(parts: TrialParts, cfg: TrialConfig, sub: _Subsets, best: "BestEpoch", state: dict, report: Reporter) -> dict[str, float | str]:
+def _finish_on_best(
+    parts: TrialParts, cfg: TrialConfig, sub: _Subsets, best: BestEpoch, state: dict, report: Reporter
+) -> dict[str, float | str]:
     """The last report of a trial that ends on its best epoch (chosen, or stopped early)."""
     if best.epoch is None:
         raise TrialFailed(f"no epoch had a finite {best.metric}; there is no best epoch to finish on")

@@ -29,7 +29,7 @@ class Precision:
     scaler: torch.amp.GradScaler | None
 
     @classmethod
-    def of(cls, training: TrainingConfig, device: torch.device) -> "Precision":
+    def of(cls, training: TrainingConfig, device: torch.device) -> Precision:
         dtype = DTYPES[training.precision]
         scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
         if training.cudnn_benchmark and device.type == "cuda":

@@ -22,12 +22,12 @@ from torch import Tensor, nn
 from certstudy.attacks import pgd
 from certstudy.attacks.autoattack import autoattack_robust
 from certstudy.certify.base import Certificate
-from certstudy.certify.metrics import autoattack_acc_name, cert_gap_name, certified_radii, radius_label
+from certstudy.certify.metrics import certified_radii
+from certstudy.metric_names import ALARM_TAG, TAG_PREFIX, autoattack_acc_name, cert_gap_name, radius_label
 from certstudy.models.base import eval_mode
 from certstudy.trial.config import AttackConfig, AutoAttackConfig
 
-ALARM_TAG = "certstudy.alarm"
-ALARM_RESULT = f"tags/{ALARM_TAG}"  # how a trial's result carries the run tag (``study/results.py``)
+ALARM_RESULT = f"{TAG_PREFIX}{ALARM_TAG}"  # how a trial's result carries the run tag
 
 
 @dataclass
@@ -40,17 +40,39 @@ class Empirical:
     robust: dict[float, Tensor] = field(default_factory=dict)  # radius -> bool per point
 
 
-def autoattack_accuracy(model: nn.Module, x: Tensor, y: Tensor, points: Tensor, *, norm: str, radii: list[float], config: AutoAttackConfig, seed: int) -> Empirical:
+def autoattack_accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    points: Tensor,
+    *,
+    norm: str,
+    radii: list[float],
+    config: AutoAttackConfig,
+    seed: int,
+) -> Empirical:
     """AutoAttack on ``x[points]`` at every positive radius (one seed for all radii)."""
     out = Empirical("autoattack", norm, points)
     xs, ys = x[points.to(x.device)], y[points.to(y.device)]
     for r in radii:
         if r > 0:
-            out.robust[r] = autoattack_robust(model, xs, ys, norm=norm, eps=r, attacks=config.attack_names, batch_size=config.batch_size, seed=seed).cpu()  # type: ignore[arg-type]
+            out.robust[r] = autoattack_robust(
+                model, xs, ys, norm=norm, eps=r, attacks=config.attack_names, batch_size=config.batch_size, seed=seed
+            ).cpu()  # type: ignore[arg-type]
     return out
 
 
-def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig, radii: list[float], bounds: tuple[float, float] | None, batch_size: int, seed: int) -> Empirical:
+def pgd_accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    attack: AttackConfig,
+    radii: list[float],
+    bounds: tuple[float, float] | None,
+    batch_size: int,
+    seed: int,
+) -> Empirical:
     """The evaluation's PGD at every positive radius, per point (all of ``x``)."""
     out = Empirical("pgd", attack.norm, torch.arange(len(y)))
     for r in radii:
@@ -61,7 +83,18 @@ def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, attack: AttackConfig
         with eval_mode(model):
             for i in range(0, len(y), batch_size):
                 xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-                adv = pgd(model, xb, yb, eps=r, norm=attack.norm, steps=attack.steps, random_init=attack.random_start, restarts=attack.restarts, bounds=bounds, generator=gen)
+                adv = pgd(
+                    model,
+                    xb,
+                    yb,
+                    eps=r,
+                    norm=attack.norm,
+                    steps=attack.steps,
+                    random_start=attack.random_start,
+                    restarts=attack.restarts,
+                    bounds=bounds,
+                    generator=gen,
+                )
                 with torch.no_grad():
                     verdicts.append((model(adv).argmax(1) == yb).cpu())
         out.robust[r] = torch.cat(verdicts)
@@ -90,5 +123,8 @@ def gap_metrics(empirical: Empirical, certificates: list[Certificate], y: Tensor
             metrics[cert_gap_name(empirical.source, cert.name, cert.norm, r)] = gap
             if gap < 0:
                 broken = int((certified & ~robust).sum())
-                alarms.append(f"{cert.name} certifies {-gap:.4f} more than {empirical.source} leaves robust at {cert.norm} {radius_label(r)} ({broken} certified points broken)")
+                alarms.append(
+                    f"{cert.name} certifies {-gap:.4f} more than {empirical.source} leaves robust at {cert.norm} "
+                    f"{radius_label(r)} ({broken} certified points broken)"
+                )
     return metrics, alarms

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from certstudy.analysis.reruns import fmt_value
 from certstudy.study.export import Candidate, finished_trials, rank, study_spec
-from certstudy.study.reruns import fmt_value
+from certstudy.study.records import METHOD_LABEL_TAG
 from certstudy.study.spec import StudySpec, space_names
 from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
@@ -26,7 +27,9 @@ class Group:
     trials: int
 
 
-def best_per_param(workdir: Workdir, study: str, param: str, metric: str, mode: str = "max") -> tuple[StudySpec, list[Group]]:
+def best_per_param(
+    workdir: Workdir, study: str, param: str, metric: str, mode: str = "max"
+) -> tuple[StudySpec, list[Group]]:
     spec = study_spec(workdir, study)
     _, candidates = finished_trials(Tracker(spec.tracking_uri(workdir.tracking_uri)), spec)
     groups: dict[str, list[Candidate]] = {}
@@ -58,9 +61,14 @@ def _as_number(value: str) -> float | str:
 
 def searched_values(spec: StudySpec, c: Candidate, skip: str) -> str:
     """The trial's method label and the searched hyperparameters other than ``skip``, from its MLflow params."""
-    label = c.run.data.tags.get("certstudy.method_label", "")
+    label = c.run.data.tags.get(METHOD_LABEL_TAG, "")
     params = c.run.data.params
-    prefixes = {label: "method.params.", "model": "model.params.", "training": "training.", "dataset": "dataset.options."}
+    prefixes = {
+        label: "method.params.",
+        "model": "model.params.",
+        "training": "training.",
+        "dataset": "dataset.options.",
+    }
     shown = []
     for name in space_names(spec):
         section, _, key = name.partition(".")
@@ -70,14 +78,25 @@ def searched_values(spec: StudySpec, c: Candidate, skip: str) -> str:
     return f"{label}" + (f" ({', '.join(shown)})" if shown else "")
 
 
-def markdown_table(spec: StudySpec, groups: list[Group], param: str, metric: str, columns: list[tuple[str, str]]) -> str:
+def markdown_table(
+    spec: StudySpec, groups: list[Group], param: str, metric: str, columns: list[tuple[str, str]]
+) -> str:
     """One row per value of ``param``; ``columns`` are (header, metric) pairs."""
     lines = [
-        "| " + " | ".join([param.rsplit(".", 1)[-1], "best trial (searched values)", "trials", metric] + [h for h, _ in columns]) + " |",
+        "| "
+        + " | ".join(
+            [param.rsplit(".", 1)[-1], "best trial (searched values)", "trials", metric] + [h for h, _ in columns]
+        )
+        + " |",
         "|" + "---|" * (4 + len(columns)),
     ]
     for g in groups:
-        cells = [fmt_value(g.value), searched_values(spec, g.best, param), str(g.trials), f"{g.best.value(for_value(metric, g.value)):.3f}"]
+        cells = [
+            fmt_value(g.value),
+            searched_values(spec, g.best, param),
+            str(g.trials),
+            f"{g.best.value(for_value(metric, g.value)):.3f}",
+        ]
         cells += [_cell(m, g.best.value(for_value(m, g.value))) for _, m in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

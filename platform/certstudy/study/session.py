@@ -1,0 +1,310 @@
+"""One owner for a study's lifecycle: the MLflow parent run, the Optuna storage and Ray.
+
+Inside a session's ``with`` block, ``open_new`` opens a new study (a fresh study folder, the MLflow
+experiment and parent run, the Optuna study that links back to them, and Ray, the last two
+concurrently: each takes seconds); ``StudySession.reopen`` reads an interrupted one from its work
+directory and ``reopen_parent`` / ``start_ray`` open it again. The session ends all three the same
+way on every path out of the block, closing exactly what was opened:
+
+- ``fit`` ran every planned trial: the parent run ends FINISHED;
+- fewer trials ended (Ray Tune turns a first Ctrl-C into a graceful stop): KILLED, "interrupted
+  after k of n trials";
+- Ctrl-C: KILLED; any other error, a preflight refusal included: FAILED, with the reason.
+
+Every child run still open is closed KILLED first, so no MLflow run is left RUNNING, and Ray is
+shut down when the session started it. ``finish`` then prints the summary and runs the caller's
+end hooks (the CLI's dashboard rebuild), which may fail without touching the recorded study.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import optuna
+import ray
+import yaml
+from optuna.trial import TrialState
+from ray import tune
+from rich.console import Console
+
+from certstudy.errors import CertstudyError, collapse
+from certstudy.study.callbacks import MlflowTrialCallback
+from certstudy.study.optuna_bridge import StudySearcher, make_sampler
+from certstudy.study.preflight import check_tracking
+from certstudy.study.progress import Progress
+from certstudy.study.records import EXPERIMENT_ATTR, PARENT_ATTR, REASON_TAG, STATUS_TAG, TRACKING_ATTR
+from certstudy.study.space import SearchSpace, grid_points
+from certstudy.study.spec import StudySpec, dump_study, load_study
+from certstudy.study.status import state_name
+from certstudy.study.stored import StoredStudy
+from certstudy.study.tracking import Tracker
+from certstudy.workdir import Workdir
+
+
+@dataclass
+class StudyOutcome:
+    name: str
+    experiment_id: str
+    parent_run_id: str
+    counts: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+EndHook = Callable[[StudyOutcome], None]
+
+
+def prepare_study_dir(spec: StudySpec, workdir: Workdir, overwrite: bool, console: Console) -> Path:
+    """A fresh study folder. Earlier results of a study of the same name are moved aside to
+    ``<study>.prev-<time>`` (or deleted with ``overwrite``); their MLflow runs stay where they are."""
+    study_dir = workdir.study_dir(spec.name)
+    if study_dir.exists() and any(study_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(study_dir)
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            kept = study_dir.with_name(f"{spec.name}.prev-{stamp}")
+            n = 1
+            while kept.exists():
+                kept, n = study_dir.with_name(f"{spec.name}.prev-{stamp}-{n}"), n + 1
+            study_dir.rename(kept)
+            console.print(f"earlier results of study {spec.name} moved to {kept}", highlight=False)
+    workdir.ensure(spec.name)
+    workdir.study_file(spec.name).write_text(yaml.safe_dump(dump_study(spec), sort_keys=False))
+    return study_dir
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Our own progress replaces Ray's console output; keep the libraries' chatter off it."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    if not verbose:
+        for name in ("mlflow", "alembic", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _init_ray(address: str | None, verbose: bool) -> bool:
+    """Starts (or joins) Ray; returns True when this call started it.
+
+    (Pre-warming worker processes with import tasks was measured and dropped: on 2 cores the
+    warm-up competes with the first trials and made an 8-trial study 40 % slower.)
+    """
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=verbose,
+        logging_level="INFO" if verbose else "WARNING",
+    )
+    return True
+
+
+def _make_searcher(spec: StudySpec, workdir: Workdir) -> StudySearcher:
+    """The Optuna study (created in its storage) behind the Ray Tune searcher that proposes trials."""
+    metric: Any = [o.metric for o in spec.objectives] if spec.multi_objective else spec.objectives[0].metric
+    mode: Any = [o.mode for o in spec.objectives] if spec.multi_objective else spec.objectives[0].mode
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid = grid_points(spec) if spec.search.sampler == "grid" else None
+    return StudySearcher(
+        space=SearchSpace(spec),
+        metric=metric,
+        mode=mode,
+        sampler=make_sampler(spec.search.sampler, spec.multi_objective, spec.search.seed, grid),
+        study_name=spec.name,
+        storage=optuna.storages.RDBStorage(workdir.optuna_url(spec.name)),
+        points_to_evaluate=[dict(p) for p in spec.search.start_points] or None,
+        pruning=spec.pruning,
+    )
+
+
+def ended_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials of the Optuna study that have ended, by certstudy's state name."""
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        out[state_name(t.state)] = out.get(state_name(t.state), 0) + 1
+    return out
+
+
+class StudySession:
+    """A study's records and Ray, opened by ``open_new`` or ``reopen`` inside the ``with`` block and
+    closed together on the way out (see the module docstring). Whatever was opened when a failure
+    struck is what gets closed: the one cleanup path for every exit."""
+
+    def __init__(
+        self, spec: StudySpec, workdir: Workdir, console: Console, *, earlier: dict[str, int] | None = None
+    ) -> None:
+        self.spec, self.workdir, self.console = spec, workdir, console
+        self.t0 = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.tracker: Tracker | None = None
+        self.experiment_id = ""
+        self.parent_run_id = ""
+        self.searcher: StudySearcher | None = None  # a new study's; a reopened one's is restored by Ray Tune
+        self.started_ray = False
+        self.earlier = dict(earlier or {})  # trials that had ended before a resume
+        self.progress = Progress(
+            spec.name, spec.objectives, spec.search.num_trials, spec.method_entries[0].key, console, earlier=earlier
+        )
+        self.tracking_cb: MlflowTrialCallback | None = None
+        self.ray_experiment = ""  # a reopened study's Ray Tune experiment folder
+        self.pending_parent = ""  # a reopened study's parent run, until ``reopen_parent``
+        self._status: tuple[str, str] | None = None  # how fit ended: (MLflow status, reason)
+
+    # opening -----------------------------------------------------------------------------------
+
+    def open_new(
+        self,
+        *,
+        tracking_uri: str | None = None,
+        address: str | None = None,
+        overwrite: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        """A new study's folder, then its records (MLflow, Optuna) and Ray, the last two concurrently."""
+        quiet_libraries(verbose)
+        uri = self.spec.tracking_uri(self.workdir.tracking_uri, tracking_uri)
+        check_tracking(uri)
+        prepare_study_dir(self.spec, self.workdir, overwrite, self.console)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            records = pool.submit(self._open_records, uri)
+            try:
+                self.start_ray(address, verbose)
+            finally:
+                failed = records.exception()  # waits: whatever it opened is on the session to close
+            if failed is not None:
+                raise failed
+        self.timings["setup"] = time.perf_counter() - self.t0
+
+    def _open_records(self, uri: str) -> None:
+        """MLflow experiment and parent run, and the Optuna study that links back to them."""
+        spec, workdir = self.spec, self.workdir
+        self.tracker = Tracker(uri, workdir.artifact_root)
+        self.experiment_id = self.tracker.experiment_id(spec.experiment_name)
+        summary = {
+            "search": spec.search.model_dump(),
+            "objectives": [o.model_dump() for o in spec.objectives],
+            "methods": [m.key for m in spec.method_entries],
+            "dataset": spec.dataset.name,
+            "model": spec.model.name,
+        }
+        study_yaml = workdir.study_file(spec.name).read_text()
+        self.parent_run_id = self.tracker.start_study(self.experiment_id, spec.name, summary, study_yaml)
+        self.searcher = _make_searcher(spec, workdir)
+        self.searcher.study.set_user_attr(PARENT_ATTR, self.parent_run_id)
+        self.searcher.study.set_user_attr(EXPERIMENT_ATTR, self.experiment_id)
+        self.searcher.study.set_user_attr(TRACKING_ATTR, uri)
+
+    @classmethod
+    def reopen(cls, study: str, workdir: Workdir, *, verbose: bool = False, console: Console) -> StudySession:
+        """An interrupted study's session, read from its work directory (nothing is opened yet)."""
+        quiet_libraries(verbose)
+        spec_path = workdir.study_file(study)
+        if not spec_path.exists():
+            raise CertstudyError(f"no study {study!r} in {workdir.root} (looked for {spec_path})")
+        spec = load_study(spec_path)
+        stored = StoredStudy.open(workdir, spec, workdir.artifact_root)
+        if not tune.Tuner.can_restore(stored.ray_experiment):
+            raise CertstudyError(f"study {study!r} has no Ray Tune state to resume from at {stored.ray_experiment}")
+        if not stored.parent_run_id:
+            raise CertstudyError(f"study {study!r}: its Optuna storage does not name its MLflow parent run")
+        session = cls(spec, workdir, console, earlier=ended_counts(stored.optuna))
+        session.tracker, session.ray_experiment = stored.tracker, stored.ray_experiment
+        session.pending_parent = stored.parent_run_id
+        return session
+
+    def reopen_parent(self) -> None:
+        """The interrupted study's parent run, RUNNING again (inside the ``with`` block: from here on,
+        leaving the block ends it)."""
+        assert self.tracker is not None
+        parent = self.pending_parent
+        self.experiment_id = self.tracker.client.get_run(parent).info.experiment_id
+        self.tracker.client.update_run(parent, status="RUNNING")
+        self.parent_run_id = parent
+        self.tracker.client.set_tag(parent, STATUS_TAG, "running")
+
+    def start_ray(self, address: str | None, verbose: bool) -> None:
+        self.started_ray = _init_ray(address, verbose)
+        self.timings["ray_start"] = time.perf_counter() - self.t0
+
+    # running -----------------------------------------------------------------------------------
+
+    def fit(self, tuner: tune.Tuner) -> None:
+        """Runs the trials; records whether every planned trial ended."""
+        t = time.perf_counter()
+        with self.progress:
+            tuner.fit()
+        self.timings["fit"] = time.perf_counter() - t
+        self.timings["tracking"] = self.tracking_cb.seconds if self.tracking_cb is not None else 0.0
+        self.timings.update(self.progress.trial_seconds())
+        counts = self.progress.counts()
+        ended = counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0)
+        if ended < self.spec.search.num_trials:  # Ray Tune turns a first Ctrl-C into a graceful stop
+            self._status = ("KILLED", f"interrupted after {ended} of {self.spec.search.num_trials} trials")
+        else:
+            self._status = ("FINISHED", "")
+
+    # closing -----------------------------------------------------------------------------------
+
+    def __enter__(self) -> StudySession:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            status, reason = self._status or ("FAILED", "the study ended before its trials ran")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status, reason = "KILLED", "interrupted by the user"
+        else:
+            status, reason = "FAILED", collapse(str(exc))
+        self._status = (status, reason)
+        self._close(status, reason)
+
+    def _close(self, status: str, reason: str) -> None:
+        """Ends what is open: the writer's queue, every child run still open, the parent run, Ray."""
+        t = time.perf_counter()
+        try:
+            if self.tracking_cb is not None:
+                self.tracking_cb.flush()
+            if self.tracker is not None and self.parent_run_id:
+                for run in self.tracker.child_runs(self.experiment_id, self.parent_run_id):
+                    if run.info.status in ("RUNNING", "SCHEDULED"):
+                        tags = {STATUS_TAG: "killed", REASON_TAG: reason or "study ended before the trial finished"}
+                        self.tracker.end_run(run.info.run_id, "KILLED", tags)
+                tags = {STATUS_TAG: status.lower(), **({REASON_TAG: reason} if reason else {})}
+                self.tracker.end_run(self.parent_run_id, status, tags)
+        finally:
+            if self.started_ray:
+                ray.shutdown()
+            self.timings["teardown"] = time.perf_counter() - t
+
+    def finish(self, on_end: Sequence[EndHook] = ()) -> StudyOutcome:
+        """After a closed session: the summary, then the end hooks (their failures are warnings)."""
+        self.console.print(self.progress.summary())
+        status = self._status[0] if self._status else "FAILED"
+        outcome = StudyOutcome(
+            self.spec.name,
+            self.experiment_id,
+            self.parent_run_id,
+            self.progress.counts(),
+            self.timings,
+            interrupted=status == "KILLED",
+        )
+        for hook in on_end:
+            try:
+                hook(outcome)
+            except Exception as exc:  # noqa: BLE001 - the study's results are already recorded
+                self.console.print(f"warning: {collapse(str(exc))}", highlight=False)
+        self.timings["total"] = time.perf_counter() - self.t0
+        return outcome
