@@ -50,7 +50,8 @@ def main() -> None:
         f"the test split"
         + (
             f"; AutoAttack ({ev.autoattack.version}) accuracy and the certification gap (AutoAttack minus certified "
-            f"accuracy) on a fixed subset of {ev.autoattack.subset} of those points"
+            f"accuracy) on a fixed subset of at most {ev.autoattack.subset} of those points (all of them when the "
+            f"split is smaller)"
             if ev.autoattack
             else ""
         )
