@@ -14,6 +14,10 @@ TAG_PREFIX = "tags/"
 ALARM_TAG = "certstudy.alarm"
 """A soundness alarm (a certificate contradicted by an attack): set by a trial, printed by the study."""
 
+BEST_PREFIX = "best/"
+"""In the last report of a trial that ended on its best epoch: ``best/<metric>`` is that epoch's value."""
+BEST_EPOCH_KEY = "best/epoch"
+
 SPLIT_METRIC = r"^(train|val|gap)/[A-Za-z0-9_.\-]+$"
 """A metric of the train or val split, or their gap: the only kind reported after every epoch."""
 

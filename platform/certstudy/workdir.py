@@ -19,6 +19,7 @@ DEFAULT_WORKDIR = "certstudy-runs"
 ENV_VAR = "CERTSTUDY_HOME"
 DATA_ENV_VAR = "CERTSTUDY_DATA"
 RAY_EXPERIMENT = "ray"
+STUDY_FILE = "study.yaml"  # the study as launched, in its folder (and, by the same name, in its MLflow runs)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Workdir:
 
     def study_file(self, study: str) -> Path:
         """The study as launched (what export, reruns and the UI read back)."""
-        return self.study_dir(study) / "study.yaml"
+        return self.study_dir(study) / STUDY_FILE
 
     def export_path(self, study: str) -> Path:
         return self.study_dir(study) / "best.yaml"

@@ -21,10 +21,13 @@ from mlflow.entities import Run
 from certstudy.errors import CertstudyError, SpecError
 from certstudy.study.records import (
     BEST_EPOCH_KEY,
+    EXPERIMENT_ATTR,
     OPTUNA_TAG,
-    PRUNE_REASON_TAG,
-    PRUNED_AT_TAG,
+    PARENT_ATTR,
+    PRUNE_REASON_ATTR,
+    PRUNED_AT_ATTR,
     STATUS_TAG,
+    PruneDecision,
     summary_metrics,
 )
 from certstudy.study.spec import Objective, StudySpec, load_study
@@ -95,20 +98,17 @@ def _entry(
     doc["name"] = f"{spec.name}-best-{rank_}"
     doc["description"] = f"rank {rank_} of study {spec.name} by {selection['by']}"
     optuna_number = cand.run.data.tags.get(OPTUNA_TAG)
+    pruned = PruneDecision.from_tags(cand.run.data.tags)  # provenance keys spelled as the Optuna attrs
     doc["provenance"] = {
         "study": spec.name,
         "rank": rank_,
         **selection,
         "mlflow_run_id": cand.run.info.run_id,
-        "mlflow_parent_run_id": parent.info.run_id,
-        "mlflow_experiment_id": cand.run.info.experiment_id,
+        PARENT_ATTR: parent.info.run_id,
+        EXPERIMENT_ATTR: cand.run.info.experiment_id,
         "optuna_trial": int(optuna_number) if optuna_number not in (None, "None") else None,
         **({"best_epoch": int(cand.metrics[BEST_EPOCH_KEY])} if BEST_EPOCH_KEY in cand.metrics else {}),
-        **(
-            {"prune_reason": tags[PRUNE_REASON_TAG], "pruned_at_epoch": int(tags[PRUNED_AT_TAG])}
-            if PRUNE_REASON_TAG in (tags := cand.run.data.tags)
-            else {}
-        ),
+        **({PRUNE_REASON_ATTR: pruned.reason, PRUNED_AT_ATTR: pruned.epoch} if pruned else {}),
         "metrics": {k: cand.metrics[k] for k in sorted(cand.metrics)},
     }
     return doc

@@ -17,6 +17,8 @@ from typing import Any
 
 from certstudy.metric_names import (
     ALARM_TAG,
+    BEST_EPOCH_KEY,
+    BEST_PREFIX,
     CERTIFICATION_METRIC,
     END_ONLY_METRIC,
     EPOCH_METRICS,
@@ -24,6 +26,7 @@ from certstudy.metric_names import (
     TAG_PREFIX,
     per_epoch_metric,
 )
+from certstudy.workdir import STUDY_FILE
 
 # --- MLflow: run tags ---------------------------------------------------------------------------
 
@@ -46,7 +49,7 @@ EXPERIMENT_TAGS = {"certstudy": "1"}  # marks an MLflow experiment certstudy cre
 
 # --- MLflow: artifacts --------------------------------------------------------------------------
 
-STUDY_ARTIFACT = "study.yaml"  # the study file, in the parent run (and a `certstudy run`'s run)
+STUDY_ARTIFACT = STUDY_FILE  # the study file, in the parent run (and a `certstudy run`'s run)
 TRIAL_STUDY_ARTIFACT = "trial_study.yaml"  # the trial's resolved, re-runnable study file
 MODEL_ARTIFACT_DIR = "model"
 DASHBOARD_ARTIFACT = "dashboard.html"
@@ -67,11 +70,11 @@ PRUNE_DETAIL_ATTR = "prune_detail"
 
 FAILURE_KEY = "certstudy_failure"  # a trial that failed in its own code reports its reason here
 OPTUNA_TRIAL_KEY = "_optuna_trial"  # in a trial's config: its Optuna trial number
-BEST_PREFIX = "best/"
-BEST_EPOCH_KEY = "best/epoch"  # in the last report of a trial that ended on its best epoch
 
 __all__ = [
     "ALARM_TAG",
+    "BEST_EPOCH_KEY",
+    "BEST_PREFIX",
     "CERTIFICATION_METRIC",
     "END_ONLY_METRIC",
     "EPOCH_METRICS",

@@ -21,7 +21,7 @@ from torch import Tensor
 from certstudy.certify.base import Certificate
 from certstudy.data.augmentation import augment
 from certstudy.errors import TrialFailed
-from certstudy.metric_names import robust_acc_name
+from certstudy.metric_names import BEST_EPOCH_KEY, BEST_PREFIX, robust_acc_name
 from certstudy.trial import checkpoint
 from certstudy.trial.best import BestEpoch
 from certstudy.trial.build import TrialParts, attack_at_training_radius, build_parts
@@ -326,8 +326,8 @@ def _finish_on_best(
     end, files = _end_metrics(parts, cfg, sub)
     summary: dict[str, float | str] = {
         "epoch": float(state["epoch"]),
-        "best/epoch": float(best.epoch),
-        **{f"best/{k}": v for k, v in best.metrics.items() if k != "epoch"},
+        BEST_EPOCH_KEY: float(best.epoch),
+        **{f"{BEST_PREFIX}{k}": v for k, v in best.metrics.items() if k != "epoch"},
         **end,
     }
     _check_finite(summary, int(state["epoch"]))
