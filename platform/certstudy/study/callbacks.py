@@ -20,6 +20,7 @@ from ray.tune import Callback
 from certstudy.study.optuna_bridge import StudySearcher, trial_error_reason
 from certstudy.study.progress import Progress
 from certstudy.study.records import (
+    BEST_EPOCH_KEY,
     DATASET_TAG,
     METHOD_LABEL_TAG,
     METHOD_TAG,
@@ -115,6 +116,7 @@ class MlflowTrialCallback(Callback):
         self._runs: dict[str, str] = {}  # trial id -> MLflow run id (writer thread only)
         self._started: set[str] = set()  # driver thread only, like _ended
         self._ended: set[str] = set()
+        self._logged: dict[str, int] = {}  # driver thread only: last per-epoch step sent to MLflow, per trial
         self._tracker: Tracker | None = None
         self._study: StudySpec | None = None
         self._queue: queue.Queue | None = None
@@ -130,6 +132,7 @@ class MlflowTrialCallback(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_logged", {})  # state pickled before the attribute existed
         _unpickled(str(self.spec.get("name")), self)
 
     @property
@@ -248,9 +251,12 @@ class MlflowTrialCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if failure_reason(result) is not None:
             return
-        self._submit(
-            self._buffer_metrics, trial.trial_id, dict(trial.config), series_metrics(result), result_epoch(result)
-        )
+        epoch = result_epoch(result)
+        if BEST_EPOCH_KEY not in result:  # a per-epoch report (a best-epoch summary repeats the last epoch's step)
+            if epoch <= self._logged.get(trial.trial_id, -1):
+                return  # re-run after a retry from an earlier checkpoint: that epoch is already in MLflow
+            self._logged[trial.trial_id] = epoch
+        self._submit(self._buffer_metrics, trial.trial_id, dict(trial.config), series_metrics(result), epoch)
         tags = result_tags(result)
         if tags:
             self._submit(self._write_tags, trial.trial_id, dict(trial.config), tags)
