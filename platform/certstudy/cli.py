@@ -34,6 +34,23 @@ err_console = Console(stderr=True, soft_wrap=True)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overrides",
+        type=Path,
+        metavar="FILE",
+        help="a YAML mapping of dotted keys to values (e.g. the CPU budget of a study, trials/mnist/*.cpu.yaml), "
+        "applied to the study before validation",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set one dotted key (VALUE read as YAML), after --overrides; repeatable",
+    )
+
+
 def _add_workdir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="work directory (default: $CERTSTUDY_HOME or ./certstudy-runs)")
 
@@ -49,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check study files without running anything")
     p.add_argument("files", nargs="+", type=Path)
     _add_workdir(p)
+    _add_overrides(p)
 
     p = sub.add_parser("launch", help="run a study: Ray Tune trials proposed by Optuna, tracked in MLflow")
     p.add_argument("file", type=Path)
@@ -76,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete earlier results of a study of the same name (default: move them to <study>.prev-<time>)",
     )
     p.add_argument("--num-trials", type=int, help="override search.num_trials")
+    p.add_argument("--index", type=int, default=1, help="which document of a multi-document file (1-based; default 1)")
+    _add_overrides(p)
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
 
     p = sub.add_parser("resume", help="continue an interrupted study where it stopped")
@@ -114,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     _add_workdir(p)
     p.add_argument("--index", type=int, default=1, help="which document of a multi-document file (1-based; default 1)")
+    _add_overrides(p)
     p.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
 
     p = sub.add_parser("ui", help="start the MLflow UI for the work directory on 127.0.0.1")
@@ -139,6 +160,29 @@ def _load_documents(path: Path, overrides: dict[str, Any] | None = None) -> list
     return docs
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The dotted-key overrides of a command line: ``--overrides FILE``, then each ``--set``, then
+    ``--num-trials``; later ones win. Bad input is a SpecError naming the option."""
+    from certstudy.study.spec import read_overrides, parse_set
+
+    out: dict[str, Any] = {}
+    if getattr(args, "overrides", None) is not None:
+        out.update(read_overrides(args.overrides))
+    for item in getattr(args, "set", None) or []:
+        out.update(parse_set(item))
+    if getattr(args, "num_trials", None) is not None:
+        out["search.num_trials"] = args.num_trials
+    return out or None
+
+
+def _pick_document(path: Path, docs: list[StudySpec], index: int) -> StudySpec:
+    from certstudy.errors import SpecError
+
+    if not 1 <= index <= len(docs):
+        raise SpecError(str(path), "--index", index, f"the file holds {len(docs)} document(s)")
+    return docs[index - 1]
+
+
 def _dashboard_hook(workdir: Workdir) -> Callable[[StudyOutcome], None]:
     """Rebuilds the study's dashboard once the study has ended (and printed its summary)."""
 
@@ -158,7 +202,7 @@ def _dashboard_hook(workdir: Workdir) -> Callable[[StudyOutcome], None]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.files:
-        for spec in _load_documents(path):
+        for spec in _load_documents(path, _overrides(args)):
             searched = sum(len(search) for _, search in spec.searched_sections())
             kind = (
                 "fixed configuration"
@@ -171,8 +215,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    overrides = {"search.num_trials": args.num_trials} if args.num_trials is not None else None
-    spec = _load_documents(args.file, overrides)[0]
+    spec = _pick_document(args.file, _load_documents(args.file, _overrides(args)), args.index)
     workdir = Workdir.resolve(args.workdir)
     from certstudy.study.runner import launch
 
@@ -314,12 +357,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from certstudy.errors import SpecError
-
-    docs = _load_documents(args.file)
-    if not 1 <= args.index <= len(docs):
-        raise SpecError(str(args.file), "--index", args.index, f"the file holds {len(docs)} document(s)")
-    spec = docs[args.index - 1]
+    spec = _pick_document(args.file, _load_documents(args.file, _overrides(args)), args.index)
     from certstudy.study.single import run_fixed
 
     def on_epoch(m: dict[str, float]) -> None:

@@ -13,7 +13,8 @@ Written here because the reference GloRo (github.com/klasleino/gloro) is TensorF
 ``crossentropy`` over the m+1 logits, or ``trades``: CE(y, label) + lambda·KL(softmax(y) || softmax([y, y_⊥])[:m]),
 which equals lambda·softplus(y_⊥ - logsumexp(y)). The training eps follows a schedule from
 ``eps_start_fraction``·train_eps to train_eps over the first ``ramp_fraction`` of the epochs
-(linear or logarithmic, as the GloRo library's '[0.01]-log-[50%:1.1]'), interpolated per epoch;
+(linear or logarithmic, as the GloRo library's '[0.01]-log-[50%:1.1]'), interpolated per epoch, and the
+TRADES weight may ramp linearly from ``lambda_start`` to ``lambda`` over the same epochs;
 train_eps = ``train_eps_factor``·eps may exceed the evaluation eps, as in the paper's recipes (e.g. 1.5).
 """
 
@@ -43,6 +44,11 @@ class GloroParams(MethodParams):
     )
     loss: Literal["crossentropy", "trades"] = "crossentropy"
     lambda_: float = Field(1.5, alias="lambda", ge=0, description="trades: weight of the KL term")
+    lambda_start: float | None = Field(
+        None,
+        ge=0,
+        description="trades: the weight at the first epoch, ramped linearly to lambda with eps (None: fixed)",
+    )
     schedule: Literal["constant", "linear", "log"] = "log"
     eps_start_fraction: float = Field(0.01, gt=0, le=1, description="the ramp starts at this fraction of train_eps")
     ramp_fraction: float = Field(0.5, ge=0, le=1, description="fraction of the epochs the ramp takes")
@@ -53,13 +59,26 @@ class GloroParams(MethodParams):
         return self.train_eps_factor * self.eps
 
 
+def _ramp_progress(p: GloroParams, epoch: int, epochs: int) -> float:
+    """How far along the ramp an epoch (0-based) is: 1 once the first ``ramp_fraction`` of the epochs have passed."""
+    ramp = p.ramp_fraction * epochs
+    return 1.0 if ramp <= 0 else min(1.0, (epoch + 1) / ramp)
+
+
+def scheduled_lambda(p: GloroParams, epoch: int, epochs: int) -> float:
+    """The TRADES weight of an epoch: linear from ``lambda_start`` to ``lambda`` over the eps ramp, as
+    the GloRo paper's MNIST recipes ramp it (0 -> 2 at eps 0.3, 0 -> 3 at eps 1.58)."""
+    if p.lambda_start is None:
+        return p.lambda_
+    return p.lambda_start + _ramp_progress(p, epoch, epochs) * (p.lambda_ - p.lambda_start)
+
+
 def scheduled_eps(p: GloroParams, epoch: int, epochs: int) -> float:
     """The training eps of an epoch (0-based): ramp from start to target, then constant."""
     target = p.target_eps
-    ramp = p.ramp_fraction * epochs
-    if p.schedule == "constant" or ramp <= 0:
+    if p.schedule == "constant" or p.ramp_fraction * epochs <= 0:
         return target
-    t = min(1.0, (epoch + 1) / ramp)
+    t = _ramp_progress(p, epoch, epochs)
     start = p.eps_start_fraction * target
     if p.schedule == "linear":
         return start + t * (target - start)
@@ -75,6 +94,7 @@ class GloroTraining(Method):
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         super().__init__(params, context)
         self.eps = scheduled_eps(self.params, 0, context.epochs)
+        self.lam = scheduled_lambda(self.params, 0, context.epochs)
         self._layers: list[Layer] | None = None
         self._iterates: PowerIterates | None = None
         self._pending: list[Tensor] | None = None
@@ -104,6 +124,7 @@ class GloroTraining(Method):
 
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         self.eps = scheduled_eps(self.params, epoch, self.context.epochs)
+        self.lam = scheduled_lambda(self.params, epoch, self.context.epochs)
         self.iterates(model)[1].converge(1e-2, 100)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -116,12 +137,10 @@ class GloroTraining(Method):
         self._k_sub = k_sub.detach()
         if self.params.loss == "crossentropy":
             return F.cross_entropy(torch.cat([logits, y_bot[:, None]], dim=1), y)
-        return (
-            F.cross_entropy(logits, y) + self.params.lambda_ * F.softplus(y_bot - torch.logsumexp(logits, dim=1)).mean()
-        )
+        return F.cross_entropy(logits, y) + self.lam * F.softplus(y_bot - torch.logsumexp(logits, dim=1)).mean()
 
     def epoch_metrics(self) -> dict[str, float]:
-        out = {"train/gloro_eps": self.eps}
+        out = {"train/gloro_eps": self.eps, "train/gloro_lambda": self.lam}
         if self._k_sub is not None:
             out["train/gloro_k_sub"] = float(self._k_sub)
         return out

@@ -737,6 +737,45 @@ def apply_overrides(data: Any, overrides: dict[str, Any]) -> Any:
     return data
 
 
+_DOTTED_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _check_dotted(source: str, key: object) -> str:
+    if not isinstance(key, str) or not _DOTTED_KEY.match(key):
+        raise SpecError(source, "key", key, "keys are dotted field names, e.g. training.epochs")
+    return key
+
+
+def read_overrides(path: str | Path) -> dict[str, Any]:
+    """An override file: one YAML mapping of dotted keys to the values that replace what the study
+    file holds there (``training.epochs: 10``, or ``methods: [...]`` for a whole section). This is
+    how a study ships a reduced budget beside its published one (``trials/mnist/*.cpu.yaml``)."""
+    source = str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise SpecError(source, "", source, f"cannot read the override file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise SpecError(source, "", where, "not valid YAML") from None
+    if not isinstance(data, dict) or not data:
+        raise SpecError(source, "", type(data).__name__, "an override file is a non-empty mapping of dotted keys")
+    return {_check_dotted(source, k): v for k, v in data.items()}
+
+
+def parse_set(item: str) -> dict[str, Any]:
+    """One ``--set KEY=VALUE``: the value is read as YAML (``10``, ``true``, ``[0.1, 0.3]``)."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise SpecError("--set", "", item, "expected KEY=VALUE, e.g. training.epochs=10")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        raise SpecError("--set", key, text, "the value is not valid YAML") from None
+    return {_check_dotted("--set", key.strip()): value}
+
+
 def load_documents(path: str | Path, overrides: dict[str, Any] | None = None) -> list[StudySpec]:
     """All study documents in a YAML file (an export may hold several), with command-line
     ``overrides`` applied before validation."""
