@@ -163,7 +163,7 @@ def _load_documents(path: Path, overrides: dict[str, Any] | None = None) -> list
 def _overrides(args: argparse.Namespace) -> dict[str, Any] | None:
     """The dotted-key overrides of a command line: ``--overrides FILE``, then each ``--set``, then
     ``--num-trials``; later ones win. Bad input is a SpecError naming the option."""
-    from certstudy.study.spec import read_overrides, parse_set
+    from certstudy.study.spec import parse_set, read_overrides
 
     out: dict[str, Any] = {}
     if getattr(args, "overrides", None) is not None:
