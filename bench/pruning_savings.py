@@ -2,6 +2,7 @@
 
     python bench/pruning_savings.py                          # trials/robust_overfitting.yaml
     python bench/pruning_savings.py trials/other.yaml --num-trials 12
+    python bench/pruning_savings.py trials/mnist/robust_overfitting.yaml --overrides <its .cpu.yaml>
 
 Both runs end every trial on its best epoch (``evaluation.final_model: best``), so the comparison
 is pruning alone, not best-epoch selection. Reports the trial-epochs each run trained (the sum over
@@ -26,7 +27,7 @@ from certstudy.analysis.reruns import write_section
 from certstudy.study.export import finished_trials
 from certstudy.study.pruning import PruningConfig
 from certstudy.study.runner import launch
-from certstudy.study.spec import StudySpec, load_study
+from certstudy.study.spec import StudySpec, load_study, read_overrides
 from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
 
@@ -84,15 +85,22 @@ def run(spec: StudySpec, label: str, root: Path, console: Console) -> Outcome:
     )
 
 
+def _shown(path: Path) -> str:
+    """A path as the command line in the docs should show it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if REPO in path.parents else str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", nargs="?", type=Path, default=REPO / "trials" / "robust_overfitting.yaml")
     parser.add_argument("--num-trials", type=int)
+    parser.add_argument("--overrides", type=Path, help="a dotted-key override file, e.g. a study's CPU budget")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results.md")
     parser.add_argument("--keep", type=Path, help="keep both work directories here (default: a temporary folder)")
     args = parser.parse_args()
     console = Console()
-    spec = load_study(args.study)
+    spec = load_study(args.study, read_overrides(args.overrides) if args.overrides else None)
     if not spec.pruning.enabled:
         raise SystemExit(f"{args.study}: the study has no pruning section to compare against")
     search = spec.search if args.num_trials is None else spec.search.model_copy(update={"num_trials": args.num_trials})
@@ -145,9 +153,10 @@ def main() -> None:
     console.print(verdict)
     pruning = ", ".join(f"{k}: {v}" for k, v in spec.pruning.model_dump(exclude_none=True).items())
     body = (
-        f"Regenerate: `python bench/pruning_savings.py` (study file "
-        f"`{args.study.relative_to(REPO) if args.study.is_absolute() and REPO in args.study.parents else args.study}`, "
-        f"{search.num_trials} trials, sampler {search.sampler} seed {search.seed}, both runs ending each trial on its "
+        f"Regenerate: `python bench/pruning_savings.py {_shown(args.study)}"
+        + (f" --overrides {_shown(args.overrides)}" if args.overrides else "")
+        + f"` ({search.num_trials} trials, "
+        f"sampler {search.sampler} seed {search.seed}, both runs ending each trial on its "
         f"best epoch; pruning {pruning}).\n\n"
         "| "
         + " | ".join(header)

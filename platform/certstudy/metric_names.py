@@ -67,6 +67,11 @@ def autoattack_acc_name(norm: str, r: float) -> str:
     return f"test/autoattack_acc_{norm}_{radius_label(r)}"
 
 
+def noise_acc_name(sigma: float) -> str:
+    """Test accuracy under one draw of Gaussian noise of standard deviation ``sigma`` (``evaluation.noise_sigmas``)."""
+    return f"test/noise_acc_s{sigma:g}"
+
+
 def cert_gap_name(source: str, certificate: str, norm: str, r: float) -> str:
     """The certification gap's name: ``test/cert_gap_...`` against AutoAttack, ``test/pgd_cert_gap_...``
     against PGD (when AutoAttack is off)."""

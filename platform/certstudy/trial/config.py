@@ -8,7 +8,7 @@ which components exist.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -154,6 +154,11 @@ class EvaluationConfig(Strict):
     )
     autoattack: AutoAttackConfig | None = Field(
         None, description="AutoAttack at the end on a fixed test subset (None: off)"
+    )
+    noise_sigmas: list[Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]] = Field(
+        default_factory=list,
+        description="test accuracy under Gaussian noise of each standard deviation (test/noise_acc_s<sigma>; one "
+        "seeded draw per test point, clipped to the input box), the corruption metric of the HR paper",
     )
     certify_subset: int | None = Field(
         None, ge=1, description="test points certified (None: the evaluated test points)"

@@ -31,7 +31,14 @@ from certstudy.trial.environment import seed_everything, select_device, sum_dtyp
 from certstudy.trial.evaluation import Scores, evaluate
 from certstudy.trial.optim import build_optimizer, build_schedule
 from certstudy.trial.precision import Precision
-from certstudy.trial.robustness import ALARM_RESULT, accuracy_metrics, autoattack_accuracy, gap_metrics, pgd_accuracy
+from certstudy.trial.robustness import (
+    ALARM_RESULT,
+    accuracy_metrics,
+    autoattack_accuracy,
+    gap_metrics,
+    noise_accuracy,
+    pgd_accuracy,
+)
 
 AUTOATTACK_SUBSET_SEED = 0  # not the trial's seed: every trial of a study attacks the same points
 
@@ -143,6 +150,11 @@ def _end_metrics(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> tuple[di
     metrics: dict[str, float | str] = dict(_scores("test", test))
     if ev.attack_grid:
         metrics.update(attack_grid(model, x_test, y_test, cfg, splits.bounds))
+    metrics.update(
+        noise_accuracy(
+            model, x_test, y_test, ev.noise_sigmas, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 18
+        )
+    )
     test_split = dataclasses.replace(splits, x_test=x_test, y_test=y_test)
     metrics.update(parts.method.final_metrics(model, test_split, batch_size=ev.batch_size, seed=cfg.seed + 14))
     files: dict[str, bytes] = {}

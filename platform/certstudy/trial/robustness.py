@@ -23,7 +23,14 @@ from certstudy.attacks import pgd
 from certstudy.attacks.autoattack import autoattack_robust
 from certstudy.certify.base import Certificate
 from certstudy.certify.metrics import certified_radii
-from certstudy.metric_names import ALARM_TAG, TAG_PREFIX, autoattack_acc_name, cert_gap_name, radius_label
+from certstudy.metric_names import (
+    ALARM_TAG,
+    TAG_PREFIX,
+    autoattack_acc_name,
+    cert_gap_name,
+    noise_acc_name,
+    radius_label,
+)
 from certstudy.models.base import eval_mode
 from certstudy.trial.config import AttackConfig, AutoAttackConfig
 
@@ -98,6 +105,37 @@ def pgd_accuracy(
                 with torch.no_grad():
                     verdicts.append((model(adv).argmax(1) == yb).cpu())
         out.robust[r] = torch.cat(verdicts)
+    return out
+
+
+@torch.no_grad()
+def noise_accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    sigmas: list[float],
+    bounds: tuple[float, float] | None,
+    *,
+    batch_size: int,
+    seed: int,
+) -> dict[str, float]:
+    """Accuracy on x + N(0, sigma^2 I), clipped to the input box, one draw per point from a seeded
+    device generator (the same draws for every trial of a study): a corruption metric, not a
+    certificate. Bennouna et al. report it next to clean and l2-PGD accuracy."""
+    out: dict[str, float] = {}
+    if not sigmas or len(y) == 0:
+        return out
+    with eval_mode(model):
+        for sigma in sigmas:
+            gen = torch.Generator(device=x.device).manual_seed(seed)
+            correct = torch.zeros((), dtype=torch.int64, device=x.device)
+            for i in range(0, len(y), batch_size):
+                xb = x[i : i + batch_size]
+                noisy = xb + sigma * torch.randn(xb.shape, generator=gen, device=xb.device, dtype=xb.dtype)
+                if bounds is not None:
+                    noisy = noisy.clamp(*bounds)
+                correct += (model(noisy).argmax(dim=1) == y[i : i + batch_size]).sum()
+            out[noise_acc_name(sigma)] = float(correct) / len(y)
     return out
 
 
