@@ -26,10 +26,10 @@ from rich.console import Console
 
 from certstudy.analysis.reruns import write_section
 from certstudy.errors import CertstudyError
-from certstudy.metric_names import autoattack_acc_name, certified_acc_name, noise_acc_name
+from certstudy.metric_names import autoattack_acc_name, cert_gap_name, certified_acc_name, noise_acc_name
 from certstudy.study.export import Candidate, finished_trials, study_spec
 from certstudy.study.records import METHOD_LABEL_TAG
-from certstudy.study.spec import StudySpec
+from certstudy.study.spec import StudySpec, certificates_of
 from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
 
@@ -116,6 +116,20 @@ def _pgd(spec: StudySpec) -> list[tuple[str, str]]:
     return [(f"pgd{a.steps}_acc_{a.norm}_r{a.eps:g}", "test/robust_acc")]
 
 
+def _gaps_and_audit(spec: StudySpec) -> list[tuple[str, str]]:
+    """PGD, the certification gap (AutoAttack minus certified accuracy on AutoAttack's points) per
+    deterministic certificate, and the soundness audit's counts."""
+    norm = spec.evaluation.attack.norm
+    radii = [r for r in spec.evaluation.radii.get(norm, []) if r > 0]
+    gaps = [
+        (f"gap_{cert}_{norm}_r{r:g}", cert_gap_name("autoattack", cert, norm, r))
+        for cert, cert_norm in certificates_of(spec)
+        if cert_norm == norm and spec.evaluation.autoattack is not None
+        for r in radii
+    ]
+    return _pgd(spec) + gaps + [("audit violations", "audit/violations"), ("audited points", "audit/points")]
+
+
 TABLES: dict[str, StudyTable] = {
     "gloro": StudyTable(
         names=("mnist_gloro_cpu", "mnist_gloro"),
@@ -125,7 +139,7 @@ TABLES: dict[str, StudyTable] = {
             + [m for m in _certified(spec, "lipschitz", "l2", "certified_acc_") if not m[0].endswith("_r0")]
             + _autoattack(spec)
         ),
-        extra_metrics=_pgd,
+        extra_metrics=_gaps_and_audit,
         published=_GLORO,
     ),
     "smoothing": StudyTable(
@@ -152,7 +166,7 @@ TABLES: dict[str, StudyTable] = {
             ]
             + _autoattack(spec)
         ),
-        extra_metrics=_pgd,
+        extra_metrics=_gaps_and_audit,
         published=_RELAXATION,
     ),
     "hr": StudyTable(
@@ -176,6 +190,13 @@ TABLES: dict[str, StudyTable] = {
 
 def _test_eps(c: Candidate) -> str:
     return _param(c, "evaluation.attack.eps")
+
+
+def _cell(name: str, v: float) -> str:
+    """A docs cell: counts as integers, everything else to 4 decimals, missing as empty."""
+    if v != v:
+        return ""
+    return f"{v:.0f}" if name.startswith(("audit", "best epoch")) else f"{v:.4f}"
 
 
 def _fmt(v: float) -> str:
@@ -207,12 +228,12 @@ def study_rows(workdir: Workdir, table: StudyTable) -> tuple[StudySpec, list[dic
                     "ours": _fmt(c.value(source_metric)),
                     "published": f"{pub.value:g}" if pub else "",
                     "source": pub.source if pub else "",
-                    "budget": f"{budget} ({spec.name}: {spec.model.name}, {spec.training.epochs} epochs)",
+                    "budget": f"{budget}: {spec.model.name}, {spec.training.epochs} epochs",
                     "seeds": "1",
                     "wall_s": f"{wall:.0f}",
                 }
             )
-        cells = [f"{c.value(m):.4f}" if c.value(m) == c.value(m) else "" for _, m in table.extra_metrics(spec)]
+        cells = [_cell(name, c.value(m)) for name, m in table.extra_metrics(spec)]
         extra.append(f"| {setting} | " + " | ".join(cells) + " |")
     return spec, rows, extra, wall
 
@@ -239,14 +260,14 @@ def main() -> None:
 
     compared = [r for r in rows if r["published"]]
     lines = [
-        f"Study `{spec.name}` ({rows[0]['budget'] if rows else ''}; {wall:.0f} s wall on this machine). "
+        f"Study `{spec.name}` ({rows[0]['budget'] if rows else ''}; {wall:.0f} s wall on 2 CPU cores). "
         f"Regenerate: `python bench/mnist_results.py {args.study}`; machine-readable: "
         f"`docs/results/mnist_{args.study}.csv`.\n",
         "| setting | metric | ours | published | ours - published | source |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        diff = f"{100 * (float(r['ours']) - float(r['published'])):+.1f} pts" if r["published"] and r["ours"] else ""
+        diff = f"{100 * (float(r['ours']) - float(r['published'])):+.2f} pts" if r["published"] and r["ours"] else ""
         lines.append(f"| {r['setting']} | {r['metric']} | {r['ours']} | {r['published']} | {diff} | {r['source']} |")
     if extra:
         names = [n for n, _ in table.extra_metrics(spec)]
