@@ -241,12 +241,27 @@ def study_rows(workdir: Workdir, table: StudyTable) -> tuple[StudySpec, list[dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=sorted(TABLES))
-    parser.add_argument("--workdir")
+    parser.add_argument(
+        "--workdir",
+        nargs="+",
+        default=[None],
+        help="work directories (several: e.g. the off/ and on/ folders of bench/pruning_savings.py --keep; each "
+        "setting is then prefixed with its folder's name)",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results.md")
     parser.add_argument("--csv-dir", type=Path, default=REPO / "docs" / "results")
     args = parser.parse_args()
     table = TABLES[args.study]
-    spec, rows, extra, wall = study_rows(Workdir.resolve(args.workdir), table)
+    rows, extra, walls = [], [], []
+    for folder in args.workdir:
+        workdir = Workdir.resolve(folder)
+        spec, these, more, wall = study_rows(workdir, table)
+        if len(args.workdir) > 1:
+            for r in these:
+                r["setting"] = f"{workdir.root.name}: {r['setting']}"
+            more = [line.replace("| ", f"| {workdir.root.name}: ", 1) for line in more]
+        rows, extra, walls = rows + these, extra + more, walls + [wall]
+    wall = sum(walls)
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
