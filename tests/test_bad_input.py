@@ -119,3 +119,45 @@ def test_an_error_never_prints_more_than_about_80_characters_of_a_value(
     over.write_text(yaml.safe_dump({"methods": [{"name": "erm", "params": {"k": "y" * 500}}]}))
     err = _refused(_study_with(tmp_path, yaml.safe_dump(tiny_study("o"))), capsys, args=("--overrides", str(over)))
     assert "y" * 100 not in err and "methods overridden" in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["status", "x", "--workdir", "{file}"], "--workdir: got '{file}'; is not a directory"),
+        (["ui", "--port", "70000", "--workdir", "{dir}"], "--port: got 70000; a TCP port is 1-65535"),
+        (["ui", "--port", "0", "--workdir", "{dir}"], "--port: got 0"),
+        (["export", "x", "-o", "{dir}", "--workdir", "{dir}"], "is a directory; give a file path"),
+        (["export", "x", "--top", "0", "--workdir", "{dir}"], "--top: must be at least 1"),
+        (["resume", "nosuch", "--workdir", "{dir}"], "no study 'nosuch'"),
+    ],
+)
+def test_cli_misuse_is_one_line_exit_2_and_writes_nothing(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, afile = tmp_path / "w", tmp_path / "afile"
+    folder.mkdir()
+    afile.write_text("")
+    fill = {"file": str(afile), "dir": str(folder)}
+    code = main([a.format(**fill) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code in (1, 2) and "\n" not in err and needle.format(**fill) in err, err
+    assert list(folder.iterdir()) == []  # nothing written
+
+
+def test_a_read_only_work_directory_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({done.stderr.decode().strip()[:80]})")
+    try:
+        path = _study_with(tmp_path, yaml.safe_dump(tiny_study("ro")))
+        assert main(["launch", str(path), "--workdir", str(mount)]) == 2
+        assert "is not writable, and launch writes there" in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
