@@ -176,3 +176,50 @@ def test_hr_trial_reports_its_certificate(tmp_path) -> None:
         "true" if final["test/hr_objective"] >= final["test/hr_robust_loss"] else "false"
     )
     assert math.isfinite(final["test/hr_bound_holds"])
+
+
+def _exact_kl_max(q: torch.Tensor, l: torch.Tensor, r: float) -> float:
+    """max {p @ l : KL(q || p) <= r} by 300 bisection steps on log u in float64 (reference only)."""
+    gap = l.max() - l
+    lo, hi = -80.0, 80.0
+    for _ in range(300):
+        mid = (lo + hi) / 2
+        d = math.exp(mid) + gap
+        p = q / d
+        p = p / p.sum()
+        kl = float((q[q > 0] * (q[q > 0] / p[q > 0]).log()).sum())
+        lo, hi = (mid, hi) if kl > r else (lo, mid)
+    d = math.exp(hi) + gap
+    p = q / d
+    return float((p / p.sum()) @ l)
+
+
+@pytest.mark.parametrize(("alpha", "r"), [(0.05, 0.1), (0.0, 0.5), (0.2, 1e-4), (0.3, 2.0)])
+def test_the_hr_certificate_is_the_dual_value_never_below_the_exact_objective(alpha: float, r: float) -> None:
+    from certstudy.methods.hr import hr_bound, trimmed_masses
+
+    gen = torch.Generator().manual_seed(7)
+    for scale in (1e-3, 1.0, 50.0):
+        l = torch.rand(300, generator=gen, dtype=torch.float64) * scale
+        q = torch.cat([trimmed_masses(l, alpha), l.new_tensor([alpha])])
+        exact = _exact_kl_max(q, torch.cat([l, l.max().view(1)]), r)
+        bound = hr_bound(l, alpha, r)
+        assert bound >= exact  # an upper bound, never the interpolated primal below it
+        assert bound - exact <= 1e-6 * max(1.0, abs(exact))
+
+
+def test_hr_weights_are_scale_invariant_and_defined_for_tiny_losses() -> None:
+    l = torch.rand(100, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref = worst_case_weights(l, 0.05, 0.1)
+    for scale in (1e-60, 1e-30, 1e10):
+        w = worst_case_weights(l * scale, 0.05, 0.1)
+        assert torch.isfinite(w).all() and float((w - ref).abs().max()) < 1e-12, scale
+
+
+def test_a_non_finite_loss_is_refused_with_a_reason() -> None:
+    from certstudy.errors import TrialFailed
+    from certstudy.methods.hr import hr_bound
+
+    for bad in (math.inf, math.nan):
+        with pytest.raises(TrialFailed, match="not finite"):
+            hr_bound(torch.tensor([0.1, bad, 0.3], dtype=torch.float64), 0.05, 0.1)

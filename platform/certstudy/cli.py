@@ -463,9 +463,43 @@ COMMANDS = {
 }
 
 
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried, not guessed from mode bits: a root process
+    ignores them, a read-only mount does not)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".certstudy-write-check-"):
+            return True
+    except OSError:
+        return False
+
+
+WRITING_COMMANDS = frozenset({"launch", "resume", "run", "dashboard", "export", "ui"})
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Misuse that argparse cannot see, refused before anything is read or written: a work directory
+    that is a file or (for commands that write) read-only, a port out of range, ``-o`` naming a folder."""
+    from certstudy.errors import SpecError
+
+    root = Workdir.resolve(getattr(args, "workdir", None)).root
+    if root.exists() and not root.is_dir():
+        raise SpecError("--workdir", "", str(root), "is not a directory")
+    if args.command in WRITING_COMMANDS and root.is_dir() and not _writable(root):
+        raise SpecError("--workdir", "", str(root), f"is not writable, and {args.command} writes there")
+    port = getattr(args, "port", None)
+    if port is not None and not 1 <= port <= 65535:
+        raise SpecError("--port", "", port, "a TCP port is 1-65535")
+    output = getattr(args, "output", None)
+    if output is not None and Path(output).is_dir():
+        raise SpecError("-o/--output", "", str(output), "is a directory; give a file path")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_arguments(args)
         return COMMANDS[args.command](args)
     except CertstudyError as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)

@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
+
+from certstudy.schema import Schema
 
 ABSTAIN = -1
 
 
-class CertifierParams(BaseModel):
+class CertifierParams(Schema):
     """Base for a certifier's settings (the study file's ``evaluation.certifiers[i].params``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)

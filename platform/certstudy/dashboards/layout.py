@@ -10,17 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from certstudy.errors import SpecError
+from certstudy.safe_yaml import load_file
+from certstudy.schema import DiscriminatedSchema, Schema
 from certstudy.study.spec import StudySpec, validate_spec
 
 LAYOUTS_DIR = Path(__file__).resolve().parents[3] / "dashboards"
 
 
-class Panel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Panel(DiscriminatedSchema):
     title: str | None = None
 
 
@@ -97,8 +97,7 @@ AnyPanel = Annotated[
 PANEL_TYPES = frozenset(get_args(cls.model_fields["type"].annotation)[0] for cls in get_args(get_args(AnyPanel)[0]))
 
 
-class Layout(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Layout(Schema):
     title: str = "{study}"
     panels: list[AnyPanel] = Field(min_length=1)
 
@@ -119,7 +118,8 @@ def load_layout(name_or_path: str) -> Layout:
             name_or_path,
             f"no such layout; known: {', '.join(layout_names()) or 'none'} (or give a path)",
         )
-    data = yaml.safe_load(path.read_text())
+    docs = load_file(path, "layout")
+    data = docs[0] if len(docs) == 1 else None
     try:
         return Layout.model_validate(data)
     except ValidationError as exc:

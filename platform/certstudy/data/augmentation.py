@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
+from certstudy.schema import Schema
 
-class Augment(BaseModel):
+
+class Augment(Schema):
     """``dataset.augment``: off unless asked for."""
-
-    model_config = ConfigDict(extra="forbid")
 
     crop: int = Field(
         0,

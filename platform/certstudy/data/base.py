@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
+from certstudy.schema import Schema
 
-class DatasetParams(BaseModel):
+
+class DatasetParams(Schema):
     """Base for a dataset's typed options (a study file's ``dataset.options``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from certstudy.data.base import DatasetParams, Splits, split_indices
 from certstudy.data.registry import DATASETS
@@ -21,6 +21,15 @@ from certstudy.data.registry import DATASETS
 class DigitsParams(DatasetParams):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leaves_training_images(self) -> DigitsParams:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1 (got {self.val_fraction + self.test_fraction:g}): "
+                "nothing would be left to train on"
+            )
+        return self
 
 
 @DATASETS.register("digits")

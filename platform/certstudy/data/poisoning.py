@@ -11,15 +11,14 @@ import dataclasses
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from certstudy.data.base import Splits
 from certstudy.errors import TrialFailed
+from certstudy.schema import Schema
 
 
-class Poisoning(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Poisoning(Schema):
     rate: float = Field(0.0, ge=0, le=1, description="fraction of train labels flipped")
     kind: Literal["uniform", "targeted"] = "uniform"
     source: int | None = Field(None, ge=0, description="targeted only: flip only samples of this class")

@@ -11,16 +11,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from certstudy.data.base import Splits
+from certstudy.schema import Schema
 
 
-class MethodParams(BaseModel):
+class MethodParams(Schema):
     """Base for a method's hyperparameters (the study file's ``params`` / ``search`` keys)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from certstudy.data.base import Splits
+from certstudy.errors import TrialFailed
 from certstudy.methods.adversarial import PGDParams, pgd_points, pgd_threat_model
 from certstudy.methods.base import Method, MethodParams
 from certstudy.methods.registry import METHODS
@@ -44,6 +45,7 @@ from certstudy.models.base import eval_mode
 _GRID = 64  # points per refinement round
 _ROUNDS = 3  # 100 / 64**3 ~ 4e-4 in log u; the final interpolation's error is ~ its square
 _SPAN = 50.0  # the root is searched in log u within +-SPAN of log(max gap)
+ROUNDING_SLACK = 1e-12  # relative: covers float64 rounding of the dual's sums (~n * 1e-16), so the bound stays above
 
 
 def trimmed_masses(losses: Tensor, alpha: float) -> Tensor:
@@ -69,13 +71,12 @@ def _kl(log_u: Tensor, q: Tensor, gap: Tensor) -> Tensor:
     return (d.reciprocal() @ q).log() + d.log() @ q
 
 
-def kl_tilt(q: Tensor, gap: Tensor, r: float) -> Tensor:
-    """The worst-case p with KL(q || p) <= r for losses l_j = l_max - gap_j: p_j ~ q_j / (u + gap_j).
+def _kl_root(q: Tensor, gap: Tensor, r: float) -> Tensor:
+    """log u with KL(q || p(u)) = r, for gaps already scaled to at most 1.
 
     KL(u) falls strictly from +inf (u -> 0, when some mass has a positive gap) to 0 (u -> inf),
-    so the root of KL(u) = r is unique; it is bracketed by rounds of an evenly spaced grid in
-    log u (each round keeps the one cell where KL crosses r) and placed by linear interpolation
-    inside the last cell.
+    so the root is unique; it is bracketed by rounds of an evenly spaced grid in log u (each round
+    keeps the one cell where KL crosses r) and placed by linear interpolation inside the last cell.
     """
     lo = (gap * (q > 0)).max().clamp_min(1e-30).log() - _SPAN
     width = torch.full_like(lo, 2 * _SPAN)
@@ -86,8 +87,42 @@ def kl_tilt(q: Tensor, gap: Tensor, r: float) -> Tensor:
         lo = lo + (above - 1) * width
     k_lo, k_hi = _kl(torch.stack([lo, lo + width]), q, gap)
     frac = torch.where(k_lo > k_hi, ((k_lo - r) / (k_lo - k_hi)).clamp(0.0, 1.0), torch.ones_like(k_lo))
-    w = q / ((lo + frac * width).exp() + gap)
+    return lo + frac * width
+
+
+def _scaled(gap: Tensor) -> tuple[Tensor, Tensor]:
+    """(gap / scale, scale) with scale = max gap (1 when every gap is 0): p(u) is unchanged when u and
+    the gaps are scaled together, so the root search works the same for losses of any magnitude."""
+    top = gap.max()
+    scale = torch.where(top > 0, top, torch.ones_like(top))
+    return gap / scale, scale
+
+
+def kl_tilt(q: Tensor, gap: Tensor, r: float) -> Tensor:
+    """The worst-case p with KL(q || p) <= r for losses l_j = l_max - gap_j: p_j ~ q_j / (u + gap_j)
+    at the root u of KL(q || p(u)) = r (``_kl_root``), computed on gaps scaled to at most 1."""
+    unit, _ = _scaled(gap)
+    w = q / (_kl_root(q, unit, r).exp() + unit)
     return w / w.sum()
+
+
+def kl_dual_value(q: Tensor, losses: Tensor, r: float) -> Tensor:
+    """An upper bound on max {p @ losses : KL(q || p) <= r}: the Lagrangian dual
+    g(lam, eta) = eta + lam (r - 1) - lam sum_j q_j log((eta - l_j) / lam), evaluated at the root
+    u found by ``_kl_root`` (eta = l_max + u) and the lam that makes p sum to 1. Weak duality makes
+    any (lam, eta) an upper bound, so the value is never below the exact maximum, whatever the
+    root's numerical error (the interpolated primal p @ losses can sit ~1e-8 below it)."""
+    l_max = losses.max()
+    gap = l_max - losses
+    if r == 0 or not bool((gap * (q > 0)).max() > 0):
+        return q @ losses  # no tilt is possible or allowed: the expectation itself
+    unit, scale = _scaled(gap)
+    u = _kl_root(q, unit, r).exp() * scale
+    d = u + gap
+    lam = 1.0 / (q / d).sum()
+    support = q > 0
+    log_terms = torch.where(support, q * (d / lam).log(), torch.zeros_like(q))
+    return l_max + u + lam * (r - 1.0) - lam * log_terms.sum()
 
 
 def worst_case_weights(losses: Tensor, alpha: float, r: float) -> Tensor:
@@ -113,8 +148,21 @@ def worst_case_weights(losses: Tensor, alpha: float, r: float) -> Tensor:
 
 
 def hr_value(losses: Tensor, alpha: float, r: float) -> Tensor:
-    """The HR objective of a set of (adversarial) losses."""
+    """The HR objective of a set of (adversarial) losses, as the worst-case weights give it."""
     return worst_case_weights(losses, alpha, r).to(losses.dtype) @ losses
+
+
+def hr_bound(losses: Tensor, alpha: float, r: float) -> float:
+    """The HR objective as a certificate: an upper bound on its exact value (the KL step's dual value
+    at the root found, after the exact alpha trimming), in float64, raised by a relative 1e-12 so that
+    rounding in the sums cannot put it below. Non-finite losses are refused."""
+    l = losses.detach().to(torch.float64).flatten()
+    if l.numel() == 0 or not bool(torch.isfinite(l).all()):
+        raise TrialFailed("HR: a per-sample loss is not finite; the HR objective is undefined")
+    q = torch.cat([trimmed_masses(l, alpha), l.new_tensor([min(alpha, 1.0)])])
+    atoms = torch.cat([l, l.max().view(1)])
+    value = float(kl_dual_value(q, atoms, r))
+    return value + ROUNDING_SLACK * max(1.0, abs(value))
 
 
 class HRParams(PGDParams):
@@ -135,6 +183,7 @@ class HolisticRobust(Method):
 
     Params = HRParams
     params: HRParams
+    _nonfinite: Tensor | None = None  # any non-finite per-sample loss this epoch (a device flag: no sync per batch)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         p = self.params
@@ -142,14 +191,24 @@ class HolisticRobust(Method):
         if p.alpha == 0 and p.r == 0:
             return F.cross_entropy(model(x_adv), y)  # the same computation as ERM / PGD-AT
         losses = F.cross_entropy(model(x_adv), y, reduction="none")
+        bad = ~torch.isfinite(losses.detach()).all()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         return worst_case_weights(losses.detach(), p.alpha, p.r) @ losses
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Fails the trial with its reason when a per-sample loss was +inf or NaN during the epoch
+        (the worst-case weights are undefined then; checked once per epoch, not per batch)."""
+        flag, self._nonfinite = self._nonfinite, None
+        if flag is not None and bool(flag):
+            raise TrialFailed("HR: a per-sample training loss was not finite (+inf or NaN); HR weights are undefined")
+        return {}
 
     def final_metrics(self, model: nn.Module, splits: Splits, *, batch_size: int, seed: int) -> dict[str, float | str]:
         """HR's certificate check: the HR objective on the (observed) train split vs the clean
         test split's adversarial loss at the same eps."""
         train = self._losses(model, splits, splits.x_train, splits.y_train, batch_size, seed)
         test = self._losses(model, splits, splits.x_test, splits.y_test, batch_size, seed + 1)
-        objective = float(hr_value(train, self.params.alpha, self.params.r))
+        objective = hr_bound(train, self.params.alpha, self.params.r)
         test_loss = float(test.mean())
         holds = objective >= test_loss
         return {

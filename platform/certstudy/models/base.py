@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from certstudy.schema import Schema
 
-class ModelParams(BaseModel):
+
+class ModelParams(Schema):
     """Base of every model's params; ``normalize`` is common to all of them."""
-
-    model_config = ConfigDict(extra="forbid")
 
     normalize: bool = Field(
         False, description="put the dataset's per-channel mean/std normalisation inside the network as its first layer"

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from certstudy.metric_names import SPLIT_METRIC
+from certstudy.schema import Schema
 
 PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,
@@ -31,7 +32,7 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
 }
 
 
-class PrunerConfig(BaseModel):
+class PrunerConfig(Schema):
     """``{name: median, n_startup_trials: 5, n_warmup_steps: 3}``; ``patient`` takes ``wrapped``
     (another pruner, or none) beside ``patience`` and ``min_delta``. Other keys are the Optuna
     pruner's own keyword arguments (steps are epochs)."""
@@ -67,7 +68,7 @@ class PrunerConfig(BaseModel):
             raise ValueError(f"{self.name} pruner: {exc}") from None
 
 
-class OverfittingRule(BaseModel):
+class OverfittingRule(Schema):
     """Stop a trial whose robust validation accuracy has fallen at least ``min_drop`` below its best
     for ``patience`` consecutive epochs, or whose robust generalisation gap exceeds ``max_gap``.
 
@@ -76,8 +77,6 @@ class OverfittingRule(BaseModel):
     1,000-point validation set epoch-to-epoch noise is about 0.013, so ``min_drop`` below 0.02
     prunes on noise.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     metric: str = Field("val/robust_acc", pattern=SPLIT_METRIC)
     gap_metric: str = Field("gap/robust_acc", pattern=SPLIT_METRIC, description="train minus val robust accuracy")
@@ -121,9 +120,7 @@ class OverfittingRule(BaseModel):
         return None
 
 
-class PruningConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PruningConfig(Schema):
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     overfitting: OverfittingRule | None = None
 

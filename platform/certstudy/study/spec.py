@@ -18,8 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from certstudy.certify import CERTIFIERS
 from certstudy.data import DATASETS
@@ -35,10 +34,13 @@ from certstudy.metric_names import (
 )
 from certstudy.models import MODELS
 from certstudy.registry import Registry
+from certstudy.safe_yaml import load_all, load_file, read_text
+from certstudy.schema import DiscriminatedSchema, Schema
 from certstudy.study.certifiable import check_certifiable
 from certstudy.study.pruning import PruningConfig
 from certstudy.trial.build import certifier_params
 from certstudy.trial.config import (
+    MAX_SEED,
     ComponentConfig,
     DatasetConfig,
     EvaluationConfig,
@@ -47,14 +49,14 @@ from certstudy.trial.config import (
 )
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Strict(Schema):
+    pass
 
 
 # --- search distributions -------------------------------------------------------------------
 
 
-class FloatRange(Strict):
+class FloatRange(DiscriminatedSchema):
     type: Literal["float"]
     low: float
     high: float
@@ -75,7 +77,7 @@ class FloatRange(Strict):
         return [self.low, self.high]
 
 
-class IntRange(Strict):
+class IntRange(DiscriminatedSchema):
     type: Literal["int"]
     low: int
     high: int
@@ -96,7 +98,7 @@ class IntRange(Strict):
         return [self.low, self.high]
 
 
-class Categorical(Strict):
+class Categorical(DiscriminatedSchema):
     type: Literal["categorical"]
     choices: list[bool | int | float | str | None] = Field(min_length=1)
 
@@ -139,7 +141,7 @@ class SearchConfig(Strict):
     sampler: Literal["auto", "tpe", "nsga2", "random", "grid"] = "auto"
     num_trials: int = Field(8, ge=1, le=100000)
     max_concurrent: int = Field(2, ge=1, le=10000)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     max_failures: int = Field(1, ge=0, le=100, description="retries of a trial whose worker died")
     start_points: list[dict[str, Any]] = Field(
         default_factory=list, description="parameter values tried first, by search-space name"
@@ -158,6 +160,10 @@ class Resources(Strict):
         return gpu
 
 
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+"""MLflow tracking backends a study file may name (``postgresql+psycopg2://`` counts as postgresql)."""
+
+
 class Tracking(Strict):
     experiment: str | None = None
     tracking_uri: str | None = None
@@ -170,6 +176,9 @@ class Tracking(Strict):
                 "must be a database or server URI (sqlite:///..., postgresql://..., http://...); MLflow 3 file stores "
                 "are not supported"
             )
+        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if uri else ""
+        if uri and scheme not in TRACKING_SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; one of {', '.join(TRACKING_SCHEMES)}")
         return uri
 
 
@@ -191,7 +200,7 @@ class StudySpec(Strict):
     pruning: PruningConfig = Field(default_factory=PruningConfig)
     resources: Resources = Field(default_factory=Resources)
     tracking: Tracking = Field(default_factory=Tracking)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     dashboard: str = Field("default", description="dashboard layout: a name in dashboards/ or a path to a layout file")
     provenance: dict[str, Any] | None = Field(None, description="written by export; ignored by launch")
@@ -751,17 +760,11 @@ def read_overrides(path: str | Path) -> dict[str, Any]:
     file holds there (``training.epochs: 10``, or ``methods: [...]`` for a whole section). This is
     how a study ships a reduced budget beside its published one (``trials/mnist/*.cpu.yaml``)."""
     source = str(path)
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise SpecError(source, "", source, f"cannot read the override file ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise SpecError(source, "", where, "not valid YAML") from None
-    if not isinstance(data, dict) or not data:
-        raise SpecError(source, "", type(data).__name__, "an override file is a non-empty mapping of dotted keys")
-    return {_check_dotted(source, k): v for k, v in data.items()}
+    docs = load_file(path, "override file")
+    if len(docs) != 1 or not isinstance(docs[0], dict) or not docs[0]:
+        shown = type(docs[0]).__name__ if len(docs) == 1 else f"{len(docs)} documents"
+        raise SpecError(source, "", shown, "an override file is a non-empty mapping of dotted keys")
+    return {_check_dotted(source, k): v for k, v in docs[0].items()}
 
 
 def parse_set(item: str) -> dict[str, Any]:
@@ -770,28 +773,20 @@ def parse_set(item: str) -> dict[str, Any]:
     if not sep:
         raise SpecError("--set", "", item, "expected KEY=VALUE, e.g. training.epochs=10")
     try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
+        values = load_all(text, "--set") if text else [""]
+    except SpecError:
         raise SpecError("--set", key, text, "the value is not valid YAML") from None
+    value = values[0] if values else None
     return {_check_dotted("--set", key.strip()): value}
 
 
 def load_documents(path: str | Path, overrides: dict[str, Any] | None = None) -> list[StudySpec]:
     """All study documents in a YAML file (an export may hold several), with command-line
-    ``overrides`` applied before validation."""
+    ``overrides`` applied before validation. The file is read by ``safe_yaml``: duplicate keys,
+    alias bombs, deep nesting, non-UTF-8 bytes, huge files and non-regular files are refused."""
     path = Path(path)
-    source = str(path) + (f" (with {', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else "")
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(source, "", str(path), f"cannot read the file ({exc.strerror})") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SpecError(source, "", where, f"not valid YAML: {problem}") from None
+    source = str(path) + (f" (with {', '.join(overrides)} overridden)" if overrides else "")
+    docs = load_all(read_text(path, "study file"), source)
     if not docs:
         raise SpecError(source, "", "<empty>", "the file holds no study")
     docs = [apply_overrides(d, overrides) for d in docs] if overrides else docs

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
+from certstudy.safe_yaml import load_file
 from certstudy.study.records import (
     EXPERIMENT_TAGS,
     PARENT_TAG,
@@ -151,7 +151,8 @@ class Tracker:
         """The trial's resolved study file (artifact ``trial_study.yaml``) as plain data."""
         with tempfile.TemporaryDirectory() as tmp:
             local = self.client.download_artifacts(run_id, TRIAL_STUDY_ARTIFACT, tmp)
-            return yaml.safe_load(Path(local).read_text())
+            docs = load_file(local, "trial study artifact")
+            return docs[0] if docs else {}
 
     def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Run]:
         return self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50000)

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from certstudy.attacks.autoattack import STANDARD_ATTACKS, AttackName
 from certstudy.data.augmentation import Augment
 from certstudy.data.poisoning import Poisoning
 from certstudy.metric_names import SPLIT_METRIC
+from certstudy.schema import Schema
+
+MAX_SEED = 2**31 - 1
+"""The largest seed a study or trial takes: Optuna's samplers and numpy take seeds below 2**32, and a
+trial derives seeds a few thousand above its own."""
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Strict(Schema):
+    pass
 
 
 class DatasetConfig(Strict):
@@ -207,6 +212,6 @@ class TrialConfig(Strict):
     method: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="erm"))
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     threads: int = Field(1, ge=1, description="torch intra-op threads (the trial's CPU share)")
