@@ -284,8 +284,8 @@ def main() -> None:
     for r in rows:
         diff = f"{100 * (float(r['ours']) - float(r['published'])):+.2f} pts" if r["published"] and r["ours"] else ""
         lines.append(f"| {r['setting']} | {r['metric']} | {r['ours']} | {r['published']} | {diff} | {r['source']} |")
-    if extra:
-        names = [n for n, _ in table.extra_metrics(spec)]
+    names = [n for n, _ in table.extra_metrics(spec)]
+    if extra and names:
         lines += [
             "",
             "Empirical metrics (not in the CSV):",
