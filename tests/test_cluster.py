@@ -132,7 +132,9 @@ def test_a_trial_whose_node_dies_resumes_on_another_node_in_its_own_run(
     two_workers: tuple[Cluster, list], tmp_path: Path
 ) -> None:
     cluster, workers = two_workers
-    epochs = 12
+    # 30 epochs leave a wide kill window (both trials past their first checkpoint, neither within 4 epochs
+    # of the end) even when the second trial starts several seconds after the first; 12 missed it ~1 run in 3
+    epochs = 30
     spec = tiny_study(
         "node-loss",
         training={"epochs": epochs, "batch_size": 8},
