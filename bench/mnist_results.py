@@ -174,7 +174,9 @@ TABLES: dict[str, StudyTable] = {
         setting=lambda c: _label(c),
         csv_metrics=lambda spec: [("clean_acc", "test/clean_acc"), ("hr_loss_bound_l2_r0.2", "test/hr_objective")],
         extra_metrics=lambda spec: (
-            _pgd(spec) + [(f"noise_acc_s{s:g}", noise_acc_name(s)) for s in spec.evaluation.noise_sigmas]
+            _pgd(spec)
+            + [(f"noise_acc_s{s:g}", noise_acc_name(s)) for s in spec.evaluation.noise_sigmas]
+            + [("HR bound (train)", "test/hr_objective"), ("adversarial test loss", "test/hr_robust_loss")]
         ),
     ),
     "robust_overfitting": StudyTable(
@@ -220,6 +222,8 @@ def study_rows(workdir: Workdir, table: StudyTable) -> tuple[StudySpec, list[dic
     for c in sorted(candidates, key=lambda c: int(c.run.data.tags.get("optuna.trial_number", 0))):
         setting = table.setting(c)
         for metric, source_metric in table.csv_metrics(spec):
+            if c.value(source_metric) != c.value(source_metric):
+                continue  # not reported by this trial (e.g. the HR certificate of an ERM trial)
             pub = table.published.get((setting, metric))
             rows.append(
                 {
