@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Workdir.resolve(args.workdir)
     spec = study_spec(workdir, args.study)
-    _, candidates = finished_trials(Tracker(spec.tracking_uri(workdir.tracking_uri)), spec)
+    _, candidates = finished_trials(Tracker(spec.tracking_uri(workdir)), spec)
     mu = float(spec.dataset.options["mu_norm"])
     beta = float(spec.dataset.options.get("beta", 0.1))
     points: dict[int, dict[float, dict[str, float]]] = {}

@@ -214,7 +214,7 @@ def study_rows(workdir: Workdir, table: StudyTable) -> tuple[StudySpec, list[dic
             break
     else:
         raise CertstudyError(f"none of the studies {', '.join(table.names)} is in {workdir.root}")
-    parent, candidates = finished_trials(Tracker(spec.tracking_uri(workdir.tracking_uri)), spec)
+    parent, candidates = finished_trials(Tracker(spec.tracking_uri(workdir)), spec)
     end = parent.info.end_time or max((c.run.info.end_time or 0) for c in candidates)
     wall = (end - parent.info.start_time) / 1000 if end else float("nan")
     budget = "cpu" if spec.name.endswith("_cpu") else "published"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,43 +51,43 @@ def tiny_study(name: str = "tiny", **overrides: object) -> dict:
 
 
 def launch_and_interrupt(
-    root: Path, spec: dict, ready: Callable[[list], bool], wait_s: float = 180, kill: bool = False
+    root: Path, spec: dict, *, hold_from: int, hold_epoch: int, held: int, wait_s: float = 180, kill: bool = False
 ) -> tuple[int, str, Path]:
-    """``certstudy launch`` in a subprocess, Ctrl-C once ``ready(runs)`` holds for the study's
-    MLflow runs (``kill``: SIGKILL to the driver and the Ray processes it started, a lost driver);
-    returns the exit code, the output and the work directory."""
+    """``certstudy launch`` in a subprocess whose trials numbered ``hold_from`` and later wait after
+    reporting epoch ``hold_epoch`` (the test-only hold of ``study/trainable.py``); once ``held`` trials
+    are waiting there, Ctrl-C (``kill``: SIGKILL to the driver and the Ray processes it started, a
+    lost driver). Nothing depends on how fast the trials run. Returns the exit code, the output and
+    the work directory."""
     import shutil
     import signal
     import subprocess
     import time
 
     import yaml
-    from mlflow.tracking import MlflowClient
+
+    from certstudy.study.trainable import TEST_HOLD_ENV
 
     path = root / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
     work = root / "work"
+    hold = root / "hold"
+    hold.mkdir()
     proc = subprocess.Popen(
         [shutil.which("certstudy") or "", "launch", str(path), "--workdir", str(work)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env={**os.environ, TEST_HOLD_ENV: f"{hold}:{hold_from}:{hold_epoch}"},
     )
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     try:
         deadline = time.time() + wait_s
-        while time.time() < deadline:
-            time.sleep(1)
-            try:
-                exp = client.get_experiment_by_name(spec["name"])
-                runs = client.search_runs([exp.experiment_id]) if exp else []
-            except Exception:  # the store may not exist yet
-                runs = []
-            if ready(runs):
-                break
-        else:
-            pytest.fail(f"the study did not reach the interruption point within {wait_s:.0f} s")
+        while len(list(hold.glob("held-*"))) < held:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                out = proc.communicate()[0]
+                pytest.fail(f"{held} trials did not reach the hold point within {wait_s:.0f} s: {out}")
+            time.sleep(0.2)
         if kill:
             os.killpg(proc.pid, signal.SIGKILL)
         else:

@@ -161,3 +161,59 @@ def test_a_read_only_work_directory_is_refused_before_anything_starts(
         assert "is not writable, and launch writes there" in capsys.readouterr().err
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "needle"),
+    [
+        ("objective", "val/made_up_acc", "objectives[0].metric: got 'val/made_up_acc'"),
+        ("best_metric", "val/nope", "evaluation.best_metric: got 'val/nope'; not a metric this study reports"),
+        ("overfitting", "val/nope", "pruning.overfitting.metric: got 'val/nope'"),
+        ("objective", "train/gloro_eps", "objectives[0].metric: got 'train/gloro_eps'"),  # erm/adversarial do not
+    ],
+)
+def test_objectives_and_pruning_metrics_must_be_metrics_the_study_reports(
+    where: str, value: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tiny_study("metric")
+    if where == "objective":
+        study["objectives"] = [{"metric": value, "mode": "max"}]
+    elif where == "best_metric":
+        study["evaluation"]["best_metric"] = value
+    else:
+        study["pruning"] = {"overfitting": {"metric": value}}
+    _refused(_study_with(tmp_path, yaml.safe_dump(study)), capsys, needle)
+
+
+def test_a_methods_own_per_epoch_metric_may_steer_its_study(tmp_path: Path) -> None:
+    study = tiny_study("own", methods=[{"name": "gloro", "params": {"eps": 0.1}}])
+    study["objectives"] = [{"metric": "train/gloro_lambda", "mode": "min"}]
+    path = _study_with(tmp_path, yaml.safe_dump(study))
+    assert main(["validate", str(path), "--workdir", str(tmp_path / "w")]) == 0
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "erm"},
+        {"name": "adversarial", "params": {"eps": 0.05, "steps": 1}},
+        {"name": "gloro", "params": {"eps": 0.1}},
+        {"name": "crown_ibp", "params": {"eps": 0.05, "gap_weight": 0.1, "feasibility_weight": 0.1}},
+        {"name": "hr", "params": {"eps": 0.05, "steps": 1}},
+        {"name": "smoothing", "params": {"sigma": 0.25}},
+    ],
+    ids=lambda m: m["name"],
+)
+def test_every_per_epoch_metric_a_method_reports_is_declared(method: dict, tmp_path: Path) -> None:
+    """What validation checks objectives against (``epoch_metrics_of``) is what a trial reports."""
+    from certstudy.study.spec import epoch_metrics_of, validate_spec
+    from certstudy.trial import run_trial
+
+    study = tiny_study("declared", methods=[method])
+    study["training"] = {"epochs": 1, "batch_size": 256}
+    study["evaluation"] = {"attack": {"eps": 0.05, "steps": 1}, "val_subset": 64, "test_subset": 64}
+    spec = validate_spec(study, "s.yaml")
+    reports: list[dict] = []
+    run_trial(spec.trial_config(), lambda m, d: reports.append(m), data_dir=str(tmp_path))
+    per_epoch = {k for k in reports[0] if k.split("/")[0] in ("train", "val", "gap")}
+    assert per_epoch <= epoch_metrics_of(spec), per_epoch - epoch_metrics_of(spec)

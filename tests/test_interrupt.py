@@ -15,15 +15,11 @@ pytestmark = pytest.mark.integration
 def test_interrupted_study_leaves_no_run_running(tmp_path: Path) -> None:
     spec = tiny_study(
         "interrupted",
-        training={"epochs": 200, "batch_size": 128},
+        training={"epochs": 5, "batch_size": 128},
         search={"num_trials": 4, "max_concurrent": 2, "seed": 0},
     )
-
-    def running(runs: list) -> bool:  # trials are running and logging
-        children = [r for r in runs if r.data.tags.get("certstudy.role") == "trial"]
-        return len(children) >= 2 and all(r.data.metrics for r in children)
-
-    returncode, out, work = launch_and_interrupt(tmp_path, spec, running, wait_s=120)
+    # both first trials running and logging, held after their second epoch
+    returncode, out, work = launch_and_interrupt(tmp_path, spec, hold_from=0, hold_epoch=1, held=2)
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     assert returncode != 0, out
     runs = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
@@ -43,14 +39,12 @@ def test_a_lost_driver_is_resumed_with_exactly_the_planned_trials(tmp_path: Path
 
     n = 5
     spec = tiny_study(
-        "lost-driver", training={"epochs": 6, "batch_size": 8}, search={"num_trials": n, "max_concurrent": 2, "seed": 0}
-    )  # slow enough to be killed mid-study
-
-    def some_done(runs: list) -> bool:
-        children = [r for r in runs if r.data.tags.get("certstudy.role") == "trial"]
-        return sum(r.info.status == "FINISHED" for r in children) >= 1 and len(children) >= 3
-
-    returncode, out, work = launch_and_interrupt(tmp_path, spec, some_done, kill=True)
+        "lost-driver",
+        training={"epochs": 4, "batch_size": 64},
+        search={"num_trials": n, "max_concurrent": 2, "seed": 0},
+    )
+    # killed with trials 0 and 1 ended and 2 and 3 mid-way (held after epoch 1)
+    returncode, out, work = launch_and_interrupt(tmp_path, spec, hold_from=2, hold_epoch=1, held=2, kill=True)
     assert returncode == -9, out
     assert main(["resume", "lost-driver", "--workdir", str(work)]) == 0
     study = optuna.load_study(study_name="lost-driver", storage=f"sqlite:///{work / 'lost-driver' / 'optuna.db'}")

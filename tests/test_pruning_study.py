@@ -74,15 +74,8 @@ def _runs(client: MlflowClient, name: str) -> list:
 
 def test_an_interrupted_study_resumes_with_its_pruning_decisions(tmp_path: Path) -> None:
     spec = pruned_study("resumed", search={"num_trials": 6, "max_concurrent": 1, "seed": 2})
-    spec["training"]["batch_size"] = 8  # slow enough epochs that the study is still running when interrupted
-
-    def two_pruned(runs: list) -> bool:
-        return (
-            len([r for r in runs if r.data.tags.get("certstudy.status") == "pruned" and r.info.status == "FINISHED"])
-            >= 2
-        )
-
-    returncode, first, work = launch_and_interrupt(tmp_path, spec, two_pruned)
+    # one trial at a time: trials 0 and 1 are pruned, trial 2 is held after its first epoch, then Ctrl-C
+    returncode, first, work = launch_and_interrupt(tmp_path, spec, hold_from=2, hold_epoch=0, held=1)
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     assert returncode == 130, first
     before = {
@@ -96,7 +89,7 @@ def test_an_interrupted_study_resumes_with_its_pruning_decisions(tmp_path: Path)
         for t in optuna.load_study(study_name="resumed", storage=storage).get_trials()
         if t.state == optuna.trial.TrialState.PRUNED
     }
-    assert len(pruned_before) >= 2 and len(pruned_before) < 6, first
+    assert sorted(pruned_before) == [0, 1], first
 
     from certstudy.cli import main
     from certstudy.study.status import study_status

@@ -148,15 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands ---------------------------------------------------------------------------------
 
 
-def _load_documents(path: Path, overrides: dict[str, Any] | None = None) -> list[StudySpec]:
+def _load_documents(path: Path, workdir: Workdir, overrides: dict[str, Any] | None = None) -> list[StudySpec]:
     """The study documents of a file as every command sees them: validated, command-line overrides
-    included, and each one's dashboard layout checked."""
+    included, each one's dashboard layout checked and its tracking store confined to ``workdir``."""
     from certstudy.dashboards.layout import check_study_layout
+    from certstudy.errors import SpecError
     from certstudy.study.spec import load_documents
 
     docs = load_documents(path, overrides)
     for spec in docs:
-        check_study_layout(spec, str(path))
+        check_study_layout(spec, str(path), workdir)
+        try:
+            spec.tracking_uri(workdir)
+        except SpecError as exc:
+            raise SpecError(str(path), exc.field, exc.value, exc.allowed) from None
     return docs
 
 
@@ -202,7 +207,7 @@ def _dashboard_hook(workdir: Workdir) -> Callable[[StudyOutcome], None]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.files:
-        for spec in _load_documents(path, _overrides(args)):
+        for spec in _load_documents(path, Workdir.resolve(args.workdir), _overrides(args)):
             searched = sum(len(search) for _, search in spec.searched_sections())
             kind = (
                 "fixed configuration"
@@ -215,8 +220,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    spec = _pick_document(args.file, _load_documents(args.file, _overrides(args)), args.index)
     workdir = Workdir.resolve(args.workdir)
+    spec = _pick_document(args.file, _load_documents(args.file, workdir, _overrides(args)), args.index)
     from certstudy.study.runner import launch
 
     outcome = launch(
@@ -357,7 +362,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = _pick_document(args.file, _load_documents(args.file, _overrides(args)), args.index)
+    workdir = Workdir.resolve(args.workdir)
+    spec = _pick_document(args.file, _load_documents(args.file, workdir, _overrides(args)), args.index)
     from certstudy.study.single import run_fixed
 
     def on_epoch(m: dict[str, float]) -> None:
@@ -367,9 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             highlight=False,
         )
 
-    outcome = run_fixed(
-        spec, Workdir.resolve(args.workdir), track=not args.no_track, on_epoch=on_epoch, source=str(args.file)
-    )
+    outcome = run_fixed(spec, workdir, track=not args.no_track, on_epoch=on_epoch, source=str(args.file))
     table = Table(title=f"final metrics of {spec.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -422,7 +426,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         from certstudy.study.tracking import Tracker
 
         spec = study_spec(workdir, args.study)
-        tracker = Tracker(spec.tracking_uri(workdir.tracking_uri))
+        tracker = Tracker(spec.tracking_uri(workdir))
         exp = tracker.client.get_experiment_by_name(spec.experiment_name)
         parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
         if parent is not None:
@@ -491,6 +495,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
     port = getattr(args, "port", None)
     if port is not None and not 1 <= port <= 65535:
         raise SpecError("--port", "", port, "a TCP port is 1-65535")
+    uri = getattr(args, "tracking_uri", None)
+    if uri is not None:
+        from certstudy.study.spec import check_tracking_uri
+
+        try:
+            check_tracking_uri(uri)
+        except ValueError as exc:
+            raise SpecError("--tracking-uri", "", uri, str(exc)) from None
     output = getattr(args, "output", None)
     if output is not None and Path(output).is_dir():
         raise SpecError("-o/--output", "", str(output), "is a directory; give a file path")

@@ -3,6 +3,7 @@
 <workdir>/mlflow.db            MLflow tracking store (sqlite)
 <workdir>/mlartifacts/         MLflow artifacts
 <workdir>/data/                downloaded datasets ($CERTSTUDY_DATA replaces it)
+<workdir>/dashboards/          the user's own dashboard layouts (beside the shipped ones)
 <workdir>/<study>/study.yaml   the study as launched
 <workdir>/<study>/optuna.db    Optuna storage
 <workdir>/<study>/ray/         Ray Tune experiment (trial dirs, checkpoints)
@@ -51,6 +52,10 @@ class Workdir:
         Ray worker reads the same folder), else ``own_data_dir``."""
         env = os.environ.get(DATA_ENV_VAR)
         return Path(env).expanduser().resolve() if env else self.own_data_dir
+
+    @property
+    def layouts_dir(self) -> Path:
+        return self.root / "dashboards"
 
     def study_dir(self, study: str) -> Path:
         return self.root / study

@@ -31,7 +31,7 @@ def best_per_param(
     workdir: Workdir, study: str, param: str, metric: str, mode: str = "max"
 ) -> tuple[StudySpec, list[Group]]:
     spec = study_spec(workdir, study)
-    _, candidates = finished_trials(Tracker(spec.tracking_uri(workdir.tracking_uri)), spec)
+    _, candidates = finished_trials(Tracker(spec.tracking_uri(workdir)), spec)
     groups: dict[str, list[Candidate]] = {}
     for c in candidates:
         if param in c.run.data.params:

@@ -46,7 +46,7 @@ def best_per_method(workdir: Workdir, study: str, metric: str | None = None) -> 
     objective = spec.objectives[0]
     metric = metric or objective.metric
     mode = next((o.mode for o in spec.objectives if o.metric == metric), "max")
-    tracker = Tracker(spec.tracking_uri(workdir.tracking_uri))
+    tracker = Tracker(spec.tracking_uri(workdir))
     _, candidates = finished_trials(tracker, spec)
     results = []
     for entry in spec.method_entries:

@@ -89,7 +89,7 @@ def build_dashboard(
     workdir: Workdir, study: str, *, layout: str | None = None, out: Path | None = None, log_to_mlflow: bool = True
 ) -> Built:
     spec = study_spec(workdir, study)
-    chosen = load_layout(layout or spec.dashboard)
+    chosen = load_layout(layout or spec.dashboard, workdir)
     data = load_study_data(workdir, spec)
     page, drawn, left_out = render(data, chosen)
     path = out or workdir.study_dir(spec.name) / DASHBOARD_ARTIFACT

@@ -1,12 +1,15 @@
 """Dashboard layouts: which panels, which metrics and parameters, in what order (dashboards/*.yaml).
 
-A layout is looked up by name in the repository's ``dashboards/`` folder (``default`` always
-exists) or given as a path; it is validated like a study file, with one-line errors naming the
-field.
+A study file names a layout (never a path): it is looked up in the repository's ``dashboards/``
+folder (``default`` always exists), then in the work directory's ``dashboards/``. Only the command
+line (``certstudy dashboard --layout PATH``) may give a path. A layout is validated like a study
+file, with one-line errors naming the field; an error never echoes what the file holds (a value is
+shown by its type only), so a refused file's content is not printed.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -15,7 +18,8 @@ from pydantic import Field, ValidationError
 from certstudy.errors import SpecError
 from certstudy.safe_yaml import load_file
 from certstudy.schema import DiscriminatedSchema, Schema
-from certstudy.study.spec import StudySpec, validate_spec
+from certstudy.study.spec import LAYOUT_NAME_PATTERN, StudySpec, validate_spec
+from certstudy.workdir import Workdir
 
 LAYOUTS_DIR = Path(__file__).resolve().parents[3] / "dashboards"
 
@@ -102,22 +106,43 @@ class Layout(Schema):
     panels: list[AnyPanel] = Field(min_length=1)
 
 
-def layout_names() -> list[str]:
-    return sorted(p.stem for p in LAYOUTS_DIR.glob("*.yaml"))
+def layout_dirs(workdir: Workdir | None = None) -> list[Path]:
+    """Where a layout name is looked up, first match wins: the shipped ones, then the work directory's."""
+    return [LAYOUTS_DIR] + ([workdir.layouts_dir] if workdir is not None else [])
 
 
-def load_layout(name_or_path: str) -> Layout:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = LAYOUTS_DIR / f"{name_or_path}.yaml"
-    source = str(path)
-    if not path.exists():
+def layout_names(workdir: Workdir | None = None) -> list[str]:
+    return sorted({p.stem for d in layout_dirs(workdir) for p in d.glob("*.yaml")})
+
+
+def _kind(value: object) -> str:
+    """A value named by its type only (``a str``, ``a mapping``): errors must not print file content."""
+    kind = {dict: "mapping", list: "list", str: "string", int: "integer", float: "number", bool: "boolean"}
+    name = kind.get(type(value), type(value).__name__)
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def find_layout(name_or_path: str, workdir: Workdir | None = None) -> Path:
+    """A layout name -> its file in ``layout_dirs``; anything else is a path (command line only)."""
+    if re.fullmatch(LAYOUT_NAME_PATTERN, name_or_path):
+        for folder in layout_dirs(workdir):
+            if (folder / f"{name_or_path}.yaml").is_file():
+                return folder / f"{name_or_path}.yaml"
         raise SpecError(
-            source,
+            name_or_path,
             "dashboard",
             name_or_path,
-            f"no such layout; known: {', '.join(layout_names()) or 'none'} (or give a path)",
+            f"no such layout; known: {', '.join(layout_names(workdir)) or 'none'} (or give a path to --layout)",
         )
+    path = Path(name_or_path)
+    if not path.exists():
+        raise SpecError(str(path), "--layout", name_or_path, "no such file")
+    return path
+
+
+def load_layout(name_or_path: str, workdir: Workdir | None = None) -> Layout:
+    path = find_layout(name_or_path, workdir)
+    source = str(path)
     docs = load_file(path, "layout")
     data = docs[0] if len(docs) == 1 else None
     try:
@@ -125,19 +150,26 @@ def load_layout(name_or_path: str) -> Layout:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"] if p not in PANEL_TYPES)
-        raise SpecError(source, where or "layout", err.get("input"), err["msg"]) from None
+        raise SpecError(source, where or "layout", _Shown(_kind(err.get("input"))), err["msg"]) from None
 
 
-def check_study_layout(spec: StudySpec, source: str) -> None:
+class _Shown(str):
+    """Printed as is by ``SpecError`` (no quotes): a description, not a value."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def check_study_layout(spec: StudySpec, source: str, workdir: Workdir | None = None) -> None:
     """The layout a study file names exists and is valid (raises ``SpecError`` on its ``dashboard`` field)."""
     try:
-        load_layout(spec.dashboard)
+        load_layout(spec.dashboard, workdir)
     except SpecError as exc:
         raise SpecError(source, "dashboard", spec.dashboard, f"{exc}") from None
 
 
-def validate_study(data: Any, source: str) -> StudySpec:
+def validate_study(data: Any, source: str, workdir: Workdir | None = None) -> StudySpec:
     """A study document validated as the CLI validates it: the study itself, then its dashboard layout."""
     spec = validate_spec(data, source)
-    check_study_layout(spec, source)
+    check_study_layout(spec, source, workdir)
     return spec

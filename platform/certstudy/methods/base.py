@@ -39,6 +39,9 @@ class Method:
     needs: ClassVar[frozenset[str]] = frozenset()
     """What the method's loss needs of every layer of the model it trains (``certify/network.py``);
     checked at validation like the certifiers' needs."""
+    epoch_metric_names: ClassVar[frozenset[str]] = frozenset()
+    """Every name ``epoch_metrics`` may report: what a study's objectives, best-epoch and pruning
+    metrics are checked against before anything runs (a test holds each method to it)."""
     model_is_classifier: ClassVar[bool] = True
     """The trained network is the classifier whose robustness is reported, so attacks on it (AutoAttack)
     measure it; False where it is a component of another classifier (smoothing's base classifier)."""

@@ -122,6 +122,10 @@ class CrownIbpTraining(Method):
             self._stats.update(gap=gap_mean.detach(), infeasibility=infeasibility_mean.detach())
         return loss
 
+    epoch_metric_names = frozenset(
+        f"train/crown_ibp_{k}" for k in ("eps", "beta", "kappa", "robust_ce", "gap", "infeasibility")
+    )
+
     def epoch_metrics(self) -> dict[str, float]:
         p = self.params
         out = {

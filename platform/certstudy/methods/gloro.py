@@ -139,6 +139,8 @@ class GloroTraining(Method):
             return F.cross_entropy(torch.cat([logits, y_bot[:, None]], dim=1), y)
         return F.cross_entropy(logits, y) + self.lam * F.softplus(y_bot - torch.logsumexp(logits, dim=1)).mean()
 
+    epoch_metric_names = frozenset({"train/gloro_eps", "train/gloro_lambda", "train/gloro_k_sub"})
+
     def epoch_metrics(self) -> dict[str, float]:
         out = {"train/gloro_eps": self.eps, "train/gloro_lambda": self.lam}
         if self._k_sub is not None:

@@ -31,6 +31,7 @@ from certstudy.study.records import (
     summary_metrics,
 )
 from certstudy.study.spec import Objective, StudySpec, load_study
+from certstudy.study.stored import existing_store
 from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
 
@@ -127,7 +128,7 @@ def export(
     tracking_uri: str | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     spec = study_spec(workdir, study)
-    tracker = Tracker(spec.tracking_uri(workdir.tracking_uri, tracking_uri))
+    tracker = Tracker(existing_store(spec.tracking_uri(workdir, tracking_uri), "MLflow tracking store"))
     parent, candidates = finished_trials(tracker, spec)
     if not candidates:
         raise CertstudyError(f"study {study!r} has no completed trials to export")

@@ -15,7 +15,9 @@ from typing import Any
 from ray import tune
 from rich.console import Console
 
+from certstudy.errors import CertstudyError
 from certstudy.study.callbacks import MlflowTrialCallback, ProgressCallback, restoring
+from certstudy.study.lock import StudyLock
 from certstudy.study.optuna_bridge import StudyScheduler
 from certstudy.study.preflight import PreflightError, alive_nodes, check_resources, check_storage
 from certstudy.study.records import OPTUNA_TRIAL_KEY, RAY_EXPERIMENT_ATTR
@@ -55,6 +57,31 @@ def _preflight(spec: StudySpec, storage: str | None, autoscaling: bool, console:
         check_storage(storage)
 
 
+def _new_tuner(spec: StudySpec, workdir: Workdir, session: StudySession, storage_path: str, experiment: str) -> Any:
+    """A new study's Ray Tune experiment: Optuna proposes, the study's scheduler prunes."""
+    assert session.searcher is not None and session.tracking_cb is not None
+    searcher = session.searcher
+    return tune.Tuner(
+        _trainable(spec, workdir),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=StudyScheduler(searcher, spec.name),
+            num_samples=spec.search.num_trials,
+            max_concurrent_trials=spec.search.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment,
+            storage_path=storage_path,
+            callbacks=[session.tracking_cb, ProgressCallback(session.progress, searcher, spec.name)],
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=0,
+        ),
+    )
+
+
 def launch(
     spec: StudySpec,
     workdir: Workdir,
@@ -73,43 +100,25 @@ def launch(
     session = StudySession(spec, workdir, console)
     storage_path = f"{storage.rstrip('/')}/{spec.name}" if storage else str(workdir.study_dir(spec.name))
     experiment = workdir.ray_experiment_dir(spec.name).name
-    with session:
-        session.open_new(tracking_uri=tracking_uri, address=address, overwrite=overwrite, verbose=verbose)
-        assert session.tracker is not None and session.searcher is not None
-        searcher = session.searcher
-        session.tracking_cb = MlflowTrialCallback(
-            session.tracker.tracking_uri,
-            str(workdir.artifact_root),
-            session.experiment_id,
-            session.parent_run_id,
-            spec.model_dump(mode="json"),
-            searcher,
-        )
-        _preflight(spec, storage, autoscaling, console)
-        searcher.study.set_user_attr(RAY_EXPERIMENT_ATTR, f"{storage_path}/{experiment}")
-        if spec.pruning.enabled:
-            open_board(spec.name)
-        tuner = tune.Tuner(
-            _trainable(spec, workdir),
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=StudyScheduler(searcher, spec.name),
-                num_samples=spec.search.num_trials,
-                max_concurrent_trials=spec.search.max_concurrent,
-                reuse_actors=True,
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=experiment,
-                storage_path=storage_path,
-                callbacks=[session.tracking_cb, ProgressCallback(session.progress, searcher, spec.name)],
-                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                verbose=0,
-            ),
-        )
-        session.fit(tuner)
-    return session.finish(on_end)
+    with StudyLock(workdir, spec.name):
+        with session:
+            session.open_new(tracking_uri=tracking_uri, address=address, overwrite=overwrite, verbose=verbose)
+            assert session.tracker is not None and session.searcher is not None
+            searcher = session.searcher
+            session.tracking_cb = MlflowTrialCallback(
+                session.tracker.tracking_uri,
+                str(workdir.artifact_root),
+                session.experiment_id,
+                session.parent_run_id,
+                spec.model_dump(mode="json"),
+                searcher,
+            )
+            _preflight(spec, storage, autoscaling, console)
+            searcher.study.set_user_attr(RAY_EXPERIMENT_ATTR, f"{storage_path}/{experiment}")
+            if spec.pruning.enabled:
+                open_board(spec.name)
+            session.fit(_new_tuner(spec, workdir, session, storage_path, experiment))
+        return session.finish(on_end)
 
 
 def resume(
@@ -125,6 +134,15 @@ def resume(
     and errored ones resume from their last checkpoint (in their own MLflow runs), Optuna keeps its
     history and earlier prune decisions, and the parent run is reopened."""
     console = console or Console()
+    if not workdir.study_file(study).exists():
+        raise CertstudyError(f"no study {study!r} in {workdir.root} (looked for {workdir.study_file(study)})")
+    with StudyLock(workdir, study):
+        return _resume_locked(study, workdir, address, verbose, console, on_end)
+
+
+def _resume_locked(
+    study: str, workdir: Workdir, address: str | None, verbose: bool, console: Console, on_end: Sequence[EndHook]
+) -> StudyOutcome:
     session = StudySession.reopen(study, workdir, verbose=verbose, console=console)
     spec = session.spec
     with session:

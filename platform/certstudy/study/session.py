@@ -38,6 +38,7 @@ from rich.console import Console
 
 from certstudy.errors import CertstudyError, collapse
 from certstudy.study.callbacks import MlflowTrialCallback
+from certstudy.study.lock import store_setup
 from certstudy.study.optuna_bridge import StudySearcher, make_sampler
 from certstudy.study.preflight import check_tracking
 from certstudy.study.progress import Progress
@@ -173,7 +174,7 @@ class StudySession:
     ) -> None:
         """A new study's folder, then its records (MLflow, Optuna) and Ray, the last two concurrently."""
         quiet_libraries(verbose)
-        uri = self.spec.tracking_uri(self.workdir.tracking_uri, tracking_uri)
+        uri = self.spec.tracking_uri(self.workdir, tracking_uri)
         check_tracking(uri)
         prepare_study_dir(self.spec, self.workdir, overwrite, self.console)
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -189,8 +190,9 @@ class StudySession:
     def _open_records(self, uri: str) -> None:
         """MLflow experiment and parent run, and the Optuna study that links back to them."""
         spec, workdir = self.spec, self.workdir
-        self.tracker = Tracker(uri, workdir.artifact_root)
-        self.experiment_id = self.tracker.experiment_id(spec.experiment_name)
+        with store_setup(workdir):  # a new mlflow.db is created and migrated by one process at a time
+            self.tracker = Tracker(uri, workdir.artifact_root)
+            self.experiment_id = self.tracker.experiment_id(spec.experiment_name)
         summary = {
             "search": spec.search.model_dump(),
             "objectives": [o.model_dump() for o in spec.objectives],

@@ -55,7 +55,7 @@ def run_fixed(
         from certstudy.study.records import ROLE_TAG, STUDY_TAG
         from certstudy.study.tracking import Tracker, flatten
 
-        tracker = Tracker(spec.tracking_uri(workdir.tracking_uri), workdir.artifact_root)
+        tracker = Tracker(spec.tracking_uri(workdir), workdir.artifact_root)
         exp = tracker.experiment_id(spec.experiment_name)
         run = tracker.client.create_run(
             exp, run_name=f"{spec.name}-run", tags={ROLE_TAG: "run", STUDY_TAG: spec.name, METHOD_TAG: cfg.method.name}

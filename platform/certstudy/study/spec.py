@@ -28,7 +28,6 @@ from certstudy.metric_names import (
     CERTIFICATION_METRIC,
     END_ONLY_METRIC,
     EPOCH_METRICS,
-    SPLIT_METRIC,
     certificate_metric_names,
     per_epoch_metric,
 )
@@ -47,6 +46,7 @@ from certstudy.trial.config import (
     TrainingConfig,
     TrialConfig,
 )
+from certstudy.workdir import Workdir
 
 
 class Strict(Schema):
@@ -161,31 +161,68 @@ class Resources(Strict):
 
 
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
-"""MLflow tracking backends a study file may name (``postgresql+psycopg2://`` counts as postgresql)."""
+"""MLflow tracking backends ``--tracking-uri`` may name (``postgresql+psycopg2://`` counts as postgresql)."""
+
+FILE_TRACKING_SCHEMES = ("http", "https", "sqlite")
+"""What a study file may name: a server, or a sqlite database inside the work directory. Any other
+store is the user's choice on the command line (``--tracking-uri``), never a file's."""
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+"""Study and experiment names: they become folder names under the work directory, so no separator
+and no leading dot (``..``, ``/tmp/x`` and ``a/b`` are refused)."""
+
+LAYOUT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,99}$"
+"""A dashboard layout's name: a file stem, so a study file cannot point at a path."""
+
+
+def tracking_scheme(uri: str) -> str:
+    """``postgresql+psycopg2://...`` -> ``postgresql``."""
+    return uri.split("://", 1)[0].split("+", 1)[0].lower()
+
+
+def check_tracking_uri(uri: str, schemes: tuple[str, ...] = TRACKING_SCHEMES) -> str:
+    """A tracking URI MLflow 3 can use (no file store) whose scheme is one of ``schemes``."""
+    if uri.startswith("file:") or "://" not in uri:
+        raise ValueError(
+            "must be a database or server URI (sqlite:///..., postgresql://..., http://...); MLflow 3 file stores "
+            "are not supported"
+        )
+    scheme = tracking_scheme(uri)
+    if scheme not in TRACKING_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; one of {', '.join(TRACKING_SCHEMES)}")
+    if scheme not in schemes:
+        raise ValueError(
+            f"a study file may name an http(s):// server or a sqlite:/// database inside the work directory; "
+            f"give a {scheme} store with --tracking-uri"
+        )
+    return uri
+
+
+def confined_sqlite_uri(uri: str, root: Path) -> str:
+    """A study file's ``sqlite:///PATH`` as an absolute URI, PATH taken relative to the work directory
+    ``root`` and required to stay inside it (raises ``ValueError`` otherwise)."""
+    path = uri.split("://", 1)[1]
+    path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db -> rel.db; sqlite:////abs -> /abs
+    target = (root / path).resolve()
+    if not target.is_relative_to(root.resolve()) or target == root.resolve():
+        raise ValueError(f"the database must be inside the work directory {root}; give others with --tracking-uri")
+    return f"sqlite:///{target}"
 
 
 class Tracking(Strict):
-    experiment: str | None = None
+    experiment: str | None = Field(None, pattern=NAME_PATTERN)
     tracking_uri: str | None = None
 
     @field_validator("tracking_uri")
     @classmethod
-    def _no_file_store(cls, uri: str | None) -> str | None:
-        if uri and (uri.startswith("file:") or "://" not in uri):
-            raise ValueError(
-                "must be a database or server URI (sqlite:///..., postgresql://..., http://...); MLflow 3 file stores "
-                "are not supported"
-            )
-        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if uri else ""
-        if uri and scheme not in TRACKING_SCHEMES:
-            raise ValueError(f"unknown scheme {scheme!r}; one of {', '.join(TRACKING_SCHEMES)}")
-        return uri
+    def _file_uri(cls, uri: str | None) -> str | None:
+        return None if uri is None else check_tracking_uri(uri, FILE_TRACKING_SCHEMES)
 
 
 class StudySpec(Strict):
     """A whole study file."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     dataset: SearchableDataset = Field(default_factory=SearchableDataset)
     model: SearchableComponent = Field(default_factory=lambda: SearchableComponent(name="mlp"))
@@ -202,7 +239,11 @@ class StudySpec(Strict):
     tracking: Tracking = Field(default_factory=Tracking)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
-    dashboard: str = Field("default", description="dashboard layout: a name in dashboards/ or a path to a layout file")
+    dashboard: str = Field(
+        "default",
+        pattern=LAYOUT_NAME_PATTERN,
+        description="dashboard layout: a name in dashboards/ or in the work directory's dashboards/ (never a path)",
+    )
     provenance: dict[str, Any] | None = Field(None, description="written by export; ignored by launch")
 
     @model_validator(mode="after")
@@ -232,9 +273,18 @@ class StudySpec(Strict):
         """The MLflow experiment: ``tracking.experiment``, else the study's name."""
         return self.tracking.experiment or self.name
 
-    def tracking_uri(self, default: str, override: str | None = None) -> str:
-        """A command-line override, else ``tracking.tracking_uri``, else ``default`` (the work dir's)."""
-        return override or self.tracking.tracking_uri or default
+    def tracking_uri(self, workdir: Workdir, override: str | None = None) -> str:
+        """A command-line override, else ``tracking.tracking_uri``, else the work directory's sqlite
+        store. A file's sqlite database must lie inside the work directory (``SpecError`` otherwise)."""
+        uri = override or self.tracking.tracking_uri
+        if not uri:
+            return workdir.tracking_uri
+        if override or tracking_scheme(uri) != "sqlite":
+            return uri
+        try:
+            return confined_sqlite_uri(uri, workdir.root)
+        except ValueError as exc:
+            raise SpecError(f"study {self.name}", "tracking.tracking_uri", uri, str(exc)) from None
 
     @property
     def threads(self) -> int:
@@ -442,16 +492,33 @@ END_ONLY_HINT = (
 )
 
 
+def epoch_metrics_of(spec: StudySpec) -> frozenset[str]:
+    """Every metric a trial of ``spec`` reports after each epoch: the loop's own and its methods'."""
+    names = set(EPOCH_METRICS)
+    for entry in spec.method_entries:
+        names |= METHODS.get(entry.name).epoch_metric_names
+    return frozenset(names)
+
+
+def _unknown_epoch_metric(metric: str, produced: frozenset[str]) -> str:
+    shown = ", ".join(m for m in sorted(produced) if not m.startswith("train/") or m in EPOCH_METRICS)
+    return f"not a metric this study reports every epoch; one of {shown} (or a method's train/ metric)"
+
+
 def _check_end_only(source: str, spec: StudySpec) -> None:
-    """No per-epoch role (best epoch, overfitting rule) for a metric that exists only at the end."""
+    """A per-epoch role (best epoch, overfitting rule) needs a metric the study reports every epoch:
+    not one that exists only at the end, and not one nothing reports."""
     ev = spec.evaluation
     named = [("evaluation.best_metric", ev.best_metric)]
     rule = spec.pruning.overfitting
     if rule is not None:
         named += [("pruning.overfitting.metric", rule.metric), ("pruning.overfitting.gap_metric", rule.gap_metric)]
+    produced = epoch_metrics_of(spec)
     for where, metric in named:
         if END_ONLY_METRIC.match(metric):
             raise SpecError(source, where, metric, END_ONLY_HINT)
+        if metric not in produced:
+            raise SpecError(source, where, metric, _unknown_epoch_metric(metric, produced))
 
 
 def _check_autoattack(source: str, spec: StudySpec) -> None:
@@ -612,12 +679,12 @@ def _check_objectives(source: str, spec: StudySpec, certificates: list[tuple[str
                     f"not reported by the configured certifiers and radii; e.g. "
                     f"{', '.join(sorted(certified)[:4]) or 'none (no certifiers)'}",
                 )
-        elif obj.metric not in EPOCH_METRICS and not re.fullmatch(SPLIT_METRIC, obj.metric):
+        elif obj.metric not in epoch_metrics_of(spec):
             raise SpecError(
                 source,
                 where,
                 obj.metric,
-                f"objectives are per-epoch metrics, e.g. "
+                f"objectives are per-epoch metrics this study reports, e.g. "
                 f"{', '.join(m for m in EPOCH_METRICS if m.startswith('val/'))}, or certified val metrics",
             )
 

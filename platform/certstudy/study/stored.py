@@ -3,10 +3,16 @@
 ``launch`` writes, as attributes of the Optuna study (sqlite in the work directory), where the rest
 lives: the MLflow tracking URI, experiment and parent run, and the Ray Tune experiment. ``resume``,
 ``status`` and the dashboard all start here.
+
+Reading a study never writes: a sqlite store is checked to exist and to be an intact database
+before MLflow or Optuna open it (either would create a missing or empty file, and run its schema
+set-up on it), and a missing, empty or corrupt one is one line naming the file.
 """
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +24,32 @@ from certstudy.study.records import EXPERIMENT_ATTR, OPTUNA_TAG, PARENT_ATTR, RA
 from certstudy.study.spec import StudySpec
 from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def existing_store(uri: str, what: str) -> str:
+    """``uri`` unchanged when it is not sqlite or names an intact sqlite database; else a
+    ``CertstudyError`` naming the file (missing, empty, or failing sqlite's ``quick_check``). The
+    file is opened read-only, so the check itself writes nothing."""
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path = Path(uri[len("sqlite:///") :])
+    if not path.is_file():
+        raise CertstudyError(f"{path}: no {what} there (was the study launched in this work directory?)")
+    with open(path, "rb") as fh:
+        header = fh.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        state = "is empty" if not header else "is not a sqlite database"
+        raise CertstudyError(f"{path}: the {what} {state} (corrupt, or not certstudy's)")
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    if verdict != "ok":
+        raise CertstudyError(f"{path}: the {what} is corrupt (sqlite: {' '.join(str(verdict).split())[:120]})")
+    return uri
 
 
 @dataclass
@@ -31,14 +63,16 @@ class StoredStudy:
 
     @classmethod
     def open(cls, workdir: Workdir, spec: StudySpec, artifact_root: Path | None = None) -> StoredStudy:
+        url = existing_store(workdir.optuna_url(spec.name), "Optuna storage")
         try:
-            ot = optuna.load_study(study_name=spec.name, storage=workdir.optuna_url(spec.name))
+            ot = optuna.load_study(study_name=spec.name, storage=url)
         except KeyError:
             raise CertstudyError(
                 f"study {spec.name!r} has no Optuna study in {workdir.optuna_url(spec.name)} (it never got past set-up)"
             ) from None
         attrs = ot.user_attrs
-        tracker = Tracker(attrs.get(TRACKING_ATTR) or spec.tracking_uri(workdir.tracking_uri), artifact_root)
+        uri = existing_store(attrs.get(TRACKING_ATTR) or spec.tracking_uri(workdir), "MLflow tracking store")
+        tracker = Tracker(uri, artifact_root)
         ray_experiment = attrs.get(RAY_EXPERIMENT_ATTR) or str(workdir.ray_experiment_dir(spec.name))
         return cls(spec, ot, tracker, attrs.get(PARENT_ATTR), attrs.get(EXPERIMENT_ATTR), ray_experiment)
 

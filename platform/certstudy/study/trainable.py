@@ -10,13 +10,16 @@ then finishes on its best epoch.
 from __future__ import annotations
 
 import math
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
 from certstudy.errors import one_line
-from certstudy.study.records import BEST_PREFIX, FAILURE_KEY
+from certstudy.study.records import BEST_PREFIX, FAILURE_KEY, OPTUNA_TRIAL_KEY
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec
 from certstudy.study.stop_board import BoardReader
@@ -35,6 +38,25 @@ def cap_gpu_memory(share: float) -> None:
         torch.cuda.set_per_process_memory_fraction(share, 0)
 
 
+TEST_HOLD_ENV = "CERTSTUDY_TEST_HOLD"
+
+
+def hold_for_test(trial_number: int, epoch: int) -> None:
+    """Test-only: with ``$CERTSTUDY_TEST_HOLD`` set to ``DIR:FIRST:EPOCH``, trial FIRST and every later
+    one, having reported epoch EPOCH, create ``DIR/held-<number>`` and wait until ``DIR/release``
+    exists. An interrupt or kill test then acts while trials sit at a known point instead of racing
+    them. Unset (every real study): one environment lookup per epoch."""
+    setting = os.environ.get(TEST_HOLD_ENV)
+    if not setting:
+        return
+    folder, first, at = setting.rsplit(":", 2)
+    if trial_number < int(first) or epoch != int(at):
+        return
+    (Path(folder) / f"held-{trial_number}").touch()
+    while not (Path(folder) / "release").exists():
+        time.sleep(0.05)
+
+
 def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) -> None:
     spec = StudySpec.model_validate(study)
     cfg = resolve(spec, config).trial_config()
@@ -50,6 +72,7 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) ->
         # of a trial that ends on its best epoch carries the best epoch's value.
         metrics = {**{o.metric: metrics.get(BEST_PREFIX + o.metric, math.nan) for o in spec.objectives}, **metrics}
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        hold_for_test(int(config.get(OPTUNA_TRIAL_KEY, -1)), int(metrics.get("epoch", -1)))
         request = board.read(tune.get_context().get_trial_id()) if board is not None else None
         return StopRequest(*request) if request is not None else None
 

@@ -1,0 +1,84 @@
+"""One study per folder at a time (issue: hardening, item 8): a second ``launch`` or ``resume`` of a
+running study is refused naming the running process, and two launches racing on a new work
+directory both set up their stores cleanly. Real processes, real Ray, real sqlite."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from certstudy.cli import main
+from certstudy.study.trainable import TEST_HOLD_ENV
+from conftest import tiny_study
+
+pytestmark = pytest.mark.integration
+
+
+def _one_trial(name: str) -> dict:
+    return tiny_study(
+        name, training={"epochs": 2, "batch_size": 128}, search={"num_trials": 1, "max_concurrent": 1, "seed": 0}
+    )
+
+
+def _launch(path: Path, work: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "certstudy.cli", "launch", str(path), "--workdir", str(work)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_a_running_study_refuses_a_second_launch_and_a_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, work, hold = tmp_path / "busy.yaml", tmp_path / "work", tmp_path / "hold"
+    path.write_text(yaml.safe_dump(_one_trial("busy")))
+    hold.mkdir()
+    first = _launch(path, work, {TEST_HOLD_ENV: f"{hold}:0:0"})
+    try:
+        deadline = time.time() + 180
+        while not (hold / "held-0").exists():  # the first launch is mid-trial, held there
+            assert time.time() < deadline and first.poll() is None, first.communicate()[0]
+            time.sleep(0.2)
+        for argv in (["launch", str(path)], ["resume", "busy"]):
+            assert main([*argv, "--workdir", str(work)]) == 1
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err, err
+            assert f"study 'busy' is already running in {work}" in err and f"pid {first.pid}: certstudy" in err, err
+        (hold / "release").touch()
+        out = first.communicate(timeout=180)[0]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, out
+    assert [p.name for p in work.iterdir() if p.name.startswith("busy")] == ["busy"]  # nothing moved aside
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("busy").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]  # one parent, one trial
+    # the lock went with its holder: the study can be launched again
+    assert main(["launch", str(path), "--workdir", str(work)]) == 0
+
+
+def test_two_launches_racing_on_a_new_work_directory_both_set_up_cleanly(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    procs = []
+    for name in ("race-a", "race-b"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(_one_trial(name)))
+        procs.append(_launch(path, work))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for proc, out in zip(procs, outs):
+        assert proc.returncode == 0 and "Traceback" not in out, out
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    for name in ("race-a", "race-b"):
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"], name
