@@ -293,6 +293,8 @@ def test_training_batchnorm_bounds_use_the_clean_batch_statistics() -> None:
     "module,reason",
     [
         (nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), "padding_mode"),
+        (nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), "padding_mode"),
+        (nn.Conv2d(1, 2, 3, padding=1, padding_mode="replicate"), "padding_mode"),
         (nn.BatchNorm2d(2, track_running_stats=False), "running statistics"),
         (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode"),
         (nn.Flatten(0), "start_dim"),
@@ -376,3 +378,19 @@ def test_trained_nets_of_each_new_layer_kind_pass_the_soundness_audit(arch: str)
         found = audit(model, x, cert, steps=50, restarts=5, bounds=(0.0, 1.0), seed=0)
         assert found.points > 0, f"{name} {params}: nothing certified, the audit would check nothing"
         assert found.violations == 0, (name, params, found.violating_indices)
+
+
+@pytest.mark.parametrize("certifier", ["ibp", "crown", "lipschitz"])
+def test_a_model_in_another_dtype_than_its_data_is_certified_not_a_runtime_error(certifier: str) -> None:
+    from certstudy.certify import CERTIFIERS
+    from certstudy.certify.base import CertifierContext
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    x = torch.rand(5, 1, 4, 4)  # float32 data
+    cls = CERTIFIERS.get(certifier)
+    params = cls.Params(**({"norm": "l2"} if certifier != "lipschitz" else {}))
+    context = CertifierContext(3, (1, 4, 4), (0.0, 1.0), torch.device("cpu"), radii={"l2": [0.01, 0.05]})
+    result = cls(params, context).certify(model, x, torch.zeros(5, dtype=torch.long), seed=0)
+    assert len(result.certificates[0].radii) == 5
+    assert (result.certificates[0].predictions == model(x.double()).argmax(1)).sum() >= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -172,3 +173,125 @@ def test_folded_ibp_margins_equal_the_generic_spec_path() -> None:
         classes = torch.randint(0, 6, (10,))
         generic = ibp(layers, ball, margin_spec(classes, 6))[1][0]
         assert torch.allclose(ibp_margins(layers, ball, classes), generic, atol=1e-5)
+
+
+# --- exact l2 ball ∩ box, and certificates that rounding cannot fool (issue: hardening, 14-15) -----
+
+
+def _reference_l2_box_minimum(a: np.ndarray, x0: np.ndarray, eps: float, lo: float, hi: float) -> float:
+    """min a·x over the l2 ball ∩ box by scipy's SLSQP (an independent solver) from two starts, its
+    answer pulled back into the ball: the value of a feasible point, so never below the minimum."""
+    from scipy.optimize import minimize
+
+    best = np.inf
+    starts = [x0, np.clip(x0 - eps * a / max(np.linalg.norm(a), 1e-12), lo, hi)]
+    for start in starts:
+        res = minimize(
+            lambda x: a @ x,
+            start,
+            jac=lambda x: a,
+            bounds=[(lo, hi)] * len(a),
+            constraints=[
+                {"type": "ineq", "fun": lambda x: eps**2 - ((x - x0) ** 2).sum(), "jac": lambda x: -2 * (x - x0)}
+            ],
+            method="SLSQP",
+            options={"ftol": 1e-14, "maxiter": 500},
+        )
+        step = np.clip(res.x, lo, hi) - x0  # into the box, then the ball (x0 is in the box: the box still holds)
+        x = x0 + step * min(1.0, eps / max(float(np.linalg.norm(step)), 1e-300))
+        best = min(best, float(a @ x))
+    return best
+
+
+def test_the_l2_ball_box_minimum_is_exact_and_never_below_either_old_bound() -> None:
+    from certstudy.certify.bounds import l2_box_minimum
+
+    rng = np.random.default_rng(0)
+    gained = []
+    for _ in range(60):
+        d = int(rng.integers(3, 12))
+        x0 = rng.uniform(0, 1, d) * (rng.uniform(size=d) > 0.4)  # many coordinates on the box's edge
+        a = rng.normal(size=d) * rng.choice([0.1, 1.0, 10.0])
+        eps = float(rng.uniform(0.05, 1.5))
+        value, star = l2_box_minimum(
+            torch.tensor(a).view(1, 1, d),
+            torch.tensor(x0).view(1, 1, d),
+            torch.tensor([[eps]], dtype=torch.float64),
+            (0.0, 1.0),
+        )
+        value, star = float(value), star.view(-1).numpy()
+        exact = _reference_l2_box_minimum(a, x0, eps, 0.0, 1.0)
+        assert value <= exact + 1e-12, (value, exact)  # sound: below a feasible point's value
+        assert value >= exact - 1e-6 * (1 + abs(exact)), (value, exact)  # tight
+        assert ((star - x0) ** 2).sum() <= eps**2 * (1 + 1e-9) and star.min() >= 0 and star.max() <= 1  # feasible
+        ball_only = a @ x0 - eps * np.linalg.norm(a)
+        box_only = np.minimum(a * 0, a).sum()
+        assert value >= max(ball_only, box_only) - 1e-9
+        gained.append(value - max(ball_only, box_only))
+    assert max(gained) > 0.1  # the intersection is tighter than either set alone where both bind
+
+
+def _affine_region_net(rng: np.random.Generator, d: int = 6, h: int = 8, m: int = 4) -> nn.Sequential:
+    """Linear-ReLU-Linear whose ReLUs stay active on the unit box (large first-layer biases) and whose
+    logits are of order 100: on the box the network is affine, so its exact margins are known."""
+    net = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, m))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor(rng.normal(size=(h, d)), dtype=torch.float32))
+        net[0].bias.copy_(torch.tensor(40 + rng.uniform(size=h), dtype=torch.float32))
+        net[2].weight.copy_(torch.tensor(rng.normal(size=(m, h)), dtype=torch.float32))
+        net[2].bias.copy_(torch.tensor(rng.normal(size=m), dtype=torch.float32))
+    return net
+
+
+def _exact_linf_margin_minimum(net: nn.Sequential, x0: np.ndarray, c: int, eps: float) -> tuple[float, int]:
+    """(min over the l-inf eps-ball of min_i (y_c - y_i), its i), in float64 from the float32 weights."""
+    w1, b1 = (t.detach().double().numpy() for t in (net[0].weight, net[0].bias))
+    w2, b2 = (t.detach().double().numpy() for t in (net[2].weight, net[2].bias))
+    best = (np.inf, -1)
+    for i in range(w2.shape[0]):
+        if i == c:
+            continue
+        g = (w2[c] - w2[i]) @ w1
+        value = g @ x0 - eps * np.abs(g).sum() + (w2[c] - w2[i]) @ b1 + b2[c] - b2[i]
+        best = min(best, (float(value), i))
+    return best
+
+
+def test_a_point_within_a_millionth_of_the_boundary_is_certified_only_on_the_right_side() -> None:
+    """Radii chosen so the exact margin minimum is -1e-6 (not robust) or +1e-6 (robust) with logits
+    near 100: the CROWN certificate (exact on an affine region) must refuse the first and may take
+    the second. float32 bounds certified points of the first kind."""
+    from certstudy.certify.base import CertifierContext
+    from certstudy.certify.bounds import BoundParams, CROWNCertifier
+
+    rng = np.random.default_rng(1)
+    wrong = certified_right = 0
+    for trial in range(40):
+        net = _affine_region_net(rng)
+        x0 = rng.uniform(0.3, 0.7, 6).astype(np.float32).astype(np.float64)  # the point as the model sees it
+        c = int(net(torch.tensor(x0, dtype=torch.float32)[None]).argmax())
+        with torch.no_grad():  # shift class c's bias so that its margin reaches 0 near eps 0.1 (inside the box)
+            for _ in range(60):
+                net[2].bias[c] -= _exact_linf_margin_minimum(net, x0, c, 0.1)[0]
+        # the radius where the exact minimum margin crosses zero, then a millionth either side
+        lo, hi = 0.0, 0.3
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _exact_linf_margin_minimum(net, x0, c, mid)[0] > 0 else (lo, mid)
+        for target, robust in ((-1e-6, False), (1e-6, True)):
+            eps = lo
+            for _ in range(100):  # solve min(eps) = target: the minimum is piecewise linear in eps
+                value = _exact_linf_margin_minimum(net, x0, c, eps)[0]
+                g = (_exact_linf_margin_minimum(net, x0, c, eps + 1e-7)[0] - value) / 1e-7
+                eps = eps + (target - value) / g
+            assert abs(_exact_linf_margin_minimum(net, x0, c, eps)[0] - target) < 1e-9
+            context = CertifierContext(4, (6,), (0.0, 1.0), torch.device("cpu"), radii={"linf": [eps]})
+            cert = CROWNCertifier(BoundParams(norm="linf"), context)
+            result = cert.certify(net, torch.tensor(x0, dtype=torch.float32)[None], torch.tensor([c]), seed=0)
+            radius = float(result.certificates[0].radii[0])
+            if not robust:
+                wrong += radius == eps
+            else:
+                certified_right += radius == eps
+    assert wrong == 0, f"{wrong} of 40 non-robust points certified"
+    assert certified_right >= 35, certified_right  # the tolerance does not swallow a 1e-6 margin

@@ -184,6 +184,7 @@ class LipschitzCertifier(Certifier):
     def radii(self, model: nn.Module, x: Tensor, constants: Tensor) -> tuple[Tensor, Tensor]:
         """(predictions with ABSTAIN where uncertified, radii): one forward pass and the margins."""
         b = self.params.batch_size
+        x = x.to(next(model.parameters(), x).dtype)  # the model's own dtype (a float64 model, float32 data)
         logits = (
             torch.cat([model(x[i : i + b]) for i in range(0, len(x), b)])
             if len(x)
