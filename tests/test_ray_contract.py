@@ -108,3 +108,21 @@ def test_define_by_run_suggest_reuses_a_trial_object_we_place_in_ot_trials() -> 
     asked.suggest_float("x", 0, 1)
     again = optuna.trial.Trial(study, asked._trial_id)
     assert again.suggest_float("x", 0, 1) == asked.params["x"]  # the stored value comes back
+
+
+def test_ray_init_rewrites_a_loopback_node_ip_through_the_function_study_ray_start_switches_off() -> None:
+    """``study/ray_start.py`` keeps a local study's Ray on 127.0.0.1 by replacing this one call."""
+    import ray._private.services as services
+    from ray._private import worker
+
+    assert callable(services.resolve_ip_for_localhost)
+    assert "services.resolve_ip_for_localhost(_node_ip_address)" in inspect.getsource(worker.init)
+
+
+def test_ray_reads_its_token_path_from_the_environment_and_can_forget_a_cached_token() -> None:
+    from ray._private.authentication import authentication_token_setup
+    from ray._raylet import AuthenticationTokenLoader
+
+    assert callable(AuthenticationTokenLoader.instance().reset_cache)
+    assert "RAY_AUTH_TOKEN_PATH" in inspect.getsource(ray.exceptions)
+    assert authentication_token_setup._get_default_token_path().name == "auth_token"

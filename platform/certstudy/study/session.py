@@ -42,6 +42,7 @@ from certstudy.study.lock import store_setup
 from certstudy.study.optuna_bridge import StudySearcher, make_sampler
 from certstudy.study.preflight import check_tracking
 from certstudy.study.progress import Progress
+from certstudy.study.ray_start import join_cluster, start_local_ray, stop_ray
 from certstudy.study.records import EXPERIMENT_ATTR, PARENT_ATTR, REASON_TAG, STATUS_TAG, TRACKING_ATTR
 from certstudy.study.space import SearchSpace, grid_points
 from certstudy.study.spec import StudySpec, dump_study, load_study
@@ -94,20 +95,19 @@ def quiet_libraries(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _init_ray(address: str | None, verbose: bool) -> bool:
-    """Starts (or joins) Ray; returns True when this call started it.
+def _init_ray(address: str | None, verbose: bool, workdir: Workdir) -> bool:
+    """Joins the cluster at ``address``, or starts this machine's own Ray (``study/ray_start.py``);
+    returns True when this call started it.
 
     (Pre-warming worker processes with import tasks was measured and dropped: on 2 cores the
     warm-up competes with the first trials and made an 8-trial study 40 % slower.)
     """
     if ray.is_initialized():
         return False
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        log_to_driver=verbose,
-        logging_level="INFO" if verbose else "WARNING",
-    )
+    if address is None:
+        start_local_ray(workdir, verbose)
+    else:
+        join_cluster(address, verbose)
     return True
 
 
@@ -236,7 +236,7 @@ class StudySession:
         self.tracker.client.set_tag(parent, STATUS_TAG, "running")
 
     def start_ray(self, address: str | None, verbose: bool) -> None:
-        self.started_ray = _init_ray(address, verbose)
+        self.started_ray = _init_ray(address, verbose, self.workdir)
         self.timings["ray_start"] = time.perf_counter() - self.t0
 
     # running -----------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ class StudySession:
                 self.tracker.end_run(self.parent_run_id, status, tags)
         finally:
             if self.started_ray:
-                ray.shutdown()
+                stop_ray()
             self.timings["teardown"] = time.perf_counter() - t
 
     def finish(self, on_end: Sequence[EndHook] = ()) -> StudyOutcome:

@@ -1,0 +1,136 @@
+"""Ray for a study: this machine's own, reachable from it only, or a cluster that answers.
+
+Without ``--address`` a study starts its own single-node Ray and never joins one it finds
+(``address="local"``: neither ``$RAY_ADDRESS`` nor the last ``ray start`` on the machine is used),
+with every listening socket on the loopback interface and token authentication from a token file
+of the work directory (mode 0600).
+
+Loopback binding: Ray's C++ servers (GCS, raylet, core workers) and its agents bind to
+``127.0.0.1`` exactly when the node's IP is the loopback address, and to every interface
+otherwise; ``ray.init`` rewrites a loopback ``_node_ip_address`` to the machine's routable address
+(``ray._private.services.resolve_ip_for_localhost``, made for clusters). That one rewrite is
+switched off while the local node starts; ``tests/test_ray_contract.py`` guards the names this
+relies on, and ``tests/test_local_ray.py`` lists the sockets of a running study.
+
+Token: Ray 2.60 turns token authentication on for a local cluster and reads the token from
+``$RAY_AUTH_TOKEN_PATH``, else writes ``~/.ray/auth_token`` world-readable; certstudy points it at
+``<workdir>/.ray/auth_token``, created 0600 once and kept so.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+import ray._private.services as ray_services
+from ray._raylet import AuthenticationTokenLoader
+
+from certstudy.errors import CertstudyError, SpecError
+from certstudy.workdir import Workdir
+
+LOOPBACK = "127.0.0.1"
+TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+
+
+def token_file(workdir: Workdir) -> Path:
+    """The work directory's Ray token, created 0600 (never readable by other users) when missing."""
+    path = workdir.root / ".ray" / "auth_token"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        return path
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return path
+
+
+@contextmanager
+def _loopback_node_ip() -> Iterator[None]:
+    """``ray.init`` keeps a loopback ``_node_ip_address`` instead of replacing it (see the module docstring)."""
+    original = ray_services.resolve_ip_for_localhost
+    ray_services.resolve_ip_for_localhost = lambda host: host
+    try:
+        yield
+    finally:
+        ray_services.resolve_ip_for_localhost = original
+
+
+_UNSET = object()
+_saved_token_path: object = _UNSET  # the caller's $RAY_AUTH_TOKEN_PATH while a local Ray runs
+
+
+def _use_token_path(value: str | None) -> None:
+    """Sets (or, with None, removes) ``$RAY_AUTH_TOKEN_PATH`` and drops the token Ray has cached."""
+    if value is None:
+        os.environ.pop(TOKEN_PATH_ENV, None)
+    else:
+        os.environ[TOKEN_PATH_ENV] = value
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def start_local_ray(workdir: Workdir, verbose: bool) -> None:
+    """This machine's own Ray for one study (see the module docstring); ``stop_ray`` ends it."""
+    global _saved_token_path
+    _saved_token_path = os.environ.get(TOKEN_PATH_ENV)
+    _use_token_path(str(token_file(workdir)))
+    try:
+        with _loopback_node_ip():
+            ray.init(
+                address="local",
+                _node_ip_address=LOOPBACK,
+                include_dashboard=False,
+                log_to_driver=verbose,
+                logging_level="INFO" if verbose else "WARNING",
+            )
+    except BaseException:
+        stop_ray()
+        raise
+
+
+ADDRESS_TIMEOUT_S = 20.0
+
+
+def join_cluster(address: str, verbose: bool) -> None:
+    """Connects to the Ray cluster at ``address`` (``auto`` or HOST:PORT). A HOST:PORT that accepts
+    no TCP connection within ``ADDRESS_TIMEOUT_S`` is a one-line error (``ray.init`` itself would
+    retry for minutes)."""
+    if address != "auto" and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise SpecError("--address", "", address, "give HOST:PORT of the cluster's head (or auto)")
+        deadline = time.monotonic() + ADDRESS_TIMEOUT_S
+        while True:
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+                    break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise CertstudyError(
+                        f"--address {address}: no Ray cluster answers there after {ADDRESS_TIMEOUT_S:.0f} s "
+                        f"({exc.strerror or exc}); is its head running (ray start --head)?"
+                    ) from None
+                time.sleep(1)
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=verbose,
+        logging_level="INFO" if verbose else "WARNING",
+    )
+
+
+def stop_ray() -> None:
+    """Disconnects from Ray (shutting down a local one) and gives the process back its own token
+    setting (a later study in this process may join a cluster, with that cluster's token)."""
+    global _saved_token_path
+    ray.shutdown()
+    if _saved_token_path is not _UNSET:
+        _use_token_path(_saved_token_path)  # type: ignore[arg-type]
+        _saved_token_path = _UNSET
