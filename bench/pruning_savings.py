@@ -48,10 +48,27 @@ class Outcome:
     per_trial: list[str]
 
 
-def run(spec: StudySpec, label: str, root: Path, console: Console) -> Outcome:
+def _finished_earlier(tracker: Tracker, spec: StudySpec) -> tuple[float, dict[str, int]] | None:
+    """(wall seconds, counts) of a study of this name that already ran to its end in this work
+    directory without interruption (its parent run FINISHED), else None."""
+    exp = tracker.client.get_experiment_by_name(spec.experiment_name)
+    parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
+    if parent is None or parent.info.status != "FINISHED" or parent.info.end_time is None:
+        return None
+    pruned = sum(c.run.data.tags.get("certstudy.status") == "pruned" for c in finished_trials(tracker, spec)[1])
+    return (parent.info.end_time - parent.info.start_time) / 1000, {"pruned": pruned}
+
+
+def run(spec: StudySpec, label: str, root: Path, console: Console, reuse: bool = False) -> Outcome:
     workdir = Workdir(root / label)
-    outcome = launch(spec, workdir, console=console)
     tracker = Tracker(workdir.tracking_uri)
+    earlier = _finished_earlier(tracker, spec) if reuse and (workdir.root / "mlflow.db").exists() else None
+    if earlier is None:
+        outcome = launch(spec, workdir, console=console)
+        wall, counts = outcome.timings.get("total", math.nan), outcome.counts
+    else:
+        wall, counts = earlier
+        console.print(f"{label}: reusing the finished study in {workdir.root} ({wall:.0f} s)", highlight=False)
     _, candidates = finished_trials(tracker, spec)
     objective = spec.objectives[0]
     epochs = 0
@@ -74,9 +91,9 @@ def run(spec: StudySpec, label: str, root: Path, console: Console) -> Outcome:
     return Outcome(
         label,
         len(candidates),
-        outcome.counts.get("pruned", 0),
+        counts.get("pruned", 0),
         epochs,
-        outcome.timings.get("total", math.nan),
+        wall,
         best.value(objective.metric),
         best.value("test/robust_acc"),
         best.value("test/clean_acc"),
@@ -98,6 +115,11 @@ def main() -> None:
     parser.add_argument("--overrides", type=Path, help="a dotted-key override file, e.g. a study's CPU budget")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results.md")
     parser.add_argument("--keep", type=Path, help="keep both work directories here (default: a temporary folder)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --keep: read a run (off/on) that already finished uninterrupted there instead of launching it again",
+    )
     args = parser.parse_args()
     console = Console()
     spec = load_study(args.study, read_overrides(args.overrides) if args.overrides else None)
@@ -109,7 +131,7 @@ def main() -> None:
     off = on.model_copy(update={"pruning": PruningConfig()})
     with tempfile.TemporaryDirectory(prefix="certstudy-pruning-bench-") as tmp:
         root = args.keep or Path(tmp)
-        results = [run(off, "off", root, console), run(on, "on", root, console)]
+        results = [run(off, "off", root, console, args.reuse), run(on, "on", root, console, args.reuse)]
     metric = spec.objectives[0].metric
     a, b = results
     table = Table(title=f"pruning savings: {spec.name}")

@@ -45,24 +45,34 @@ def _listening(pid: int) -> list[tuple[str, int, str]]:
 
 
 @pytest.fixture
-def foreign_cluster(tmp_path: Path):
+def foreign_cluster():
     """A Ray head started on this machine by someone else (all interfaces), advertised to
-    ``ray.init()`` as the current cluster and through ``$RAY_ADDRESS``."""
+    ``ray.init()`` as the current cluster and through ``$RAY_ADDRESS``. Stopped by killing the
+    processes of its own temp dir only (``ray stop`` would kill every Ray on the machine)."""
+    import shutil
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="rayf", dir="/tmp")  # short: Ray puts unix sockets under it
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     started = subprocess.run(
-        [RAY, "start", "--head", "--port=0", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+        [RAY, "start", "--head", "--port=0", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}"],
         capture_output=True,
         text=True,
         env=env,
         timeout=120,
     )
-    if started.returncode != 0:
-        pytest.fail(f"ray start --head failed: {started.stderr[-500:]}")
-    address = next(
-        (w.split("=", 1)[1].strip("'\"") for w in started.stdout.split() if w.startswith("--address=")), "auto"
-    )
-    yield address
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    try:
+        if started.returncode != 0:
+            pytest.fail(f"ray start --head failed: {started.stderr[-500:]}")
+        address = next(
+            (w.split("=", 1)[1].strip("'\"") for w in started.stdout.split() if w.startswith("--address=")), "auto"
+        )
+        yield address
+    finally:
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(temp in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_a_local_study_starts_its_own_ray_on_loopback_only(tmp_path: Path, foreign_cluster: str) -> None:

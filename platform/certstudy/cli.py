@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="start the MLflow UI for the work directory on 127.0.0.1")
     _add_workdir(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--allowed-hosts",
+        metavar="HOSTS",
+        help="comma-separated Host headers the UI answers to (e.g. myhost.example:5000); required with a --host "
+        "beyond loopback, passed to MLflow's host check",
+    )
     p.add_argument("--port", type=int, default=5000, help="default 5000, or the next free port")
     p.add_argument("--study", help="print the link to this study's parent run")
     return parser
@@ -415,11 +422,62 @@ def _free_port(host: str, start: int) -> int:
     raise CertstudyError(f"no free port in {start}..{start + 99} on {host}")
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _check_ui_exposure(host: str, port: int, allowed_hosts: str | None) -> list[str]:
+    """Beyond loopback the UI needs an explicit Host allow-list (MLflow's default admits ``localhost``
+    and private addresses, so a request from another machine could claim ``Host: localhost``);
+    one that admits a loopback name is refused. Returns MLflow's extra arguments."""
+    import fnmatch
+
+    from certstudy.errors import SpecError
+
+    if _loopback(host):
+        return ["--allowed-hosts", allowed_hosts] if allowed_hosts else []
+    if not allowed_hosts:
+        raise SpecError(
+            "--allowed-hosts",
+            "",
+            None,
+            f"required with --host {host}: the Host headers the UI answers to, e.g. myhost.example:5000 "
+            f"(the MLflow UI has no authentication)",
+        )
+    patterns = [h.strip() for h in allowed_hosts.split(",") if h.strip()]
+    for pattern in patterns:
+        if any(fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(f"{name}:{port}", pattern) for name in LOOPBACK_HOSTS):
+            raise SpecError(
+                "--allowed-hosts",
+                "",
+                pattern,
+                "admits a loopback Host header, which any machine can send; name this machine's address instead",
+            )
+    return ["--allowed-hosts", ",".join(patterns)]
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    port = _free_port(args.host, args.port)
+    extra = _check_ui_exposure(args.host, port, args.allowed_hosts)
     workdir = Workdir.resolve(args.workdir)
     workdir.ensure()
-    port = _free_port(args.host, args.port)
     url = f"http://{args.host}:{port}"
+    if not _loopback(args.host):
+        err_console.print(
+            f"warning: the MLflow UI has no authentication: anyone who can reach {args.host}:{port} can read, change "
+            f"and delete every run of {workdir.root} (answering Host headers {args.allowed_hosts} only)",
+            highlight=False,
+        )
     console.print(f"MLflow UI for {workdir.root} at {url}  (Ctrl-C to stop)", highlight=False)
     if args.study:
         from certstudy.study.export import study_spec
@@ -447,11 +505,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
         args.host,
         "--port",
         str(port),
+        *extra,
     ]
     sys.stdout.flush()
+    server = subprocess.Popen(cmd, env=env)
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())  # never leave the server behind
     try:
-        return subprocess.call(cmd, env=env)
+        return server.wait()
     except KeyboardInterrupt:
+        server.terminate()
+        server.wait(timeout=30)
         return 0
 
 
