@@ -58,9 +58,9 @@ def launch_and_interrupt(
     are waiting there, Ctrl-C (``kill``: SIGKILL to the driver and the Ray processes it started, a
     lost driver). Nothing depends on how fast the trials run. Returns the exit code, the output and
     the work directory."""
-    import shutil
     import signal
     import subprocess
+    import sys
     import time
 
     import yaml
@@ -73,7 +73,7 @@ def launch_and_interrupt(
     hold = root / "hold"
     hold.mkdir()
     proc = subprocess.Popen(
-        [shutil.which("certstudy") or "", "launch", str(path), "--workdir", str(work)],
+        [sys.executable, "-m", "certstudy.cli", "launch", str(path), "--workdir", str(work)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

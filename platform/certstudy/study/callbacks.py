@@ -39,6 +39,7 @@ from certstudy.study.records import (
 )
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec, dump_study
+from certstudy.study.state_digests import record as record_digests
 from certstudy.study.tracking import Tracker
 from certstudy.trial.checkpoint import ARTIFACTS_DIR, MODEL_FILE
 
@@ -122,6 +123,16 @@ class MlflowTrialCallback(Callback):
         self._queue: queue.Queue | None = None
         self._writer: threading.Thread | None = None
         self._pending: dict[str, tuple[dict[str, Any], list[tuple[dict[str, float], int]]]] = {}  # writer thread only
+
+    def get_state(self) -> None:
+        """Ray Tune asks for this while it saves the experiment state: after writing the state files
+        to its staging folder, before copying them to the experiment folder. Their digests are
+        recorded then (``study/state_digests.py``). The callback has no state of its own to save
+        (it is pickled whole in ``tuner.pkl``)."""
+        staging = getattr(self.searcher, "staging_dir", None)  # absent in a searcher pickled before it existed
+        if self.searcher is not None and staging:
+            record_digests(self.searcher.study, Path(staging))
+        return None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

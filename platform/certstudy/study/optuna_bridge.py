@@ -73,7 +73,12 @@ class StudySearcher(OptunaSearch):
         self._pruned: dict[str, PruneDecision] = {}
         self._observed: dict[str, int] = {}  # trial id -> last epoch observed
         self._series: dict[str, dict[int, tuple[float, float]]] = {}  # for the overfitting rule
+        self.staging_dir: str | None = None  # where Ray Tune last saved the experiment state
         super().__init__(*args, **kwargs)
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        super().save_to_dir(checkpoint_dir, session_str)
+        self.staging_dir = checkpoint_dir
 
     def _setup_study(self, mode: Any) -> None:
         super()._setup_study(mode)

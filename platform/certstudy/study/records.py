@@ -60,6 +60,7 @@ PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
 TRACKING_ATTR = "mlflow_tracking_uri"
 RAY_EXPERIMENT_ATTR = "ray_experiment"
+RAY_STATE_DIGESTS_ATTR = "ray_state_sha256"  # file name -> recent SHA-256 digests (study/state_digests.py)
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
 FAIL_REASON_ATTR = "fail_reason"
 PRUNE_REASON_ATTR = "prune_reason"

@@ -10,6 +10,7 @@ session records is the session's business (``study/session.py``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -23,6 +24,8 @@ from certstudy.study.preflight import PreflightError, alive_nodes, check_resourc
 from certstudy.study.records import OPTUNA_TRIAL_KEY, RAY_EXPERIMENT_ATTR
 from certstudy.study.session import EndHook, StudyOutcome, StudySession
 from certstudy.study.spec import StudySpec
+from certstudy.study.state_digests import record as record_digests
+from certstudy.study.state_digests import verify as verify_digests
 from certstudy.study.stop_board import open_board
 from certstudy.study.trainable import train_trial
 from certstudy.workdir import Workdir
@@ -117,7 +120,10 @@ def launch(
             searcher.study.set_user_attr(RAY_EXPERIMENT_ATTR, f"{storage_path}/{experiment}")
             if spec.pruning.enabled:
                 open_board(spec.name)
-            session.fit(_new_tuner(spec, workdir, session, storage_path, experiment))
+            tuner = _new_tuner(spec, workdir, session, storage_path, experiment)
+            if "://" not in storage_path:
+                record_digests(searcher.study, Path(storage_path) / experiment)  # tuner.pkl, just written
+            session.fit(tuner)
         return session.finish(on_end)
 
 
@@ -145,6 +151,8 @@ def _resume_locked(
 ) -> StudyOutcome:
     session = StudySession.reopen(study, workdir, verbose=verbose, console=console)
     spec = session.spec
+    assert session.stored_optuna is not None
+    verify_digests(session.stored_optuna, session.ray_experiment)  # before Ray starts or anything is unpickled
     with session:
         session.reopen_parent()
         session.start_ray(address, verbose)
@@ -154,6 +162,8 @@ def _resume_locked(
             tuner = tune.Tuner.restore(
                 session.ray_experiment, trainable=_trainable(spec, workdir), resume_unfinished=True, resume_errored=True
             )
+        if "://" not in session.ray_experiment:
+            record_digests(session.stored_optuna, Path(session.ray_experiment))  # the tuner.pkl restore rewrote
         for cb in restored:  # unpickled from tuner.pkl, still holding the restored searcher
             if isinstance(cb, ProgressCallback):
                 cb.progress = session.progress

@@ -160,6 +160,7 @@ class StudySession:
         self.tracking_cb: MlflowTrialCallback | None = None
         self.ray_experiment = ""  # a reopened study's Ray Tune experiment folder
         self.pending_parent = ""  # a reopened study's parent run, until ``reopen_parent``
+        self.stored_optuna: optuna.Study | None = None  # a reopened study's Optuna study
         self._status: tuple[str, str] | None = None  # how fit ended: (MLflow status, reason)
 
     # opening -----------------------------------------------------------------------------------
@@ -222,6 +223,7 @@ class StudySession:
             raise CertstudyError(f"study {study!r}: its Optuna storage does not name its MLflow parent run")
         session = cls(spec, workdir, console, earlier=ended_counts(stored.optuna))
         session.tracker, session.ray_experiment = stored.tracker, stored.ray_experiment
+        session.stored_optuna = stored.optuna
         session.pending_parent = stored.parent_run_id
         return session
 
