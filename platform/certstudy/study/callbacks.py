@@ -86,6 +86,26 @@ def trial_label(trial: Any) -> str:
     return f"trial {number}" if number is not None else trial.trial_id
 
 
+SERIES_PROBE = "train/loss"
+"""Reported after every epoch and logged with the epoch's other metrics in one batch: whether MLflow
+has an epoch is read from this metric's history."""
+
+
+def _read_results(path: Path) -> list[dict[str, Any]]:
+    """The reports in a trial's ``result.json`` (one JSON object per line); a line cut short by a kill
+    ends the list."""
+    import json
+
+    reports = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                reports.append(json.loads(line))
+            except ValueError:
+                break
+    return reports
+
+
 class MlflowTrialCallback(Callback):
     """One nested MLflow run per Ray trial, ended with the trial's real outcome.
 
@@ -240,6 +260,8 @@ class MlflowTrialCallback(Callback):
         if model_dir is not None:
             self.tracker.log_artifacts(run_id, [Path(model_dir) / MODEL_FILE], MODEL_ARTIFACT_DIR)
             self.tracker.log_artifact_dir(run_id, Path(model_dir) / ARTIFACTS_DIR)
+        if status == "FINISHED" and REASON_TAG not in tags:
+            self.tracker.drop_tag(run_id, REASON_TAG)  # left by an interrupted session that closed the run KILLED
         self.tracker.end_run(run_id, status, tags)
 
     def _write_tags(self, trial_id: str, config: dict[str, Any], tags: dict[str, str]) -> None:
@@ -249,6 +271,37 @@ class MlflowTrialCallback(Callback):
 
     def _write_retry(self, trial_id: str, config: dict[str, Any], retries: int) -> None:
         self.tracker.client.set_tag(self._run_id(trial_id, config), RETRIES_TAG, str(retries))
+
+    # resume --------------------------------------------------------------------------------
+
+    def backfill(self, experiment_folder: str) -> int:
+        """On resume, before any trial runs again (driver thread, nothing queued yet): the per-epoch
+        results Ray wrote to each trial's ``result.json`` that MLflow lacks (they were in the write
+        buffer when the driver was killed) are logged, a trial whose run was never created gets it,
+        and each trial's last logged epoch is remembered so an epoch re-run from an older checkpoint
+        is not logged twice. Returns how many epochs were back-filled."""
+        if "://" in experiment_folder:
+            return 0  # remote storage: the resumed trials re-report from their checkpoints only
+        filled = 0
+        for results_file in sorted(Path(experiment_folder).glob("*/result.json")):
+            reports = _read_results(results_file)
+            if not reports:
+                continue
+            trial_id, config = str(reports[0]["trial_id"]), dict(reports[0].get("config", {}))
+            existing = self.tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial_id)
+            run_id = existing or self._run_id(trial_id, config)
+            self._runs[trial_id] = run_id
+            logged = {m.step for m in self.tracker.client.get_metric_history(run_id, SERIES_PROBE)}
+            missing = {}
+            for result in reports:
+                epoch = result_epoch(result)
+                if BEST_EPOCH_KEY not in result and failure_reason(result) is None and epoch not in logged:
+                    missing[epoch] = series_metrics(result)
+            if missing:
+                self.tracker.log_metric_steps(run_id, [(m, e) for e, m in sorted(missing.items())])
+                filled += len(missing)
+            self._logged[trial_id] = max(logged | set(missing), default=-1)
+        return filled
 
     # Ray hooks (driver thread): enqueue only -------------------------------------------------
 

@@ -169,6 +169,10 @@ def _resume_locked(
                 cb.progress = session.progress
             elif isinstance(cb, MlflowTrialCallback):
                 session.tracking_cb = cb
+        if session.tracking_cb is not None:
+            filled = session.tracking_cb.backfill(session.ray_experiment)
+            if filled:
+                console.print(f"back-filled {filled} epoch(s) the interrupted driver had not written to MLflow")
         ended = sum(session.earlier.values())
         console.print(
             f"resuming study {spec.name}: {ended} of {spec.search.num_trials} trials had ended", highlight=False

@@ -202,6 +202,7 @@ class StudySession:
             "model": spec.model.name,
         }
         study_yaml = workdir.study_file(spec.name).read_text()
+        self.tracker.close_lost_runs(self.experiment_id, spec.name, "the driver was lost; the study was launched again")
         self.parent_run_id = self.tracker.start_study(self.experiment_id, spec.name, summary, study_yaml)
         self.searcher = _make_searcher(spec, workdir)
         self.searcher.study.set_user_attr(PARENT_ATTR, self.parent_run_id)
@@ -287,6 +288,8 @@ class StudySession:
                         tags = {STATUS_TAG: "killed", REASON_TAG: reason or "study ended before the trial finished"}
                         self.tracker.end_run(run.info.run_id, "KILLED", tags)
                 tags = {STATUS_TAG: status.lower(), **({REASON_TAG: reason} if reason else {})}
+                if status == "FINISHED":
+                    self.tracker.drop_tag(self.parent_run_id, REASON_TAG)  # an earlier interruption's
                 self.tracker.end_run(self.parent_run_id, status, tags)
         finally:
             if self.started_ray:

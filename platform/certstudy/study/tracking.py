@@ -21,6 +21,7 @@ from certstudy.safe_yaml import load_file
 from certstudy.study.records import (
     EXPERIMENT_TAGS,
     PARENT_TAG,
+    REASON_TAG,
     ROLE_TAG,
     STATUS_TAG,
     STUDY_ARTIFACT,
@@ -77,6 +78,11 @@ class Tracker:
         self._log_params(run.info.run_id, flatten(params))
         self.client.log_text(run.info.run_id, study_yaml, STUDY_ARTIFACT)
         return run.info.run_id
+
+    def drop_tag(self, run_id: str, key: str) -> None:
+        """Removes a tag if the run has it."""
+        if key in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, key)
 
     def end_run(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
         """status: FINISHED, FAILED or KILLED (MLflow's terminal states)."""
@@ -153,6 +159,24 @@ class Tracker:
             local = self.client.download_artifacts(run_id, TRIAL_STUDY_ARTIFACT, tmp)
             docs = load_file(local, "trial study artifact")
             return docs[0] if docs else {}
+
+    def close_lost_runs(self, experiment_id: str, study: str, reason: str) -> int:
+        """Ends KILLED every study run of ``study`` still RUNNING, and its RUNNING trial runs: a driver
+        killed before it could close them left them so (the caller holds the study's lock, so no
+        live driver owns them). Returns how many runs it closed."""
+        stale = self.client.search_runs(
+            [experiment_id],
+            f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study}' and attributes.status = 'RUNNING'",
+        )
+        closed = 0
+        for parent in stale:
+            for run in self.child_runs(experiment_id, parent.info.run_id):
+                if run.info.status in ("RUNNING", "SCHEDULED"):
+                    self.end_run(run.info.run_id, "KILLED", {STATUS_TAG: "killed", REASON_TAG: reason})
+                    closed += 1
+            self.end_run(parent.info.run_id, "KILLED", {STATUS_TAG: "killed", REASON_TAG: reason})
+            closed += 1
+        return closed
 
     def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Run]:
         return self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50000)
