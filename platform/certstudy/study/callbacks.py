@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import queue
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 from ray.tune import Callback
 
+from certstudy.errors import CertstudyError, collapse
 from certstudy.study.optuna_bridge import StudySearcher, trial_error_reason
 from certstudy.study.progress import Progress
 from certstudy.study.records import (
@@ -86,6 +89,23 @@ def trial_label(trial: Any) -> str:
     return f"trial {number}" if number is not None else trial.trial_id
 
 
+class TrackingUnreachable(CertstudyError):
+    """The tracking store stayed unreachable longer than the study allows; the study stops."""
+
+
+TRANSIENT = ("connection", "max retries exceeded", "timed out", "timeout", "database is locked", "503", "502", "504")
+
+
+def transient(exc: BaseException) -> bool:
+    """An error a later retry may not meet: the store unreachable, overloaded or locked."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (ConnectionError, TimeoutError)) or any(t in str(seen).lower() for t in TRANSIENT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 SERIES_PROBE = "train/loss"
 """Reported after every epoch and logged with the epoch's other metrics in one batch: whether MLflow
 has an epoch is read from this metric's history."""
@@ -117,6 +137,8 @@ class MlflowTrialCallback(Callback):
     """
 
     FLUSH_SECONDS = 2.0
+    RETRY_SECONDS = 2.0
+    WARN_SECONDS = 30.0
 
     def __init__(
         self,
@@ -142,7 +164,11 @@ class MlflowTrialCallback(Callback):
         self._study: StudySpec | None = None
         self._queue: queue.Queue | None = None
         self._writer: threading.Thread | None = None
-        self._pending: dict[str, tuple[dict[str, Any], list[tuple[dict[str, float], int]]]] = {}  # writer thread only
+        self._pending: dict[str, tuple[dict[str, Any], list[tuple[dict[str, float], int, int]]]] = {}  # writer only
+        self._last_flush = 0.0
+        self._down_since: float | None = None  # when the tracking store stopped answering (writer thread)
+        self._warned = 0.0
+        self.fatal: str | None = None  # set when the store stayed unreachable too long: the study stops
 
     def get_state(self) -> None:
         """Ray Tune asks for this while it saves the experiment state: after writing the state files
@@ -156,7 +182,7 @@ class MlflowTrialCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for key in ("_tracker", "_study", "_queue", "_writer"):
+        for key in ("_tracker", "_study", "_queue", "_writer", "_down_since", "fatal"):
             state[key] = None  # connections and threads are rebuilt after unpickling
         state["_pending"] = {}
         return state
@@ -189,25 +215,74 @@ class MlflowTrialCallback(Callback):
 
     def _drain(self) -> None:
         assert self._queue is not None
-        last_flush = time.monotonic()
+        self._last_flush = time.monotonic()
         while True:
             try:
                 fn, args = self._queue.get(timeout=self.FLUSH_SECONDS)
             except queue.Empty:
                 fn, args = None, ()
             try:
-                if fn is not None and fn != self._buffer_metrics:
-                    self._write_pending()  # keep MLflow calls in the order they were made
-                if fn is not None:
-                    fn(*args)
-                if time.monotonic() - last_flush >= self.FLUSH_SECONDS:
-                    self._write_pending()
-                    last_flush = time.monotonic()
-            except Exception as exc:  # noqa: BLE001 - tracking must not take the study down
-                logger.warning("MLflow write failed (%s): %s", getattr(fn, "__name__", fn), exc)
+                while True:  # an unreachable store is retried; anything else is a warning and skipped
+                    try:
+                        self._step(fn, args)
+                        self._reachable_again()
+                        break
+                    except Exception as exc:  # noqa: BLE001 - tracking must not take the study down
+                        if not transient(exc):
+                            logger.warning("MLflow write failed (%s): %s", getattr(fn, "__name__", fn), exc)
+                            break
+                        if not self._unreachable(exc):
+                            break
+                        time.sleep(self.RETRY_SECONDS)
             finally:
                 if fn is not None:
                     self._queue.task_done()
+
+    def _step(self, fn: Callable[..., Any] | None, args: tuple[Any, ...]) -> None:
+        if self.fatal is not None and fn != self._buffer_metrics:
+            return  # the study is stopping: nothing more reaches MLflow (resume back-fills the epochs)
+        if fn is not None and fn != self._buffer_metrics:
+            self._write_pending()  # keep MLflow calls in the order they were made
+        if fn is not None:
+            fn(*args)
+        if time.monotonic() - self._last_flush >= self.FLUSH_SECONDS:
+            self._write_pending()
+            self._last_flush = time.monotonic()
+
+    def _buffered(self) -> int:
+        return (self._queue.qsize() if self._queue is not None else 0) + sum(
+            len(epochs) for _, epochs in self._pending.values()
+        )
+
+    def _unreachable(self, exc: BaseException) -> bool:
+        """An outage: warn (every ``WARN_SECONDS``) while results stay buffered; True to retry, False
+        (and ``fatal`` set) once the study's ``tracking.unreachable_wait_s`` has passed."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since, self._warned = now, -math.inf
+        wait = self.study.tracking.unreachable_wait_s
+        left = wait - (now - self._down_since)
+        if left <= 0:
+            self.fatal = (
+                f"tracking server {self.tracking_uri} unreachable for {wait:.0f} s ({self._buffered()} results not "
+                f"recorded); the study stopped: certstudy resume {self.study.name} once it is back"
+            )
+            return False
+        if now - self._warned >= self.WARN_SECONDS:
+            self._warned = now
+            sys.stderr.write(
+                f"warning: tracking server unreachable ({self.tracking_uri}; {collapse(str(exc), 120)}), "
+                f"{self._buffered()} results buffered, retrying (for {left:.0f} s more)\n"
+            )
+        return True
+
+    def _reachable_again(self) -> None:
+        if self._down_since is not None:
+            sys.stderr.write(
+                f"tracking server reachable again after {time.monotonic() - self._down_since:.0f} s; "
+                f"delivering the buffered results\n"
+            )
+            self._down_since = None
 
     def flush(self) -> None:
         """Waits until every queued MLflow write is done, buffered metrics included."""
@@ -246,12 +321,15 @@ class MlflowTrialCallback(Callback):
         return self._runs[trial_id]
 
     def _buffer_metrics(self, trial_id: str, config: dict[str, Any], metrics: dict[str, float], step: int) -> None:
-        self._pending.setdefault(trial_id, (config, []))[1].append((metrics, step))
+        """The timestamp is fixed here, so a write retried after an outage repeats identical rows
+        (which MLflow keeps once) instead of adding new ones."""
+        self._pending.setdefault(trial_id, (config, []))[1].append((metrics, step, int(time.time() * 1000)))
 
     def _write_pending(self) -> None:
-        pending, self._pending = self._pending, {}
-        for trial_id, (config, epochs) in pending.items():
-            self.tracker.log_metric_steps(self._run_id(trial_id, config), epochs)
+        while self._pending:
+            trial_id, (config, epochs) = next(iter(self._pending.items()))
+            self.tracker.log_metric_steps(self._run_id(trial_id, config), epochs)  # kept buffered if this fails
+            del self._pending[trial_id]
 
     def _write_end(
         self, trial_id: str, config: dict[str, Any], status: str, tags: dict[str, str], model_dir: str | None
@@ -279,7 +357,10 @@ class MlflowTrialCallback(Callback):
         results Ray wrote to each trial's ``result.json`` that MLflow lacks (they were in the write
         buffer when the driver was killed) are logged, a trial whose run was never created gets it,
         and each trial's last logged epoch is remembered so an epoch re-run from an older checkpoint
-        is not logged twice. Returns how many epochs were back-filled."""
+        is not logged twice. Trials that had ended without their run being closed are closed when
+        Ray Tune hands over its restored trials (``on_step_begin``). Returns how many epochs were
+        back-filled."""
+        self._settle = True
         if "://" in experiment_folder:
             return 0  # remote storage: the resumed trials re-report from their checkpoints only
         filled = 0
@@ -298,7 +379,8 @@ class MlflowTrialCallback(Callback):
                 if BEST_EPOCH_KEY not in result and failure_reason(result) is None and epoch not in logged:
                     missing[epoch] = series_metrics(result)
             if missing:
-                self.tracker.log_metric_steps(run_id, [(m, e) for e, m in sorted(missing.items())])
+                now = int(time.time() * 1000)
+                self.tracker.log_metric_steps(run_id, [(m, e, now) for e, m in sorted(missing.items())])
                 filled += len(missing)
             self._logged[trial_id] = max(logged | set(missing), default=-1)
         return filled
@@ -311,8 +393,40 @@ class MlflowTrialCallback(Callback):
         self._ended.discard(trial.trial_id)
         self._submit(self._run_id, trial.trial_id, dict(trial.config))
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self._settle_restored(iteration, trials)
+
+    def _settle_restored(self, iteration: int, trials: list) -> None:
+        """First step after a resume (or its end, when every trial had ended): a trial that ended in
+        Ray Tune before the driver was lost, but whose MLflow run was never closed (its end was
+        still buffered), gets its last report and its end recorded now, as ``on_trial_complete`` /
+        ``on_trial_error`` would have."""
+        if not getattr(self, "_settle", False):
+            return
+        self._settle = False
+        for trial in trials:
+            if trial.status not in ("TERMINATED", "ERROR") or trial.trial_id in self._ended:
+                continue
+            run_id = self._runs.get(trial.trial_id) or self.tracker.find_trial_run(
+                self.experiment_id, self.parent_run_id, trial.trial_id
+            )
+            run = self.tracker.client.get_run(run_id) if run_id else None
+            if run is not None and run.info.status in ("FINISHED", "FAILED"):
+                continue
+            if trial.last_result and BEST_EPOCH_KEY not in (run.data.metrics if run else {}):
+                self.on_trial_result(iteration, trials, trial, trial.last_result)
+            (self.on_trial_error if trial.status == "ERROR" else self.on_trial_complete)(iteration, trials, trial)
+
+    def _stop_if_unreachable(self) -> None:
+        if self.fatal is not None:
+            raise TrackingUnreachable(self.fatal)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._stop_if_unreachable()
+
     @timed
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._stop_if_unreachable()
         if failure_reason(result) is not None:
             return
         epoch = result_epoch(result)
@@ -353,6 +467,7 @@ class MlflowTrialCallback(Callback):
 
     @timed
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._settle_restored(-1, trials)
         for trial in trials:
             if trial.trial_id in self._started and trial.trial_id not in self._ended:
                 self._end(

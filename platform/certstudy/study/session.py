@@ -90,6 +90,10 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    # An unreachable tracking server is retried by the tracking callback (with a warning, for
+    # tracking.unreachable_wait_s); MLflow's own backoff would block each call for minutes first.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     if not verbose:
         for name in ("mlflow", "alembic", "ray.tune", "ray.train"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -248,7 +252,16 @@ class StudySession:
         """Runs the trials; records whether every planned trial ended."""
         t = time.perf_counter()
         with self.progress:
-            tuner.fit()
+            try:
+                tuner.fit()
+                if self.tracking_cb is not None:
+                    self.tracking_cb.flush()  # the last results are recorded, or the outage is reported
+            except Exception:
+                if self.tracking_cb is not None and self.tracking_cb.fatal is not None:
+                    raise CertstudyError(self.tracking_cb.fatal) from None
+                raise
+            if self.tracking_cb is not None and self.tracking_cb.fatal is not None:
+                raise CertstudyError(self.tracking_cb.fatal)
         self.timings["fit"] = time.perf_counter() - t
         self.timings["tracking"] = self.tracking_cb.seconds if self.tracking_cb is not None else 0.0
         self.timings.update(self.progress.trial_seconds())
@@ -280,6 +293,13 @@ class StudySession:
         """Ends what is open: the writer's queue, every child run still open, the parent run, Ray."""
         t = time.perf_counter()
         try:
+            if self.tracking_cb is not None and self.tracking_cb.fatal is not None:
+                self.console.print(
+                    "warning: the study's MLflow runs stay RUNNING (the tracking store is unreachable); "
+                    "certstudy resume reopens them, a new launch closes them",
+                    highlight=False,
+                )
+                return
             if self.tracking_cb is not None:
                 self.tracking_cb.flush()
             if self.tracker is not None and self.parent_run_id:

@@ -212,6 +212,13 @@ def confined_sqlite_uri(uri: str, root: Path) -> str:
 class Tracking(Strict):
     experiment: str | None = Field(None, pattern=NAME_PATTERN)
     tracking_uri: str | None = None
+    unreachable_wait_s: float = Field(
+        600.0,
+        gt=0,
+        le=7 * 86400,
+        description="how long the driver keeps training with results buffered while the tracking store is "
+        "unreachable, before it stops the study with one line (resume back-fills what was not recorded)",
+    )
 
     @field_validator("tracking_uri")
     @classmethod

@@ -135,12 +135,12 @@ class Tracker:
         return run_id
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        self.log_metric_steps(run_id, [(metrics, step)])
+        self.log_metric_steps(run_id, [(metrics, step, int(time.time() * 1000))])
 
-    def log_metric_steps(self, run_id: str, steps: Iterable[tuple[Mapping[str, float], int]]) -> None:
-        """Several epochs' metrics in as few ``log_batch`` calls as MLflow allows."""
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for metrics, step in steps for k, v in metrics.items()]
+    def log_metric_steps(self, run_id: str, steps: Iterable[tuple[Mapping[str, float], int, int]]) -> None:
+        """Several epochs' metrics, each (metrics, step, timestamp in ms), in as few ``log_batch`` calls
+        as MLflow allows."""
+        batch = [Metric(k, float(v), ts, step) for metrics, step, ts in steps for k, v in metrics.items()]
         for i in range(0, len(batch), 1000):
             self.client.log_batch(run_id, metrics=batch[i : i + 1000])
 
