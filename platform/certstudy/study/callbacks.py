@@ -189,7 +189,9 @@ class MlflowTrialCallback(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("_logged", {})  # state pickled before the attribute existed
+        for key, default in (("_logged", {}), ("_last_flush", 0.0), ("_down_since", None), ("_warned", 0.0)):
+            self.__dict__.setdefault(key, default)  # state pickled by a certstudy before the attribute existed
+        self.fatal = None
         _unpickled(str(self.spec.get("name")), self)
 
     @property
