@@ -147,11 +147,6 @@ def worst_case_weights(losses: Tensor, alpha: float, r: float) -> Tensor:
     return combined.to(losses.dtype)
 
 
-def hr_value(losses: Tensor, alpha: float, r: float) -> Tensor:
-    """The HR objective of a set of (adversarial) losses, as the worst-case weights give it."""
-    return worst_case_weights(losses, alpha, r).to(losses.dtype) @ losses
-
-
 def hr_bound(losses: Tensor, alpha: float, r: float) -> float:
     """The HR objective as a certificate: an upper bound on its exact value (the KL step's dual value
     at the root found, after the exact alpha trimming), in float64, raised by a relative 1e-12 so that

@@ -48,11 +48,6 @@ from certstudy.trial.config import (
 )
 from certstudy.workdir import Workdir
 
-
-class Strict(Schema):
-    pass
-
-
 # --- search distributions -------------------------------------------------------------------
 
 
@@ -132,12 +127,12 @@ class SearchableTraining(TrainingConfig):
     search: dict[str, Distribution] = Field(default_factory=dict)
 
 
-class Objective(Strict):
+class Objective(Schema):
     metric: str
     mode: Literal["min", "max"] = "max"
 
 
-class SearchConfig(Strict):
+class SearchConfig(Schema):
     sampler: Literal["auto", "tpe", "nsga2", "random", "grid"] = "auto"
     num_trials: int = Field(8, ge=1, le=100000)
     max_concurrent: int = Field(2, ge=1, le=10000)
@@ -148,7 +143,7 @@ class SearchConfig(Strict):
     )
 
 
-class Resources(Strict):
+class Resources(Schema):
     cpu: float = Field(1.0, gt=0, le=1024)
     gpu: float = Field(0.0, ge=0, le=64)
 
@@ -209,7 +204,7 @@ def confined_sqlite_uri(uri: str, root: Path) -> str:
     return f"sqlite:///{target}"
 
 
-class Tracking(Strict):
+class Tracking(Schema):
     experiment: str | None = Field(None, pattern=NAME_PATTERN)
     tracking_uri: str | None = None
     unreachable_wait_s: float = Field(
@@ -226,7 +221,7 @@ class Tracking(Strict):
         return None if uri is None else check_tracking_uri(uri, FILE_TRACKING_SCHEMES)
 
 
-class StudySpec(Strict):
+class StudySpec(Schema):
     """A whole study file."""
 
     name: str = Field(pattern=NAME_PATTERN)

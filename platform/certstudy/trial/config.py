@@ -23,23 +23,19 @@ MAX_SEED = 2**31 - 1
 trial derives seeds a few thousand above its own."""
 
 
-class Strict(Schema):
-    pass
-
-
-class DatasetConfig(Strict):
+class DatasetConfig(Schema):
     name: str = "digits"
     options: dict[str, Any] = Field(default_factory=dict)
     poisoning: Poisoning = Field(default_factory=Poisoning)
     augment: Augment = Field(default_factory=Augment)
 
 
-class ComponentConfig(Strict):
+class ComponentConfig(Schema):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class ScheduleConfig(Strict):
+class ScheduleConfig(Schema):
     name: Literal["constant", "cosine", "step", "multistep"] = "constant"
     step_size: int = Field(30, ge=1, description="step: epochs between decays")
     milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr decays")
@@ -47,7 +43,7 @@ class ScheduleConfig(Strict):
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up from lr/10")
 
 
-class TrainingConfig(Strict):
+class TrainingConfig(Schema):
     epochs: int = Field(10, ge=1, le=100000)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
@@ -84,7 +80,7 @@ class TrainingConfig(Strict):
         return self
 
 
-class AttackConfig(Strict):
+class AttackConfig(Schema):
     norm: Literal["l2", "linf"] = "linf"
     eps: float = Field(0.1, ge=0)
     steps: int = Field(10, ge=0, le=10000)
@@ -101,7 +97,7 @@ def _default_radii() -> dict[str, list[float]]:
     return {"l2": [0.0, 0.25, 0.5, 0.75, 1.0], "linf": [0.0, 0.01, 0.02, 0.05, 0.1]}
 
 
-class AuditConfig(Strict):
+class AuditConfig(Schema):
     """The soundness audit of deterministic certificates: a strong PGD at each certified radius."""
 
     enabled: bool = True
@@ -112,7 +108,7 @@ class AuditConfig(Strict):
     restarts: int = Field(5, ge=5, le=100, description="random restarts (at least 5)")
 
 
-class AutoAttackConfig(Strict):
+class AutoAttackConfig(Schema):
     """AutoAttack (Croce & Hein 2020) on the test split at the end of a trial, at every positive radius
     of the evaluation attack norm's grid: ``test/autoattack_acc_<norm>_r<r>``."""
 
@@ -143,7 +139,7 @@ class AutoAttackConfig(Strict):
         return tuple(self.attacks) if self.attacks else STANDARD_ATTACKS
 
 
-class EvaluationConfig(Strict):
+class EvaluationConfig(Schema):
     attack: AttackConfig = Field(default_factory=AttackConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     certifiers: list[ComponentConfig] = Field(
@@ -160,7 +156,7 @@ class EvaluationConfig(Strict):
     autoattack: AutoAttackConfig | None = Field(
         None, description="AutoAttack at the end on a fixed test subset (None: off)"
     )
-    noise_sigmas: list[Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]] = Field(
+    noise_sigmas: list[Annotated[float, Field(gt=0, le=10)]] = Field(
         default_factory=list,
         description="test accuracy under Gaussian noise of each standard deviation (test/noise_acc_s<sigma>; one "
         "seeded draw per test point, clipped to the input box), the corruption metric of the HR paper",
@@ -204,7 +200,7 @@ class EvaluationConfig(Strict):
         return self
 
 
-class TrialConfig(Strict):
+class TrialConfig(Schema):
     """What ``run_trial`` needs; a study's resolved trial, or an exported configuration."""
 
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
