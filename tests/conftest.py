@@ -50,6 +50,22 @@ def tiny_study(name: str = "tiny", **overrides: object) -> dict:
     return study
 
 
+def wait_until_held(hold: Path, count: int, proc: object, wait_s: float = 180) -> None:
+    """Waits until ``count`` trials sit at the test-only hold point (``held-*`` files in ``hold``);
+    fails with the process's output if it ends or ``wait_s`` passes first."""
+    import subprocess
+    import time
+
+    assert isinstance(proc, subprocess.Popen)
+    deadline = time.time() + wait_s
+    while len(list(hold.glob("held-*"))) < count:
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            out = proc.communicate()[0]
+            pytest.fail(f"{count} trials did not reach the hold point within {wait_s:.0f} s: {out}")
+        time.sleep(0.2)
+
+
 def launch_and_interrupt(
     root: Path, spec: dict, *, hold_from: int, hold_epoch: int, held: int, wait_s: float = 180, kill: bool = False
 ) -> tuple[int, str, Path]:
@@ -61,7 +77,6 @@ def launch_and_interrupt(
     import signal
     import subprocess
     import sys
-    import time
 
     import yaml
 
@@ -81,13 +96,7 @@ def launch_and_interrupt(
         env={**os.environ, TEST_HOLD_ENV: f"{hold}:{hold_from}:{hold_epoch}"},
     )
     try:
-        deadline = time.time() + wait_s
-        while len(list(hold.glob("held-*"))) < held:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                out = proc.communicate()[0]
-                pytest.fail(f"{held} trials did not reach the hold point within {wait_s:.0f} s: {out}")
-            time.sleep(0.2)
+        wait_until_held(hold, held, proc, wait_s)
         if kill:
             os.killpg(proc.pid, signal.SIGKILL)
         else:

@@ -17,7 +17,7 @@ import yaml
 
 from certstudy.cli import main
 from certstudy.study.trainable import TEST_HOLD_ENV
-from conftest import tiny_study
+from conftest import tiny_study, wait_until_held
 
 pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).parent / "ray")  # the ray CLI of this environment
@@ -91,10 +91,7 @@ def test_a_local_study_starts_its_own_ray_on_loopback_only(tmp_path: Path, forei
         env=env,
     )
     try:
-        deadline = time.time() + 180
-        while len(list(hold.glob("held-*"))) < 2:  # both trials running, held after their first epoch
-            assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
-            time.sleep(0.2)
+        wait_until_held(hold, 2, proc)  # both trials running, held after their first epoch
         sockets = _listening(proc.pid)
         names = {p.name() for p in psutil.Process(proc.pid).children(recursive=True)}
         (hold / "release").touch()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from certstudy.cli import main
 from certstudy.study.trainable import TEST_HOLD_ENV
-from conftest import tiny_study
+from conftest import tiny_study, wait_until_held
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +44,7 @@ def test_a_running_study_refuses_a_second_launch_and_a_resume(
     hold.mkdir()
     first = _launch(path, work, {TEST_HOLD_ENV: f"{hold}:0:0"})
     try:
-        deadline = time.time() + 180
-        while not (hold / "held-0").exists():  # the first launch is mid-trial, held there
-            assert time.time() < deadline and first.poll() is None, first.communicate()[0]
-            time.sleep(0.2)
+        wait_until_held(hold, 1, first)  # the first launch is mid-trial, held there
         for argv in (["launch", str(path)], ["resume", "busy"]):
             assert main([*argv, "--workdir", str(work)]) == 1
             err = capsys.readouterr().err.strip()
