@@ -217,3 +217,32 @@ def test_every_per_epoch_metric_a_method_reports_is_declared(method: dict, tmp_p
     run_trial(spec.trial_config(), lambda m, d: reports.append(m), data_dir=str(tmp_path))
     per_epoch = {k for k in reports[0] if k.split("/")[0] in ("train", "val", "gap")}
     assert per_epoch <= epoch_metrics_of(spec), per_epoch - epoch_metrics_of(spec)
+
+
+@pytest.mark.parametrize(
+    ("device", "gpu", "needle"),
+    [
+        ("cuda:1", 1, "device: got 'cuda:1'; a trial sees only the 1 GPU(s) of resources.gpu"),
+        ("cuda:0", 0, "device: got 'cuda:0'"),
+    ],
+)
+def test_a_cuda_index_beyond_the_trials_gpus_is_refused(
+    device: str, gpu: int, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tiny_study("gpu", device=device, resources={"cpu": 1, "gpu": gpu})
+    _refused(_study_with(tmp_path, yaml.safe_dump(study)), capsys, needle)
+
+
+def test_a_cuda_device_the_process_cannot_see_fails_the_run_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    visible = torch.cuda.device_count()
+    study = tiny_study("gpurun", methods=[{"name": "erm"}], device=f"cuda:{visible}")
+    study["resources"] = {"cpu": 1, "gpu": visible + 1}
+    study["training"] = {"epochs": 1}
+    path = _study_with(tmp_path, yaml.safe_dump(study))
+    assert main(["run", str(path), "--workdir", str(tmp_path / "w"), "--no-track"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"device 'cuda:{visible}' requested" in err, err

@@ -616,6 +616,21 @@ def _check_augment(source: str, spec: StudySpec) -> None:
         )
 
 
+def _check_device(source: str, spec: StudySpec) -> None:
+    """A trial sees only the GPUs Ray assigns it (``resources.gpu`` of them), numbered from 0, so
+    ``cuda:N`` needs at least N + 1; preflight then checks that some node has that many."""
+    if spec.device.startswith("cuda:"):
+        index = int(spec.device.split(":")[1])
+        if spec.resources.gpu < index + 1:
+            raise SpecError(
+                source,
+                "device",
+                spec.device,
+                f"a trial sees only the {spec.resources.gpu:g} GPU(s) of resources.gpu, numbered from 0; give "
+                f"resources.gpu >= {index + 1}, or device cuda / auto",
+            )
+
+
 def _check_attack(source: str, spec: StudySpec) -> None:
     if not spec.evaluation.attack.at_training_radius:
         return
@@ -742,6 +757,7 @@ def validate_spec(data: Any, source: str) -> StudySpec:
     _check_start_points(source, spec)
     _check_pruning(source, spec)
     _check_attack(source, spec)
+    _check_device(source, spec)
     _check_end_only(source, spec)
     _check_autoattack(source, spec)
     _check_grid(source, spec)

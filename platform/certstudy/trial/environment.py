@@ -6,6 +6,8 @@ import random
 
 import torch
 
+from certstudy.errors import TrialFailed
+
 
 def select_device(requested: str) -> torch.device:
     """``auto`` takes the first visible CUDA device, else the CPU."""
@@ -13,7 +15,11 @@ def select_device(requested: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} requested but no CUDA device is visible")
+        raise TrialFailed(f"device {requested!r} requested but no CUDA device is visible")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrialFailed(
+            f"device {requested!r} requested but this process sees {torch.cuda.device_count()} CUDA device(s)"
+        )
     return device
 
 
