@@ -100,15 +100,27 @@ def run_cycles(root: Path, cycles: int, seed: int, max_delay_s: float = 40.0) ->
         if _finished(work):
             break
         proc = _start(argv, log)
-        proc.wait(timeout=1800)
+        if proc.wait(timeout=1800) != 0 and argv[0] == "resume":  # not resumable after all: start afresh
+            argv = ["launch", str(path), "--workdir", str(work), "--overwrite"]
+            report.restarts += 1
+            continue
         argv = _next_command(path, work, report)
     return _count(work, report)
 
 
 def _resumable(work: Path) -> bool:
+    """Ray Tune state and the Optuna study both exist (a kill during set-up can leave one without the other)."""
+    import optuna
     from ray.tune import Tuner
 
-    return Tuner.can_restore(str(work / STUDY / "ray"))
+    db = work / STUDY / "optuna.db"
+    if not (Tuner.can_restore(str(work / STUDY / "ray")) and db.exists()):
+        return False
+    try:
+        optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    except KeyError:
+        return False
+    return True
 
 
 def _next_command(path: Path, work: Path, report: Report) -> list[str]:
