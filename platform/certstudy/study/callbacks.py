@@ -169,6 +169,7 @@ class MlflowTrialCallback(Callback):
         self._down_since: float | None = None  # when the tracking store stopped answering (writer thread)
         self._warned = 0.0
         self.fatal: str | None = None  # set when the store stayed unreachable too long: the study stops
+        self._settle = False  # set by ``backfill``: close restored trials' runs at the first step
 
     def get_state(self) -> None:
         """Ray Tune asks for this while it saves the experiment state: after writing the state files
@@ -189,7 +190,8 @@ class MlflowTrialCallback(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        for key, default in (("_logged", {}), ("_last_flush", 0.0), ("_down_since", None), ("_warned", 0.0)):
+        defaults = (("_logged", {}), ("_last_flush", 0.0), ("_down_since", None), ("_warned", 0.0), ("_settle", False))
+        for key, default in defaults:
             self.__dict__.setdefault(key, default)  # state pickled by a certstudy before the attribute existed
         self.fatal = None
         _unpickled(str(self.spec.get("name")), self)
@@ -403,7 +405,7 @@ class MlflowTrialCallback(Callback):
         Ray Tune before the driver was lost, but whose MLflow run was never closed (its end was
         still buffered), gets its last report and its end recorded now, as ``on_trial_complete`` /
         ``on_trial_error`` would have."""
-        if not getattr(self, "_settle", False):
+        if not self._settle:
             return
         self._settle = False
         for trial in trials:
