@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,13 +68,23 @@ def wait_until_held(hold: Path, count: int, proc: object, wait_s: float = 180) -
 
 
 def launch_and_interrupt(
-    root: Path, spec: dict, *, hold_from: int, hold_epoch: int, held: int, wait_s: float = 180, kill: bool = False
+    root: Path,
+    spec: dict,
+    *,
+    hold_from: int,
+    hold_epoch: int,
+    held: int,
+    wait_s: float = 180,
+    kill: bool = False,
+    act: Callable[[Path], None] | None = None,
+    workdir: Path | None = None,
 ) -> tuple[int, str, Path]:
     """``certstudy launch`` in a subprocess whose trials numbered ``hold_from`` and later wait after
     reporting epoch ``hold_epoch`` (the test-only hold of ``study/trainable.py``); once ``held`` trials
     are waiting there, Ctrl-C (``kill``: SIGKILL to the driver and the Ray processes it started, a
-    lost driver). Nothing depends on how fast the trials run. Returns the exit code, the output and
-    the work directory."""
+    lost driver; ``act``: calls it with the hold folder instead, and then lets the trials go on).
+    Nothing depends on how fast the trials run. Returns the exit code, the output and the work
+    directory (``workdir``, default ``root/work``)."""
     import signal
     import subprocess
     import sys
@@ -84,7 +95,7 @@ def launch_and_interrupt(
 
     path = root / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
-    work = root / "work"
+    work = workdir or root / "work"
     hold = root / "hold"
     hold.mkdir()
     proc = subprocess.Popen(
@@ -97,7 +108,10 @@ def launch_and_interrupt(
     )
     try:
         wait_until_held(hold, held, proc, wait_s)
-        if kill:
+        if act is not None:
+            act(hold)
+            (hold / "release").touch()
+        elif kill:
             os.killpg(proc.pid, signal.SIGKILL)
         else:
             proc.send_signal(signal.SIGINT)

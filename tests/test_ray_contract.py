@@ -126,3 +126,21 @@ def test_ray_reads_its_token_path_from_the_environment_and_can_forget_a_cached_t
     assert callable(AuthenticationTokenLoader.instance().reset_cache)
     assert "RAY_AUTH_TOKEN_PATH" in inspect.getsource(ray.exceptions)
     assert authentication_token_setup._get_default_token_path().name == "auth_token"
+
+
+def test_the_experiment_syncer_builds_its_upload_in_the_method_study_atomic_sync_replaces() -> None:
+    from ray.train._internal import storage
+
+    params = list(inspect.signature(storage._FilesystemSyncer._sync_up_command).parameters)
+    assert params == ["self", "local_path", "uri", "exclude"], params
+    assert "storage_filesystem" in inspect.getsource(storage._FilesystemSyncer.__init__)
+    src = inspect.getsource(storage.StorageContext.__init__)
+    assert "_FilesystemSyncer(" in src  # the driver's experiment state is synced by this class
+
+
+def test_ray_tune_stops_gracefully_on_sigint_through_the_handler_disk_full_stop_raises() -> None:
+    from ray.tune import tune as tune_module
+
+    src = inspect.getsource(tune_module._setup_signal_catching)
+    assert "signal.SIGINT" in src and "experiment_interrupted_event.set()" in src
+    assert "not experiment_interrupted_event.is_set()" in inspect.getsource(tune_module.run)

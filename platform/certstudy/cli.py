@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from certstudy import __version__
-from certstudy.errors import CertstudyError, collapse
+from certstudy.errors import CertstudyError, collapse, disk_full_message
 from certstudy.workdir import Workdir
 
 if TYPE_CHECKING:
@@ -579,6 +579,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CertstudyError as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return exc.exit_code
+    except Exception as exc:
+        message = disk_full_message(exc, str(Workdir.resolve(getattr(args, "workdir", None)).root))
+        if message is None:
+            raise
+        err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         err_console.print("interrupted", highlight=False)
         return 130

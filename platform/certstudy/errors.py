@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 
 class CertstudyError(Exception):
     """Base class: the message is already one line a user can act on."""
@@ -23,6 +27,65 @@ class SpecError(CertstudyError):
 
 class TrialFailed(CertstudyError):
     """A trial cannot go on (diverged loss, unusable data); the study records it as FAILED."""
+
+
+class DiskFull(CertstudyError):
+    """The work directory's filesystem (or a store on it) ran out of space: the study stops where it
+    is, and ``certstudy resume`` continues it once space is freed."""
+
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# sqlite's SQLITE_FULL, as its Python driver words it (MLflow, Optuna and SQLAlchemy wrap it).
+SQLITE_FULL = "database or disk is full"
+
+
+def disk_full_cause(exc: BaseException) -> BaseException | None:
+    """The out-of-space error behind ``exc`` (itself or anything in its cause/context chain,
+    however MLflow, Optuna, SQLAlchemy or Ray wrapped it), or None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, DiskFull):
+            return e
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+            return e
+        if SQLITE_FULL in str(e) or "No space left on device" in str(e):
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def disk_full_message(exc: BaseException, where: str, then: str = "run the command again") -> str | None:
+    """One line for an out-of-space failure behind ``exc`` (None when it was something else);
+    ``then`` says what to do once space is freed."""
+    cause = disk_full_cause(exc)
+    if cause is None:
+        return None
+    what = getattr(cause, "filename", None)
+    return collapse(
+        f"disk full: no space left on the device of {where}"
+        + (f" (writing {what})" if what else "")
+        + f"; free space there, then {then}"
+    )
+
+
+@contextmanager
+def stops_on_disk_full(where: str, then: Callable[[], str]) -> Iterator[None]:
+    """Turns an out-of-space failure inside the block into ``DiskFull`` with one line; ``then()``,
+    called at the failure, says what to do once space is freed."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as exc:
+        message = disk_full_message(exc, where, then())
+        if message is None:
+            raise
+        raise DiskFull(message) from None
 
 
 def collapse(text: str, limit: int = 500) -> str:

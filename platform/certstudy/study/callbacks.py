@@ -20,6 +20,7 @@ import yaml
 from ray.tune import Callback
 
 from certstudy.errors import CertstudyError, collapse
+from certstudy.study.disk_full_stop import request_stop, stopping
 from certstudy.study.optuna_bridge import StudySearcher, trial_error_reason
 from certstudy.study.progress import Progress
 from certstudy.study.records import (
@@ -43,6 +44,7 @@ from certstudy.study.records import (
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec, dump_study
 from certstudy.study.state_digests import record as record_digests
+from certstudy.study.state_digests import state_files
 from certstudy.study.tracking import Tracker
 from certstudy.trial.checkpoint import ARTIFACTS_DIR, MODEL_FILE
 
@@ -178,7 +180,13 @@ class MlflowTrialCallback(Callback):
         (it is pickled whole in ``tuner.pkl``)."""
         staging = getattr(self.searcher, "staging_dir", None)  # absent in a searcher pickled before it existed
         if self.searcher is not None and staging:
-            record_digests(self.searcher.study, Path(staging))
+            try:
+                record_digests(self.searcher.study, Path(staging))
+            except Exception as exc:
+                if not request_stop(self.study.name, exc, "the Optuna storage"):
+                    raise
+                for path in state_files(Path(staging)):  # unrecorded: must not reach the experiment folder
+                    path.unlink(missing_ok=True)
         return None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -232,6 +240,8 @@ class MlflowTrialCallback(Callback):
                         self._reachable_again()
                         break
                     except Exception as exc:  # noqa: BLE001 - tracking must not take the study down
+                        if request_stop(self.study.name, exc, "the MLflow tracking store"):
+                            break  # disk full: the study stops, and resume back-fills from result.json
                         if not transient(exc):
                             logger.warning("MLflow write failed (%s): %s", getattr(fn, "__name__", fn), exc)
                             break
@@ -463,6 +473,9 @@ class MlflowTrialCallback(Callback):
 
     @timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if stopping(self.study.name):  # a full disk stopped it: interrupted, to be resumed
+            self._end(trial, "KILLED", {STATUS_TAG: "killed", REASON_TAG: "the study stopped: disk full"})
+            return
         self._end(trial, "FAILED", {STATUS_TAG: "failed", REASON_TAG: trial_error_reason(trial)})
 
     @timed
@@ -521,7 +534,7 @@ class ProgressCallback(Callback):
                 self.progress.failed(trial.trial_id, reason)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.progress:
+        if self.progress and not stopping(self.study):  # stopped by a full disk: not a failure
             self.progress.failed(trial.trial_id, trial_error_reason(trial))
 
 

@@ -69,6 +69,20 @@ class StudyLock:
             self.fd = None
 
 
+def running_holder(workdir: Workdir, study: str) -> str | None:
+    """The live process that holds ``study``'s lock, as its lock file names it, or None. Read-only:
+    no lock is taken (a probe could make a launch starting at that instant refuse), so it reads
+    the recorded pid and asks the kernel whether that process still runs certstudy."""
+    path = workdir.root / LOCKS_DIR / f"{study}.lock"
+    try:
+        holder = path.read_text(errors="replace").strip()
+        pid = int(holder.split(":", 1)[0].removeprefix("pid "))
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return holder if b"certstudy" in command else None
+
+
 @contextmanager
 def store_setup(workdir: Workdir) -> Iterator[None]:
     """Blocks until no other certstudy process is setting up this work directory's stores."""

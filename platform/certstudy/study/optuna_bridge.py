@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from certstudy.study.disk_full_stop import request_stop, stopping
 from certstudy.study.pruning import PruningConfig
 from certstudy.study.records import (
     BEST_EPOCH_KEY,
@@ -171,6 +172,8 @@ class StudySearcher(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return  # told once already (e.g. before a lost driver, and run again after the resume)
+        if error and stopping(self._study_name):
+            return  # stopped by a full disk, not failed: the trial resumes (study/disk_full_stop.py)
         reason = failure_reason(result) or (self._errors.get(trial_id, "trial errored") if error else None)
         if reason is None and trial_id not in self._pruned:
             super().on_trial_complete(trial_id, result=result, error=error)
@@ -178,6 +181,11 @@ class StudySearcher(OptunaSearch):
         if trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            # Told already by a path this searcher did not see (a restored driver's last moments):
+            # Optuna refuses to update a finished trial, and its outcome stands as recorded.
+            self._completed_trials.add(trial_id)
+            return
         if reason is not None:
             ot_trial.set_user_attr(FAIL_REASON_ATTR, reason)
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
@@ -200,7 +208,12 @@ class StudyScheduler(FIFOScheduler):
         self.study = study
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        decision = self.searcher.observe(trial.trial_id, result)
+        try:
+            decision = self.searcher.observe(trial.trial_id, result)
+        except Exception as exc:
+            if request_stop(self.study, exc, "the Optuna storage"):  # its disk is full: the study stops
+                return TrialScheduler.CONTINUE
+            raise
         if decision is None or BEST_EPOCH_KEY in result or failure_reason(result) is not None:
             return TrialScheduler.CONTINUE
         if post_stop(self.study, trial.trial_id, decision.reason, decision.epoch):
@@ -210,7 +223,11 @@ class StudyScheduler(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        self.searcher.note_error(trial.trial_id, trial_error_reason(trial))
+        reason = trial_error_reason(trial)
+        request_stop(
+            self.study, reason, "a trial's checkpoint"
+        )  # called first of Ray's error hooks: the others see ``stopping``
+        self.searcher.note_error(trial.trial_id, reason)
         super().on_trial_error(tune_controller, trial)
 
 

@@ -19,6 +19,7 @@ Token: Ray 2.60 turns token authentication on for a local cluster and reads the 
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -76,11 +77,16 @@ def _use_token_path(value: str | None) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 def start_local_ray(workdir: Workdir, verbose: bool) -> None:
     """This machine's own Ray for one study (see the module docstring); ``stop_ray`` ends it."""
     global _saved_token_path
     _saved_token_path = os.environ.get(TOKEN_PATH_ENV)
     _use_token_path(str(token_file(workdir)))
+    if not verbose:  # its "token authentication is enabled ... to opt out" is certstudy's choice, not news
+        logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     try:
         with _loopback_node_ip():
             ray.init(

@@ -9,14 +9,14 @@ session records is the session's business (``study/session.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 from rich.console import Console
 
-from certstudy.errors import CertstudyError
+from certstudy.errors import CertstudyError, stops_on_disk_full
 from certstudy.study.callbacks import MlflowTrialCallback, ProgressCallback, restoring
 from certstudy.study.lock import StudyLock
 from certstudy.study.optuna_bridge import StudyScheduler
@@ -85,6 +85,20 @@ def _new_tuner(spec: StudySpec, workdir: Workdir, session: StudySession, storage
     )
 
 
+def _next_step(workdir: Workdir, study: str) -> Callable[[], str]:
+    """What a study stopped by a full disk does next: resume when Ray Tune saved its state, else
+    launch again."""
+
+    def then() -> str:
+        try:
+            resumable = tune.Tuner.can_restore(str(workdir.ray_experiment_dir(study)))
+        except Exception:  # noqa: BLE001 - unreadable state: nothing to resume from
+            resumable = False
+        return f"certstudy resume {study}" if resumable else "launch the study again"
+
+    return then
+
+
 def launch(
     spec: StudySpec,
     workdir: Workdir,
@@ -103,7 +117,7 @@ def launch(
     session = StudySession(spec, workdir, console)
     storage_path = f"{storage.rstrip('/')}/{spec.name}" if storage else str(workdir.study_dir(spec.name))
     experiment = workdir.ray_experiment_dir(spec.name).name
-    with StudyLock(workdir, spec.name):
+    with stops_on_disk_full(str(workdir.root), _next_step(workdir, spec.name)), StudyLock(workdir, spec.name):
         with session:
             session.open_new(tracking_uri=tracking_uri, address=address, overwrite=overwrite, verbose=verbose)
             assert session.tracker is not None and session.searcher is not None
@@ -142,7 +156,7 @@ def resume(
     console = console or Console()
     if not workdir.study_file(study).exists():
         raise CertstudyError(f"no study {study!r} in {workdir.root} (looked for {workdir.study_file(study)})")
-    with StudyLock(workdir, study):
+    with stops_on_disk_full(str(workdir.root), _next_step(workdir, study)), StudyLock(workdir, study):
         return _resume_locked(study, workdir, address, verbose, console, on_end)
 
 

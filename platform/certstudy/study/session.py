@@ -36,8 +36,12 @@ from optuna.trial import TrialState
 from ray import tune
 from rich.console import Console
 
-from certstudy.errors import CertstudyError, collapse
+from certstudy.errors import CertstudyError, collapse, disk_full_cause
+from certstudy.study.atomic_sync import install as install_atomic_sync
 from certstudy.study.callbacks import MlflowTrialCallback
+from certstudy.study.disk_full_stop import clear as clear_disk_full
+from certstudy.study.disk_full_stop import quiet_disk_full_logs
+from certstudy.study.disk_full_stop import raise_if_stopped as raise_if_disk_full
 from certstudy.study.lock import store_setup
 from certstudy.study.optuna_bridge import StudySearcher, make_sampler
 from certstudy.study.preflight import check_tracking
@@ -95,6 +99,7 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     if not verbose:
+        quiet_disk_full_logs()
         for name in ("mlflow", "alembic", "ray.tune", "ray.train"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -251,6 +256,9 @@ class StudySession:
     def fit(self, tuner: tune.Tuner) -> None:
         """Runs the trials; records whether every planned trial ended."""
         t = time.perf_counter()
+        where = str(self.workdir.root)
+        clear_disk_full(self.spec.name)
+        install_atomic_sync()
         with self.progress:
             try:
                 tuner.fit()
@@ -259,7 +267,9 @@ class StudySession:
             except Exception:
                 if self.tracking_cb is not None and self.tracking_cb.fatal is not None:
                     raise CertstudyError(self.tracking_cb.fatal) from None
+                raise_if_disk_full(self.spec.name, where)
                 raise
+            raise_if_disk_full(self.spec.name, where)
             if self.tracking_cb is not None and self.tracking_cb.fatal is not None:
                 raise CertstudyError(self.tracking_cb.fatal)
         self.timings["fit"] = time.perf_counter() - t
@@ -300,21 +310,33 @@ class StudySession:
                     highlight=False,
                 )
                 return
-            if self.tracking_cb is not None:
-                self.tracking_cb.flush()
-            if self.tracker is not None and self.parent_run_id:
-                for run in self.tracker.child_runs(self.experiment_id, self.parent_run_id):
-                    if run.info.status in ("RUNNING", "SCHEDULED"):
-                        tags = {STATUS_TAG: "killed", REASON_TAG: reason or "study ended before the trial finished"}
-                        self.tracker.end_run(run.info.run_id, "KILLED", tags)
-                tags = {STATUS_TAG: status.lower(), **({REASON_TAG: reason} if reason else {})}
-                if status == "FINISHED":
-                    self.tracker.drop_tag(self.parent_run_id, REASON_TAG)  # an earlier interruption's
-                self.tracker.end_run(self.parent_run_id, status, tags)
+            try:
+                self._end_runs(status, reason)
+            except Exception as exc:
+                if disk_full_cause(exc) is None:
+                    raise
+                self.console.print(
+                    "warning: the study's MLflow runs could not be closed (disk full); certstudy status shows "
+                    "them as interrupted, and resume or a new launch closes them",
+                    highlight=False,
+                )
         finally:
             if self.started_ray:
                 stop_ray()
             self.timings["teardown"] = time.perf_counter() - t
+
+    def _end_runs(self, status: str, reason: str) -> None:
+        if self.tracking_cb is not None:
+            self.tracking_cb.flush()
+        if self.tracker is not None and self.parent_run_id:
+            for run in self.tracker.child_runs(self.experiment_id, self.parent_run_id):
+                if run.info.status in ("RUNNING", "SCHEDULED"):
+                    tags = {STATUS_TAG: "killed", REASON_TAG: reason or "study ended before the trial finished"}
+                    self.tracker.end_run(run.info.run_id, "KILLED", tags)
+            tags = {STATUS_TAG: status.lower(), **({REASON_TAG: reason} if reason else {})}
+            if status == "FINISHED":
+                self.tracker.drop_tag(self.parent_run_id, REASON_TAG)  # an earlier interruption's
+            self.tracker.end_run(self.parent_run_id, status, tags)
 
     def finish(self, on_end: Sequence[EndHook] = ()) -> StudyOutcome:
         """After a closed session: the summary, then the end hooks (their failures are warnings)."""

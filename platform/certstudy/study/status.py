@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from certstudy.study.export import study_spec
+from certstudy.study.lock import running_holder
 from certstudy.study.records import (
     FAIL_REASON_ATTR,
     PRUNE_REASON_TAG,
@@ -71,14 +72,19 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
     stored = StoredStudy.open(workdir, spec)
     ot, tracker = stored.optuna, stored.tracker
     parent_status = "-"
+    # Runs left RUNNING by a driver that could not close them (killed, or its disk full) are
+    # interrupted, not running, when no certstudy process holds the study.
+    orphaned = running_holder(workdir, study) is None
     if stored.parent_run_id:
         parent = tracker.client.get_run(stored.parent_run_id)
         parent_status = f"{parent.info.status} ({parent.data.tags.get(STATUS_TAG, '')})"
+        if orphaned and parent.info.status == "RUNNING":
+            parent_status = "interrupted (RUNNING in MLflow, but no certstudy process runs the study)"
     runs = stored.trial_runs()
     rows = []
     objective = spec.objectives[0].metric
     for t in ot.get_trials(deepcopy=False):
-        state = state_name(t.state)
+        state = "interrupted" if orphaned and t.state == optuna.trial.TrialState.RUNNING else state_name(t.state)
         value = t.values[0] if t.values else None
         row = TrialRow(t.number, state, dict(t.params), value)
         run = runs.get(t.number)
@@ -86,7 +92,7 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
             metrics = summary_metrics(run.data.metrics)
             steps = [m.step for m in tracker.client.get_metric_history(run.info.run_id, "train/loss")]
             row.epochs = max(steps) + 1 if steps else 0
-            row.run_status = run.info.status
+            row.run_status = "interrupted" if orphaned and run.info.status == "RUNNING" else run.info.status
             if state in ("completed", "pruned") and objective in metrics:
                 row.value = metrics[objective]  # the best epoch's, where the trial ended on one
             tags = run.data.tags

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from certstudy.errors import one_line
+from certstudy.errors import disk_full_cause, one_line
 from certstudy.study.records import BEST_PREFIX, FAILURE_KEY, OPTUNA_TRIAL_KEY
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec
@@ -84,7 +84,7 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) ->
             with checkpoint.as_directory() as resume_dir:
                 run_trial(cfg, report, data_dir=data_dir, resume_from=resume_dir)
     except Exception as exc:  # noqa: BLE001 - recorded as the trial's failure reason
-        if _from_ray(exc):
-            raise
+        if _from_ray(exc) or disk_full_cause(exc) is not None:
+            raise  # a full disk stops the study (study/disk_full_stop.py): the trial resumes later
         objectives = {o.metric: last.get(o.metric, math.nan) for o in spec.objectives}
         tune.report({**objectives, "epoch": last.get("epoch", -1.0), FAILURE_KEY: one_line(exc)})

@@ -1,0 +1,78 @@
+"""Ray Tune's experiment state reaches a local experiment folder whole, or not at all.
+
+Ray Tune saves its experiment state (``experiment_state-*.json``, the searcher's files, the trial
+folders' results) to a driver staging folder and then copies the folder to the experiment folder,
+file by file, over the previous versions (``pyarrow.fs.copy_files``). A copy that fails halfway
+(a full disk) leaves a truncated ``experiment_state-*.json``, and the study can no longer be
+resumed: the previous version is gone and the new one does not parse. For a local or
+shared-filesystem experiment folder, certstudy has Ray's background syncer copy each file to
+``tmp-<name>`` beside its destination and rename it into place: a failed copy leaves the
+previous version, exactly what a driver killed at that moment leaves, which ``resume`` handles.
+
+This replaces ``_FilesystemSyncer._sync_up_command`` (Ray 2.60 is pinned;
+``tests/test_ray_contract.py`` fails loudly if it changes). Remote storage (``s3://``) keeps
+Ray's own copy: an object store writes each object whole.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+from ray.train._internal.storage import _FilesystemSyncer
+
+TMP_PREFIX = "tmp-"  # the state digests (study/state_digests.py) skip files named so
+
+_ray_sync_up_command = _FilesystemSyncer._sync_up_command
+
+
+def _excluded(relative: Path, exclude: list[str]) -> bool:
+    """Ray's exclude rule: a pattern matches the file's relative path or one of its folders' ("a/")."""
+    candidates = [relative.as_posix()] + [p.as_posix() + "/" for p in relative.parents if p != Path(".")]
+    return any(fnmatch.fnmatch(c, pattern) for c in candidates for pattern in exclude)
+
+
+def copy_atomically(source: Path, destination: Path) -> None:
+    """``source`` to ``destination`` through a temporary file renamed into place; on failure the
+    temporary file is removed and ``destination`` is as it was."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(TMP_PREFIX + destination.name)
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, destination)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def upload_atomically(local_path: str, fs: Any, fs_path: str, exclude: list[str] | None = None) -> None:
+    """Ray's ``_upload_to_fs_path`` for a local destination, each file renamed into place."""
+    source, destination = Path(local_path), Path(fs_path)
+    if source.is_file():
+        copy_atomically(source, destination)
+        return
+    destination.mkdir(parents=True, exist_ok=True)
+    for folder, _, files in os.walk(source):
+        for name in files:
+            path = Path(folder) / name
+            relative = path.relative_to(source)
+            if not exclude or not _excluded(relative, exclude):
+                copy_atomically(path, destination / relative)
+
+
+def _sync_up_command(
+    self: _FilesystemSyncer, local_path: str, uri: str, exclude: list | None = None
+) -> tuple[Callable[..., None], dict[str, Any]]:
+    if isinstance(self.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        return upload_atomically, {"local_path": local_path, "fs": None, "fs_path": uri, "exclude": exclude}
+    return _ray_sync_up_command(self, local_path, uri, exclude)
+
+
+def install() -> None:
+    """Makes this process's Ray Tune syncers copy atomically (idempotent)."""
+    _FilesystemSyncer._sync_up_command = _sync_up_command  # type: ignore[method-assign]

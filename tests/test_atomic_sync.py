@@ -1,0 +1,58 @@
+"""study/atomic_sync.py: the experiment state reaches its folder through renames, with Ray's exclude rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.fs
+from ray.train._internal.storage import _ExcludingLocalFilesystem, _FilesystemSyncer
+
+from certstudy.study import atomic_sync
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_upload_copies_a_folder_through_renames_and_skips_what_ray_would_exclude(tmp_path: Path) -> None:
+    src, dst = tmp_path / "staging", tmp_path / "experiment"
+    for name in ("experiment_state-x.json", "trial_0/result.json", "trial_0/checkpoint_000001/model.pt", "a.pkl"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(name.encode())
+    (dst).mkdir()
+    (dst / "a.pkl").write_bytes(b"old")
+    exclude = ["*/checkpoint_*"]
+    atomic_sync.upload_atomically(str(src), None, str(dst), exclude)
+    copied = _tree(dst)
+    ray_view = _ExcludingLocalFilesystem(root_path=src, exclude=exclude)
+    kept = {n for n in _tree(src) if not ray_view._should_exclude(str(src / n))}
+    assert set(copied) == kept == {"experiment_state-x.json", "trial_0/result.json", "a.pkl"}
+    assert copied["a.pkl"] == b"a.pkl"
+    assert not list(dst.rglob(atomic_sync.TMP_PREFIX + "*"))
+
+
+def test_a_failed_copy_leaves_the_previous_version_and_no_temporary_file(tmp_path: Path) -> None:
+    dst = tmp_path / "state.json"
+    dst.write_text("previous")
+    missing = tmp_path / "gone.json"  # the copy fails (the source vanished), as a full disk makes it fail
+    try:
+        atomic_sync.copy_atomically(missing, dst)
+    except OSError:
+        pass
+    assert dst.read_text() == "previous"
+    assert not list(tmp_path.glob(atomic_sync.TMP_PREFIX + "*"))
+
+
+def test_install_routes_local_storage_through_the_atomic_upload_and_leaves_remote_to_ray(tmp_path: Path) -> None:
+    atomic_sync.install()
+    local = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=1, sync_timeout=10)
+    fn, kwargs = local._sync_up_command(str(tmp_path), str(tmp_path / "out"))
+    assert fn is atomic_sync.upload_atomically
+    fn(**kwargs)
+    remote = _FilesystemSyncer(
+        storage_filesystem=pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem()),
+        sync_period=1,
+        sync_timeout=10,
+    )
+    fn, _ = remote._sync_up_command(str(tmp_path), "out")
+    assert fn is not atomic_sync.upload_atomically
