@@ -144,3 +144,15 @@ def test_ray_tune_stops_gracefully_on_sigint_through_the_handler_disk_full_stop_
     src = inspect.getsource(tune_module._setup_signal_catching)
     assert "signal.SIGINT" in src and "experiment_interrupted_event.set()" in src
     assert "not experiment_interrupted_event.is_set()" in inspect.getsource(tune_module.run)
+
+
+def test_a_local_experiment_is_restorable_exactly_when_its_tuner_state_file_exists(tmp_path) -> None:
+    from ray.tune import Tuner
+    from ray.tune.impl.tuner_internal import _TUNER_PKL
+
+    from certstudy.study.stored import TUNER_STATE, can_resume
+
+    assert TUNER_STATE == _TUNER_PKL
+    assert not Tuner.can_restore(str(tmp_path)) and not can_resume(str(tmp_path))
+    (tmp_path / TUNER_STATE).write_bytes(b"")
+    assert Tuner.can_restore(str(tmp_path)) and can_resume(str(tmp_path))

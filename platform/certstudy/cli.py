@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", type=Path, help="default: <workdir>/<study>/best.yaml")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="also log the exported trials' models to MLflow and register them (alias 'best' on rank 1)",
+    )
+    p.add_argument("--name", help="registered model name (default: <study>-best); implies --register")
 
     p = sub.add_parser("dashboard", help="build the study's HTML dashboard and log it into its MLflow parent run")
     p.add_argument("study")
@@ -365,6 +371,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(f"re-run one with: certstudy run {out} --index 1", highlight=False)
+    if args.register or args.name:
+        from certstudy.study.model_registry import BEST_ALIAS, default_name, register
+
+        versions = register(
+            Workdir.resolve(args.workdir), docs, args.name or default_name(args.study), args.tracking_uri
+        )
+        for v in versions:
+            console.print(f"registered {v.uri} (rank {v.rank}, run {v.run_id})", highlight=False)
+        console.print(
+            f"load the rank-1 model: mlflow.pytorch.load_model('models:/{versions[0].name}@{BEST_ALIAS}')",
+            highlight=False,
+        )
     return 0
 
 

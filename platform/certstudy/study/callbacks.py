@@ -234,9 +234,10 @@ class MlflowTrialCallback(Callback):
             except queue.Empty:
                 fn, args = None, ()
             try:
+                step, step_args = fn, args
                 while True:  # an unreachable store is retried; anything else is a warning and skipped
                     try:
-                        self._step(fn, args)
+                        self._step(step, step_args)
                         self._reachable_again()
                         break
                     except Exception as exc:  # noqa: BLE001 - tracking must not take the study down
@@ -247,6 +248,8 @@ class MlflowTrialCallback(Callback):
                             break
                         if not self._unreachable(exc):
                             break
+                        if step == self._buffer_metrics:
+                            step, step_args = None, ()  # buffered once: a retry only flushes (no twin rows)
                         time.sleep(self.RETRY_SECONDS)
             finally:
                 if fn is not None:

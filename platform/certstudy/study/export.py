@@ -54,6 +54,11 @@ def study_spec(workdir: Workdir, study: str) -> StudySpec:
     return load_study(path)
 
 
+def study_tracker(workdir: Workdir, spec: StudySpec, tracking_uri: str | None = None) -> Tracker:
+    """The study's MLflow store, which must exist (reading it never creates one)."""
+    return Tracker(existing_store(spec.tracking_uri(workdir, tracking_uri), "MLflow tracking store"))
+
+
 def finished_trials(tracker: Tracker, spec: StudySpec) -> tuple[Run, list[Candidate]]:
     exp = tracker.client.get_experiment_by_name(spec.experiment_name)
     parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
@@ -128,7 +133,7 @@ def export(
     tracking_uri: str | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     spec = study_spec(workdir, study)
-    tracker = Tracker(existing_store(spec.tracking_uri(workdir, tracking_uri), "MLflow tracking store"))
+    tracker = study_tracker(workdir, spec, tracking_uri)
     parent, candidates = finished_trials(tracker, spec)
     if not candidates:
         raise CertstudyError(f"study {study!r} has no completed trials to export")

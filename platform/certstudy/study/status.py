@@ -24,7 +24,7 @@ from certstudy.study.records import (
     summary_metrics,
 )
 from certstudy.study.spec import StudySpec
-from certstudy.study.stored import StoredStudy
+from certstudy.study.stored import StoredStudy, can_resume
 from certstudy.workdir import Workdir
 
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
@@ -106,10 +106,8 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
-    from ray.tune import Tuner  # reads files only; Ray is not started
-
     resumable = (
-        Tuner.can_restore(stored.ray_experiment)
+        can_resume(stored.ray_experiment)
         and counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0) < spec.search.num_trials
     )
     return StudyStatus(spec, rows, parent_status, resumable, counts)

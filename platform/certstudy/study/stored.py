@@ -26,6 +26,17 @@ from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+TUNER_STATE = "tuner.pkl"  # Ray Tune's: what ``Tuner.can_restore`` looks for
+
+
+def can_resume(ray_experiment: str) -> bool:
+    """Whether Ray Tune saved a state to restore the study from. A local folder is checked without
+    importing Ray (a second of ``certstudy status``); remote storage asks Ray Tune."""
+    if "://" not in ray_experiment:
+        return (Path(ray_experiment) / TUNER_STATE).is_file()
+    from ray.tune import Tuner
+
+    return bool(Tuner.can_restore(ray_experiment))
 
 
 def existing_store(uri: str, what: str) -> str:

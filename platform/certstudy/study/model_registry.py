@@ -1,0 +1,128 @@
+"""``certstudy export --register``: the exported trials' models in the MLflow Model Registry.
+
+Each exported trial's weights (the ``model/model.pt`` its run logged: the model that was tested,
+the best epoch's where the trial ended on one) are loaded into the network its resolved study
+builds, and logged with ``mlflow.pytorch.log_model`` into the trial's own run, with an input
+example from the test split, the signature inferred from it, and as metadata the exported study
+document and the trial's certificate and test metrics. Each becomes a version of one registered
+model, tagged with its rank, the metric it was ranked by and its Optuna trial; rank 1 carries the
+alias ``best``, so ``mlflow.pytorch.load_model("models:/<name>@best")`` is the certified model.
+
+The logged model is MLflow's pickle of the ``nn.Module`` (its classes are certstudy's): load it
+where certstudy is installed, from a registry as trusted as the code.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from certstudy.errors import CertstudyError, SpecError
+from certstudy.metric_names import CERTIFICATION_METRIC
+from certstudy.study.export import study_tracker
+from certstudy.study.records import MODEL_ARTIFACT_DIR
+from certstudy.study.spec import NAME_PATTERN, StudySpec
+from certstudy.study.tracking import Tracker
+from certstudy.trial.checkpoint import MODEL_FILE
+from certstudy.workdir import Workdir
+
+BEST_ALIAS = "best"
+RANK_TAG, METRIC_TAG, TRIAL_TAG, STUDY_TAG = "certstudy.rank", "certstudy.metric", "certstudy.trial", "certstudy.study"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    rank: int
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def model_metadata(doc: dict[str, Any]) -> dict[str, Any]:
+    """The study document and the metrics a user of the model asks about (certificates, test)."""
+    metrics = doc["provenance"]["metrics"]
+    kept = {k: v for k, v in metrics.items() if CERTIFICATION_METRIC.match(k) or k.startswith("test/")}
+    return {"study": yaml.safe_dump(doc, sort_keys=False), "metrics": kept}
+
+
+def _trained_model(tracker: Tracker, doc: dict[str, Any], data_dir: str) -> tuple[Any, Any]:
+    """The trial's network with its logged weights (on the CPU, eval mode) and one test input."""
+    import torch
+
+    from certstudy.trial.build import build_parts
+
+    run_id = doc["provenance"]["mlflow_run_id"]
+    spec = StudySpec.model_validate(doc)
+    parts = build_parts(spec.trial_config(), data_dir, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = tracker.client.download_artifacts(run_id, f"{MODEL_ARTIFACT_DIR}/{MODEL_FILE}", tmp)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+            raise CertstudyError(f"trial run {run_id} has no logged model ({MODEL_ARTIFACT_DIR}/{MODEL_FILE})") from exc
+        state = torch.load(local, map_location="cpu", weights_only=True)
+    parts.model.load_state_dict(state)
+    return parts.model.eval(), parts.splits.x_test[:2].float()
+
+
+def register(
+    workdir: Workdir, docs: list[dict[str, Any]], name: str, tracking_uri: str | None = None
+) -> list[RegisteredVersion]:
+    """One registered-model version per exported document (in rank order); alias ``best`` on rank 1."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise SpecError(
+            "--name", "", name, "a registered model name: a letter or digit, then letters, digits, '.', '_', '-'"
+        )
+    if not docs:
+        return []
+    tracker = study_tracker(workdir, StudySpec.model_validate(docs[0]), tracking_uri)
+    data_dir = str(workdir.data_dir)
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    versions = []
+    for doc in docs:
+        prov = doc["provenance"]
+        model, example = _trained_model(tracker, doc, data_dir)
+        with torch.no_grad():
+            output = model(example)
+        info = mlflow.pytorch.log_model(
+            model,
+            name=MODEL_ARTIFACT_DIR + "-registered",
+            run_id=prov["mlflow_run_id"],
+            registered_model_name=name,
+            signature=infer_signature(example.numpy(), output.numpy()),
+            input_example=example.numpy(),
+            metadata=model_metadata(doc),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            serialization_format="pickle",  # loads as the nn.Module it is (pt2 loads an ExportedProgram)
+        )
+        version = str(info.registered_model_version)
+        for key, value in (
+            (RANK_TAG, prov["rank"]),
+            (METRIC_TAG, prov["by"]),
+            (TRIAL_TAG, prov.get("optuna_trial")),
+            (STUDY_TAG, prov["study"]),
+        ):
+            tracker.client.set_model_version_tag(name, version, key, str(value))
+        if prov["rank"] == 1:
+            tracker.client.set_registered_model_alias(name, BEST_ALIAS, version)
+        versions.append(RegisteredVersion(name, version, int(prov["rank"]), prov["mlflow_run_id"]))
+    return versions
+
+
+def default_name(study: str) -> str:
+    return f"{study}-best"
+
+
+__all__ = ["BEST_ALIAS", "RegisteredVersion", "default_name", "register"]

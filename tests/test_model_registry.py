@@ -1,0 +1,55 @@
+"""``certstudy export --register``: the best trials' models in the MLflow Model Registry, loadable by alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import pytest
+import torch
+import yaml
+
+from certstudy.cli import main
+from certstudy.study.model_registry import BEST_ALIAS, RANK_TAG, TRIAL_TAG
+from certstudy.study.spec import StudySpec
+from certstudy.trial.build import load_splits
+from certstudy.trial.loop import _fixed_subset
+from conftest import launch_study, tiny_study
+
+pytestmark = pytest.mark.integration
+
+
+def test_registered_best_model_loads_by_alias_and_reproduces_its_runs_test_accuracy(tmp_path: Path) -> None:
+    study = launch_study(tmp_path, tiny_study("reg"))
+    work, client = study["work"], study["client"]
+    assert main(["export", "reg", "--workdir", str(work), "--top", "2", "--name", "reg-model"]) == 0
+    docs = list(yaml.safe_load_all((work / "reg" / "best.yaml").read_text()))
+
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    best = client.get_model_version_by_alias("reg-model", BEST_ALIAS)
+    assert best.run_id == docs[0]["provenance"]["mlflow_run_id"]
+    assert best.tags[RANK_TAG] == "1" and best.tags[TRIAL_TAG] == str(docs[0]["provenance"]["optuna_trial"])
+    versions = client.search_model_versions("name='reg-model'")
+    assert sorted(int(v.tags[RANK_TAG]) for v in versions) == [1, 2]
+
+    info = mlflow.models.get_model_info(f"models:/reg-model@{BEST_ALIAS}")
+    assert info.signature is not None and info.metadata is not None
+    assert yaml.safe_load(info.metadata["study"])["provenance"]["rank"] == 1
+    assert "test/clean_acc" in info.metadata["metrics"]
+
+    model = mlflow.pytorch.load_model(f"models:/reg-model@{BEST_ALIAS}").eval()
+    cfg = StudySpec.model_validate(docs[0]).trial_config()
+    splits = load_splits(cfg, str(work / "data"))
+    idx = _fixed_subset(len(splits.y_test), cfg.evaluation.test_subset, cfg.seed + 3)
+    with torch.no_grad():
+        predicted = model(splits.x_test[idx].float()).argmax(1)
+    accuracy = (predicted == splits.y_test[idx]).float().mean().item()
+    assert accuracy == pytest.approx(client.get_run(best.run_id).data.metrics["test/clean_acc"], abs=1e-9)
+
+
+def test_a_bad_registered_model_name_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    study = launch_study(tmp_path, tiny_study("regbad", search={"num_trials": 1, "max_concurrent": 1, "seed": 1}))
+    assert main(["export", "regbad", "--workdir", str(study["work"]), "--name", "../x y"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--name" in err[0], err
