@@ -54,7 +54,8 @@ def model_metadata(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trained_model(tracker: Tracker, doc: dict[str, Any], data_dir: str) -> tuple[Any, Any]:
-    """The trial's network with its logged weights (on the CPU, eval mode) and one test input."""
+    """The trial's network with its logged weights (on the CPU, eval mode) and two test inputs, as
+    float32 in the dataset's input box (e.g. pixels / 255): what the model takes."""
     import torch
 
     from certstudy.trial.build import build_parts
@@ -69,7 +70,7 @@ def _trained_model(tracker: Tracker, doc: dict[str, Any], data_dir: str) -> tupl
             raise CertstudyError(f"trial run {run_id} has no logged model ({MODEL_ARTIFACT_DIR}/{MODEL_FILE})") from exc
         state = torch.load(local, map_location="cpu", weights_only=True)
     parts.model.load_state_dict(state)
-    return parts.model.eval(), parts.splits.x_test[:2].float()
+    return parts.model.eval(), parts.splits.floats(parts.splits.x_test[:2])  # inputs as the model takes them
 
 
 def register(
