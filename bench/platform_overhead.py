@@ -1,59 +1,66 @@
-"""Platform overhead: the same 8 trial configurations in a plain loop vs as a certstudy study.
+"""Platform overhead: the same trial configurations by hand and as a certstudy study, at two epoch lengths.
 
-(a) a sequential Python loop calling the trial function directly, torch using every core;
-(b) ``certstudy launch`` of a study whose 8 start points are exactly those configurations, 2
-    trials at a time with one thread each (Ray started by the study, MLflow and Optuna on sqlite).
+(a) ``concurrent.futures.ProcessPoolExecutor(2)`` calling the trial function directly, one thread
+    per trial: no Ray, MLflow or Optuna (the pool's wall includes starting its worker processes);
+(b) ``certstudy launch`` (the command, in a subprocess, as a user runs it) of a study whose start
+    points are exactly those configurations, 2 trials at a time with one thread each.
 
-Prints both wall times, their ratio (target: study <= 0.65 x loop on 2 cores) and where the
-study's time goes. Run: ``python bench/platform_overhead.py`` (about 5 minutes on 2 cores);
-``--epochs 2`` for a quick check of the script itself.
+Both run PGD training of an MLP on digits; the attack's step count sets the epoch length, calibrated
+on this machine to about 0.2 s ("short") and about 2 s ("long") per epoch, with about 20 s of compute
+per trial. For each length it prints both walls, the ratio (b)/(a) (targets: <= 1.15 short, <= 1.05
+long) and where (b)'s extra time goes: start-up (process start to first trial), the trials (first
+start to last end, against (a)'s wall), the overhead per epoch that implies, and what happens after
+the last trial (teardown, dashboard, exit). The last line reads ``ratio short <x> long <y>``.
+
+    python bench/platform_overhead.py            # 8 configurations, ~20 s each: about 8 minutes on 2 cores
+    python bench/platform_overhead.py --quick    # 4 configurations, ~5 s each: under 5 minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from certstudy.study.space import resolve
 from certstudy.study.spec import validate_spec
-from certstudy.trial import run_trial
-from certstudy.workdir import Workdir
 
-# Eight PGD-training configurations of equal cost (the cost is in the attack steps).
+CONCURRENT = 2
+SHORT_S, LONG_S = 0.2, 2.0  # target epoch lengths
+# Eight PGD-training configurations of equal cost (the cost is in the attack steps): lr, eps, width.
 CONFIGS = [
-    (1e-3, 0.10),
-    (3e-3, 0.05),
-    (2e-3, 0.15),
-    (5e-4, 0.08),
-    (1e-3, 0.12),
-    (3e-3, 0.03),
-    (2e-3, 0.06),
-    (5e-4, 0.18),
+    (1e-3, 0.10, 128),
+    (3e-3, 0.05, 128),
+    (2e-3, 0.15, 128),
+    (5e-4, 0.08, 128),
+    (1e-3, 0.12, 128),
+    (3e-3, 0.03, 128),
+    (2e-3, 0.06, 128),
+    (5e-4, 0.18, 128),
 ]
-WORKLOADS = {
-    # model section, the searched size parameter and its eight values, default epochs (~20 s each)
-    "mlp": ({"name": "mlp", "params": {"depth": 2}}, "width", [128, 256, 192, 160, 224, 128, 256, 192], 90),
-    "cnn": ({"name": "cnn", "params": {"channels": [16, 32]}}, "hidden", [100, 64, 128, 100, 64, 128, 100, 64], 20),
-}
 
 
-def study_dict(model: str, epochs: int) -> tuple[dict, list[dict]]:
-    section, size, sizes, _ = WORKLOADS[model]
-    points = [{"training.lr": lr, "adversarial.eps": eps, f"model.{size}": n} for (lr, eps), n in zip(CONFIGS, sizes)]
+def study_dict(name: str, steps: int, epochs: int, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    points = [{"training.lr": lr, "adversarial.eps": eps, "model.width": w} for lr, eps, w in CONFIGS[:n]]
     study = {
-        "name": "bench-overhead",
+        "name": name,
         "dataset": {"name": "digits", "poisoning": {"rate": 0.1}},
-        "model": {**section, "search": {size: {"type": "int", "low": 32, "high": 256}}},
+        "model": {"name": "mlp", "params": {"depth": 2}, "search": {"width": {"type": "int", "low": 32, "high": 256}}},
         "method": {
             "name": "adversarial",
-            "params": {"steps": 10},
+            "params": {"steps": steps},
             "search": {"eps": {"type": "float", "low": 0.0, "high": 0.2}},
         },
         "training": {
@@ -61,11 +68,11 @@ def study_dict(model: str, epochs: int) -> tuple[dict, list[dict]]:
             "batch_size": 64,
             "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
         },
-        "evaluation": {"attack": {"eps": 0.1, "steps": 10}},
+        "evaluation": {"attack": {"eps": 0.1, "steps": 5}, "val_subset": 128, "test_subset": 200},
         "search": {
             "sampler": "random",
-            "num_trials": len(points),
-            "max_concurrent": 2,
+            "num_trials": n,
+            "max_concurrent": CONCURRENT,
             "seed": 0,
             "start_points": points,
         },
@@ -74,72 +81,144 @@ def study_dict(model: str, epochs: int) -> tuple[dict, list[dict]]:
     return study, points
 
 
+def _run_one(study: dict[str, Any], point: dict[str, Any], data_dir: str) -> tuple[float, list[float]]:
+    """In a pool worker: the trial function, one thread; its wall and the time of each report."""
+    from certstudy.trial import run_trial
+
+    cfg = resolve(validate_spec(study, "bench"), point).trial_config()
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    run_trial(cfg, lambda metrics, checkpoint_dir: stamps.append(time.perf_counter() - t0), data_dir=data_dir)
+    return time.perf_counter() - t0, stamps
+
+
+def calibrate(data_dir: str) -> tuple[float, float]:
+    """Seconds per epoch ~ a + b * steps on this machine (one thread), from two short trials."""
+    measured = []
+    for steps in (5, 40):
+        study, points = study_dict("calibrate", steps, 3, 1)
+        with ProcessPoolExecutor(1) as pool:
+            _, stamps = pool.submit(_run_one, study, points[0], data_dir).result()
+        per_epoch = [b - a for a, b in zip(stamps[:-2], stamps[1:-1])]  # epochs 1.. (not the first or the end)
+        measured.append(min(per_epoch))
+    b = (measured[1] - measured[0]) / 35
+    return measured[0] - 5 * b, b
+
+
+@dataclass
+class Side:
+    wall: float
+    trials_span: float = 0.0
+    startup: float = 0.0
+    after: float = 0.0
+    epoch_s: float = 0.0  # median seconds per epoch (b: between reports, the report's wait included)
+    completed: int = 0
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def by_hand(study: dict[str, Any], points: list[dict[str, Any]], data_dir: str) -> Side:
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(CONCURRENT) as pool:
+        results = list(pool.map(_run_one, [study] * len(points), points, [data_dir] * len(points)))
+    wall = time.perf_counter() - t0
+    epochs = [b - a for _, stamps in results for a, b in zip(stamps[:-2], stamps[1:-1])]
+    return Side(wall, epoch_s=sorted(epochs)[len(epochs) // 2] if epochs else 0.0, completed=len(results))
+
+
+def as_study(study: dict[str, Any], tmp: Path) -> Side:
+    path, timings_file = tmp / f"{study['name']}.yaml", tmp / f"{study['name']}.timings.json"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    env = {**os.environ, "CERTSTUDY_TIMINGS": str(timings_file)}
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "certstudy.cli", "launch", str(path), "--workdir", str(tmp / "work")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"certstudy launch failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    tm = json.loads(timings_file.read_text())
+    iterations = []  # seconds between a trial's reports, as the trial saw them (its epoch plus the report's wait)
+    for result in (tmp / "work" / study["name"] / "ray").glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        iterations += [r["time_this_iter_s"] for r in rows[1:-1] if "time_this_iter_s" in r]
+    pre_session = wall - tm["session_to_exit"]
+    trials_start, trials_end = tm["fit_start"] + tm["first_trial_start"], tm["fit_start"] + tm["last_trial_end"]
+    return Side(
+        wall,
+        trials_span=trials_end - trials_start,
+        startup=pre_session + trials_start,
+        after=tm["session_to_exit"] - trials_end,
+        epoch_s=sorted(iterations)[len(iterations) // 2] if iterations else 0.0,
+        completed=sum(1 for line in done.stdout.splitlines() if " completed: " in line),
+        parts={
+            "CLI imports and validation": pre_session,
+            "session set-up (Ray start, MLflow and Optuna alongside)": tm["setup"],
+            "preflight and Tuner": tm["fit_start"] - tm["setup"],
+            "Tuner.fit to first trial started (worker start, imports, data)": tm["first_trial_start"],
+            "teardown (close runs, Ray shutdown)": tm.get("teardown", 0.0),
+            "dashboard": tm.get("dashboard", 0.0),
+        },
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=sorted(WORKLOADS), default="mlp", help="mlp (the quickstart's model) or cnn")
-    parser.add_argument("--epochs", type=int, help="epochs per trial (default: about 20 s per trial on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="4 configurations of about 5 s each")
     args = parser.parse_args()
-    epochs = args.epochs or WORKLOADS[args.model][3]
-    console = Console(width=120)
-    study, points = study_dict(args.model, epochs)
-    spec = validate_spec(study, "bench")
-    cores = os.cpu_count() or 1
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Workdir.resolve(Path(tmp) / "work")
-        work.ensure()
-        # (a) plain loop, torch on every core
-        t0 = time.perf_counter()
-        per_trial = []
-        for point in points:
-            cfg = resolve(spec, point).trial_config().model_copy(update={"threads": cores})
-            t = time.perf_counter()
-            run_trial(cfg, lambda m, d: None, data_dir=str(work.data_dir))
-            per_trial.append(time.perf_counter() - t)
-        loop_wall = time.perf_counter() - t0
-        torch.set_num_threads(cores)
-
-        # (b) the same configurations as a study
-        from certstudy.study.runner import launch
-
-        t0 = time.perf_counter()
-        outcome = launch(spec, work, console=Console(file=open(os.devnull, "w")))
-        study_wall = time.perf_counter() - t0
-
-    tm = outcome.timings
-    conc = spec.search.max_concurrent
-    single = tm.get("trial_compute", 0) / len(points)
-    table = Table(
-        title=f"platform overhead: {len(points)} {args.model} PGD-training trials x {epochs} epochs, {cores} cores"
-    )
-    table.add_column("")
-    table.add_column("seconds", justify="right")
-    table.add_row(f"(a) loop, {cores} threads per trial", f"{loop_wall:.1f}")
-    table.add_row(f"(b) study, {conc} concurrent x {spec.threads} thread", f"{study_wall:.1f}")
-    table.add_row("ratio (b)/(a)  [target <= 0.65]", f"{study_wall / loop_wall:.3f}")
-    table.add_section()
-    table.add_row(f"loop: mean seconds per trial ({cores} threads)", f"{sum(per_trial) / len(per_trial):.1f}")
-    table.add_row("study: mean seconds of compute per trial (1 thread, 2 running)", f"{single:.1f}")
-    table.add_row(
-        f"best possible ratio at this thread scaling: {single:.1f} / ({conc} x {sum(per_trial) / len(per_trial):.1f})",
-        f"{single / (conc * sum(per_trial) / len(per_trial)):.3f}",
-    )
-    table.add_row("study: Ray start (MLflow + Optuna set-up overlapped with it)", f"{tm.get('ray_start', 0):.1f}")
-    table.add_row("study: ready to fit (start-up incl. MLflow + Optuna set-up)", f"{tm.get('setup', 0):.1f}")
-    table.add_row("study: Tuner.fit wall", f"{tm.get('fit', 0):.1f}")
-    table.add_row(
-        "study: fit start -> first trial started (worker spawn, imports)", f"{tm.get('first_trial_start', 0):.1f}"
-    )
-    table.add_row(f"study: trial compute in epochs (sum / {conc})", f"{tm.get('trial_compute', 0) / conc:.1f}")
-    table.add_row(
-        f"study: trial start-up + reporting (sum of wall - compute, / {conc})",
-        f"{(tm.get('trial_wall', 0) - tm.get('trial_compute', 0)) / conc:.1f}",
-    )
-    table.add_row("study: driver MLflow logging (callback time)", f"{tm.get('tracking', 0):.1f}")
-    table.add_row("study: teardown (close runs, Ray shutdown)", f"{tm.get('teardown', 0):.1f}")
-    table.add_row("study: total measured by launch()", f"{tm.get('total', 0):.1f}")
-    console.print(table)
-    console.print(f"completed trials: {outcome.counts.get('completed', 0)} of {len(points)}")
+    n, compute_s = (4, 5.0) if args.quick else (len(CONFIGS), 20.0)
+    console = Console(width=130)
+    ratios: dict[str, float] = {}
+    sides: list[Side] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        data_dir = str(tmp / "data")
+        a, b = calibrate(data_dir)
+        console.print(f"calibrated: seconds per epoch ~ {a:.3f} + {b:.4f} x PGD steps (one thread)", highlight=False)
+        table = Table(title=f"platform overhead: {n} PGD-training trials, {CONCURRENT} at a time, 1 thread each")
+        for col in ("epochs", "(a) pool wall", "(b) launch wall", "ratio (b)/(a)", "target", "(b) start-up"):
+            table.add_column(col, justify="right")
+        for col in ("epoch (a)", "epoch (b)", "per epoch (b)-(a)", "(b) after last trial"):
+            table.add_column(col, justify="right")
+        breakdown = Table(title="where (b)'s fixed time goes (seconds)")
+        breakdown.add_column("")
+        for label, epoch_s, target in (("short", SHORT_S, 1.15), ("long", LONG_S, 1.05)):
+            steps = max(1, round((epoch_s - a) / b))
+            epochs = max(3, round(compute_s / epoch_s))
+            study, points = study_dict(f"overhead-{label}", steps, epochs, n)
+            hand = by_hand(study, points, data_dir)
+            launched = as_study(study, tmp)
+            ratio = launched.wall / hand.wall
+            ratios[label] = ratio
+            table.add_row(
+                f"{label}: {epochs} x {steps} steps",
+                f"{hand.wall:.1f} s",
+                f"{launched.wall:.1f} s",
+                f"{ratio:.3f}",
+                f"<= {target}",
+                f"{launched.startup:.1f} s",
+                f"{hand.epoch_s * 1000:.0f} ms",
+                f"{launched.epoch_s * 1000:.0f} ms",
+                f"{(launched.epoch_s - hand.epoch_s) * 1000:+.0f} ms",
+                f"{launched.after:.1f} s",
+            )
+            breakdown.add_column(label, justify="right")
+            sides.append(launched)
+            if launched.completed != n:
+                console.print(f"warning: {label}: {launched.completed} of {n} trials completed", highlight=False)
+        console.print(table)
+        console.print(
+            "start-up: process start to the first trial started; epoch: median seconds between a trial's reports "
+            "((a): its epoch; (b): its epoch plus the wait in tune.report); after: the last trial's end to the "
+            "process's exit (summary, teardown, dashboard)",
+            highlight=False,
+        )
+        for part in sides[0].parts:
+            breakdown.add_row(part, *(f"{s.parts[part]:.1f}" for s in sides))
+        console.print(breakdown)
+    print(f"ratio short {ratios['short']:.3f} long {ratios['long']:.3f}")
 
 
 if __name__ == "__main__":

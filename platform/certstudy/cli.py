@@ -317,8 +317,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+TIMINGS_ENV = "CERTSTUDY_TIMINGS"
+"""When set, ``launch``/``resume`` write their timings there as JSON (``bench/platform_overhead.py``)."""
+
+
 def _report_outcome(outcome: StudyOutcome, workdir: Workdir) -> int:
     c = outcome.counts
+    if os.environ.get(TIMINGS_ENV):
+        import json
+
+        timings = {**outcome.timings, "session_to_exit": time.perf_counter() - outcome.started}
+        Path(os.environ[TIMINGS_ENV]).write_text(json.dumps(timings))
     console.print(
         f"study {outcome.name}: {c.get('completed', 0)} completed, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} "
         f"failed in {outcome.timings.get('total', 0):.0f}s; "

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydantic import Field
-from scipy.stats import beta, binomtest, norm
 from torch import Tensor, nn
 
 from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
@@ -52,6 +51,8 @@ def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
 
 def cohen_radius(k: int, n: int, alpha: float, sigma: float) -> float:
     """Cohen et al.'s certified l2 radius from k of n estimation draws on the selected class; 0.0 means abstain."""
+    from scipy.stats import norm  # scipy.stats takes a second to import: only where a radius is computed
+
     p = lower_confidence_bound(k, n, alpha)
     return float(sigma * norm.ppf(p)) if p >= 0.5 else 0.0
 
@@ -64,6 +65,8 @@ def two_sided_radius(counts: np.ndarray | list[int], top: int, alpha: float, sig
 
 
 def _lower(k: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    from scipy.stats import beta
+
     k = np.asarray(k, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         out = beta.ppf(alpha, np.maximum(k, 1), n - k + 1)
@@ -71,6 +74,8 @@ def _lower(k: np.ndarray, n: int, alpha: float) -> np.ndarray:
 
 
 def _upper(k: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    from scipy.stats import beta
+
     k = np.asarray(k, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         out = beta.ppf(1 - alpha, k + 1, np.maximum(n - k, 1))
@@ -78,6 +83,8 @@ def _upper(k: np.ndarray, n: int, alpha: float) -> np.ndarray:
 
 
 def _cohen(k: np.ndarray, n: int, alpha: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.stats import norm
+
     p = _lower(k, n, alpha)
     ok = p >= 0.5
     return np.where(ok, sigma * norm.ppf(np.clip(p, 0.5, 1.0)), 0.0), ok
@@ -86,6 +93,8 @@ def _cohen(k: np.ndarray, n: int, alpha: float, sigma: float) -> tuple[np.ndarra
 def _two_sided(
     counts: np.ndarray, top: np.ndarray, n: int, alpha: float, sigma: float, split: float
 ) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.stats import norm
+
     m, k_classes = counts.shape
     rows = np.arange(m)
     p_a = _lower(counts[rows, top], n, alpha * split)
@@ -214,6 +223,8 @@ def predict(
 
 def predict_from_counts(counts: Tensor, alpha: float) -> Tensor:
     """PREDICT's decision per row of class counts: the top class if ``binomtest(nA, nA + nB, 1/2)`` has p <= alpha."""
+    from scipy.stats import binomtest
+
     values, classes = counts.topk(min(2, counts.shape[1]), dim=1)
     out = torch.full((len(counts),), ABSTAIN, dtype=torch.int64)
     for i, (v, c) in enumerate(zip(values.tolist(), classes.tolist())):

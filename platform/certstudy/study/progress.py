@@ -135,6 +135,7 @@ class Progress:
             "trial_wall": sum(v.ended_at - v.started_at for v in ended),
             "trial_compute": sum(v.compute_s for v in ended),
             "first_trial_start": first - self.t0,
+            "last_trial_end": max((v.ended_at for v in ended), default=self.t0) - self.t0,
         }
 
     def best(self) -> TrialView | None:

@@ -12,8 +12,9 @@ way on every path out of the block, closing exactly what was opened:
 - Ctrl-C: KILLED; any other error, a preflight refusal included: FAILED, with the reason.
 
 Every child run still open is closed KILLED first, so no MLflow run is left RUNNING, and Ray is
-shut down when the session started it. ``finish`` then prints the summary and runs the caller's
-end hooks (the CLI's dashboard rebuild), which may fail without touching the recorded study.
+shut down when the session started it. The summary is printed as soon as ``fit`` ends, before that
+teardown; ``finish`` then runs the caller's end hooks (the CLI's dashboard rebuild), which may fail
+without touching the recorded study.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class StudyOutcome:
     counts: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
+    started: float = 0.0  # time.perf_counter() when the session began
 
 
 EndHook = Callable[[StudyOutcome], None]
@@ -256,6 +258,7 @@ class StudySession:
     def fit(self, tuner: tune.Tuner) -> None:
         """Runs the trials; records whether every planned trial ended."""
         t = time.perf_counter()
+        self.timings["fit_start"] = t - self.t0
         where = str(self.workdir.root)
         clear_disk_full(self.spec.name)
         install_atomic_sync()
@@ -275,6 +278,7 @@ class StudySession:
         self.timings["fit"] = time.perf_counter() - t
         self.timings["tracking"] = self.tracking_cb.seconds if self.tracking_cb is not None else 0.0
         self.timings.update(self.progress.trial_seconds())
+        self.console.print(self.progress.summary())  # before teardown and the end hooks: the user has the results
         counts = self.progress.counts()
         ended = counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0)
         if ended < self.spec.search.num_trials:  # Ray Tune turns a first Ctrl-C into a graceful stop
@@ -339,8 +343,7 @@ class StudySession:
             self.tracker.end_run(self.parent_run_id, status, tags)
 
     def finish(self, on_end: Sequence[EndHook] = ()) -> StudyOutcome:
-        """After a closed session: the summary, then the end hooks (their failures are warnings)."""
-        self.console.print(self.progress.summary())
+        """After a closed session (``fit`` printed the summary): the end hooks (their failures are warnings)."""
         status = self._status[0] if self._status else "FAILED"
         outcome = StudyOutcome(
             self.spec.name,
@@ -349,6 +352,7 @@ class StudySession:
             self.progress.counts(),
             self.timings,
             interrupted=status == "KILLED",
+            started=self.t0,
         )
         for hook in on_end:
             try:
