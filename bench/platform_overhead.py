@@ -165,6 +165,9 @@ def as_study(study: dict[str, Any], tmp: Path) -> Side:
 
 
 def main() -> None:
+    # One thread per trial in (a) as in (b), where Ray sets this for its workers: without it the pool's
+    # workers start OpenMP/BLAS thread pools of their own and two trials oversubscribe the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 configurations of about 5 s each")
     args = parser.parse_args()

@@ -15,7 +15,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from certstudy.study.optuna_bridge import StudySearcher
 from certstudy.study.pruning import PruningConfig
-from certstudy.study.records import OPTUNA_TRIAL_KEY
+from certstudy.study.records import FAILURE_KEY, OPTUNA_TRIAL_KEY
 
 
 def test_ray_is_the_pinned_version() -> None:
@@ -54,6 +54,17 @@ def test_study_searcher_tags_trials_and_records_failures_as_fail() -> None:
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs == {"ray_trial_id": "t1", "fail_reason": "RuntimeError: boom"}
     assert trial.intermediate_values == {1: 0.5}
+
+
+def test_study_searcher_leaves_a_trial_told_elsewhere_as_it_was_recorded() -> None:
+    s = StudySearcher(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max")
+    s.suggest("t1")
+    s.study.tell(s.study.trials[0].number, 0.7)  # told by a driver before this searcher's state was saved
+    s.on_trial_complete("t1", result={"m": 0.5, FAILURE_KEY: "RuntimeError: late"}, error=False)
+    s.on_trial_complete("t1", error=True)
+    trial = s.study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.7
+    assert "fail_reason" not in trial.user_attrs
 
 
 # --- pruning (study/optuna_bridge.py, study/stop_board.py, study/runner.py:resume) -------------
