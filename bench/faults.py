@@ -40,14 +40,14 @@ EPOCHS = 6
 TRIALS = 6
 
 
-def study_file(folder: Path) -> Path:
+def study_file(folder: Path, epochs: int = EPOCHS) -> Path:
     spec = {
         "name": STUDY,
         "dataset": {"name": "digits"},
         "model": {"name": "mlp", "params": {"width": 32, "depth": 1}},
         "method": {"name": "erm"},
         "training": {
-            "epochs": EPOCHS,
+            "epochs": epochs,
             "batch_size": 32,
             "search": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
         },
@@ -79,10 +79,10 @@ class Report:
     wasted: list[str] = field(default_factory=list)
 
 
-def run_cycles(root: Path, cycles: int, seed: int, max_delay_s: float = 40.0) -> Report:
+def run_cycles(root: Path, cycles: int, seed: int, max_delay_s: float = 40.0, epochs: int = EPOCHS) -> Report:
     """``cycles`` kill cycles on a fresh work directory under ``root``, a last resume to the end, and the count."""
     rng = random.Random(seed)
-    path, work, log = study_file(root), root / "work", root / "faults.log"
+    path, work, log = study_file(root, epochs), root / "work", root / "faults.log"
     report = Report(cycles=cycles)
     argv = ["launch", str(path), "--workdir", str(work)]
     for _ in range(cycles):
@@ -105,7 +105,7 @@ def run_cycles(root: Path, cycles: int, seed: int, max_delay_s: float = 40.0) ->
             report.restarts += 1
             continue
         argv = _next_command(path, work, report)
-    return _count(work, report)
+    return _count(work, report, epochs)
 
 
 def _resumable(work: Path) -> bool:
@@ -144,7 +144,7 @@ def _finished(work: Path) -> bool:
     return len(ended) >= TRIALS
 
 
-def _count(work: Path, report: Report) -> Report:
+def _count(work: Path, report: Report, epochs: int = EPOCHS) -> Report:
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -173,7 +173,7 @@ def _count(work: Path, report: Report) -> Report:
         number = run.data.tags.get("optuna.trial_number")
         steps = Counter(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
         report.duplicates += [f"trial {number} epoch {s} logged {k} times" for s, k in steps.items() if k > 1]
-        report.lost += [f"trial {number} epoch {e} missing" for e in range(EPOCHS) if e not in steps]
+        report.lost += [f"trial {number} epoch {e} missing" for e in range(epochs) if e not in steps]
         if run.info.status != "FINISHED":
             report.lost.append(f"trial {number}: run {run.info.status}")
         elif "certstudy.fail_reason" in run.data.tags:
@@ -185,13 +185,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--epochs", type=int, default=150, help="epochs per trial (default 150: trials of about 20 s on 2 cores)"
+    )
+    parser.add_argument(
+        "--max-delay", type=float, default=25.0, help="longest wait before a kill, in seconds (default 25)"
+    )
     parser.add_argument("--keep", type=Path, help="keep the work directory here (default: a temporary folder)")
     args = parser.parse_args()
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="certstudy-faults-") as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        report = run_cycles(root, args.cycles, args.seed)
+        report = run_cycles(root, args.cycles, args.seed, args.max_delay, args.epochs)
     print(
         f"{report.cycles} cycles, {report.kills} hard kills, {report.restarts} relaunches (killed during set-up), "
         f"{time.perf_counter() - t:.0f} s"

@@ -56,3 +56,18 @@ def test_install_routes_local_storage_through_the_atomic_upload_and_leaves_remot
     )
     fn, _ = remote._sync_up_command(str(tmp_path), "out")
     assert fn is not atomic_sync.upload_atomically
+
+
+def test_the_trial_folders_reach_the_experiment_folder_before_its_state(tmp_path: Path, monkeypatch) -> None:
+    src, dst = tmp_path / "staging", tmp_path / "experiment"
+    for name in ("experiment_state-x.json", "trial_1/result.json", "searcher-state-x.pkl", "trial_0/result.json"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(name)
+    order: list[str] = []
+    real = atomic_sync.copy_atomically
+    monkeypatch.setattr(
+        atomic_sync, "copy_atomically", lambda s, d: (order.append(d.relative_to(dst).as_posix()), real(s, d))
+    )
+    atomic_sync.upload_atomically(str(src), None, str(dst))
+    assert sorted(order[:2]) == ["trial_0/result.json", "trial_1/result.json"]
+    assert sorted(order[2:]) == ["experiment_state-x.json", "searcher-state-x.pkl"]

@@ -8,6 +8,9 @@ resumed: the previous version is gone and the new one does not parse. For a loca
 shared-filesystem experiment folder, certstudy has Ray's background syncer copy each file to
 ``tmp-<name>`` beside its destination and rename it into place: a failed copy leaves the
 previous version, exactly what a driver killed at that moment leaves, which ``resume`` handles.
+The trial folders are copied before the experiment state at the folder's root, so that a state on
+disk never points past results (``result.json``) that did not reach the disk with it: ``resume``
+back-fills MLflow from those results.
 
 This replaces ``_FilesystemSyncer._sync_up_command`` (Ray 2.60 is pinned;
 ``tests/test_ray_contract.py`` fails loudly if it changes). Remote storage (``s3://``) keeps
@@ -57,12 +60,13 @@ def upload_atomically(local_path: str, fs: Any, fs_path: str, exclude: list[str]
         copy_atomically(source, destination)
         return
     destination.mkdir(parents=True, exist_ok=True)
-    for folder, _, files in os.walk(source):
-        for name in files:
-            path = Path(folder) / name
-            relative = path.relative_to(source)
-            if not exclude or not _excluded(relative, exclude):
-                copy_atomically(path, destination / relative)
+    files = [Path(folder, name).relative_to(source) for folder, _, names in os.walk(source) for name in names]
+    files = [f for f in files if not exclude or not _excluded(f, exclude)]
+    # The trial folders (their result.json) before the experiment state that points past them: a copy
+    # cut short between the two then leaves results ahead of the state (resume back-fills or skips
+    # them), never a state ahead of results it no longer has.
+    for relative in sorted(files, key=lambda f: len(f.parts) == 1):
+        copy_atomically(source / relative, destination / relative)
 
 
 def _sync_up_command(
