@@ -47,7 +47,7 @@ def test_install_routes_local_storage_through_the_atomic_upload_and_leaves_remot
     atomic_sync.install()
     local = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=1, sync_timeout=10)
     fn, kwargs = local._sync_up_command(str(tmp_path), str(tmp_path / "out"))
-    assert fn is atomic_sync.upload_atomically
+    assert fn is atomic_sync.upload_state
     fn(**kwargs)
     remote = _FilesystemSyncer(
         storage_filesystem=pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem()),
@@ -55,7 +55,7 @@ def test_install_routes_local_storage_through_the_atomic_upload_and_leaves_remot
         sync_timeout=10,
     )
     fn, _ = remote._sync_up_command(str(tmp_path), "out")
-    assert fn is not atomic_sync.upload_atomically
+    assert fn is not atomic_sync.upload_state
 
 
 def test_the_trial_folders_reach_the_experiment_folder_before_its_state(tmp_path: Path, monkeypatch) -> None:
@@ -71,3 +71,24 @@ def test_the_trial_folders_reach_the_experiment_folder_before_its_state(tmp_path
     atomic_sync.upload_atomically(str(src), None, str(dst))
     assert sorted(order[:2]) == ["trial_0/result.json", "trial_1/result.json"]
     assert sorted(order[2:]) == ["experiment_state-x.json", "searcher-state-x.pkl"]
+
+
+def test_a_checkpoint_is_deleted_only_after_a_state_saved_later_has_been_uploaded(tmp_path: Path) -> None:
+    atomic_sync.install()
+    from ray.train._internal import checkpoint_manager
+
+    old, new = tmp_path / "trial_0" / "checkpoint_000001", tmp_path / "trial_0" / "checkpoint_000009"
+    for folder in (old, new):
+        folder.mkdir(parents=True)
+        (folder / "state.pt").write_bytes(b"x")
+    staging, experiment = tmp_path / "staging", tmp_path / "experiment"
+    staging.mkdir()
+    (staging / "experiment_state-x.json").write_text("{}")
+    syncer = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=1, sync_timeout=10)
+    fn, kwargs = syncer._sync_up_command(str(staging), str(experiment))  # launched before the deletion
+    checkpoint_manager._delete_fs_path(fs=pyarrow.fs.LocalFileSystem(), fs_path=str(old))
+    fn(**kwargs)
+    assert old.is_dir()  # the uploaded state may still name it
+    fn, kwargs = syncer._sync_up_command(str(staging), str(experiment))  # launched after: its state does not
+    fn(**kwargs)
+    assert not old.exists() and new.is_dir()

@@ -167,3 +167,11 @@ def test_a_local_experiment_is_restorable_exactly_when_its_tuner_state_file_exis
     assert not Tuner.can_restore(str(tmp_path)) and not can_resume(str(tmp_path))
     (tmp_path / TUNER_STATE).write_bytes(b"")
     assert Tuner.can_restore(str(tmp_path)) and can_resume(str(tmp_path))
+
+
+def test_ray_deletes_old_checkpoints_through_the_module_function_study_atomic_sync_defers() -> None:
+    from ray.train._internal import checkpoint_manager
+
+    src = inspect.getsource(checkpoint_manager._CheckpointManager.register_checkpoint)
+    assert "_delete_fs_path(fs=checkpoint.filesystem, fs_path=checkpoint.path)" in src
+    assert callable(checkpoint_manager._delete_fs_path)

@@ -24,14 +24,13 @@ import yaml
 from certstudy.errors import CertstudyError, SpecError
 from certstudy.metric_names import CERTIFICATION_METRIC
 from certstudy.study.export import study_tracker
-from certstudy.study.records import MODEL_ARTIFACT_DIR
+from certstudy.study.records import MODEL_ARTIFACT_DIR, RANK_TAG, RANKED_BY_TAG, STUDY_TAG, TRIAL_TAG
 from certstudy.study.spec import NAME_PATTERN, StudySpec
 from certstudy.study.tracking import Tracker
 from certstudy.trial.checkpoint import MODEL_FILE
 from certstudy.workdir import Workdir
 
 BEST_ALIAS = "best"
-RANK_TAG, METRIC_TAG, TRIAL_TAG, STUDY_TAG = "certstudy.rank", "certstudy.metric", "certstudy.trial", "certstudy.study"
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def register(
         version = str(info.registered_model_version)
         for key, value in (
             (RANK_TAG, prov["rank"]),
-            (METRIC_TAG, prov["by"]),
+            (RANKED_BY_TAG, prov["by"]),
             (TRIAL_TAG, prov.get("optuna_trial")),
             (STUDY_TAG, prov["study"]),
         ):
@@ -126,4 +125,4 @@ def default_name(study: str) -> str:
     return f"{study}-best"
 
 
-__all__ = ["BEST_ALIAS", "RegisteredVersion", "default_name", "register"]
+__all__ = ["BEST_ALIAS", "RANK_TAG", "TRIAL_TAG", "RegisteredVersion", "default_name", "register"]

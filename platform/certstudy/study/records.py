@@ -32,6 +32,9 @@ from certstudy.workdir import STUDY_FILE
 
 ROLE_TAG = "certstudy.role"  # "study" (the parent run), "trial" (a child run), "run" (certstudy run)
 STUDY_TAG = "certstudy.study"
+RANK_TAG = "certstudy.rank"  # a registered model version's rank in its export
+RANKED_BY_TAG = "certstudy.metric"  # the metric it was ranked by
+TRIAL_TAG = "certstudy.trial"  # the Optuna trial number it came from
 STATUS_TAG = "certstudy.status"  # running | completed | pruned | failed | killed | finished
 REASON_TAG = "certstudy.fail_reason"
 METHOD_TAG = "certstudy.method"  # the registered method's name
