@@ -30,6 +30,9 @@ def test_registered_best_model_loads_by_alias_and_reproduces_its_runs_test_accur
     best = client.get_model_version_by_alias("reg-model", BEST_ALIAS)
     assert best.run_id == docs[0]["provenance"]["mlflow_run_id"]
     assert best.tags[RANK_TAG] == "1" and best.tags[TRIAL_TAG] == str(docs[0]["provenance"]["optuna_trial"])
+    logged = client.search_logged_models(experiment_ids=[study["exp"].experiment_id])
+    assert len(logged) == 2  # in the study's experiment, its artifacts inside the work directory
+    assert all(Path(m.artifact_location.removeprefix("file://")).is_relative_to(work) for m in logged), logged
     versions = client.search_model_versions("name='reg-model'")
     assert sorted(int(v.tags[RANK_TAG]) for v in versions) == [1, 2]
 

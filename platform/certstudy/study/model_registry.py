@@ -94,6 +94,9 @@ def register(
     for doc in docs:
         prov = doc["provenance"]
         model, example = _trained_model(tracker, doc, data_dir)
+        # The logged model belongs to the trial's experiment, whose artifacts live in the work
+        # directory (MLflow's default experiment would put them under ./mlruns of the caller).
+        mlflow.set_experiment(experiment_id=tracker.client.get_run(prov["mlflow_run_id"]).info.experiment_id)
         with torch.no_grad():
             output = model(example)
         info = mlflow.pytorch.log_model(
