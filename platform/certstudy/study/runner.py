@@ -27,6 +27,7 @@ from certstudy.study.spec import StudySpec
 from certstudy.study.state_digests import record as record_digests
 from certstudy.study.state_digests import verify as verify_digests
 from certstudy.study.stop_board import open_board
+from certstudy.study.stored import can_resume
 from certstudy.study.trainable import train_trial
 from certstudy.workdir import Workdir
 
@@ -90,10 +91,7 @@ def _next_step(workdir: Workdir, study: str) -> Callable[[], str]:
     launch again."""
 
     def then() -> str:
-        try:
-            resumable = tune.Tuner.can_restore(str(workdir.ray_experiment_dir(study)))
-        except Exception:  # noqa: BLE001 - unreadable state: nothing to resume from
-            resumable = False
+        resumable = can_resume(str(workdir.ray_experiment_dir(study)))
         return f"certstudy resume {study}" if resumable else "launch the study again"
 
     return then
