@@ -4,6 +4,7 @@ known-bad variants are rejected with Ray's errors."""
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,20 @@ def test_servers_stay_off_public_interfaces_and_token_auth_stays_on() -> None:
         if "ray start" in cmd:
             assert "RAY_AUTH_MODE=token" in cmd
     assert any("pip install -e" in c and "certstudy" in c for c in CONFIG["setup_commands"])
+
+
+def test_records_go_to_postgresql_on_the_private_address_with_no_password_in_the_file() -> None:
+    text = (REPO / "ray_cluster.yaml").read_text()
+    assert "bash ~/certstudy/deploy/head_postgres.sh" in CONFIG["head_setup_commands"]
+    assert CONFIG["file_mounts"]["~/.certstudy/pg_password"] == "~/.certstudy/pg_password"
+    server = next(c for c in CONFIG["head_start_ray_commands"] if "mlflow server" in c)
+    assert "--backend-store-uri postgresql://certstudy@$(hostname -I" in server and "sqlite" not in server
+    assert "password" not in server.lower() and ":5432" in server
+    assert "--optuna-storage postgresql://certstudy@$IP:5432/optuna" in text
+    script = (REPO / "deploy" / "head_postgres.sh").read_text()
+    assert "listen_addresses = '$private_ip'" in script and "0.0.0.0" not in script and "'*'" not in script
+    assert "scram-sha-256" in script and "| sudo -u postgres psql" in script  # password on stdin, not argv
+    subprocess.run(["bash", "-n", str(REPO / "deploy" / "head_postgres.sh")], check=True)
 
 
 def _set(path: list[str], value: Any) -> Callable[[dict], None]:

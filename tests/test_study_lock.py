@@ -64,7 +64,7 @@ def test_a_running_study_refuses_a_second_launch_and_a_resume(
     assert main(["launch", str(path), "--workdir", str(work)]) == 0
 
 
-def test_two_launches_racing_on_a_new_work_directory_both_set_up_cleanly(tmp_path: Path) -> None:
+def test_two_launches_racing_on_a_new_work_directory_both_set_up_cleanly_and_take_turns(tmp_path: Path) -> None:
     work = tmp_path / "work"
     procs = []
     for name in ("race-a", "race-b"):
@@ -74,7 +74,13 @@ def test_two_launches_racing_on_a_new_work_directory_both_set_up_cleanly(tmp_pat
     outs = [p.communicate(timeout=300)[0] for p in procs]
     for proc, out in zip(procs, outs):
         assert proc.returncode == 0 and "Traceback" not in out, out
+    # two drivers on one sqlite store: serialized, and said so (README: Running on a cluster)
+    noted = [out for out in outs if f"also records into {work / 'mlflow.db'}; sqlite takes one writer" in out]
+    assert noted and all("MLflow server on PostgreSQL" in out for out in noted), outs
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     for name in ("race-a", "race-b"):
         runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
         assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"], name
+        child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)  # every epoch recorded, once each
+        history = client.get_metric_history(child.info.run_id, "val/robust_acc")
+        assert sorted(m.step for m in history) == [0, 1], name

@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI (default: sqlite in the work directory); on a cluster, the MLflow server on the head",
     )
     p.add_argument(
+        "--optuna-storage",
+        metavar="URL",
+        help="Optuna storage: a database URL such as postgresql://USER@HOST:PORT/DB, password in ~/.pgpass or "
+        "$PGPASSFILE (default: sqlite in <workdir>/<study>); status, resume and export find it from the study's record",
+    )
+    p.add_argument(
         "--storage",
         help="Ray Tune storage shared by every node: a shared filesystem path or s3://... (default: "
         "<workdir>/<study>); required with several nodes",
@@ -242,6 +248,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         workdir,
         address=args.address,
         tracking_uri=args.tracking_uri,
+        optuna_storage=args.optuna_storage,
         storage=args.storage,
         autoscaling=args.autoscaling,
         overwrite=args.overwrite,
@@ -507,11 +514,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
         )
     console.print(f"MLflow UI for {workdir.root} at {url}  (Ctrl-C to stop)", highlight=False)
     if args.study:
-        from certstudy.study.export import study_spec
-        from certstudy.study.tracking import Tracker
+        from certstudy.study.export import study_spec, study_tracker
 
         spec = study_spec(workdir, args.study)
-        tracker = Tracker(spec.tracking_uri(workdir))
+        tracker = study_tracker(workdir, spec)
         exp = tracker.client.get_experiment_by_name(spec.experiment_name)
         parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
         if parent is not None:
@@ -585,14 +591,16 @@ def _check_arguments(args: argparse.Namespace) -> None:
     port = getattr(args, "port", None)
     if port is not None and not 1 <= port <= 65535:
         raise SpecError("--port", "", port, "a TCP port is 1-65535")
-    uri = getattr(args, "tracking_uri", None)
-    if uri is not None:
-        from certstudy.study.spec import check_tracking_uri
+    for flag in ("--tracking-uri", "--optuna-storage"):
+        uri = getattr(args, flag[2:].replace("-", "_"), None)
+        if uri is not None:
+            from certstudy.study.spec import check_optuna_storage, check_tracking_uri, shown_uri
 
-        try:
-            check_tracking_uri(uri)
-        except ValueError as exc:
-            raise SpecError("--tracking-uri", "", uri, str(exc)) from None
+            check = check_tracking_uri if flag == "--tracking-uri" else check_optuna_storage
+            try:
+                check(uri)
+            except ValueError as exc:
+                raise SpecError(flag, "", shown_uri(uri), str(exc)) from None
     output = getattr(args, "output", None)
     if output is not None and Path(output).is_dir():
         raise SpecError("-o/--output", "", str(output), "is a directory; give a file path")

@@ -5,22 +5,29 @@
 <workdir>/data/                downloaded datasets ($CERTSTUDY_DATA replaces it)
 <workdir>/dashboards/          the user's own dashboard layouts (beside the shipped ones)
 <workdir>/<study>/study.yaml   the study as launched
-<workdir>/<study>/optuna.db    Optuna storage
+<workdir>/<study>/optuna.db    Optuna storage (unless launch --optuna-storage named a database)
+<workdir>/<study>/stores.json  where its records went: the tracking URI and Optuna storage it was launched with
 <workdir>/<study>/ray/         Ray Tune experiment (trial dirs, checkpoints)
 <workdir>/<study>/best.yaml    default export
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from certstudy.errors import CertstudyError
 
 DEFAULT_WORKDIR = "certstudy-runs"
 ENV_VAR = "CERTSTUDY_HOME"
 DATA_ENV_VAR = "CERTSTUDY_DATA"
 RAY_EXPERIMENT = "ray"
 STUDY_FILE = "study.yaml"  # the study as launched, in its folder (and, by the same name, in its MLflow runs)
+STORES_FILE = "stores.json"  # the stores a study was launched with, in its folder
+TRACKING_STORE = "tracking_uri"  # keys of STORES_FILE
+OPTUNA_STORE = "optuna_storage"
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,33 @@ class Workdir:
         return self.root / study
 
     def optuna_url(self, study: str) -> str:
+        """The study's Optuna storage: the one it was launched with (``stores.json``), else the
+        default sqlite file in its folder."""
+        return self.recorded_store(study, OPTUNA_STORE) or self.own_optuna_url(study)
+
+    def own_optuna_url(self, study: str) -> str:
+        """The default Optuna storage: sqlite in the study's folder."""
         return f"sqlite:///{self.study_dir(study) / 'optuna.db'}"
+
+    def recorded_store(self, study: str, key: str) -> str | None:
+        """``key`` (``TRACKING_STORE`` or ``OPTUNA_STORE``) of the stores ``study`` was launched with,
+        or None for a study launched before they were recorded. The URIs carry no password (launch
+        refuses one), so the record holds no secret."""
+        path = self.study_dir(study) / STORES_FILE
+        try:
+            value = json.loads(path.read_text()).get(key)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError) as exc:
+            raise CertstudyError(f"{path}: unreadable ({type(exc).__name__}); it names the study's stores") from None
+        return value if isinstance(value, str) else None
+
+    def record_stores(self, study: str, tracking_uri: str, optuna_storage: str) -> None:
+        """Writes ``stores.json`` whole (a temporary file renamed over it: never half-written)."""
+        path = self.study_dir(study) / STORES_FILE
+        tmp = path.with_name(f".{STORES_FILE}.tmp")
+        tmp.write_text(json.dumps({TRACKING_STORE: tracking_uri, OPTUNA_STORE: optuna_storage}, indent=1) + "\n")
+        os.replace(tmp, path)
 
     def ray_experiment_dir(self, study: str) -> Path:
         return self.study_dir(study) / RAY_EXPERIMENT

@@ -13,10 +13,9 @@ import math
 from dataclasses import dataclass
 
 from certstudy.analysis.reruns import fmt_value
-from certstudy.study.export import Candidate, finished_trials, rank, study_spec
+from certstudy.study.export import Candidate, finished_trials, rank, study_spec, study_tracker
 from certstudy.study.records import METHOD_LABEL_TAG
 from certstudy.study.spec import StudySpec, space_names
-from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
 
 
@@ -31,7 +30,7 @@ def best_per_param(
     workdir: Workdir, study: str, param: str, metric: str, mode: str = "max"
 ) -> tuple[StudySpec, list[Group]]:
     spec = study_spec(workdir, study)
-    _, candidates = finished_trials(Tracker(spec.tracking_uri(workdir)), spec)
+    _, candidates = finished_trials(study_tracker(workdir, spec), spec)
     groups: dict[str, list[Candidate]] = {}
     for c in candidates:
         if param in c.run.data.params:

@@ -16,10 +16,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from certstudy.study.export import finished_trials, rank, study_spec
+from certstudy.study.export import finished_trials, rank, study_spec, study_tracker
 from certstudy.study.records import METHOD_LABEL_TAG, TRIAL_STUDY_ARTIFACT
 from certstudy.study.spec import StudySpec, validate_spec
-from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -46,7 +45,7 @@ def best_per_method(workdir: Workdir, study: str, metric: str | None = None) -> 
     objective = spec.objectives[0]
     metric = metric or objective.metric
     mode = next((o.mode for o in spec.objectives if o.metric == metric), "max")
-    tracker = Tracker(spec.tracking_uri(workdir))
+    tracker = study_tracker(workdir, spec)
     _, candidates = finished_trials(tracker, spec)
     results = []
     for entry in spec.method_entries:

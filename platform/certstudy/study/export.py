@@ -31,7 +31,7 @@ from certstudy.study.records import (
     summary_metrics,
 )
 from certstudy.study.spec import Objective, StudySpec, load_study
-from certstudy.study.stored import existing_store
+from certstudy.study.stored import existing_store, study_tracking_uri
 from certstudy.study.tracking import Tracker
 from certstudy.workdir import Workdir
 
@@ -55,8 +55,9 @@ def study_spec(workdir: Workdir, study: str) -> StudySpec:
 
 
 def study_tracker(workdir: Workdir, spec: StudySpec, tracking_uri: str | None = None) -> Tracker:
-    """The study's MLflow store, which must exist (reading it never creates one)."""
-    return Tracker(existing_store(spec.tracking_uri(workdir, tracking_uri), "MLflow tracking store"))
+    """The launched study's MLflow store (``stored.study_tracking_uri``), which must exist (reading
+    it never creates one)."""
+    return Tracker(existing_store(study_tracking_uri(workdir, spec, tracking_uri), "MLflow tracking store"))
 
 
 def finished_trials(tracker: Tracker, spec: StudySpec) -> tuple[Run, list[Candidate]]:

@@ -83,6 +83,13 @@ def running_holder(workdir: Workdir, study: str) -> str | None:
     return holder if b"certstudy" in command else None
 
 
+def running_studies(workdir: Workdir) -> list[str]:
+    """The studies of ``workdir`` that a live certstudy process runs now (``running_holder``)."""
+    folder = workdir.root / LOCKS_DIR
+    names = sorted(p.stem for p in folder.glob("*.lock") if not p.name.startswith(".")) if folder.is_dir() else []
+    return [name for name in names if running_holder(workdir, name)]
+
+
 @contextmanager
 def store_setup(workdir: Workdir) -> Iterator[None]:
     """Blocks until no other certstudy process is setting up this work directory's stores."""

@@ -23,7 +23,7 @@ import yaml
 
 from certstudy.errors import CertstudyError, SpecError
 from certstudy.metric_names import CERTIFICATION_METRIC
-from certstudy.study.export import study_tracker
+from certstudy.study.export import study_spec, study_tracker
 from certstudy.study.records import MODEL_ARTIFACT_DIR, RANK_TAG, RANKED_BY_TAG, STUDY_TAG, TRIAL_TAG
 from certstudy.study.spec import NAME_PATTERN, StudySpec
 from certstudy.study.tracking import Tracker
@@ -87,7 +87,7 @@ def register(
         )
     if not docs:
         return []
-    tracker = study_tracker(workdir, StudySpec.model_validate(docs[0]), tracking_uri)
+    tracker = study_tracker(workdir, study_spec(workdir, docs[0]["provenance"]["study"]), tracking_uri)
     data_dir = str(workdir.data_dir)
     mlflow.set_tracking_uri(tracker.tracking_uri)
     versions = []

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from certstudy.study.disk_full_stop import request_stop, stopping
 from certstudy.study.pruning import PruningConfig
@@ -48,6 +50,21 @@ from certstudy.study.records import (
 from certstudy.study.stop_board import post_stop
 
 logger = logging.getLogger(__name__)
+
+
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's database at ``url``. Optuna creates its tables on first use without a lock, so two
+    drivers opening a new shared database at once collide (PostgreSQL: "duplicate key value
+    violates unique constraint pg_type_typname_nsp_index"); the one that lost opens it again and
+    finds the tables made (table creation checks first)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def make_sampler(

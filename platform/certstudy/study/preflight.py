@@ -8,6 +8,9 @@
   to the head since 2.7, and a node-local path fails later with a less clear error (ray#37177).
 - tracking: an MLflow server URI must answer ``/health`` from the driver (the driver writes every
   MLflow record; trials never talk to MLflow).
+- Optuna storage: a database named by ``--optuna-storage`` must answer, and must not already hold a
+  study of the same name (the default sqlite file is new with the study's folder; a shared database
+  outlives it, and an earlier launch's trials would be taken for this one's).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import optuna
 import ray
 import requests
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from certstudy.errors import CertstudyError
+from certstudy.study.optuna_bridge import open_storage
 
 
 class PreflightError(CertstudyError):
@@ -119,3 +124,34 @@ def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
         raise PreflightError(
             f"tracking URI {uri} answered /health with HTTP {response.status_code}; is it an MLflow server?"
         )
+
+
+def check_optuna_storage(url: str, study: str, overwrite: bool) -> None:
+    """``url`` answers and holds no study named ``study``; with ``overwrite`` an earlier one is
+    deleted (as ``--overwrite`` deletes the earlier study folder)."""
+    import sqlalchemy.exc
+
+    try:
+        storage = open_storage(url)
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise PreflightError(f"optuna storage {url}: {_first_line(exc)}") from None
+    try:
+        names = {s.study_name for s in storage.get_all_studies()}
+        if study in names:
+            if not overwrite:
+                raise PreflightError(
+                    f"optuna storage {url} already holds a study named {study!r} (an earlier launch, perhaps from "
+                    f"another work directory): resume it with certstudy resume {study} where it was launched, or "
+                    f"launch with --overwrite to delete it"
+                )
+            optuna.delete_study(study_name=study, storage=storage)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise PreflightError(f"optuna storage {url}: {_first_line(exc)}") from None
+    finally:
+        storage.engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    """A database driver's error as one line (SQLAlchemy appends its background URL on new lines)."""
+    cause = exc.__cause__ or exc
+    return " ".join(str(cause).strip().splitlines()[:1]) or type(cause).__name__

@@ -103,6 +103,7 @@ def launch(
     *,
     address: str | None = None,
     tracking_uri: str | None = None,
+    optuna_storage: str | None = None,
     storage: str | None = None,
     autoscaling: bool = False,
     overwrite: bool = False,
@@ -110,14 +111,21 @@ def launch(
     console: Console | None = None,
     on_end: Sequence[EndHook] = (),
 ) -> StudyOutcome:
-    """``storage``: Ray Tune's storage (shared path or s3://; default ``<workdir>/<study>``)."""
+    """``storage``: Ray Tune's storage (shared path or s3://; default ``<workdir>/<study>``);
+    ``optuna_storage``: an Optuna database URL (default: sqlite in the study's folder)."""
     console = console or Console()
     session = StudySession(spec, workdir, console)
     storage_path = f"{storage.rstrip('/')}/{spec.name}" if storage else str(workdir.study_dir(spec.name))
     experiment = workdir.ray_experiment_dir(spec.name).name
     with stops_on_disk_full(str(workdir.root), _next_step(workdir, spec.name)), StudyLock(workdir, spec.name):
         with session:
-            session.open_new(tracking_uri=tracking_uri, address=address, overwrite=overwrite, verbose=verbose)
+            session.open_new(
+                tracking_uri=tracking_uri,
+                optuna_storage=optuna_storage,
+                address=address,
+                overwrite=overwrite,
+                verbose=verbose,
+            )
             assert session.tracker is not None and session.searcher is not None
             searcher = session.searcher
             session.tracking_cb = MlflowTrialCallback(

@@ -43,18 +43,18 @@ from certstudy.study.callbacks import MlflowTrialCallback
 from certstudy.study.disk_full_stop import clear as clear_disk_full
 from certstudy.study.disk_full_stop import quiet_disk_full_logs
 from certstudy.study.disk_full_stop import raise_if_stopped as raise_if_disk_full
-from certstudy.study.lock import store_setup
-from certstudy.study.optuna_bridge import StudySearcher, make_sampler
-from certstudy.study.preflight import check_tracking
+from certstudy.study.lock import running_studies, store_setup
+from certstudy.study.optuna_bridge import StudySearcher, make_sampler, open_storage
+from certstudy.study.preflight import check_optuna_storage, check_tracking
 from certstudy.study.progress import Progress
 from certstudy.study.ray_start import join_cluster, start_local_ray, stop_ray
 from certstudy.study.records import EXPERIMENT_ATTR, PARENT_ATTR, REASON_TAG, STATUS_TAG, TRACKING_ATTR
 from certstudy.study.space import SearchSpace, grid_points
-from certstudy.study.spec import StudySpec, dump_study, load_study
+from certstudy.study.spec import StudySpec, dump_study, load_study, tracking_scheme
 from certstudy.study.status import state_name
 from certstudy.study.stored import StoredStudy
 from certstudy.study.tracking import Tracker
-from certstudy.workdir import Workdir
+from certstudy.workdir import TRACKING_STORE, Workdir
 
 
 @dataclass
@@ -134,7 +134,7 @@ def _make_searcher(spec: StudySpec, workdir: Workdir) -> StudySearcher:
         mode=mode,
         sampler=make_sampler(spec.search.sampler, spec.multi_objective, spec.search.seed, grid),
         study_name=spec.name,
-        storage=optuna.storages.RDBStorage(workdir.optuna_url(spec.name)),
+        storage=open_storage(workdir.optuna_url(spec.name)),
         points_to_evaluate=[dict(p) for p in spec.search.start_points] or None,
         pruning=spec.pruning,
     )
@@ -180,15 +180,22 @@ class StudySession:
         self,
         *,
         tracking_uri: str | None = None,
+        optuna_storage: str | None = None,
         address: str | None = None,
         overwrite: bool = False,
         verbose: bool = False,
     ) -> None:
-        """A new study's folder, then its records (MLflow, Optuna) and Ray, the last two concurrently."""
+        """A new study's folder, then its records (MLflow, Optuna) and Ray, the last two concurrently.
+        ``optuna_storage``: a database shared beyond this work directory (default: sqlite in the
+        study's folder); the folder's ``stores.json`` names both stores for every later command."""
         quiet_libraries(verbose)
         uri = self.spec.tracking_uri(self.workdir, tracking_uri)
         check_tracking(uri)
+        if optuna_storage is not None:
+            check_optuna_storage(optuna_storage, self.spec.name, overwrite)
         prepare_study_dir(self.spec, self.workdir, overwrite, self.console)
+        self.workdir.record_stores(self.spec.name, uri, optuna_storage or self.workdir.own_optuna_url(self.spec.name))
+        self._note_shared_sqlite(uri)
         with ThreadPoolExecutor(max_workers=1) as pool:
             records = pool.submit(self._open_records, uri)
             try:
@@ -198,6 +205,28 @@ class StudySession:
             if failed is not None:
                 raise failed
         self.timings["setup"] = time.perf_counter() - self.t0
+
+    def _note_shared_sqlite(self, uri: str) -> None:
+        """One line when another running study of this work directory records into the same sqlite
+        tracking store: sqlite lets one writer at a time, so the two drivers' writes take turns
+        (MLflow waits up to 20 s for the lock; a write that still finds it locked is retried by the
+        tracking writer, buffered, never dropped). Several drivers at once belong on a server
+        backed by PostgreSQL. Each launch records its stores before it looks, so of two launches
+        racing, at least the later one names the other."""
+        if tracking_scheme(uri) != "sqlite":
+            return
+        others = [
+            name
+            for name in running_studies(self.workdir)
+            if name != self.spec.name and self.workdir.recorded_store(name, TRACKING_STORE) == uri
+        ]
+        if others:
+            self.console.print(
+                f"note: study {', '.join(others)} also records into {uri.removeprefix('sqlite:///')}; sqlite takes "
+                f"one writer at a time, so the studies' MLflow writes take turns (slower, nothing lost). For "
+                f"several drivers at once, use an MLflow server on PostgreSQL (README: Running on a cluster).",
+                highlight=False,
+            )
 
     def _open_records(self, uri: str) -> None:
         """MLflow experiment and parent run, and the Optuna study that links back to them."""

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -170,18 +171,64 @@ LAYOUT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,99}$"
 """A dashboard layout's name: a file stem, so a study file cannot point at a path."""
 
 
+OPTUNA_STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+"""Optuna RDB storages ``launch --optuna-storage`` may name (SQLAlchemy URLs; default: sqlite in the
+study's folder)."""
+
+
 def tracking_scheme(uri: str) -> str:
     """``postgresql+psycopg2://...`` -> ``postgresql``."""
     return uri.split("://", 1)[0].split("+", 1)[0].lower()
 
 
+def shown_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``: what an error line may print."""
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:
+        return uri
+    if not password:
+        return uri
+    return uri.replace(f":{password}@", ":***@", 1)
+
+
+def refuse_password(uri: str) -> None:
+    """A store's URI is recorded with the study (Optuna attributes, Ray's saved searcher, MLflow
+    tags) and printed in its commands, so it must not carry a password: the database reads it from a
+    password file instead (PostgreSQL: ``~/.pgpass`` or ``$PGPASSFILE``; MLflow servers:
+    ``$MLFLOW_TRACKING_PASSWORD``)."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        password = None
+    if password:
+        raise ValueError(
+            "carries a password, which would be stored with the study's records; leave it out and put it in a "
+            "password file (PostgreSQL: ~/.pgpass or $PGPASSFILE; an MLflow server: $MLFLOW_TRACKING_PASSWORD)"
+        )
+
+
+def check_optuna_storage(uri: str) -> str:
+    """An Optuna RDB storage URL (sqlite, PostgreSQL, MySQL) without a password."""
+    if "://" not in uri:
+        raise ValueError("must be a database URL (sqlite:///PATH, postgresql://USER@HOST:PORT/DB, mysql://...)")
+    scheme = tracking_scheme(uri)
+    if scheme not in OPTUNA_STORAGE_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; one of {', '.join(OPTUNA_STORAGE_SCHEMES)}")
+    refuse_password(uri)
+    return uri
+
+
 def check_tracking_uri(uri: str, schemes: tuple[str, ...] = TRACKING_SCHEMES) -> str:
-    """A tracking URI MLflow 3 can use (no file store) whose scheme is one of ``schemes``."""
+    """A tracking URI MLflow 3 can use (no file store) whose scheme is one of ``schemes``, without a
+    password."""
     if uri.startswith("file:") or "://" not in uri:
         raise ValueError(
             "must be a database or server URI (sqlite:///..., postgresql://..., http://...); MLflow 3 file stores "
             "are not supported"
         )
+    refuse_password(uri)
     scheme = tracking_scheme(uri)
     if scheme not in TRACKING_SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; one of {', '.join(TRACKING_SCHEMES)}")

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import optuna
 from mlflow.entities import Run
+from sqlalchemy.exc import SQLAlchemyError
 
 from certstudy.errors import CertstudyError
 from certstudy.study.records import EXPERIMENT_ATTR, OPTUNA_TAG, PARENT_ATTR, RAY_EXPERIMENT_ATTR, TRACKING_ATTR
 from certstudy.study.spec import StudySpec
 from certstudy.study.tracking import Tracker
-from certstudy.workdir import Workdir
+from certstudy.workdir import TRACKING_STORE, Workdir
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 TUNER_STATE = "tuner.pkl"  # Ray Tune's: what ``Tuner.can_restore`` looks for
@@ -63,6 +64,12 @@ def existing_store(uri: str, what: str) -> str:
     return uri
 
 
+def study_tracking_uri(workdir: Workdir, spec: StudySpec, override: str | None = None) -> str:
+    """Where a launched study's MLflow runs are: ``override`` (``--tracking-uri``), else the store it
+    was launched with (``stores.json``), else its study file's (or the work directory's) store."""
+    return override or workdir.recorded_store(spec.name, TRACKING_STORE) or spec.tracking_uri(workdir)
+
+
 @dataclass
 class StoredStudy:
     spec: StudySpec
@@ -79,10 +86,15 @@ class StoredStudy:
             ot = optuna.load_study(study_name=spec.name, storage=url)
         except KeyError:
             raise CertstudyError(
-                f"study {spec.name!r} has no Optuna study in {workdir.optuna_url(spec.name)} (it never got past set-up)"
+                f"study {spec.name!r} has no Optuna study in {url} (it never got past set-up, or was deleted there)"
+            ) from None
+        except (ImportError, SQLAlchemyError) as exc:
+            cause = exc.__cause__ or exc
+            raise CertstudyError(
+                f"optuna storage {url}: {' '.join(str(cause).strip().splitlines()[:1]) or type(cause).__name__}"
             ) from None
         attrs = ot.user_attrs
-        uri = existing_store(attrs.get(TRACKING_ATTR) or spec.tracking_uri(workdir), "MLflow tracking store")
+        uri = existing_store(attrs.get(TRACKING_ATTR) or study_tracking_uri(workdir, spec), "MLflow tracking store")
         tracker = Tracker(uri, artifact_root)
         ray_experiment = attrs.get(RAY_EXPERIMENT_ATTR) or str(workdir.ray_experiment_dir(spec.name))
         return cls(spec, ot, tracker, attrs.get(PARENT_ATTR), attrs.get(EXPERIMENT_ATTR), ray_experiment)
