@@ -183,6 +183,7 @@ def checkpoint_after_epoch(cfg: object, epoch: int, saved: Path, data_dir: Path)
     import shutil
 
     from certstudy.trial import run_trial
+    from certstudy.trial.config import CheckpointPolicy
 
     class Interrupt(Exception):
         pass
@@ -192,5 +193,6 @@ def checkpoint_after_epoch(cfg: object, epoch: int, saved: Path, data_dir: Path)
             shutil.copytree(ckpt, saved)
             raise Interrupt
 
+    cfg = cfg.model_copy(update={"checkpoint": CheckpointPolicy(every_epochs=1)})  # type: ignore[attr-defined]
     with pytest.raises(Interrupt):
         run_trial(cfg, stop_after, data_dir=str(data_dir))  # type: ignore[arg-type]

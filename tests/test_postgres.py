@@ -219,6 +219,8 @@ def test_two_studies_at_once_into_one_mlflow_server_and_optuna_on_postgresql(
             assert main(["export", name, "--workdir", str(work)]) == 0
             exported = yaml.safe_load((work / name / "best.yaml").read_text())
             assert exported["provenance"]["study"] == name
+            assert main(["dashboard", name, "--workdir", str(work), "--no-mlflow"]) == 0
+            assert (work / name / "dashboard.html").is_file()
     finally:
         storage.engine.dispose()
 

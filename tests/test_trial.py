@@ -38,7 +38,7 @@ def test_training_improves_accuracy_on_digits(tmp_path: Path) -> None:
 
 
 def test_resumed_trial_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_path: Path) -> None:
-    cfg = _cfg()
+    cfg = _cfg(checkpoint={"every_epochs": 1})
     full = run_trial(cfg, lambda m, d: None, data_dir=str(tmp_path))
 
     saved = tmp_path / "epoch1"

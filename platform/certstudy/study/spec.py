@@ -41,6 +41,7 @@ from certstudy.study.pruning import PruningConfig
 from certstudy.trial.build import certifier_params
 from certstudy.trial.config import (
     MAX_SEED,
+    CheckpointPolicy,
     ComponentConfig,
     DatasetConfig,
     EvaluationConfig,
@@ -285,6 +286,7 @@ class StudySpec(Schema):
     search: SearchConfig = Field(default_factory=SearchConfig)
     pruning: PruningConfig = Field(default_factory=PruningConfig)
     resources: Resources = Field(default_factory=Resources)
+    checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     tracking: Tracking = Field(default_factory=Tracking)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -371,6 +373,7 @@ class StudySpec(Schema):
             seed=self.seed,
             device=self.device,
             threads=self.threads,
+            checkpoint=self.checkpoint,
         )
 
 

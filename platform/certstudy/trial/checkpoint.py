@@ -1,4 +1,4 @@
-"""Per-epoch checkpoints: model, optimizer, schedule, method state, RNG states, history.
+"""Trial checkpoints: model, optimizer, schedule, method state, RNG states, history.
 
 Everything saved is a tensor or a plain container of numbers/strings, so checkpoints load with
 ``torch.load(weights_only=True)``: a checkpoint file cannot run code when it is read.
@@ -48,3 +48,16 @@ def save(
 
 def load(directory: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
     return torch.load(Path(directory) / CHECKPOINT_FILE, map_location=map_location, weights_only=True)
+
+
+def snapshot(state: Any) -> Any:
+    """A copy of ``state`` that later training cannot change: tensors cloned (on their device),
+    containers copied, other values shared (numbers and strings are immutable). What a trial keeps
+    of its last evaluated epoch between saves, to write it if the trial fails before the next save."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: snapshot(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(snapshot(v) for v in state)
+    return state

@@ -200,6 +200,42 @@ class EvaluationConfig(Schema):
         return self
 
 
+DEFAULT_CHECKPOINT_S = 30.0
+
+
+class CheckpointPolicy(Schema):
+    """How often a trial saves its state (model, optimizer, schedule, method, RNG, history) between
+    evaluated epochs: after ``every_s`` seconds of training since the last save (the default, 30 s),
+    or every ``every_epochs`` evaluated epochs. Whatever the policy, a trial also saves at its end,
+    when it is pruned or stopped early, and before it reports a failure; a resumed trial re-runs at
+    most the work since its last save, and ends bit-exactly as an uninterrupted one."""
+
+    every_s: float | None = Field(
+        None, gt=0, le=7 * 86400, description="save after this many seconds since the last save (default 30)"
+    )
+    every_epochs: int | None = Field(None, ge=1, le=100000, description="save every this many evaluated epochs")
+
+    @model_validator(mode="after")
+    def _one_cadence(self) -> CheckpointPolicy:
+        if self.every_s is not None and self.every_epochs is not None:
+            raise ValueError("give every_s or every_epochs, not both")
+        return self
+
+    @property
+    def seconds(self) -> float | None:
+        """The time cadence in force: ``every_s``, or 30 s when neither cadence is given."""
+        if self.every_epochs is not None:
+            return None
+        return self.every_s if self.every_s is not None else DEFAULT_CHECKPOINT_S
+
+    def due(self, seconds_since: float, epochs_since: int) -> bool:
+        """Whether an evaluated epoch, ``epochs_since`` of them and ``seconds_since`` seconds after the
+        last save, saves now."""
+        if self.every_epochs is not None:
+            return epochs_since >= self.every_epochs
+        return seconds_since >= (self.seconds or 0.0)
+
+
 class TrialConfig(Schema):
     """What ``run_trial`` needs; a study's resolved trial, or an exported configuration."""
 
@@ -211,3 +247,4 @@ class TrialConfig(Schema):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     threads: int = Field(1, ge=1, description="torch intra-op threads (the trial's CPU share)")
+    checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)

@@ -1,4 +1,4 @@
-"""One trial: epochs of training, evaluation after each, a checkpoint per epoch, test at the end.
+"""One trial: epochs of training, evaluation after each, checkpoints (``CheckpointPolicy``), test at the end.
 
 The trial reports through ``report(metrics, checkpoint_dir)`` and knows nothing of Ray, Optuna or
 MLflow; ``certstudy launch`` passes a reporter that forwards to Ray Tune, ``certstudy run`` one
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from certstudy.trial import checkpoint
 from certstudy.trial.best import BestEpoch
 from certstudy.trial.build import TrialParts, attack_at_training_radius, build_parts
 from certstudy.trial.certification import certify_all
-from certstudy.trial.config import TrialConfig
+from certstudy.trial.config import CheckpointPolicy, TrialConfig
 from certstudy.trial.environment import seed_everything, select_device, sum_dtype
 from certstudy.trial.evaluation import Scores, evaluate
 from certstudy.trial.optim import build_optimizer, build_schedule
@@ -261,75 +262,129 @@ def run_trial(
         start, history = int(state["epoch"]) + 1, list(state["history"])
 
     metrics: dict[str, float | str] = dict(history[-1]) if history else {}
-    for epoch in range(start, cfg.training.epochs):
-        final = epoch == cfg.training.epochs - 1
-        parts.method.on_epoch_start(model, epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_epoch(parts, cfg, optimizer, epoch, precision)
-        schedule.step()
-        if not final and (epoch + 1) % ev.every:
-            continue  # not an evaluated epoch: no evaluation, report or checkpoint
-        val = evaluate(
-            model,
-            splits.x_val[sub.val],
-            splits.y_val[sub.val],
-            ev.attack,
-            splits.bounds,
-            batch_size=ev.batch_size,
-            seed=cfg.seed + 11,
-            to_float=splits.floats,
-        )
-        tr = evaluate(
-            model,
-            splits.x_train[sub.train],
-            splits.y_train[sub.train],
-            ev.attack,
-            splits.bounds,
-            batch_size=ev.batch_size,
-            seed=cfg.seed + 12,
-            to_float=splits.floats,
-        )
-        metrics = {
-            "epoch": float(epoch),
-            "train/lr": lr,
-            "train/loss": train_loss,
-            "train/acc": tr.clean_acc,
-            "train/robust_acc": tr.robust_acc,
-            "train/robust_loss": tr.robust_loss,
-            **_scores("val", val),
-            "gap/robust_acc": tr.robust_acc - val.robust_acc,
-            "gap/robust_loss": val.robust_loss - tr.robust_loss,
-            **parts.method.epoch_metrics(),
-        }
-        history.append(metrics)
-        best.update(epoch, metrics, model, parts.method)
-        files: dict[str, bytes] = {}
-        ends_here = final and ev.final_model == "last"
-        if ends_here:
-            end, files = _end_metrics(parts, cfg, sub)
-            metrics = {**metrics, **end}
-        _check_finite(metrics, epoch)
-        state = {
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "method": parts.method.state_dict(),
-            "scaler": precision.state_dict(),
-            "rng": checkpoint.rng_state(),
-            "history": history,
-            "best": best.state_dict(),
-        }
+    saves = _Saves(cfg.checkpoint, report)
+    try:
+        for epoch in range(start, cfg.training.epochs):
+            final = epoch == cfg.training.epochs - 1
+            parts.method.on_epoch_start(model, epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            train_loss = train_epoch(parts, cfg, optimizer, epoch, precision)
+            schedule.step()
+            if not final and (epoch + 1) % ev.every:
+                continue  # not an evaluated epoch: no evaluation, report or checkpoint
+            val = evaluate(
+                model,
+                splits.x_val[sub.val],
+                splits.y_val[sub.val],
+                ev.attack,
+                splits.bounds,
+                batch_size=ev.batch_size,
+                seed=cfg.seed + 11,
+                to_float=splits.floats,
+            )
+            tr = evaluate(
+                model,
+                splits.x_train[sub.train],
+                splits.y_train[sub.train],
+                ev.attack,
+                splits.bounds,
+                batch_size=ev.batch_size,
+                seed=cfg.seed + 12,
+                to_float=splits.floats,
+            )
+            metrics = {
+                "epoch": float(epoch),
+                "train/lr": lr,
+                "train/loss": train_loss,
+                "train/acc": tr.clean_acc,
+                "train/robust_acc": tr.robust_acc,
+                "train/robust_loss": tr.robust_loss,
+                **_scores("val", val),
+                "gap/robust_acc": tr.robust_acc - val.robust_acc,
+                "gap/robust_loss": val.robust_loss - tr.robust_loss,
+                **parts.method.epoch_metrics(),
+            }
+            history.append(metrics)
+            best.update(epoch, metrics, model, parts.method)
+            files: dict[str, bytes] = {}
+            ends_here = final and ev.final_model == "last"
+            if ends_here:
+                end, files = _end_metrics(parts, cfg, sub)
+                metrics = {**metrics, **end}
+            _check_finite(metrics, epoch)
+            state = {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "method": parts.method.state_dict(),
+                "scaler": precision.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "history": history,
+                "best": best.state_dict(),
+            }
+            if ends_here or saves.due():
+                stop = saves.save(metrics, state, model.state_dict() if ends_here else None, files)
+            else:
+                stop = saves.report_only(metrics, state)
+            if stop is not None or (final and not ends_here):
+                return _finish_on_best(parts, cfg, sub, best, state, saves)
+        return metrics
+    except Exception:
+        saves.flush()  # the last evaluated epoch's state, saved before the failure is reported
+        raise
+
+
+class _Saves:
+    """When the trial writes its state (``CheckpointPolicy``): a report that saves carries a
+    checkpoint; one that does not keeps a snapshot of the epoch's state in memory, which ``flush``
+    writes (with that epoch's report again: the driver takes each epoch once) if the trial fails
+    before its next save. Errors raised by ``report`` itself (Ray stopping the trial, a full disk)
+    flush nothing: the driver is the one that failed."""
+
+    def __init__(self, policy: CheckpointPolicy, report: Reporter) -> None:
+        self.policy, self.report = policy, report
+        self.last = time.monotonic()
+        self.epochs = 0  # evaluated epochs since the last save
+        self.pending: tuple[dict[str, float | str], dict] | None = None
+        self.reporting = False
+
+    def due(self) -> bool:
+        return self.policy.due(time.monotonic() - self.last, self.epochs + 1)
+
+    def _report(self, metrics: dict[str, float | str], checkpoint_dir: str | None) -> StopRequest | None:
+        self.reporting = True
+        stop = self.report(metrics, checkpoint_dir)
+        self.reporting = False
+        return stop
+
+    def save(
+        self,
+        metrics: dict[str, float | str],
+        state: dict,
+        model_state: dict[str, Tensor] | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> StopRequest | None:
         with tempfile.TemporaryDirectory(prefix="certstudy-ckpt-") as tmp:
-            checkpoint.save(tmp, state, model.state_dict() if ends_here else None, files)
-            stop = report(metrics, tmp)
-        if stop is not None or (final and not ends_here):
-            return _finish_on_best(parts, cfg, sub, best, state, report)
-    return metrics
+            checkpoint.save(tmp, state, model_state, files)
+            stop = self._report(metrics, tmp)
+        self.last, self.epochs, self.pending = time.monotonic(), 0, None
+        return stop
+
+    def report_only(self, metrics: dict[str, float | str], state: dict) -> StopRequest | None:
+        self.pending = (metrics, checkpoint.snapshot(state))
+        self.epochs += 1
+        return self._report(metrics, None)
+
+    def flush(self) -> None:
+        if self.pending is not None and not self.reporting:
+            metrics, state = self.pending
+            self.pending = None
+            self.save(metrics, state)
 
 
 def _finish_on_best(
-    parts: TrialParts, cfg: TrialConfig, sub: _Subsets, best: BestEpoch, state: dict, report: Reporter
+    parts: TrialParts, cfg: TrialConfig, sub: _Subsets, best: BestEpoch, state: dict, saves: _Saves
 ) -> dict[str, float | str]:
     """The last report of a trial that ends on its best epoch (chosen, or stopped early)."""
     if best.epoch is None:
@@ -343,7 +398,5 @@ def _finish_on_best(
         **end,
     }
     _check_finite(summary, int(state["epoch"]))
-    with tempfile.TemporaryDirectory(prefix="certstudy-ckpt-") as tmp:
-        checkpoint.save(tmp, {**state, "finished": summary}, parts.model.state_dict(), files)
-        report(summary, tmp)
+    saves.save(summary, {**state, "finished": summary}, parts.model.state_dict(), files)
     return summary
