@@ -19,7 +19,7 @@ from certstudy.study.pruning import OverfittingRule, PrunerConfig, PruningConfig
 from certstudy.study.spec import validate_spec
 from certstudy.trial import run_trial
 from certstudy.trial.checkpoint import MODEL_FILE, load
-from certstudy.trial.config import TrialConfig
+from certstudy.trial.config import CheckpointPolicy, TrialConfig
 from certstudy.trial.loop import StopRequest
 from conftest import tiny_study
 
@@ -292,6 +292,7 @@ def test_a_stopped_trial_finishes_on_its_best_epoch(tmp_path: Path) -> None:
 
 def test_final_model_best_and_resume_keep_the_same_best_epoch(tmp_path: Path) -> None:
     cfg = small_trial(final_model="best", best_metric="val/clean_acc")
+    cfg = cfg.model_copy(update={"checkpoint": CheckpointPolicy(every_epochs=1)})  # a save at epoch 2 to resume from
     full: list[dict] = []
     run_trial(cfg, lambda m, d: full.append(dict(m)), data_dir=str(tmp_path))
     assert "best/epoch" in full[-1] and len(full) == 7
