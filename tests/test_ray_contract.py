@@ -161,7 +161,7 @@ def test_a_local_experiment_is_restorable_exactly_when_its_tuner_state_file_exis
     from ray.tune import Tuner
     from ray.tune.impl.tuner_internal import _TUNER_PKL
 
-    from certstudy.study.stored import TUNER_STATE, can_resume
+    from certstudy.study.stored_sqlite import TUNER_STATE, can_resume
 
     assert TUNER_STATE == _TUNER_PKL
     assert not Tuner.can_restore(str(tmp_path)) and not can_resume(str(tmp_path))

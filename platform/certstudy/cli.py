@@ -281,9 +281,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     workdir = Workdir.resolve(args.workdir)
     st = study_status(workdir, args.study)
-    obj = st.spec.objectives[0]
+    obj = st.study.objective
     table = Table(
-        title=f"study {st.spec.name}: {len(st.rows)} of {st.spec.search.num_trials} trials proposed; parent run "
+        title=f"study {st.study.name}: {len(st.rows)} of {st.study.num_trials} trials proposed; parent run "
         f"{st.parent_status}"
     )
     for col in ("trial", "state", "epochs", obj.metric, "params", "mlflow run", "note"):
@@ -304,7 +304,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if st.resumable:
         console.print(
-            f"unfinished: continue with certstudy resume {st.spec.name} --workdir {workdir.root}", highlight=False
+            f"unfinished: continue with certstudy resume {st.study.name} --workdir {workdir.root}", highlight=False
         )
     return 0
 

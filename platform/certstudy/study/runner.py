@@ -27,7 +27,7 @@ from certstudy.study.spec import StudySpec
 from certstudy.study.state_digests import record as record_digests
 from certstudy.study.state_digests import verify as verify_digests
 from certstudy.study.stop_board import open_board
-from certstudy.study.stored import can_resume
+from certstudy.study.stored_sqlite import can_resume
 from certstudy.study.trainable import train_trial
 from certstudy.workdir import Workdir
 

@@ -3,6 +3,11 @@
 The Optuna storage says what each trial proposed and how it ended (COMPLETE, PRUNED, FAIL, or
 still RUNNING); the MLflow child runs add the epochs reached, the run's own status and why a run
 failed or was pruned; the Ray Tune folder says whether an interrupted study can be resumed.
+
+The study as launched (``<study>/study.yaml``, complete with its defaults) gives the name, the
+objective and the planned trial count, read as plain YAML: validating it again would import the
+schema's registries (torch). Sqlite stores are read with ``stored_sqlite`` (no Optuna, no MLflow
+import); other stores through the libraries. Both give the same rows (``tests/test_status_fast.py``).
 """
 
 from __future__ import annotations
@@ -11,28 +16,75 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import optuna
-
-from certstudy.study.export import study_spec
+from certstudy.errors import CertstudyError
+from certstudy.safe_yaml import load_file
 from certstudy.study.lock import running_holder
 from certstudy.study.records import (
     FAIL_REASON_ATTR,
+    PARENT_ATTR,
     PRUNE_REASON_TAG,
     PRUNED_AT_TAG,
+    RAY_EXPERIMENT_ATTR,
     REASON_TAG,
     STATUS_TAG,
+    TRACKING_ATTR,
     summary_metrics,
 )
-from certstudy.study.spec import StudySpec
-from certstudy.study.stored import StoredStudy, can_resume
-from certstudy.workdir import Workdir
+from certstudy.study.stored_sqlite import (
+    RunRecord,
+    TrialRecord,
+    can_resume,
+    existing_store,
+    mlflow_runs,
+    optuna_study,
+    sqlite_path,
+)
+from certstudy.workdir import TRACKING_STORE, Workdir
 
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
 
-def state_name(state: optuna.trial.TrialState) -> str:
-    """An Optuna trial state in certstudy's words (those of progress, MLflow tags and counts)."""
-    return STATES.get(state.name, state.name.lower())
+def state_name(state: Any) -> str:
+    """An Optuna trial state (or its name) in certstudy's words (those of progress, MLflow tags and counts)."""
+    name = state if isinstance(state, str) else state.name
+    return STATES.get(name, name.lower())
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class LaunchedStudy:
+    """What status needs of the study as launched."""
+
+    name: str
+    objective: Objective
+    num_trials: int
+
+    @classmethod
+    def read(cls, workdir: Workdir, study: str) -> LaunchedStudy:
+        path = workdir.study_file(study)
+        if not path.exists():
+            from certstudy.errors import SpecError
+
+            raise SpecError(
+                str(workdir.root), "study", study, f"no study of that name in this work directory (looked for {path})"
+            )
+        try:
+            (doc,) = load_file(path, "study file")
+            first = doc["objectives"][0]
+            return cls(
+                str(doc["name"]), Objective(str(first["metric"]), str(first["mode"])), int(doc["search"]["num_trials"])
+            )
+        except (KeyError, IndexError, TypeError, ValueError):
+            from certstudy.study.export import study_spec  # not as launched: the schema says what is wrong
+
+            spec = study_spec(workdir, study)
+            obj = spec.objectives[0]
+            return cls(spec.name, Objective(obj.metric, obj.mode), spec.search.num_trials)
 
 
 @dataclass
@@ -48,7 +100,7 @@ class TrialRow:
 
 @dataclass
 class StudyStatus:
-    spec: StudySpec
+    study: LaunchedStudy
     rows: list[TrialRow]
     parent_status: str
     resumable: bool
@@ -56,7 +108,7 @@ class StudyStatus:
 
     @property
     def best(self) -> TrialRow | None:
-        obj = self.spec.objectives[0]
+        obj = self.study.objective
         done = [
             r
             for r in self.rows
@@ -67,35 +119,89 @@ class StudyStatus:
         return (max if obj.mode == "max" else min)(done, key=lambda r: r.value)  # type: ignore[arg-type, return-value]
 
 
+@dataclass
+class StoredRecords:
+    """A study's stored records in the terms status uses, however they were read."""
+
+    trials: list[TrialRecord]
+    parent: RunRecord | None
+    runs: dict[int, RunRecord]
+    ray_experiment: str
+
+
+def read_records(workdir: Workdir, study: LaunchedStudy) -> StoredRecords:
+    """Straight from sqlite when both stores are sqlite files; through Optuna and MLflow otherwise."""
+    optuna_file = sqlite_path(workdir.optuna_url(study.name))
+    if optuna_file is not None:
+        existing_store(workdir.optuna_url(study.name), "Optuna storage")
+        found = optuna_study(optuna_file, study.name)
+        if found is None:
+            raise CertstudyError(
+                f"study {study.name!r} has no Optuna study in {optuna_file} (it never got past set-up, or was deleted)"
+            )
+        attrs, trials = found
+        uri = attrs.get(TRACKING_ATTR) or workdir.recorded_store(study.name, TRACKING_STORE) or workdir.tracking_uri
+        mlflow_file = sqlite_path(uri)
+        if mlflow_file is not None:
+            existing_store(uri, "MLflow tracking store")
+            parent_id = attrs.get(PARENT_ATTR)
+            parent, runs = mlflow_runs(mlflow_file, parent_id) if parent_id else (None, {})
+            ray_experiment = attrs.get(RAY_EXPERIMENT_ATTR) or str(workdir.ray_experiment_dir(study.name))
+            return StoredRecords(trials, parent, runs, ray_experiment)
+    return _library_records(workdir, study)
+
+
+def _library_records(workdir: Workdir, study: LaunchedStudy) -> StoredRecords:
+    from certstudy.study.export import study_spec
+    from certstudy.study.stored import StoredStudy
+
+    stored = StoredStudy.open(workdir, study_spec(workdir, study.name))
+    trials = [
+        TrialRecord(t.number, t.state.name, dict(t.params), list(t.values) if t.values else None, dict(t.user_attrs))
+        for t in stored.optuna.get_trials(deepcopy=False)
+    ]
+
+    def record(run: Any) -> RunRecord:
+        steps = [m.step for m in stored.tracker.client.get_metric_history(run.info.run_id, "train/loss")]
+        return RunRecord(
+            run.info.run_id,
+            run.info.status,
+            dict(run.data.tags),
+            dict(run.data.metrics),
+            max(steps) + 1 if steps else 0,
+        )
+
+    parent = record(stored.tracker.client.get_run(stored.parent_run_id)) if stored.parent_run_id else None
+    runs = {number: record(run) for number, run in stored.trial_runs().items()}
+    return StoredRecords(trials, parent, runs, stored.ray_experiment)
+
+
 def study_status(workdir: Workdir, study: str) -> StudyStatus:
-    spec = study_spec(workdir, study)
-    stored = StoredStudy.open(workdir, spec)
-    ot, tracker = stored.optuna, stored.tracker
+    launched = LaunchedStudy.read(workdir, study)
+    records = read_records(workdir, launched)
     parent_status = "-"
     # Runs left RUNNING by a driver that could not close them (killed, or its disk full) are
     # interrupted, not running, when no certstudy process holds the study.
     orphaned = running_holder(workdir, study) is None
-    if stored.parent_run_id:
-        parent = tracker.client.get_run(stored.parent_run_id)
-        parent_status = f"{parent.info.status} ({parent.data.tags.get(STATUS_TAG, '')})"
-        if orphaned and parent.info.status == "RUNNING":
+    if records.parent is not None:
+        parent = records.parent
+        parent_status = f"{parent.status} ({parent.tags.get(STATUS_TAG, '')})"
+        if orphaned and parent.status == "RUNNING":
             parent_status = "interrupted (RUNNING in MLflow, but no certstudy process runs the study)"
-    runs = stored.trial_runs()
     rows = []
-    objective = spec.objectives[0].metric
-    for t in ot.get_trials(deepcopy=False):
-        state = "interrupted" if orphaned and t.state == optuna.trial.TrialState.RUNNING else state_name(t.state)
+    objective = launched.objective.metric
+    for t in records.trials:
+        state = "interrupted" if orphaned and t.state == "RUNNING" else state_name(t.state)
         value = t.values[0] if t.values else None
         row = TrialRow(t.number, state, dict(t.params), value)
-        run = runs.get(t.number)
+        run = records.runs.get(t.number)
         if run is not None:
-            metrics = summary_metrics(run.data.metrics)
-            steps = [m.step for m in tracker.client.get_metric_history(run.info.run_id, "train/loss")]
-            row.epochs = max(steps) + 1 if steps else 0
-            row.run_status = "interrupted" if orphaned and run.info.status == "RUNNING" else run.info.status
+            metrics = summary_metrics(run.metrics)
+            row.epochs = run.epochs
+            row.run_status = "interrupted" if orphaned and run.status == "RUNNING" else run.status
             if state in ("completed", "pruned") and objective in metrics:
                 row.value = metrics[objective]  # the best epoch's, where the trial ended on one
-            tags = run.data.tags
+            tags = run.tags
             if PRUNE_REASON_TAG in tags:
                 row.note = f"pruned at epoch {tags.get(PRUNED_AT_TAG)} ({tags[PRUNE_REASON_TAG]})"
             elif REASON_TAG in tags:
@@ -107,7 +213,7 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     resumable = (
-        can_resume(stored.ray_experiment)
-        and counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0) < spec.search.num_trials
+        can_resume(records.ray_experiment)
+        and counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0) < launched.num_trials
     )
-    return StudyStatus(spec, rows, parent_status, resumable, counts)
+    return StudyStatus(launched, rows, parent_status, resumable, counts)

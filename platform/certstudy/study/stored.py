@@ -11,8 +11,6 @@ set-up on it), and a missing, empty or corrupt one is one line naming the file.
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,45 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from certstudy.errors import CertstudyError
 from certstudy.study.records import EXPERIMENT_ATTR, OPTUNA_TAG, PARENT_ATTR, RAY_EXPERIMENT_ATTR, TRACKING_ATTR
 from certstudy.study.spec import StudySpec
+from certstudy.study.stored_sqlite import existing_store
 from certstudy.study.tracking import Tracker
 from certstudy.workdir import TRACKING_STORE, Workdir
-
-SQLITE_HEADER = b"SQLite format 3\x00"
-TUNER_STATE = "tuner.pkl"  # Ray Tune's: what ``Tuner.can_restore`` looks for
-
-
-def can_resume(ray_experiment: str) -> bool:
-    """Whether Ray Tune saved a state to restore the study from. A local folder is checked without
-    importing Ray (a second of ``certstudy status``); remote storage asks Ray Tune."""
-    if "://" not in ray_experiment:
-        return (Path(ray_experiment) / TUNER_STATE).is_file()
-    from ray.tune import Tuner
-
-    return bool(Tuner.can_restore(ray_experiment))
-
-
-def existing_store(uri: str, what: str) -> str:
-    """``uri`` unchanged when it is not sqlite or names an intact sqlite database; else a
-    ``CertstudyError`` naming the file (missing, empty, or failing sqlite's ``quick_check``). The
-    file is opened read-only, so the check itself writes nothing."""
-    if not uri.startswith("sqlite:///"):
-        return uri
-    path = Path(uri[len("sqlite:///") :])
-    if not path.is_file():
-        raise CertstudyError(f"{path}: no {what} there (was the study launched in this work directory?)")
-    with open(path, "rb") as fh:
-        header = fh.read(len(SQLITE_HEADER))
-    if header != SQLITE_HEADER:
-        state = "is empty" if not header else "is not a sqlite database"
-        raise CertstudyError(f"{path}: the {what} {state} (corrupt, or not certstudy's)")
-    try:
-        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        verdict = str(exc)
-    if verdict != "ok":
-        raise CertstudyError(f"{path}: the {what} is corrupt (sqlite: {' '.join(str(verdict).split())[:120]})")
-    return uri
 
 
 def study_tracking_uri(workdir: Workdir, spec: StudySpec, override: str | None = None) -> str:

@@ -1,0 +1,198 @@
+"""A launched study's sqlite stores read with Python's own ``sqlite3``, for ``certstudy status``.
+
+Importing Optuna, MLflow and the study schema (whose registries import torch) takes about 5 s of
+the 6.5 s ``status`` took; a researcher polling a running study pays that every time. When both
+stores are sqlite files (the default), status reads the few rows it shows straight from them,
+read-only (``mode=ro``: a reader never creates, migrates or locks a store for writing). Other
+stores (PostgreSQL, an MLflow server) go through the libraries (``stored.StoredStudy``).
+
+Only what status shows is read, from tables whose layout Optuna and MLflow keep across releases
+(MLflow is pinned; ``tests/test_status_fast.py`` checks both readers against the libraries' own
+view of the same study): Optuna's ``studies``, ``trials``, ``trial_params``, ``trial_values``,
+``trial_user_attributes`` and ``study_user_attributes``; MLflow's ``runs``, ``tags`` and
+``latest_metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from certstudy.errors import CertstudyError
+from certstudy.study.records import OPTUNA_TAG
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+TUNER_STATE = "tuner.pkl"  # Ray Tune's: what ``Tuner.can_restore`` looks for
+
+
+def can_resume(ray_experiment: str) -> bool:
+    """Whether Ray Tune saved a state to restore the study from. A local folder is checked without
+    importing Ray (a second of ``certstudy status``); remote storage asks Ray Tune."""
+    if "://" not in ray_experiment:
+        return (Path(ray_experiment) / TUNER_STATE).is_file()
+    from ray.tune import Tuner
+
+    return bool(Tuner.can_restore(ray_experiment))
+
+
+def existing_store(uri: str, what: str) -> str:
+    """``uri`` unchanged when it is not sqlite or names an intact sqlite database; else a
+    ``CertstudyError`` naming the file (missing, empty, or failing sqlite's ``quick_check``). The
+    file is opened read-only, so the check itself writes nothing."""
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path = Path(uri[len("sqlite:///") :])
+    if not path.is_file():
+        raise CertstudyError(f"{path}: no {what} there (was the study launched in this work directory?)")
+    with open(path, "rb") as fh:
+        header = fh.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        state = "is empty" if not header else "is not a sqlite database"
+        raise CertstudyError(f"{path}: the {what} {state} (corrupt, or not certstudy's)")
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    if verdict != "ok":
+        raise CertstudyError(f"{path}: the {what} is corrupt (sqlite: {' '.join(str(verdict).split())[:120]})")
+    return uri
+
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own
+EPOCH_METRIC = "train/loss"  # logged at every evaluated epoch, step = epoch
+
+
+@dataclass
+class TrialRecord:
+    """One Optuna trial as status shows it (state by Optuna's name: COMPLETE, PRUNED, ...)."""
+
+    number: int
+    state: str
+    params: dict[str, Any]
+    values: list[float] | None
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    """One MLflow run as status shows it."""
+
+    run_id: str
+    status: str
+    tags: dict[str, str]
+    metrics: dict[str, float]  # the latest value of each metric
+    epochs: int  # evaluated epochs recorded (last train/loss step + 1), 0 when none
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def _read_only(path: Path, what: str) -> Iterator[sqlite3.Connection]:
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=20)) as db:
+            yield db
+    except sqlite3.Error as exc:
+        raise CertstudyError(f"{path}: the {what} could not be read (sqlite: {exc})") from None
+
+
+def _external(value: float, distribution_json: str) -> Any:
+    """Optuna's stored parameter value in the user's terms (a categorical's choice, an int)."""
+    dist = json.loads(distribution_json)
+    name, attrs = dist.get("name", ""), dist.get("attributes", {})
+    if name == "CategoricalDistribution":
+        return attrs["choices"][int(value)]
+    if name in ("IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution"):
+        return int(value)
+    return float(value)
+
+
+_INFINITE = {"INF_POS": math.inf, "INF_NEG": -math.inf}
+
+
+def optuna_study(path: Path, study: str) -> tuple[dict[str, Any], list[TrialRecord]] | None:
+    """The study's attributes and trials (by number), or None when no study of that name is there."""
+    with _read_only(path, "Optuna storage") as db:
+        row = db.execute("SELECT study_id FROM studies WHERE study_name = ?", (study,)).fetchone()
+        if row is None:
+            return None
+        study_id = row[0]
+        attrs = {
+            k: json.loads(v)
+            for k, v in db.execute("SELECT key, value_json FROM study_user_attributes WHERE study_id = ?", (study_id,))
+        }
+        trials: dict[int, TrialRecord] = {}
+        for trial_id, number, state in db.execute(
+            "SELECT trial_id, number, state FROM trials WHERE study_id = ? ORDER BY number", (study_id,)
+        ):
+            trials[trial_id] = TrialRecord(int(number), str(state), {}, None)
+        for trial_id, name, value, dist in db.execute(
+            "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json FROM trial_params p "
+            "JOIN trials t ON t.trial_id = p.trial_id WHERE t.study_id = ? ORDER BY p.param_id",
+            (study_id,),
+        ):
+            trials[trial_id].params[name] = _external(value, dist)
+        values: dict[int, dict[int, float]] = {}
+        for trial_id, objective, value, kind in db.execute(
+            "SELECT v.trial_id, v.objective, v.value, v.value_type FROM trial_values v "
+            "JOIN trials t ON t.trial_id = v.trial_id WHERE t.study_id = ?",
+            (study_id,),
+        ):
+            values.setdefault(trial_id, {})[int(objective)] = _INFINITE.get(kind, value)
+        for trial_id, by_objective in values.items():
+            trials[trial_id].values = [by_objective[k] for k in sorted(by_objective)]
+        for trial_id, key, value in db.execute(
+            "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a "
+            "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = ?",
+            (study_id,),
+        ):
+            trials[trial_id].user_attrs[key] = json.loads(value)
+    return attrs, sorted(trials.values(), key=lambda t: t.number)
+
+
+def _runs(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[RunRecord]:
+    runs = {
+        run_id: RunRecord(run_id, status, {}, {}, 0)
+        for run_id, status in db.execute(
+            f"SELECT run_uuid, status FROM runs WHERE lifecycle_stage = 'active' AND {where}", args
+        )
+    }
+    if not runs:
+        return []
+    marks = ",".join("?" * len(runs))
+    for run_id, key, value in db.execute(
+        f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({marks})", tuple(runs)
+    ):
+        runs[run_id].tags[key] = value
+    for run_id, key, value, step, is_nan in db.execute(
+        f"SELECT run_uuid, key, value, step, is_nan FROM latest_metrics WHERE run_uuid IN ({marks})", tuple(runs)
+    ):
+        runs[run_id].metrics[key] = math.nan if is_nan else float(value)
+        if key == EPOCH_METRIC:
+            runs[run_id].epochs = int(step) + 1
+    return list(runs.values())
+
+
+def mlflow_runs(path: Path, parent_run_id: str) -> tuple[RunRecord | None, dict[int, RunRecord]]:
+    """The parent run, and the child run of each Optuna trial number (where a trial has several,
+    a run left by a lost driver beside the one that finished it, the finished one)."""
+    with _read_only(path, "MLflow tracking store") as db:
+        parents = _runs(db, "run_uuid = ?", (parent_run_id,))
+        children = _runs(
+            db, "run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)", (PARENT_TAG, parent_run_id)
+        )
+    by_number: dict[int, RunRecord] = {}
+    for run in children:
+        number = run.tags.get(OPTUNA_TAG)
+        if number not in (None, "None") and (int(number) not in by_number or run.status == "FINISHED"):
+            by_number[int(number)] = run
+    return (parents[0] if parents else None), by_number
