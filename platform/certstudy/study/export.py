@@ -11,14 +11,16 @@ objective of the study.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from mlflow.entities import Run
 
 from certstudy.errors import CertstudyError, SpecError
+from certstudy.safe_yaml import load_file
+from certstudy.study.launched import LaunchedObjective, LaunchedStudy
 from certstudy.study.records import (
     BEST_EPOCH_KEY,
     EXPERIMENT_ATTR,
@@ -27,18 +29,26 @@ from certstudy.study.records import (
     PRUNE_REASON_ATTR,
     PRUNED_AT_ATTR,
     STATUS_TAG,
+    TRIAL_STUDY_ARTIFACT,
     PruneDecision,
     summary_metrics,
 )
-from certstudy.study.spec import Objective, StudySpec, load_study
-from certstudy.study.stored import existing_store, study_tracking_uri
-from certstudy.study.tracking import Tracker
-from certstudy.workdir import Workdir
+from certstudy.study.stored_sqlite import latest_study_runs, local_artifact, sqlite_path
+from certstudy.workdir import TRACKING_STORE, Workdir
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+    from certstudy.study.spec import Objective, StudySpec
+    from certstudy.study.stored_sqlite import StoredRun
+    from certstudy.study.tracking import Tracker
+
+TrialStudy = Callable[[str], dict[str, Any]]  # a finished trial's run id -> its trial_study.yaml
 
 
 @dataclass
 class Candidate:
-    run: Run
+    run: Run | StoredRun
     metrics: dict[str, float]
 
     def value(self, metric: str) -> float:
@@ -51,12 +61,17 @@ def study_spec(workdir: Workdir, study: str) -> StudySpec:
         raise SpecError(
             str(workdir.root), "study", study, f"no study of that name in this work directory (looked for {path})"
         )
+    from certstudy.study.spec import load_study
+
     return load_study(path)
 
 
 def study_tracker(workdir: Workdir, spec: StudySpec, tracking_uri: str | None = None) -> Tracker:
     """The launched study's MLflow store (``stored.study_tracking_uri``), which must exist (reading
     it never creates one)."""
+    from certstudy.study.stored import existing_store, study_tracking_uri
+    from certstudy.study.tracking import Tracker
+
     return Tracker(existing_store(study_tracking_uri(workdir, spec, tracking_uri), "MLflow tracking store"))
 
 
@@ -65,12 +80,43 @@ def finished_trials(tracker: Tracker, spec: StudySpec) -> tuple[Run, list[Candid
     parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
     if parent is None:
         raise CertstudyError(f"no MLflow runs for study {spec.name!r} at {tracker.tracking_uri}")
-    runs = [
-        r
-        for r in tracker.child_runs(exp.experiment_id, parent.info.run_id)
+    return parent, _candidates(tracker.child_runs(exp.experiment_id, parent.info.run_id))
+
+
+def _candidates(runs: Sequence[Any]) -> list[Candidate]:
+    """The finished trials among a parent's child runs (completed or pruned), at their summary metrics."""
+    return [
+        Candidate(r, summary_metrics(r.data.metrics))
+        for r in runs
         if r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) in ("completed", "pruned")
     ]
-    return parent, [Candidate(r, summary_metrics(r.data.metrics)) for r in runs]
+
+
+def _sqlite_trials(workdir: Workdir, study: LaunchedStudy) -> tuple[StoredRun, list[Candidate], TrialStudy] | None:
+    """The latest parent run, its finished trials and their trial studies, read straight from a
+    sqlite tracking store whose artifacts are local (``stored_sqlite``); None where that is not so
+    (another store, or artifacts behind a server), and the caller goes through MLflow."""
+    from certstudy.study.stored_sqlite import existing_store
+
+    uri = workdir.recorded_store(study.name, TRACKING_STORE)
+    path = sqlite_path(uri) if uri else None
+    if path is None:
+        return None
+    existing_store(uri, "MLflow tracking store")  # type: ignore[arg-type]
+    found = latest_study_runs(path, study.experiment, study.name)
+    if found is None:
+        raise CertstudyError(f"no MLflow runs for study {study.name!r} at {uri}")
+    parent, children = found
+    candidates = _candidates(children)
+    files = {c.run.info.run_id: local_artifact(c.run, TRIAL_STUDY_ARTIFACT) for c in candidates}  # type: ignore[arg-type]
+    if any(f is None for f in files.values()):
+        return None
+
+    def trial_study(run_id: str) -> dict[str, Any]:
+        docs = load_file(files[run_id], "trial study artifact")  # type: ignore[arg-type]
+        return docs[0] if docs else {}
+
+    return parent, candidates, trial_study
 
 
 def rank(candidates: list[Candidate], metric: str, mode: str) -> list[Candidate]:
@@ -78,7 +124,7 @@ def rank(candidates: list[Candidate], metric: str, mode: str) -> list[Candidate]
     return sorted(usable, key=lambda c: c.value(metric), reverse=mode == "max")
 
 
-def pareto_front(candidates: list[Candidate], objectives: list[Objective]) -> list[Candidate]:
+def pareto_front(candidates: list[Candidate], objectives: Sequence[Objective | LaunchedObjective]) -> list[Candidate]:
     """Candidates no other candidate matches or beats on every objective and beats on one."""
 
     def oriented(c: Candidate) -> list[float]:
@@ -99,15 +145,15 @@ def pareto_front(candidates: list[Candidate], objectives: list[Objective]) -> li
 
 
 def _entry(
-    tracker: Tracker, spec: StudySpec, parent: Run, cand: Candidate, rank_: int, selection: dict[str, Any]
+    trial_study: TrialStudy, study: str, parent: Any, cand: Candidate, rank_: int, selection: dict[str, Any]
 ) -> dict[str, Any]:
-    doc = tracker.trial_study(cand.run.info.run_id)
-    doc["name"] = f"{spec.name}-best-{rank_}"
-    doc["description"] = f"rank {rank_} of study {spec.name} by {selection['by']}"
+    doc = trial_study(cand.run.info.run_id)
+    doc["name"] = f"{study}-best-{rank_}"
+    doc["description"] = f"rank {rank_} of study {study} by {selection['by']}"
     optuna_number = cand.run.data.tags.get(OPTUNA_TAG)
     pruned = PruneDecision.from_tags(cand.run.data.tags)  # provenance keys spelled as the Optuna attrs
     doc["provenance"] = {
-        "study": spec.name,
+        "study": study,
         "rank": rank_,
         **selection,
         "mlflow_run_id": cand.run.info.run_id,
@@ -133,9 +179,15 @@ def export(
     out: Path | None = None,
     tracking_uri: str | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    spec = study_spec(workdir, study)
-    tracker = study_tracker(workdir, spec, tracking_uri)
-    parent, candidates = finished_trials(tracker, spec)
+    spec = LaunchedStudy.read(workdir, study)
+    found = _sqlite_trials(workdir, spec) if tracking_uri is None else None
+    if found is None:
+        full = study_spec(workdir, study)
+        tracker = study_tracker(workdir, full, tracking_uri)
+        parent, candidates = finished_trials(tracker, full)
+        trial_study: TrialStudy = tracker.trial_study
+    else:
+        parent, candidates, trial_study = found
     if not candidates:
         raise CertstudyError(f"study {study!r} has no completed trials to export")
     selection: dict[str, Any]
@@ -166,7 +218,7 @@ def export(
             raise SpecError(study, "--metric", metric, f"not a metric of this study's runs; known: {', '.join(known)}")
         chosen = rank(candidates, metric, mode)[:top]
         selection = {"by": metric, "mode": mode}
-    docs = [_entry(tracker, spec, parent, c, i + 1, selection) for i, c in enumerate(chosen)]
+    docs = [_entry(trial_study, spec.name, parent, c, i + 1, selection) for i, c in enumerate(chosen)]
     out = out or workdir.export_path(study)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

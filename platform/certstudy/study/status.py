@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from certstudy.errors import CertstudyError
-from certstudy.safe_yaml import load_file
+from certstudy.study.launched import LaunchedStudy
 from certstudy.study.lock import running_holder
 from certstudy.study.records import (
     FAIL_REASON_ATTR,
@@ -31,7 +31,8 @@ from certstudy.study.records import (
     summary_metrics,
 )
 from certstudy.study.stored_sqlite import (
-    RunRecord,
+    EPOCH_METRIC,
+    StoredRun,
     TrialRecord,
     can_resume,
     existing_store,
@@ -48,43 +49,6 @@ def state_name(state: Any) -> str:
     """An Optuna trial state (or its name) in certstudy's words (those of progress, MLflow tags and counts)."""
     name = state if isinstance(state, str) else state.name
     return STATES.get(name, name.lower())
-
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str
-    mode: str
-
-
-@dataclass(frozen=True)
-class LaunchedStudy:
-    """What status needs of the study as launched."""
-
-    name: str
-    objective: Objective
-    num_trials: int
-
-    @classmethod
-    def read(cls, workdir: Workdir, study: str) -> LaunchedStudy:
-        path = workdir.study_file(study)
-        if not path.exists():
-            from certstudy.errors import SpecError
-
-            raise SpecError(
-                str(workdir.root), "study", study, f"no study of that name in this work directory (looked for {path})"
-            )
-        try:
-            (doc,) = load_file(path, "study file")
-            first = doc["objectives"][0]
-            return cls(
-                str(doc["name"]), Objective(str(first["metric"]), str(first["mode"])), int(doc["search"]["num_trials"])
-            )
-        except (KeyError, IndexError, TypeError, ValueError):
-            from certstudy.study.export import study_spec  # not as launched: the schema says what is wrong
-
-            spec = study_spec(workdir, study)
-            obj = spec.objectives[0]
-            return cls(spec.name, Objective(obj.metric, obj.mode), spec.search.num_trials)
 
 
 @dataclass
@@ -124,8 +88,8 @@ class StoredRecords:
     """A study's stored records in the terms status uses, however they were read."""
 
     trials: list[TrialRecord]
-    parent: RunRecord | None
-    runs: dict[int, RunRecord]
+    parent: StoredRun | None
+    runs: dict[int, StoredRun]
     ray_experiment: str
 
 
@@ -161,15 +125,9 @@ def _library_records(workdir: Workdir, study: LaunchedStudy) -> StoredRecords:
         for t in stored.optuna.get_trials(deepcopy=False)
     ]
 
-    def record(run: Any) -> RunRecord:
-        steps = [m.step for m in stored.tracker.client.get_metric_history(run.info.run_id, "train/loss")]
-        return RunRecord(
-            run.info.run_id,
-            run.info.status,
-            dict(run.data.tags),
-            dict(run.data.metrics),
-            max(steps) + 1 if steps else 0,
-        )
+    def record(run: Any) -> StoredRun:
+        steps = [m.step for m in stored.tracker.client.get_metric_history(run.info.run_id, EPOCH_METRIC)]
+        return StoredRun.of(run, max(steps) + 1 if steps else 0)
 
     parent = record(stored.tracker.client.get_run(stored.parent_run_id)) if stored.parent_run_id else None
     runs = {number: record(run) for number, run in stored.trial_runs().items()}
@@ -185,8 +143,8 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
     orphaned = running_holder(workdir, study) is None
     if records.parent is not None:
         parent = records.parent
-        parent_status = f"{parent.status} ({parent.tags.get(STATUS_TAG, '')})"
-        if orphaned and parent.status == "RUNNING":
+        parent_status = f"{parent.info.status} ({parent.data.tags.get(STATUS_TAG, '')})"
+        if orphaned and parent.info.status == "RUNNING":
             parent_status = "interrupted (RUNNING in MLflow, but no certstudy process runs the study)"
     rows = []
     objective = launched.objective.metric
@@ -196,12 +154,12 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
         row = TrialRow(t.number, state, dict(t.params), value)
         run = records.runs.get(t.number)
         if run is not None:
-            metrics = summary_metrics(run.metrics)
+            metrics = summary_metrics(run.data.metrics)
             row.epochs = run.epochs
-            row.run_status = "interrupted" if orphaned and run.status == "RUNNING" else run.status
+            row.run_status = "interrupted" if orphaned and run.info.status == "RUNNING" else run.info.status
             if state in ("completed", "pruned") and objective in metrics:
                 row.value = metrics[objective]  # the best epoch's, where the trial ended on one
-            tags = run.tags
+            tags = run.data.tags
             if PRUNE_REASON_TAG in tags:
                 row.note = f"pruned at epoch {tags.get(PRUNED_AT_TAG)} ({tags[PRUNE_REASON_TAG]})"
             elif REASON_TAG in tags:

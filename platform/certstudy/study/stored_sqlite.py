@@ -23,9 +23,10 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from certstudy.errors import CertstudyError
-from certstudy.study.records import OPTUNA_TAG
+from certstudy.study.records import OPTUNA_TAG, ROLE_TAG, STUDY_TAG
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 TUNER_STATE = "tuner.pkl"  # Ray Tune's: what ``Tuner.can_restore`` looks for
@@ -80,15 +81,39 @@ class TrialRecord:
     user_attrs: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class RunRecord:
-    """One MLflow run as status shows it."""
-
+@dataclass(frozen=True)
+class RunInfo:
     run_id: str
     status: str
+    experiment_id: str
+    artifact_uri: str
+
+
+@dataclass(frozen=True)
+class RunData:
     tags: dict[str, str]
     metrics: dict[str, float]  # the latest value of each metric
-    epochs: int  # evaluated epochs recorded (last train/loss step + 1), 0 when none
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """An MLflow run as status and export read it, shaped like MLflow's ``Run`` where they read one
+    (``info.run_id``, ``info.status``, ``data.tags``, ``data.metrics``), plus the evaluated epochs
+    recorded (last ``train/loss`` step + 1; 0 when none). No params: nothing here reads them."""
+
+    info: RunInfo
+    data: RunData
+    epochs: int = 0
+
+    @classmethod
+    def of(cls, run: Any, epochs: int = 0) -> StoredRun:
+        """From MLflow's own ``Run``."""
+        i = run.info
+        return cls(
+            RunInfo(i.run_id, i.status, i.experiment_id, i.artifact_uri),
+            RunData(dict(run.data.tags), dict(run.data.metrics)),
+            epochs,
+        )
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -159,40 +184,82 @@ def optuna_study(path: Path, study: str) -> tuple[dict[str, Any], list[TrialReco
     return attrs, sorted(trials.values(), key=lambda t: t.number)
 
 
-def _runs(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[RunRecord]:
-    runs = {
-        run_id: RunRecord(run_id, status, {}, {}, 0)
-        for run_id, status in db.execute(
-            f"SELECT run_uuid, status FROM runs WHERE lifecycle_stage = 'active' AND {where}", args
-        )
-    }
-    if not runs:
+def _runs(db: sqlite3.Connection, where: str, args: tuple[Any, ...], order: str = "") -> list[StoredRun]:
+    found = db.execute(
+        "SELECT run_uuid, status, experiment_id, artifact_uri FROM runs "
+        f"WHERE lifecycle_stage = 'active' AND {where} {order}",
+        args,
+    ).fetchall()
+    if not found:
         return []
-    marks = ",".join("?" * len(runs))
-    for run_id, key, value in db.execute(
-        f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({marks})", tuple(runs)
-    ):
-        runs[run_id].tags[key] = value
+    ids = tuple(row[0] for row in found)
+    marks = ",".join("?" * len(ids))
+    tags: dict[str, dict[str, str]] = {run_id: {} for run_id in ids}
+    metrics: dict[str, dict[str, float]] = {run_id: {} for run_id in ids}
+    epochs: dict[str, int] = {}
+    for run_id, key, value in db.execute(f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({marks})", ids):
+        tags[run_id][key] = value
     for run_id, key, value, step, is_nan in db.execute(
-        f"SELECT run_uuid, key, value, step, is_nan FROM latest_metrics WHERE run_uuid IN ({marks})", tuple(runs)
+        f"SELECT run_uuid, key, value, step, is_nan FROM latest_metrics WHERE run_uuid IN ({marks})", ids
     ):
-        runs[run_id].metrics[key] = math.nan if is_nan else float(value)
+        metrics[run_id][key] = math.nan if is_nan else float(value)
         if key == EPOCH_METRIC:
-            runs[run_id].epochs = int(step) + 1
-    return list(runs.values())
+            epochs[run_id] = int(step) + 1
+    return [
+        StoredRun(
+            RunInfo(run_id, status, str(exp), uri or ""), RunData(tags[run_id], metrics[run_id]), epochs.get(run_id, 0)
+        )
+        for run_id, status, exp, uri in found
+    ]
 
 
-def mlflow_runs(path: Path, parent_run_id: str) -> tuple[RunRecord | None, dict[int, RunRecord]]:
+def _children(db: sqlite3.Connection, parent_run_id: str) -> list[StoredRun]:
+    return _runs(db, "run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)", (PARENT_TAG, parent_run_id))
+
+
+def mlflow_runs(path: Path, parent_run_id: str) -> tuple[StoredRun | None, dict[int, StoredRun]]:
     """The parent run, and the child run of each Optuna trial number (where a trial has several,
     a run left by a lost driver beside the one that finished it, the finished one)."""
     with _read_only(path, "MLflow tracking store") as db:
         parents = _runs(db, "run_uuid = ?", (parent_run_id,))
-        children = _runs(
-            db, "run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)", (PARENT_TAG, parent_run_id)
-        )
-    by_number: dict[int, RunRecord] = {}
+        children = _children(db, parent_run_id)
+    by_number: dict[int, StoredRun] = {}
     for run in children:
-        number = run.tags.get(OPTUNA_TAG)
-        if number not in (None, "None") and (int(number) not in by_number or run.status == "FINISHED"):
+        number = run.data.tags.get(OPTUNA_TAG)
+        if number not in (None, "None") and (int(number) not in by_number or run.info.status == "FINISHED"):
             by_number[int(number)] = run
     return (parents[0] if parents else None), by_number
+
+
+def latest_study_runs(path: Path, experiment: str, study: str) -> tuple[StoredRun, list[StoredRun]] | None:
+    """The study's latest parent run in ``experiment`` and all its child runs (as
+    ``Tracker.latest_study_run`` and ``Tracker.child_runs`` find them), or None when there is none."""
+    with _read_only(path, "MLflow tracking store") as db:
+        row = db.execute(
+            "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'", (experiment,)
+        ).fetchone()
+        if row is None:
+            return None
+        parents = _runs(
+            db,
+            "experiment_id = ? AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = 'study') "
+            "AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)",
+            (row[0], ROLE_TAG, STUDY_TAG, study),
+            order="ORDER BY start_time DESC LIMIT 1",
+        )
+        if not parents:
+            return None
+        return parents[0], _children(db, parents[0].info.run_id)
+
+
+def local_artifact(run: StoredRun, name: str) -> Path | None:
+    """A run's artifact file when its artifacts are on this machine's filesystem, else None."""
+    uri = run.info.artifact_uri
+    if uri.startswith("file://"):
+        root = Path(unquote(urlsplit(uri).path))
+    elif uri.startswith("/"):
+        root = Path(uri)
+    else:
+        return None
+    path = root / name
+    return path if path.is_file() else None

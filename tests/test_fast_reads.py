@@ -1,6 +1,6 @@
-"""``certstudy status`` reads sqlite stores with Python's sqlite3 (issue: overhead, fixed costs): the
-rows it reads are exactly those Optuna and MLflow give for the same study, and the command imports
-neither of them, nor torch or Ray."""
+"""``certstudy status`` and ``export`` read sqlite stores with Python's sqlite3 (issue: overhead, fixed
+costs): what they read is exactly what Optuna and MLflow give for the same study, and the commands
+import neither of them, nor torch or Ray."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from certstudy.study.status import LaunchedStudy, _library_records, read_records, study_status
+from certstudy.study.export import export
+from certstudy.study.launched import LaunchedStudy
+from certstudy.study.status import _library_records, read_records, study_status
 from certstudy.workdir import Workdir
 from conftest import launch_study, tiny_study
 
@@ -29,7 +31,7 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
-def test_status_reads_sqlite_as_the_libraries_do_and_imports_neither(tmp_path: Path) -> None:
+def test_status_and_export_read_sqlite_as_the_libraries_do_and_import_neither(tmp_path: Path) -> None:
     spec = tiny_study(
         "fast",
         model={"name": "mlp", "params": {"depth": 1}, "search": {"width": {"type": "int", "low": 16, "high": 48}}},
@@ -50,21 +52,38 @@ def test_status_reads_sqlite_as_the_libraries_do_and_imports_neither(tmp_path: P
     assert fast.parent is not None and slow.parent is not None
     assert sorted(fast.runs) == sorted(slow.runs) == [0, 1, 2, 3]
     for run_a, run_b in [(fast.parent, slow.parent)] + [(fast.runs[n], slow.runs[n]) for n in fast.runs]:
-        assert (run_a.run_id, run_a.status, run_a.epochs) == (run_b.run_id, run_b.status, run_b.epochs)
-        assert run_a.tags == run_b.tags and _same(run_a.metrics, run_b.metrics)
+        assert run_a.info == run_b.info and run_a.epochs == run_b.epochs
+        assert run_a.data.tags == run_b.data.tags and _same(run_a.data.metrics, run_b.data.metrics)
     assert all(r.epochs >= 1 for r in fast.runs.values())
     assert fast.ray_experiment == slow.ray_experiment
 
     st = study_status(workdir, "fast")
     assert sum(st.counts.values()) == 4 and not st.resumable and st.parent_status.startswith("FINISHED")
 
-    # the command itself: one table, and not one of the heavy libraries imported
-    code = (
-        "import sys; from certstudy.cli import main; rc = main(['status', 'fast', '--workdir', sys.argv[1]]); "
-        "import json; print(json.dumps([rc, sorted(m for m in ('torch', 'mlflow', 'optuna', 'ray', 'sqlalchemy') "
-        "if m in sys.modules)]))"
+    # export: the same documents read straight from sqlite and through MLflow (--tracking-uri forces it)
+    quick_path, quick = export(workdir, "fast", top=3, out=tmp_path / "quick.yaml")
+    _, slow_docs = export(
+        workdir, "fast", top=3, out=tmp_path / "slow.yaml", tracking_uri=f"sqlite:///{got['work'] / 'mlflow.db'}"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(got["work"])], capture_output=True, text=True, check=True)
-    rc, heavy = json.loads(out.stdout.strip().splitlines()[-1])
-    assert rc == 0 and heavy == [], out.stdout
-    assert "study fast: 4 of 4 trials proposed" in out.stdout
+    assert len(quick) == min(3, len(slow_docs)) >= 1 and _same(quick, slow_docs)
+    assert quick_path.read_text() == (tmp_path / "slow.yaml").read_text().replace("slow.yaml", "quick.yaml")
+
+    # the commands themselves, and not one of the heavy libraries imported
+    for argv, shown in (
+        (["status", "fast"], "study fast: 4 of 4 trials proposed"),
+        (["export", "fast", "-o", str(tmp_path / "cli.yaml")], "exported to"),
+    ):
+        code = (
+            "import sys, json; from certstudy.cli import main; rc = main(json.loads(sys.argv[1])); "
+            "print(json.dumps([rc, sorted(m for m in ('torch', 'mlflow', 'optuna', 'ray', 'sqlalchemy') "
+            "if m in sys.modules)]))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps([*argv, "--workdir", str(got["work"])])],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rc, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+        assert rc == 0 and heavy == [], out.stdout
+        assert shown in out.stdout, out.stdout
