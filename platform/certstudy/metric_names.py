@@ -21,8 +21,11 @@ BEST_EPOCH_KEY = "best/epoch"
 SPLIT_METRIC = r"^(train|val|gap)/[A-Za-z0-9_.\-]+$"
 """A metric of the train or val split, or their gap: the only kind reported after every epoch."""
 
+TRAIN_LOSS = "train/loss"
+"""The training loss, reported at every evaluated epoch (the records read epochs from its steps)."""
+
 EPOCH_METRICS = (
-    "train/loss",
+    TRAIN_LOSS,
     "train/acc",
     "train/robust_acc",
     "train/robust_loss",

@@ -34,6 +34,7 @@ from certstudy.study.records import (
     OPTUNA_TRIAL_KEY,
     REASON_TAG,
     RETRIES_TAG,
+    SERIES_PROBE,
     STATUS_TAG,
     STUDY_TAG,
     failure_reason,
@@ -106,11 +107,6 @@ def transient(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-SERIES_PROBE = "train/loss"
-"""Reported after every epoch and logged with the epoch's other metrics in one batch: whether MLflow
-has an epoch is read from this metric's history."""
 
 
 def _read_results(path: Path) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from certstudy.metric_names import (
     EPOCH_METRICS,
     SPLIT_METRIC,
     TAG_PREFIX,
+    TRAIN_LOSS,
     per_epoch_metric,
 )
 from certstudy.workdir import STUDY_FILE
@@ -58,6 +59,10 @@ MODEL_ARTIFACT_DIR = "model"
 DASHBOARD_ARTIFACT = "dashboard.html"
 
 # --- Optuna: study and trial user attrs ---------------------------------------------------------
+
+SERIES_PROBE = TRAIN_LOSS
+"""Reported after every evaluated epoch (step = epoch) and logged with the epoch's other metrics in
+one batch: whether MLflow has an epoch, and how many a run has, is read from this metric."""
 
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"

@@ -26,12 +26,12 @@ from certstudy.study.records import (
     PRUNED_AT_TAG,
     RAY_EXPERIMENT_ATTR,
     REASON_TAG,
+    SERIES_PROBE,
     STATUS_TAG,
     TRACKING_ATTR,
     summary_metrics,
 )
 from certstudy.study.stored_sqlite import (
-    EPOCH_METRIC,
     StoredRun,
     TrialRecord,
     can_resume,
@@ -126,7 +126,7 @@ def _library_records(workdir: Workdir, study: LaunchedStudy) -> StoredRecords:
     ]
 
     def record(run: Any) -> StoredRun:
-        steps = [m.step for m in stored.tracker.client.get_metric_history(run.info.run_id, EPOCH_METRIC)]
+        steps = [m.step for m in stored.tracker.client.get_metric_history(run.info.run_id, SERIES_PROBE)]
         return StoredRun.of(run, max(steps) + 1 if steps else 0)
 
     parent = record(stored.tracker.client.get_run(stored.parent_run_id)) if stored.parent_run_id else None

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from certstudy.errors import CertstudyError
-from certstudy.study.records import OPTUNA_TAG, ROLE_TAG, STUDY_TAG
+from certstudy.study.records import OPTUNA_TAG, PARENT_TAG, ROLE_TAG, SERIES_PROBE, STUDY_TAG
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 TUNER_STATE = "tuner.pkl"  # Ray Tune's: what ``Tuner.can_restore`` looks for
@@ -64,10 +64,6 @@ def existing_store(uri: str, what: str) -> str:
     if verdict != "ok":
         raise CertstudyError(f"{path}: the {what} is corrupt (sqlite: {' '.join(str(verdict).split())[:120]})")
     return uri
-
-
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own
-EPOCH_METRIC = "train/loss"  # logged at every evaluated epoch, step = epoch
 
 
 @dataclass
@@ -203,7 +199,7 @@ def _runs(db: sqlite3.Connection, where: str, args: tuple[Any, ...], order: str 
         f"SELECT run_uuid, key, value, step, is_nan FROM latest_metrics WHERE run_uuid IN ({marks})", ids
     ):
         metrics[run_id][key] = math.nan if is_nan else float(value)
-        if key == EPOCH_METRIC:
+        if key == SERIES_PROBE:
             epochs[run_id] = int(step) + 1
     return [
         StoredRun(
