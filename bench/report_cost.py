@@ -1,25 +1,24 @@
 """What one epoch's report costs a trial inside a study, with and without a checkpoint.
 
-A 1-trial study of a tiny trial (an MLP on digits, about 20 ms of compute per epoch) is run three
-ways: by hand (``run_trial`` with a reporter that does nothing: the compute alone), as a study that
-saves every epoch (``checkpoint: {every_epochs: 1}``) and as a study that saves only at its end
-(``checkpoint: {every_s: 3600}``). Per epoch it prints the median time between two reports as the
-trial sees it (Ray's ``time_this_iter_s``, which includes the time blocked in ``tune.report``), and
-the cost the study adds over the compute: the report round trip alone (no checkpoint) and what a
-checkpoint adds to it. It also times the pieces of the round trip that the driver runs while the
-trial waits: Optuna's ``trial.report`` on the study's sqlite storage, and a Ray actor call (the
-stop board read). Why the wait stays: README, Benchmarks.
+A 1-trial study of a tiny trial (an MLP on digits, about 13 ms of compute per epoch) is run by hand
+(``run_trial`` with a reporter that does nothing: the compute alone) and by ``certstudy launch``,
+once saving every epoch (``checkpoint: {every_epochs: 1}``) and once saving only at its end
+(``checkpoint: {every_s: 3600}``), each at two lengths (``--epochs`` and four times that). The
+per-epoch wall is the difference of the two walls over the difference of epochs, so start-up and
+teardown cancel; what the study adds per epoch over the compute is the report's round trip
+(``tune.report`` blocks until the driver has taken the result and asked for the next; Ray's own
+``time_this_iter_s`` leaves that wait out) and, with a checkpoint, its write and Ray's copy. It also
+times two pieces of the driver's side of that wait: Optuna's ``trial.report`` on the study's sqlite
+storage, and a Ray actor call (the stop board read). Why the wait stays: README, Benchmarks.
 
-    python bench/report_cost.py            # 300 epochs per run: about 2 minutes on 2 cores
+    python bench/report_cost.py                # 150 and 600 epochs: about 3 minutes on 2 cores
     python bench/report_cost.py --epochs 100
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,32 +47,33 @@ def study_dict(name: str, epochs: int, checkpoint: dict[str, Any]) -> dict[str, 
     }
 
 
-def by_hand(study: dict[str, Any], data_dir: str) -> list[float]:
-    """Seconds between two reports of the trial run directly (compute only)."""
+def by_hand(study: dict[str, Any], data_dir: str) -> float:
+    """Wall seconds of the trial run directly (compute only)."""
     from certstudy.trial import run_trial
 
-    stamps: list[float] = []
     cfg = validate_spec(study, "bench").trial_config()
-    run_trial(cfg, lambda m, d: None if "best/epoch" in m else stamps.append(time.perf_counter()), data_dir=data_dir)
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    t = time.perf_counter()
+    run_trial(cfg, lambda m, d: None, data_dir=data_dir)
+    return time.perf_counter() - t
 
 
-def as_study(study: dict[str, Any], tmp: Path) -> list[float]:
-    """``time_this_iter_s`` of every per-epoch result of the study's one trial."""
+def as_study(study: dict[str, Any], tmp: Path) -> float:
+    """Wall seconds of ``certstudy launch`` of the 1-trial study."""
+    tmp.mkdir(parents=True, exist_ok=True)
     path, work = tmp / f"{study['name']}.yaml", tmp / "work"
     path.write_text(yaml.safe_dump(study))
-    env = {**os.environ, "CERTSTUDY_DATA": str(tmp / "data")}
+    env = {**os.environ, "CERTSTUDY_DATA": str(tmp.parent / "data")}
+    t = time.perf_counter()
     run = subprocess.run(
         [sys.executable, "-m", "certstudy.cli", "launch", str(path), "--workdir", str(work)],
         capture_output=True,
         text=True,
         env=env,
     )
+    wall = time.perf_counter() - t
     if run.returncode != 0:
         raise SystemExit(run.stdout[-2000:] + run.stderr[-2000:])
-    (result,) = (work / study["name"] / "ray").glob("*/result.json")
-    rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-    return [r["time_this_iter_s"] for r in rows if "best/epoch" not in r][1:]  # the first includes start-up
+    return wall
 
 
 def optuna_report_ms(tmp: Path, n: int = 100) -> float:
@@ -110,35 +110,46 @@ def actor_call_ms(n: int = 200) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=150, help="the shorter length; the longer is 4x")
     args = parser.parse_args()
+    short, long = args.epochs, 4 * args.epochs
     console = Console(width=140)
+    per_epoch: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="certstudy-report-cost-") as tmp_name:
         tmp = Path(tmp_name)
         data_dir = str(tmp / "data")
-        compute = statistics.median(by_hand(study_dict("hand", args.epochs, {"every_epochs": 1}), data_dir))
-        every = statistics.median(as_study(study_dict("every", args.epochs, {"every_epochs": 1}), tmp / "a"))
-        end_only = statistics.median(as_study(study_dict("end", args.epochs, {"every_s": 3600}), tmp / "b"))
+        walls = [by_hand(study_dict("hand", n, {"every_epochs": 1}), data_dir) for n in (short, long)]
+        per_epoch["hand"] = (walls[1] - walls[0]) / (long - short)
+        for key, policy in (("every", {"every_epochs": 1}), ("end", {"every_s": 3600})):
+            walls = [as_study(study_dict(f"{key}{n}", n, policy), tmp / f"{key}{n}") for n in (short, long)]
+            per_epoch[key] = (walls[1] - walls[0]) / (long - short)
         optuna_ms = optuna_report_ms(tmp)
         actor_ms = actor_call_ms()
 
-    table = Table(title=f"one epoch's report in a 1-trial study ({args.epochs} epochs, medians, 2 cores)")
-    for col in ("run", "s between reports", "over the compute (ms)"):
+    compute = per_epoch["hand"]
+    table = Table(title=f"one epoch in a 1-trial study ({short} vs {long} epochs, wall difference per epoch, 2 cores)")
+    for col in ("run", "ms per epoch", "over the compute (ms)"):
         table.add_column(col, justify="left" if col == "run" else "right")
-    table.add_row("by hand (compute only)", f"{compute:.4f}", "-")
-    table.add_row("study, checkpoint every epoch", f"{every:.4f}", f"{(every - compute) * 1e3:.1f}")
-    table.add_row("study, checkpoint at the end only", f"{end_only:.4f}", f"{(end_only - compute) * 1e3:.1f}")
+    table.add_row("by hand (compute only)", f"{compute * 1e3:.1f}", "-")
+    table.add_row(
+        "study, checkpoint every epoch",
+        f"{per_epoch['every'] * 1e3:.1f}",
+        f"{(per_epoch['every'] - compute) * 1e3:.1f}",
+    )
+    table.add_row(
+        "study, checkpoint at the end only",
+        f"{per_epoch['end'] * 1e3:.1f}",
+        f"{(per_epoch['end'] - compute) * 1e3:.1f}",
+    )
     console.print(table)
+    plain, with_ckpt = (per_epoch["end"] - compute) * 1e3, (per_epoch["every"] - compute) * 1e3
     console.print(
-        f"a checkpoint adds {(every - end_only) * 1e3:.1f} ms to its report; a report without one costs the trial "
-        f"{(end_only - compute) * 1e3:.1f} ms (blocked in tune.report until the driver has taken the result). "
-        f"Pieces of that wait: Optuna trial.report on sqlite {optuna_ms:.2f} ms, a Ray actor call (stop board read) "
-        f"{actor_ms:.2f} ms.",
+        f"a checkpoint adds {with_ckpt - plain:.1f} ms to its report; a report without one costs the trial {plain:.1f} ms "
+        f"(blocked in tune.report until the driver has taken the result). Pieces of the driver's side: Optuna "
+        f"trial.report on sqlite {optuna_ms:.2f} ms, a Ray actor call (the stop board read) {actor_ms:.2f} ms.",
         highlight=False,
     )
-    console.print(
-        f"report_ms checkpoint {(every - compute) * 1e3:.1f} plain {(end_only - compute) * 1e3:.1f}", highlight=False
-    )
+    console.print(f"report_ms checkpoint {with_ckpt:.1f} plain {plain:.1f}", highlight=False)
 
 
 if __name__ == "__main__":
