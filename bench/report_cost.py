@@ -2,8 +2,9 @@
 
 A 1-trial study of a tiny trial (an MLP on digits, about 13 ms of compute per epoch) is run by hand
 (``run_trial`` with a reporter that does nothing: the compute alone) and by ``certstudy launch``,
-once saving every epoch (``checkpoint: {every_epochs: 1}``) and once saving only at its end
-(``checkpoint: {every_s: 3600}``), each at two lengths (``--epochs`` and four times that). The
+saving every epoch (``checkpoint: {every_epochs: 1}``), saving only at its end (``checkpoint:
+{every_s: 3600}``), and saving only at its end in a study that prunes (a median pruner that never
+fires: its reports block), each at two lengths (``--epochs`` and four times that). The
 per-epoch wall is the difference of the two walls over the difference of epochs, so start-up and
 teardown cancel; what the study adds per epoch over the compute is the report's round trip
 (``tune.report`` blocks until the driver has taken the result and asked for the next; Ray's own
@@ -11,7 +12,7 @@ teardown cancel; what the study adds per epoch over the compute is the report's 
 times two pieces of the driver's side of that wait: Optuna's ``trial.report`` on the study's sqlite
 storage, and a Ray actor call (the stop board read). Why the wait stays: README, Benchmarks.
 
-    python bench/report_cost.py                # 150 and 600 epochs: about 3 minutes on 2 cores
+    python bench/report_cost.py                # 150 and 600 epochs: about 4 minutes on 2 cores
     python bench/report_cost.py --epochs 100
 """
 
@@ -32,8 +33,12 @@ from rich.table import Table
 
 from certstudy.study.spec import validate_spec
 
+NEVER_PRUNES = {"pruner": {"name": "median", "n_startup_trials": 100000}}  # prunes nothing, but reports block
 
-def study_dict(name: str, epochs: int, checkpoint: dict[str, Any]) -> dict[str, Any]:
+
+def study_dict(
+    name: str, epochs: int, checkpoint: dict[str, Any], pruning: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "name": name,
         "dataset": {"name": "digits"},
@@ -44,6 +49,7 @@ def study_dict(name: str, epochs: int, checkpoint: dict[str, Any]) -> dict[str, 
         "search": {"num_trials": 1, "max_concurrent": 1, "seed": 0},
         "resources": {"cpu": 1},
         "checkpoint": checkpoint,
+        **({"pruning": pruning} if pruning else {}),
     }
 
 
@@ -120,8 +126,12 @@ def main() -> None:
         data_dir = str(tmp / "data")
         walls = [by_hand(study_dict("hand", n, {"every_epochs": 1}), data_dir) for n in (short, long)]
         per_epoch["hand"] = (walls[1] - walls[0]) / (long - short)
-        for key, policy in (("every", {"every_epochs": 1}), ("end", {"every_s": 3600})):
-            walls = [as_study(study_dict(f"{key}{n}", n, policy), tmp / f"{key}{n}") for n in (short, long)]
+        for key, policy, pruning in (
+            ("every", {"every_epochs": 1}, None),
+            ("end", {"every_s": 3600}, None),
+            ("prunes", {"every_s": 3600}, NEVER_PRUNES),
+        ):
+            walls = [as_study(study_dict(f"{key}{n}", n, policy, pruning), tmp / f"{key}{n}") for n in (short, long)]
             per_epoch[key] = (walls[1] - walls[0]) / (long - short)
         optuna_ms = optuna_report_ms(tmp)
         actor_ms = actor_call_ms()
@@ -131,25 +141,27 @@ def main() -> None:
     for col in ("run", "ms per epoch", "over the compute (ms)"):
         table.add_column(col, justify="left" if col == "run" else "right")
     table.add_row("by hand (compute only)", f"{compute * 1e3:.1f}", "-")
-    table.add_row(
-        "study, checkpoint every epoch",
-        f"{per_epoch['every'] * 1e3:.1f}",
-        f"{(per_epoch['every'] - compute) * 1e3:.1f}",
+    rows = (
+        ("every", "study, checkpoint every epoch"),
+        ("end", "study, checkpoint at the end only"),
+        ("prunes", "study that prunes, checkpoint at the end only"),
     )
-    table.add_row(
-        "study, checkpoint at the end only",
-        f"{per_epoch['end'] * 1e3:.1f}",
-        f"{(per_epoch['end'] - compute) * 1e3:.1f}",
-    )
+    over = {key: (per_epoch[key] - compute) * 1e3 for key, _ in rows}
+    for key, label in rows:
+        table.add_row(label, f"{per_epoch[key] * 1e3:.1f}", f"{over[key]:.1f}")
     console.print(table)
-    plain, with_ckpt = (per_epoch["end"] - compute) * 1e3, (per_epoch["every"] - compute) * 1e3
     console.print(
-        f"a checkpoint adds {with_ckpt - plain:.1f} ms to its report; a report without one costs the trial {plain:.1f} ms "
-        f"(blocked in tune.report until the driver has taken the result). Pieces of the driver's side: Optuna "
-        f"trial.report on sqlite {optuna_ms:.2f} ms, a Ray actor call (the stop board read) {actor_ms:.2f} ms.",
+        f"a checkpoint adds {over['every'] - over['end']:.1f} ms to its report. A report without one costs the trial "
+        f"{over['end']:.1f} ms in a study that does not prune (handed to the trial's reporting thread) and "
+        f"{over['prunes']:.1f} ms in one that prunes (blocked until the driver has taken it, so that a decision is on "
+        f"the board before the next epoch). Pieces of the driver's side: Optuna trial.report on sqlite "
+        f"{optuna_ms:.2f} ms, a Ray actor call (the stop board read) {actor_ms:.2f} ms.",
         highlight=False,
     )
-    console.print(f"report_ms checkpoint {with_ckpt:.1f} plain {plain:.1f}", highlight=False)
+    console.print(
+        f"report_ms checkpoint {over['every']:.1f} plain {over['end']:.1f} pruning {over['prunes']:.1f}",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":
