@@ -139,6 +139,7 @@ def test_a_trial_whose_node_dies_resumes_on_another_node_in_its_own_run(
         "node-loss",
         training={"epochs": epochs, "batch_size": 8},
         search={"num_trials": 2, "max_concurrent": 2, "seed": 0, "max_failures": 3},
+        checkpoint={"every_epochs": 1},  # saves mid-trial (the default saves every 30 s): the kill waits for them
     )
     work = tmp_path / "work"
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import optuna
-from mlflow.entities import Run, RunData, RunInfo
+from mlflow.entities import Run, RunData, RunInfo, RunTag
 
 from certstudy.study.export import Candidate, pareto_front, rank
+from certstudy.study.records import OPTUNA_TAG
 from certstudy.study.space import SearchSpace, resolve
 from certstudy.study.spec import Objective, dump_study, validate_spec
 from conftest import tiny_study
@@ -68,6 +69,18 @@ def test_rank_orders_by_mode_and_drops_missing_values() -> None:
     cands = [_cand("x", 0.2, 0), _cand("y", 0.7, 0), Candidate(_cand("z", 0, 0).run, {})]
     assert [c.run.info.run_id for c in rank(cands, "val/a", "max")] == ["y", "x"]
     assert [c.run.info.run_id for c in rank(cands, "val/a", "min")] == ["x", "y"]
+
+
+def test_rank_puts_the_earlier_trial_first_among_equal_values() -> None:
+    def numbered(name: str, number: int, a: float) -> Candidate:
+        tags = [RunTag(OPTUNA_TAG, str(number))]
+        run = Run(RunInfo(name, "0", "u", "FINISHED", 0, 0, "active", run_name=name), RunData(tags=tags))
+        return Candidate(run, {"val/a": a})
+
+    cands = [numbered("late", 7, 0.5), numbered("best", 9, 0.9), numbered("early", 2, 0.5)]
+    for order in (cands, cands[::-1]):  # whatever order the store returned
+        assert [c.run.info.run_id for c in rank(list(order), "val/a", "max")] == ["best", "early", "late"]
+        assert [c.run.info.run_id for c in rank(list(order), "val/a", "min")] == ["early", "late", "best"]
 
 
 def test_launching_a_study_again_keeps_the_earlier_results_aside(tmp_path) -> None:

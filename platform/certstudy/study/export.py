@@ -119,9 +119,18 @@ def _sqlite_trials(workdir: Workdir, study: LaunchedStudy) -> tuple[StoredRun, l
     return parent, candidates, trial_study
 
 
+def trial_number(c: Candidate) -> float:
+    """The candidate's Optuna trial number (infinite where its run has none)."""
+    number = c.run.data.tags.get(OPTUNA_TAG, "")
+    return int(number) if number.isdigit() else math.inf
+
+
 def rank(candidates: list[Candidate], metric: str, mode: str) -> list[Candidate]:
+    """Best first by ``metric``; of equal values, the earlier trial first (the same order whichever
+    store the runs were read from, in whatever order it returned them)."""
     usable = [c for c in candidates if math.isfinite(c.value(metric))]
-    return sorted(usable, key=lambda c: c.value(metric), reverse=mode == "max")
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(usable, key=lambda c: (sign * c.value(metric), trial_number(c)))
 
 
 def pareto_front(candidates: list[Candidate], objectives: Sequence[Objective | LaunchedObjective]) -> list[Candidate]:
