@@ -3,7 +3,8 @@
 Before: one line, exit 1, no traceback, nothing left RUNNING. During: the study stops with one
 line and exit 1, ``status`` (read-only) shows the runs it could not close as interrupted, and once
 space is freed ``resume`` completes every trial with each epoch in MLflow exactly once (the epochs
-MLflow could not take are back-filled from the trial folders).
+MLflow could not take are back-filled from the trial folders, or re-run from the last checkpoint;
+an epoch MLflow already has is never logged again).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from certstudy.study.records import (
     SERIES_PROBE,
     STATUS_TAG,
     STUDY_TAG,
+    TRIAL_ID_TAG,
     failure_reason,
     result_epoch,
     result_tags,
@@ -366,37 +367,50 @@ class MlflowTrialCallback(Callback):
     # resume --------------------------------------------------------------------------------
 
     def backfill(self, experiment_folder: str) -> int:
-        """On resume, before any trial runs again (driver thread, nothing queued yet): the per-epoch
-        results Ray wrote to each trial's ``result.json`` that MLflow lacks (they were in the write
-        buffer when the driver was killed) are logged, a trial whose run was never created gets it,
-        and each trial's last logged epoch is remembered so an epoch re-run from an older checkpoint
-        is not logged twice. Trials that had ended without their run being closed are closed when
-        Ray Tune hands over its restored trials (``on_step_begin``). Returns how many epochs were
-        back-filled."""
+        """On resume, before any trial runs again (driver thread, nothing queued yet): each trial's
+        last epoch in MLflow is remembered, so an epoch re-run from an older checkpoint (or from the
+        start, when the trial had none) is not logged twice; then the per-epoch results Ray wrote to
+        a trial's ``result.json`` that MLflow lacks (they were in the write buffer when the driver
+        was killed) are logged, and a trial whose run was never created gets it. Ray keeps
+        ``result.json`` in its local staging folder and syncs it to the experiment folder now and
+        then, so a trial may have none there: MLflow's own series is what dedups. Trials that had
+        ended without their run being closed are closed when Ray Tune hands over its restored
+        trials (``on_step_begin``). Returns how many epochs were back-filled."""
         self._settle = True
-        if "://" in experiment_folder:
-            return 0  # remote storage: the resumed trials re-report from their checkpoints only
+        logged: dict[str, set[int]] = {}
+        for run in self.tracker.child_runs(self.experiment_id, self.parent_run_id):
+            trial_id = run.data.tags.get(TRIAL_ID_TAG)
+            if trial_id:
+                self._runs[trial_id] = run.info.run_id
+                logged[trial_id] = {
+                    m.step for m in self.tracker.client.get_metric_history(run.info.run_id, SERIES_PROBE)
+                }
         filled = 0
-        for results_file in sorted(Path(experiment_folder).glob("*/result.json")):
-            reports = _read_results(results_file)
-            if not reports:
-                continue
-            trial_id, config = str(reports[0]["trial_id"]), dict(reports[0].get("config", {}))
-            existing = self.tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial_id)
-            run_id = existing or self._run_id(trial_id, config)
-            self._runs[trial_id] = run_id
-            logged = {m.step for m in self.tracker.client.get_metric_history(run_id, SERIES_PROBE)}
-            missing = {}
-            for result in reports:
-                epoch = result_epoch(result)
-                if BEST_EPOCH_KEY not in result and failure_reason(result) is None and epoch not in logged:
-                    missing[epoch] = series_metrics(result)
-            if missing:
-                now = int(time.time() * 1000)
-                self.tracker.log_metric_steps(run_id, [(m, e, now) for e, m in sorted(missing.items())])
-                filled += len(missing)
-            self._logged[trial_id] = max(logged | set(missing), default=-1)
+        if "://" not in experiment_folder:  # remote storage: the resumed trials re-report from their checkpoints
+            for results_file in sorted(Path(experiment_folder).glob("*/result.json")):
+                filled += self._fill_from(results_file, logged)
+        for trial_id, steps in logged.items():
+            self._logged[trial_id] = max(steps, default=-1)
         return filled
+
+    def _fill_from(self, results_file: Path, logged: dict[str, set[int]]) -> int:
+        """Logs the epochs of one ``result.json`` that MLflow lacks; adds them to ``logged``."""
+        reports = _read_results(results_file)
+        if not reports:
+            return 0
+        trial_id, config = str(reports[0]["trial_id"]), dict(reports[0].get("config", {}))
+        run_id = self._runs.get(trial_id) or self._run_id(trial_id, config)
+        steps = logged.setdefault(trial_id, set())
+        missing = {}
+        for result in reports:
+            epoch = result_epoch(result)
+            if BEST_EPOCH_KEY not in result and failure_reason(result) is None and epoch not in steps:
+                missing[epoch] = series_metrics(result)
+        if missing:
+            now = int(time.time() * 1000)
+            self.tracker.log_metric_steps(run_id, [(m, e, now) for e, m in sorted(missing.items())])
+            steps.update(missing)
+        return len(missing)
 
     # Ray hooks (driver thread): enqueue only -------------------------------------------------
 
