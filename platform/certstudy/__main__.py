@@ -1,7 +1,5 @@
 """``python -m certstudy`` is the ``certstudy`` command."""
 
-import sys
+from certstudy.cli import console_main
 
-from certstudy.cli import main
-
-sys.exit(main())
+console_main()

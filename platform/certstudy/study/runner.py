@@ -110,9 +110,12 @@ def launch(
     verbose: bool = False,
     console: Console | None = None,
     on_end: Sequence[EndHook] = (),
+    ray_started: bool = False,
 ) -> StudyOutcome:
     """``storage``: Ray Tune's storage (shared path or s3://; default ``<workdir>/<study>``);
-    ``optuna_storage``: an Optuna database URL (default: sqlite in the study's folder)."""
+    ``optuna_storage``: an Optuna database URL (default: sqlite in the study's folder);
+    ``ray_started``: the caller has started this process's local Ray for the study (the session
+    takes it over)."""
     console = console or Console()
     session = StudySession(spec, workdir, console)
     storage_path = f"{storage.rstrip('/')}/{spec.name}" if storage else str(workdir.study_dir(spec.name))
@@ -125,6 +128,7 @@ def launch(
                 address=address,
                 overwrite=overwrite,
                 verbose=verbose,
+                ray_started=ray_started,
             )
             assert session.tracker is not None and session.searcher is not None
             searcher = session.searcher

@@ -19,8 +19,6 @@ without touching the recorded study.
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -41,12 +39,12 @@ from certstudy.errors import CertstudyError, collapse, disk_full_cause
 from certstudy.study.atomic_sync import install as install_atomic_sync
 from certstudy.study.callbacks import MlflowTrialCallback
 from certstudy.study.disk_full_stop import clear as clear_disk_full
-from certstudy.study.disk_full_stop import quiet_disk_full_logs
 from certstudy.study.disk_full_stop import raise_if_stopped as raise_if_disk_full
 from certstudy.study.lock import running_studies, store_setup
 from certstudy.study.optuna_bridge import StudySearcher, make_sampler, open_storage
 from certstudy.study.preflight import check_optuna_storage, check_tracking
 from certstudy.study.progress import Progress
+from certstudy.study.quiet import quiet_libraries
 from certstudy.study.ray_start import join_cluster, start_local_ray, stop_ray
 from certstudy.study.records import EXPERIMENT_ATTR, PARENT_ATTR, REASON_TAG, STATUS_TAG, TRACKING_ATTR
 from certstudy.study.space import SearchSpace, grid_points
@@ -91,27 +89,14 @@ def prepare_study_dir(spec: StudySpec, workdir: Workdir, overwrite: bool, consol
     return study_dir
 
 
-def quiet_libraries(verbose: bool) -> None:
-    """Our own progress replaces Ray's console output; keep the libraries' chatter off it."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    # An unreachable tracking server is retried by the tracking callback (with a warning, for
-    # tracking.unreachable_wait_s); MLflow's own backoff would block each call for minutes first.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    if not verbose:
-        quiet_disk_full_logs()
-        for name in ("mlflow", "alembic", "ray.tune", "ray.train"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def _init_ray(address: str | None, verbose: bool, workdir: Workdir) -> bool:
     """Joins the cluster at ``address``, or starts this machine's own Ray (``study/ray_start.py``);
     returns True when this call started it.
 
-    (Pre-warming worker processes with import tasks was measured and dropped: on 2 cores the
-    warm-up competes with the first trials and made an 8-trial study 40 % slower.)
+    (Pre-warming worker processes with import tasks was measured and dropped: Ray does not give a
+    worker that ran tasks to an actor, so on 2 cores the warm-up workers competed with the trials'
+    own and made an 8-trial study 40 % slower. A local node's workers preload the trial module
+    instead: ``study/ray_start.py``.)
     """
     if ray.is_initialized():
         return False
@@ -184,10 +169,13 @@ class StudySession:
         address: str | None = None,
         overwrite: bool = False,
         verbose: bool = False,
+        ray_started: bool = False,
     ) -> None:
         """A new study's folder, then its records (MLflow, Optuna) and Ray, the last two concurrently.
         ``optuna_storage``: a database shared beyond this work directory (default: sqlite in the
-        study's folder); the folder's ``stores.json`` names both stores for every later command."""
+        study's folder); the folder's ``stores.json`` names both stores for every later command.
+        ``ray_started``: the caller started this process's local Ray for the study (``certstudy
+        launch`` does, while it imports the rest); the session owns it from here and shuts it down."""
         quiet_libraries(verbose)
         uri = self.spec.tracking_uri(self.workdir, tracking_uri)
         check_tracking(uri)
@@ -196,6 +184,11 @@ class StudySession:
         prepare_study_dir(self.spec, self.workdir, overwrite, self.console)
         self.workdir.record_stores(self.spec.name, uri, optuna_storage or self.workdir.own_optuna_url(self.spec.name))
         self._note_shared_sqlite(uri)
+        if ray_started:
+            self.started_ray = True
+            self._open_records(uri)
+            self.timings["setup"] = time.perf_counter() - self.t0
+            return
         with ThreadPoolExecutor(max_workers=1) as pool:
             records = pool.submit(self._open_records, uri)
             try:
