@@ -97,8 +97,8 @@ def test_every_mnist_study_and_its_cpu_budget_validate(path: Path) -> None:
 
 
 def test_noise_accuracy_is_seeded_clipped_and_exact_for_a_constant_model() -> None:
-    x = torch.rand(50, 1, 4, 4)
-    y = torch.arange(50) % 3
+    x = torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(0))  # fixed points: the draws alone vary
+    y = torch.zeros(50, dtype=torch.long)  # accuracy = the share of draws that leave the first pixel below 1
 
     class Pixel(nn.Module):  # predicts class 2 when the first pixel is saturated at 1 after clipping
         def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -110,8 +110,8 @@ def test_noise_accuracy_is_seeded_clipped_and_exact_for_a_constant_model() -> No
     b = noise_accuracy(model, x, y, [0.1, 5.0], (0.0, 1.0), batch_size=50, seed=3)
     assert a == b  # the batch size does not change the draws' outcome
     assert set(a) == {"test/noise_acc_s0.1", "test/noise_acc_s5"}
-    # sigma 5 saturates about half the first pixels: the prediction is no longer constant
-    assert 0.0 <= a["test/noise_acc_s5"] <= 1.0 and a["test/noise_acc_s0.1"] != a["test/noise_acc_s5"]
+    # sigma 0.1 saturates few first pixels, sigma 5 about half: the prediction is no longer constant
+    assert a["test/noise_acc_s0.1"] >= 0.9 and 0.3 <= a["test/noise_acc_s5"] <= a["test/noise_acc_s0.1"] - 0.2
     assert noise_accuracy(model, x, y, [], (0.0, 1.0), batch_size=7, seed=3) == {}
 
 

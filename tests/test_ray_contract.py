@@ -175,3 +175,28 @@ def test_ray_deletes_old_checkpoints_through_the_module_function_study_atomic_sy
     src = inspect.getsource(checkpoint_manager._CheckpointManager.register_checkpoint)
     assert "_delete_fs_path(fs=checkpoint.filesystem, fs_path=checkpoint.path)" in src
     assert callable(checkpoint_manager._delete_fs_path)
+
+
+def test_tune_gives_its_actors_the_environment_a_local_study_gives_its_workers_instead() -> None:
+    """``study/ray_start.py`` sets Tune's per-actor variables before the local raylet starts and
+    then has Tune add none, so its actors can take the raylet's prestarted, preloaded workers."""
+    from ray.tune.execution import class_cache
+
+    from certstudy.study.ray_start import TUNE_ACTOR_ENV
+
+    assert class_cache.DEFAULT_ENV_VARS == TUNE_ACTOR_ENV
+    assert isinstance(class_cache.ENV_VARS_TO_PROPAGATE, (set, frozenset))
+    src = inspect.getsource(class_cache._ActorClassCache.get)
+    assert "DEFAULT_ENV_VARS.copy()" in src and "in ENV_VARS_TO_PROPAGATE" in src
+    assert 'runtime_env = {"env_vars": env_vars}' in src
+
+
+def test_a_local_head_can_start_without_its_api_server_and_monitor_and_preload_worker_modules() -> None:
+    """``study/ray_start.py`` skips these two head processes and asks the raylet to preload the
+    trial module in its workers."""
+    import ray._private.node as node
+    from ray._private.workers import default_worker
+
+    src = inspect.getsource(node.Node.start_head_processes)
+    assert "self.start_monitor()" in src and "self.start_api_server(" in src
+    assert "worker_preload_modules" in inspect.getsource(default_worker)

@@ -254,13 +254,13 @@ def _start_ray_early(args: argparse.Namespace, spec: StudySpec, workdir: Workdir
     import threading
 
     from certstudy.study.quiet import quiet_libraries
-    from certstudy.study.ray_start import start_local_ray
+    from certstudy.study.ray_start import start_local_ray, study_cpus
 
     quiet_libraries(args.verbose)  # before Ray starts: its processes take this environment
     imports = threading.Thread(target=importlib.import_module, args=("certstudy.study.runner",), daemon=True)
     imports.start()
     workdir.root.mkdir(parents=True, exist_ok=True)
-    start_local_ray(workdir, args.verbose)
+    start_local_ray(workdir, args.verbose, study_cpus(spec))
     imports.join()
     return True
 

@@ -25,18 +25,22 @@ it takes about 1 s to stop at shutdown). A local study's node starts without bot
 takes about 2.4 s instead of 4 and ``ray.shutdown`` 0.15 s instead of 1.2. Its workers preload the
 trial module (``preload_python_modules``: torch, Ray Tune's function trainable, the trial loop):
 the raylet prestarts one worker per CPU at start-up, the first trials' actors take those workers,
-and their 2.2 s of imports overlap the driver's set-up instead of following it. A prestarted
+and their 2.2 s of imports overlap the driver's set-up instead of following it. The node offers
+the CPUs the study's concurrent trials use, at most the machine's (``study_cpus``): the raylet
+prestarts one worker per CPU it offers, and on 2 cores a second worker preloading for a study that
+runs one trial at a time took the CPU the first one needed. A prestarted
 worker serves only actors without a runtime environment, and Ray Tune gives each trainable
 actor one of environment variables (``PL_DISABLE_FORK=1`` and those of the driver it
 propagates); on a local node the raylet, started by the driver after those variables are set,
 passes the same environment to every worker, so while the node runs Tune adds none
-(``_workers_inherit_env``) and the actors land on the warm workers (0.25 s to a ready actor
+(``_tune_adds_no_actor_env``) and the actors land on the warm workers (0.25 s to a ready actor
 instead of 2.5 s).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -44,15 +48,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 import ray._private.node as ray_node
 import ray._private.services as ray_services
 from ray._raylet import AuthenticationTokenLoader
-from ray.tune.execution import class_cache as tune_class_cache
 
 from certstudy.errors import CertstudyError, SpecError
 from certstudy.workdir import Workdir
+
+if TYPE_CHECKING:
+    from certstudy.study.spec import StudySpec
 
 LOOPBACK = "127.0.0.1"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
@@ -99,21 +106,35 @@ def _lean_head() -> Iterator[None]:
         node_class.start_api_server, node_class.start_monitor = originals  # type: ignore[method-assign]
 
 
-_TUNE_ACTOR_ENV = dict(tune_class_cache.DEFAULT_ENV_VARS), frozenset(tune_class_cache.ENV_VARS_TO_PROPAGATE)
+TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}  # Ray Tune's DEFAULT_ENV_VARS (tests/test_ray_contract.py)
+_tune_defaults: tuple[dict[str, str], frozenset[str]] | None = None  # Tune's own, while a local node runs
 
 
 def _workers_inherit_env() -> None:
-    """Sets Tune's per-actor variables in this process (so the local raylet, started next, and
-    every worker it starts have them) and has Tune add none to its actors (module docstring)."""
-    for key, value in _TUNE_ACTOR_ENV[0].items():
+    """Sets Tune's per-actor variables in this process, so the local raylet started next and every
+    worker it starts have them (module docstring). Light: Ray Tune is not imported here."""
+    for key, value in TUNE_ACTOR_ENV.items():
         os.environ.setdefault(key, value)
-    tune_class_cache.DEFAULT_ENV_VARS = {}
-    tune_class_cache.ENV_VARS_TO_PROPAGATE = frozenset()
+
+
+def _tune_adds_no_actor_env() -> None:
+    """Has Ray Tune give its actors no runtime environment (their workers inherited it)."""
+    global _tune_defaults
+    from ray.tune.execution import class_cache
+
+    if _tune_defaults is None:
+        _tune_defaults = dict(class_cache.DEFAULT_ENV_VARS), frozenset(class_cache.ENV_VARS_TO_PROPAGATE)
+    class_cache.DEFAULT_ENV_VARS = {}
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset()
 
 
 def _tune_sets_actor_env() -> None:
-    tune_class_cache.DEFAULT_ENV_VARS = dict(_TUNE_ACTOR_ENV[0])
-    tune_class_cache.ENV_VARS_TO_PROPAGATE = _TUNE_ACTOR_ENV[1]
+    global _tune_defaults
+    if _tune_defaults is not None:
+        from ray.tune.execution import class_cache
+
+        class_cache.DEFAULT_ENV_VARS, class_cache.ENV_VARS_TO_PROPAGATE = dict(_tune_defaults[0]), _tune_defaults[1]
+        _tune_defaults = None
 
 
 _UNSET = object()
@@ -132,8 +153,16 @@ def _use_token_path(value: str | None) -> None:
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
-def start_local_ray(workdir: Workdir, verbose: bool) -> None:
-    """This machine's own Ray for one study (see the module docstring); ``stop_ray`` ends it."""
+def study_cpus(spec: StudySpec) -> int:
+    """CPUs a local node offers a study: what its trials use at their most concurrent, at most the
+    machine's (a trial that asks for more than the machine has is refused by the preflight)."""
+    concurrent = min(spec.search.num_trials, spec.search.max_concurrent)
+    return max(1, min(os.cpu_count() or 1, math.ceil(spec.resources.cpu * concurrent)))
+
+
+def start_local_ray(workdir: Workdir, verbose: bool, cpus: int | None = None) -> None:
+    """This machine's own Ray for one study (see the module docstring), offering ``cpus`` CPUs
+    (default: the machine's); ``stop_ray`` ends it."""
     global _saved_token_path
     _saved_token_path = os.environ.get(TOKEN_PATH_ENV)
     _use_token_path(str(token_file(workdir)))
@@ -144,12 +173,14 @@ def start_local_ray(workdir: Workdir, verbose: bool) -> None:
         with _loopback_node_ip(), _lean_head():
             ray.init(
                 address="local",
+                num_cpus=cpus,
                 _node_ip_address=LOOPBACK,
                 _system_config={"preload_python_modules": [TRIAL_MODULE]},
                 include_dashboard=False,
                 log_to_driver=verbose,
                 logging_level="INFO" if verbose else "WARNING",
             )
+        _tune_adds_no_actor_env()
     except BaseException:
         stop_ray()
         raise

@@ -45,7 +45,7 @@ from certstudy.study.optuna_bridge import StudySearcher, make_sampler, open_stor
 from certstudy.study.preflight import check_optuna_storage, check_tracking
 from certstudy.study.progress import Progress
 from certstudy.study.quiet import quiet_libraries
-from certstudy.study.ray_start import join_cluster, start_local_ray, stop_ray
+from certstudy.study.ray_start import join_cluster, start_local_ray, stop_ray, study_cpus
 from certstudy.study.records import EXPERIMENT_ATTR, PARENT_ATTR, REASON_TAG, STATUS_TAG, TRACKING_ATTR
 from certstudy.study.space import SearchSpace, grid_points
 from certstudy.study.spec import StudySpec, dump_study, load_study, tracking_scheme
@@ -89,7 +89,7 @@ def prepare_study_dir(spec: StudySpec, workdir: Workdir, overwrite: bool, consol
     return study_dir
 
 
-def _init_ray(address: str | None, verbose: bool, workdir: Workdir) -> bool:
+def _init_ray(address: str | None, verbose: bool, workdir: Workdir, spec: StudySpec) -> bool:
     """Joins the cluster at ``address``, or starts this machine's own Ray (``study/ray_start.py``);
     returns True when this call started it.
 
@@ -101,7 +101,7 @@ def _init_ray(address: str | None, verbose: bool, workdir: Workdir) -> bool:
     if ray.is_initialized():
         return False
     if address is None:
-        start_local_ray(workdir, verbose)
+        start_local_ray(workdir, verbose, study_cpus(spec))
     else:
         join_cluster(address, verbose)
     return True
@@ -272,7 +272,7 @@ class StudySession:
         self.tracker.client.set_tag(parent, STATUS_TAG, "running")
 
     def start_ray(self, address: str | None, verbose: bool) -> None:
-        self.started_ray = _init_ray(address, verbose, self.workdir)
+        self.started_ray = _init_ray(address, verbose, self.workdir, self.spec)
         self.timings["ray_start"] = time.perf_counter() - self.t0
 
     # running -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from certstudy.safe_yaml import load_file
+from certstudy.study.mlflow_seed import seed as seed_store
 from certstudy.study.records import (
     EXPERIMENT_TAGS,
     PARENT_TAG,
@@ -51,6 +52,7 @@ class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
+        seed_store(tracking_uri)  # a new sqlite store without MLflow's migrations (``study/mlflow_seed.py``)
         self.client = MlflowClient(tracking_uri)
 
     # experiments and the study run ----------------------------------------------------------
