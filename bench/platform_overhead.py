@@ -154,8 +154,8 @@ def as_study(study: dict[str, Any], tmp: Path) -> Side:
         epoch_s=sorted(iterations)[len(iterations) // 2] if iterations else 0.0,
         completed=sum(1 for line in done.stdout.splitlines() if " completed: " in line),
         parts={
-            "CLI imports and validation": pre_session,
-            "session set-up (Ray start, MLflow and Optuna alongside)": tm["setup"],
+            "CLI imports and validation, local Ray's start (alongside the imports)": pre_session,
+            "session set-up (MLflow parent run, Optuna study)": tm["setup"],
             "preflight and Tuner": tm["fit_start"] - tm["setup"],
             "Tuner.fit to first trial started (worker start, imports, data)": tm["first_trial_start"],
             "teardown (close runs, Ray shutdown)": tm.get("teardown", 0.0),
