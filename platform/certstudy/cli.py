@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True, soft_wrap=True)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow 3 and Ray send usage statistics to their vendors by default; a study sends nothing out.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:

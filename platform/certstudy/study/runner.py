@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from rich.console import Console
 
 from certstudy.errors import CertstudyError, stops_on_disk_full
@@ -78,7 +79,11 @@ def _new_tuner(spec: StudySpec, workdir: Workdir, session: StudySession, storage
         run_config=tune.RunConfig(
             name=experiment,
             storage_path=storage_path,
-            callbacks=[session.tracking_cb, ProgressCallback(session.progress, searcher, spec.name)],
+            callbacks=[
+                session.tracking_cb,
+                ProgressCallback(session.progress, searcher, spec.name),
+                JsonLoggerCallback(),
+            ],
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=0,
