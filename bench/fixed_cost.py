@@ -14,17 +14,13 @@ the process's exit (summary, closing the runs, Ray's shutdown, the dashboard, in
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.table import Table
+
+from launched import launch_timed
 
 TARGET_S = 8.0
 STUDY = {
@@ -42,20 +38,8 @@ STUDY = {
 
 
 def one_run(tmp: Path, index: int) -> dict[str, float]:
-    path, timings_file, work = tmp / "study.yaml", tmp / f"timings-{index}.json", tmp / f"work-{index}"
-    path.write_text(yaml.safe_dump(STUDY, sort_keys=False))
-    env = {**os.environ, "CERTSTUDY_TIMINGS": str(timings_file)}
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "certstudy.cli", "launch", str(path), "--workdir", str(work)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"certstudy launch failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    tm = json.loads(timings_file.read_text())
+    run = launch_timed(STUDY, tmp, tmp / f"work-{index}")
+    wall, tm = run.wall, run.timings
     session_start = wall - tm["session_to_exit"]  # the timings file is written just before the last line
     return {
         "wall": wall,

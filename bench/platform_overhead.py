@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from certstudy.study.space import resolve
 from certstudy.study.spec import validate_spec
+from launched import launch_timed
 
 CONCURRENT = 2
 SHORT_S, LONG_S = 0.2, 2.0  # target epoch lengths
@@ -129,20 +127,8 @@ def by_hand(study: dict[str, Any], points: list[dict[str, Any]], data_dir: str) 
 
 
 def as_study(study: dict[str, Any], tmp: Path) -> Side:
-    path, timings_file = tmp / f"{study['name']}.yaml", tmp / f"{study['name']}.timings.json"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    env = {**os.environ, "CERTSTUDY_TIMINGS": str(timings_file)}
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "certstudy.cli", "launch", str(path), "--workdir", str(tmp / "work")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"certstudy launch failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    tm = json.loads(timings_file.read_text())
+    run = launch_timed(study, tmp, tmp / "work")
+    wall, tm = run.wall, run.timings
     iterations = []  # seconds between a trial's reports, as the trial saw them (its epoch plus the report's wait)
     for result in (tmp / "work" / study["name"] / "ray").glob("trial_*/result.json"):
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
@@ -155,7 +141,7 @@ def as_study(study: dict[str, Any], tmp: Path) -> Side:
         startup=pre_session + trials_start,
         after=tm["session_to_exit"] - trials_end,
         epoch_s=sorted(iterations)[len(iterations) // 2] if iterations else 0.0,
-        completed=sum(1 for line in done.stdout.splitlines() if " completed: " in line),
+        completed=sum(1 for line in run.stdout.splitlines() if " completed: " in line),
         parts={
             "CLI imports and validation, local Ray's start (alongside the imports)": pre_session,
             "session set-up (MLflow parent run, Optuna study)": tm["setup"],

@@ -19,19 +19,16 @@ storage, and a Ray actor call (the stop board read). Why the wait stays: README,
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from certstudy.study.spec import validate_spec
+from launched import launch_timed
 
 NEVER_PRUNES = {"pruner": {"name": "median", "n_startup_trials": 100000}}  # prunes nothing, but reports block
 
@@ -65,21 +62,7 @@ def by_hand(study: dict[str, Any], data_dir: str) -> float:
 
 def as_study(study: dict[str, Any], tmp: Path) -> float:
     """Wall seconds of ``certstudy launch`` of the 1-trial study."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    path, work = tmp / f"{study['name']}.yaml", tmp / "work"
-    path.write_text(yaml.safe_dump(study))
-    env = {**os.environ, "CERTSTUDY_DATA": str(tmp.parent / "data")}
-    t = time.perf_counter()
-    run = subprocess.run(
-        [sys.executable, "-m", "certstudy.cli", "launch", str(path), "--workdir", str(work)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    wall = time.perf_counter() - t
-    if run.returncode != 0:
-        raise SystemExit(run.stdout[-2000:] + run.stderr[-2000:])
-    return wall
+    return launch_timed(study, tmp, tmp / "work", env={"CERTSTUDY_DATA": str(tmp.parent / "data")}).wall
 
 
 def optuna_report_ms(tmp: Path, n: int = 100) -> float:
