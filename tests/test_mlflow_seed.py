@@ -17,11 +17,24 @@ from mlflow.tracking import MlflowClient
 from certstudy.study import mlflow_seed
 from certstudy.study.tracking import Tracker
 
+_CONSTRAINTS = ("CONSTRAINT ", "FOREIGN KEY", "CHECK ", "CHECK(", "PRIMARY KEY", "UNIQUE")
+
+
+def _statement(sql: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A CREATE statement as (its lines in order, its constraint clauses as a set): MLflow's own
+    migrations write a table's constraints in an order that changes with Python's hash seed."""
+    lines = [line.strip().rstrip(",").strip() for line in (sql or "").splitlines()]
+    kept = tuple(line for line in lines if not line.startswith(_CONSTRAINTS))
+    return kept, tuple(sorted(line for line in lines if line.startswith(_CONSTRAINTS)))
+
 
 def _contents(store: Path) -> dict[str, object]:
     with sqlite3.connect(store) as db:
         schema = sorted(
-            db.execute("select type, name, tbl_name, sql from sqlite_master where name not like 'sqlite_%'")
+            (kind, name, table, _statement(sql))
+            for kind, name, table, sql in db.execute(
+                "select type, name, tbl_name, sql from sqlite_master where name not like 'sqlite_%'"
+            )
         )
         tables = [row[1] for row in schema if row[0] == "table"]
         rows = {t: sorted(db.execute(f'select * from "{t}"').fetchall()) for t in tables if t != "experiments"}
