@@ -9,6 +9,7 @@ server URI and an MLflow without a saved schema are left to MLflow.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def _statement(sql: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _contents(store: Path) -> dict[str, object]:
-    with sqlite3.connect(store) as db:
+    with closing(sqlite3.connect(store)) as db:
         schema = sorted(
             (kind, name, table, _statement(sql))
             for kind, name, table, sql in db.execute(
@@ -39,7 +40,6 @@ def _contents(store: Path) -> dict[str, object]:
         tables = [row[1] for row in schema if row[0] == "table"]
         rows = {t: sorted(db.execute(f'select * from "{t}"').fetchall()) for t in tables if t != "experiments"}
         experiments = db.execute("select experiment_id, name, lifecycle_stage from experiments").fetchall()
-    db.close()
     return {"schema": schema, "rows": rows, "experiments": experiments}
 
 

@@ -21,8 +21,11 @@ import argparse
 import os
 import sqlite3
 import tempfile
+from contextlib import closing
 from importlib.metadata import version
 from pathlib import Path
+
+from certstudy.study.stored_sqlite import sqlite_path
 
 SCHEMA_DIR = Path(__file__).with_name("mlflow_schema")
 _SKIPPED_ROWS = ('INSERT INTO "experiments"',)  # the Default experiment: MLflow adds it where the store is opened
@@ -32,26 +35,18 @@ def schema_file(mlflow_version: str | None = None) -> Path:
     return SCHEMA_DIR / f"mlflow-{mlflow_version or version('mlflow')}.sql"
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The file of a ``sqlite:///`` tracking URI (None for any other store, or one with options)."""
-    if not uri.startswith("sqlite:///") or "?" in uri:
-        return None
-    return Path(uri.removeprefix("sqlite:///"))
-
-
 def seed(uri: str) -> bool:
     """Creates the sqlite store at ``uri`` from the saved schema; False (nothing written) when the
     store exists, ``uri`` is not a plain sqlite file, or no schema is saved for this MLflow."""
-    path = sqlite_path(uri)
+    path = sqlite_path(uri) if "?" not in uri else None  # a URI with options is left to MLflow
     schema = schema_file()
     if path is None or path.exists() or not schema.exists() or not path.parent.is_dir():
         return False
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.seed-", dir=path.parent)
     os.close(fd)
     try:
-        with sqlite3.connect(tmp) as db:
-            db.executescript(schema.read_text())
-        db.close()
+        with closing(sqlite3.connect(tmp)) as db:
+            db.executescript(schema.read_text())  # the saved script commits its own transaction
         try:
             os.link(tmp, path)  # atomic, and never over a store another process created meanwhile
         except FileExistsError:
@@ -63,9 +58,8 @@ def seed(uri: str) -> bool:
 
 def dump(store: Path) -> str:
     """The schema and migration-inserted rows of an MLflow-created sqlite store, as SQL."""
-    with sqlite3.connect(store) as db:
+    with closing(sqlite3.connect(store)) as db:
         lines = [line for line in db.iterdump() if not line.startswith(_SKIPPED_ROWS)]
-    db.close()
     return "\n".join(lines) + "\n"
 
 

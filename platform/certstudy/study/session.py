@@ -187,16 +187,15 @@ class StudySession:
         if ray_started:
             self.started_ray = True
             self._open_records(uri)
-            self.timings["setup"] = time.perf_counter() - self.t0
-            return
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            records = pool.submit(self._open_records, uri)
-            try:
-                self.start_ray(address, verbose)
-            finally:
-                failed = records.exception()  # waits: whatever it opened is on the session to close
-            if failed is not None:
-                raise failed
+        else:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                records = pool.submit(self._open_records, uri)
+                try:
+                    self.start_ray(address, verbose)
+                finally:
+                    failed = records.exception()  # waits: whatever it opened is on the session to close
+                if failed is not None:
+                    raise failed
         self.timings["setup"] = time.perf_counter() - self.t0
 
     def _note_shared_sqlite(self, uri: str) -> None:
