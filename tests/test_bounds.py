@@ -295,3 +295,68 @@ def test_a_point_within_a_millionth_of_the_boundary_is_certified_only_on_the_rig
                 certified_right += radius == eps
     assert wrong == 0, f"{wrong} of 40 non-robust points certified"
     assert certified_right >= 35, certified_right  # the tolerance does not swallow a 1e-6 margin
+
+
+def _bn_model() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(256, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Linear(16, 6),
+    )
+
+
+def test_crown_ibp_training_bounds_its_first_batch_with_that_batch_statistics() -> None:
+    """The statistics hook used to be registered after the first clean forward pass: step 1 was bounded
+    with the running statistics, and its lower bounds exceeded the training network's true margins."""
+    from certstudy.certify.network import BATCH_STATS
+
+    model = _bn_model().train()
+    ctx = MethodContext(6, SHAPE, (0.0, 1.0), torch.device("cpu"), 2)
+    method = METHODS.get("crown_ibp")(METHODS.get("crown_ibp").Params(eps=0.01, beta_start=1.0), ctx)
+    method.on_epoch_start(model, 1)
+    x = torch.rand(32, *SHAPE, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    y = torch.randint(0, 6, (32,), generator=torch.Generator().manual_seed(1))
+    method.loss(model, x, y)
+    for bn in (model[1], model[5]):
+        recorded = getattr(bn, BATCH_STATS, None)
+        assert recorded is not None  # recorded by the first forward pass already
+    mean = model[0](x).mean((0, 2, 3))
+    assert torch.allclose(getattr(model[1], BATCH_STATS)[0], mean)
+    layers = method._layers
+    with torch.no_grad():
+        logits = model(x)  # the training network on this batch (its own batch statistics)
+        spec = margin_spec(y, 6)
+        ibp_lower, bound = crown_ibp(layers, Ball.of(x, 0.01, "linf", (0.0, 1.0)), spec)
+    margins = (spec * logits.unsqueeze(1)).sum(-1)
+    assert (bound.lower <= margins + 1e-5).all() and (ibp_lower <= margins + 1e-5).all()
+
+
+def test_a_centre_outside_the_data_box_is_never_certified() -> None:
+    """A pixel at 1.3 used to get an IBP radius although ball ∩ box is empty there."""
+    from certstudy.certify import CERTIFIERS, CertifierContext
+    from certstudy.certify.bounds import OutsideBox
+
+    model = _models()["mlp"]
+    x = torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(2)) * 0.8 + 0.1
+    x[0, 0, 0, 0] = 1.3
+    x[1, 0, 3, 3] = -0.2
+    with pytest.raises(OutsideBox):
+        Ball.of(x, 0.1, "linf", (0.0, 1.0))
+    ctx = CertifierContext(6, SHAPE, (0.0, 1.0), torch.device("cpu"), {"linf": [0.001, 0.2], "l2": [0.01, 0.5]})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.01)  # every point is far from the decision boundary: inside the box they certify
+    for name in ("ibp", "crown"):
+        for norm in ("linf", "l2"):
+            cls = CERTIFIERS.get(name)
+            (cert,) = (
+                cls(cls.Params(norm=norm), ctx).certify(model, x, torch.zeros(4, dtype=torch.long), seed=0).certificates
+            )
+            assert torch.isnan(cert.radii[:2]).all() and (cert.predictions[:2] == -1).all(), (name, norm)
+            assert not torch.isnan(cert.radii[2:]).any(), (name, norm)

@@ -78,6 +78,24 @@ REFUSED = [
         "cannot be trained by method 'crown_ibp': layer '1' (GELU)",
     ),
     (
+        "gap-weight-minmax",
+        {
+            **_study("gloro_2c2f", method="crown_ibp"),
+            "method": {"name": "crown_ibp", "params": {"gap_weight": 0.1}},
+        },
+        "method.name",
+        "cannot be trained by method 'crown_ibp': layer",
+    ),
+    (
+        "feasibility-weight-maxpool",
+        {
+            **_study("mnist_cnn", method="crown_ibp"),
+            "method": {"name": "crown_ibp", "params": {"feasibility_weight": 0.1}},
+        },
+        "method.name",
+        "(MaxPool2d) has no relaxation replay",
+    ),
+    (
         "too-small-input",
         _study("lenet", dataset="digits", certifiers=("ibp",)),
         "model.name",
@@ -105,6 +123,7 @@ ALLOWED = [
     _study("gloro_8c2f", {"activation": "relu"}, method="gloro", certifiers=("lipschitz",), dataset="cifar10"),
     _study("lenet", method="smoothing", certifiers=("smoothing", "ibp", "lipschitz", "crown")),
     _study("mnist_cnn", method="crown_ibp", certifiers=("crown",)),
+    {**_study("dm_small", method="crown_ibp"), "method": {"name": "crown_ibp", "params": {"gap_weight": 0.1}}},
     _study("mnist_cnn", method="hr", certifiers=("ibp", "lipschitz")),
     _study("preact_resnet18", method="adversarial", dataset="cifar10"),
     _study("preact_resnet18", {"normalize": True}, method="smoothing", certifiers=("smoothing",), dataset="cifar10"),

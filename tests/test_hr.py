@@ -223,3 +223,62 @@ def test_a_non_finite_loss_is_refused_with_a_reason() -> None:
     for bad in (math.inf, math.nan):
         with pytest.raises(TrialFailed, match="not finite"):
             hr_bound(torch.tensor([0.1, bad, 0.3], dtype=torch.float64), 0.05, 0.1)
+
+
+def _mp_hr_value(losses: list[float], alpha: float, r: float, digits: int = 60) -> float:
+    """The exact HR objective (alpha trimming, then the KL maximum) in 60-digit arithmetic (mpmath):
+    the root of KL(q || p(u)) = r by bisection on u, then p @ l at it (reference only)."""
+    import mpmath as mp
+
+    mp.mp.dps = digits
+    l = [mp.mpf(v) for v in losses]
+    n = len(l)
+    order = sorted(range(n), key=lambda i: l[i])
+    q = [mp.mpf(1) / n] * n
+    budget = mp.mpf(alpha)
+    for i in order:
+        take = min(budget, q[i])
+        q[i] -= take
+        budget -= take
+    q.append(mp.mpf(alpha))
+    l.append(max(l))
+    l_max = max(l)
+    gap = [l_max - v for v in l]
+
+    def primal(u: mp.mpf) -> tuple[mp.mpf, mp.mpf]:
+        w = [qi / (u + g) for qi, g in zip(q, gap)]
+        total = mp.fsum(w)
+        p = [wi / total for wi in w]
+        kl = mp.fsum(qi * mp.log(qi / pi) for qi, pi in zip(q, p) if qi > 0)
+        return kl, mp.fsum(pi * li for pi, li in zip(p, l))
+
+    lo, hi = mp.mpf("1e-30"), mp.mpf("1e30")
+    for _ in range(400):
+        mid = mp.sqrt(lo * hi)
+        lo, hi = (mid, hi) if primal(mid)[0] > r else (lo, mid)
+    return float(primal(hi)[1])
+
+
+@pytest.mark.parametrize("r", [1e-12, 1e-10, 1e-8, 1e-6, 1e-3])
+def test_the_hr_certificate_holds_down_to_tiny_radii(r: float) -> None:
+    """The dual used to cancel terms of size 1/sqrt(r) in float64 and fell below the exact value for
+    r below about 3e-7 (r = 1e-12, losses [0, 1]: 0.5000007070913972 < 0.50000070710678119)."""
+    from certstudy.methods.hr import hr_bound
+
+    assert abs(_mp_hr_value([0.0, 1.0], 0.0, 1e-12) - 0.50000070710678119) < 1e-16
+    gen = torch.Generator().manual_seed(5)
+    cases = [([0.0, 1.0], 0.0), ([0.0, 1.0], 0.25)]
+    cases += [(torch.rand(40, generator=gen, dtype=torch.float64).mul(3).tolist(), a) for a in (0.0, 0.1)]
+    for losses, alpha in cases:
+        exact = _mp_hr_value(losses, alpha, r)
+        bound = hr_bound(torch.tensor(losses, dtype=torch.float64), alpha, r)
+        assert bound >= exact, (losses[:3], alpha, r, bound, exact)
+        assert bound - exact <= 1e-11 * max(1.0, abs(exact)), (alpha, r, bound - exact)
+
+
+def test_worst_case_weights_refuse_a_non_finite_loss_themselves() -> None:
+    from certstudy.errors import TrialFailed
+
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(TrialFailed, match="not finite"):
+            worst_case_weights(torch.tensor([0.1, bad, 0.3], dtype=torch.float64), 0.05, 0.1)

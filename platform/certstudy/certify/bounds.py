@@ -53,9 +53,27 @@ Box = tuple[float, float] | None
 Interval = tuple[Tensor, Tensor]
 
 
+class OutsideBox(ValueError):
+    """A ball's centre lies outside the data box: the ball ∩ box does not contain it, so no bound over
+    that set says anything about the point itself."""
+
+
+def inside_box(x: Tensor, box: Box) -> Tensor:
+    """Per example, whether every coordinate of x lies in the data box (always True without a box)."""
+    if box is None:
+        return torch.ones(len(x), dtype=torch.bool, device=x.device)
+    flat = x.flatten(1)
+    return ((flat >= box[0]) & (flat <= box[1])).all(1)
+
+
 @dataclass(frozen=True)
 class Ball:
-    """{x' : ||x' - x||_norm <= eps} intersected with the data box (per-example eps allowed)."""
+    """{x' : ||x' - x||_norm <= eps} intersected with the data box (per-example eps allowed).
+
+    The centre must lie inside the box (``Ball.of`` refuses it otherwise): a bound over ball ∩ box
+    is about the points of that set, and an input outside the box is not one of them (ball ∩ box
+    may even be empty). The ``ibp`` and ``crown`` certifiers therefore never certify such a point.
+    """
 
     x: Tensor
     eps: Tensor  # shape (B,)
@@ -64,6 +82,10 @@ class Ball:
 
     @staticmethod
     def of(x: Tensor, eps: float | Tensor, norm: Norm, box: Box = None) -> Ball:
+        """The ball; raises ``OutsideBox`` when a centre has a coordinate outside ``box``."""
+        if not bool(inside_box(x, box).all()):
+            assert box is not None
+            raise OutsideBox(f"a ball's centre lies outside the data box [{box[0]}, {box[1]}]")
         e = (
             torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(x))
             if not isinstance(eps, Tensor) or eps.dim() == 0
@@ -407,7 +429,8 @@ class BoundCertifier(Certifier):
                 top = batch_logits.argmax(1)
                 margins = (batch_logits.gather(1, top[:, None]) - batch_logits).scatter(1, top[:, None], torch.inf)
                 tolerance = rounding_tolerance(model(x64), len(layers))
-                radius = torch.where(margins.min(1).values > 0, 0.0, torch.nan).double()
+                inside = inside_box(x64, self.context.bounds)  # the rule of ``Ball``: outside the box, uncertified
+                radius = torch.where((margins.min(1).values > 0) & inside, 0.0, torch.nan).double()
                 alive = ~torch.isnan(radius)
                 for r in grid:
                     if not alive.any():

@@ -12,7 +12,9 @@ Each kind says what it supports, so adding a layer is one class and one ``@layer
 
 - ``interval``: IBP bounds of its output from bounds of its input (``interval``);
 - ``relaxation``: CROWN's linear bounds (``relax`` for activations; affine layers are exact);
-- ``lipschitz``: an upper bound on its l2 operator norm (``spectral_norm``).
+- ``lipschitz``: an upper bound on its l2 operator norm (``spectral_norm``);
+- ``replay``: the relaxation lines a bound chose can be recorded and replayed at the relaxed optimum
+  (the tightness regularizers of CROWN-IBP training; ReLU only).
 
 Affine kinds (Linear, Conv2d, AvgPool2d, Flatten, BatchNorm, Normalize) also give their linear part,
 bias and adjoint. Adjoints are taken with autograd (a vector-Jacobian product at 0) where no direct
@@ -35,12 +37,13 @@ from torch import Tensor, nn
 from certstudy.models.base import eval_mode
 from certstudy.models.layers import MinMax, Normalize
 
-INTERVAL, RELAXATION, LIPSCHITZ = "interval", "relaxation", "lipschitz"
-ALL_OPERATIONS = frozenset({INTERVAL, RELAXATION, LIPSCHITZ})
+INTERVAL, RELAXATION, LIPSCHITZ, REPLAY = "interval", "relaxation", "lipschitz", "replay"
+ALL_OPERATIONS = frozenset({INTERVAL, RELAXATION, LIPSCHITZ, REPLAY})
 OPERATION_USE = {
     INTERVAL: "interval bounds (IBP)",
     RELAXATION: "linear relaxations (CROWN)",
     LIPSCHITZ: "Lipschitz bounds",
+    REPLAY: "relaxation replay (the tightness regularizers replay ReLU relaxations only)",
 }
 SKIPPED: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout)
 
@@ -496,6 +499,7 @@ class MinMaxLayer(Layer):
     """
 
     modules = (MinMax,)
+    supports = ALL_OPERATIONS - {REPLAY}
     elementwise = True
 
     def relax(
@@ -529,6 +533,7 @@ class MaxPoolLayer(Layer):
     """
 
     modules = (nn.MaxPool2d,)
+    supports = ALL_OPERATIONS - {REPLAY}
     module: nn.MaxPool2d
 
     @classmethod

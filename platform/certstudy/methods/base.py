@@ -46,6 +46,11 @@ class Method:
     """The trained network is the classifier whose robustness is reported, so attacks on it (AutoAttack)
     measure it; False where it is a component of another classifier (smoothing's base classifier)."""
 
+    @classmethod
+    def needs_of(cls, params: MethodParams) -> frozenset[str]:
+        """What the loss needs of every layer with these parameters (``needs`` unless a parameter adds more)."""
+        return cls.needs
+
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         self.params = params
         self.context = context

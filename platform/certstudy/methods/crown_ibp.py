@@ -33,7 +33,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from certstudy.certify.bounds import Ball, crown_ibp, ibp, margin_spec, relaxed_forward
-from certstudy.certify.network import INTERVAL, RELAXATION, Layer, forward, layers_of
+from certstudy.certify.network import INTERVAL, RELAXATION, REPLAY, Layer, forward, layers_of
 from certstudy.methods.base import Method, MethodContext, MethodParams
 from certstudy.methods.registry import METHODS
 
@@ -58,6 +58,13 @@ class CrownIbpTraining(Method):
     Params = CrownIbpParams
     params: CrownIbpParams
     needs = frozenset({INTERVAL, RELAXATION})
+
+    @classmethod
+    def needs_of(cls, params: MethodParams) -> frozenset[str]:
+        """The regularizers replay the chosen relaxation lines, which only ReLU layers record."""
+        assert isinstance(params, CrownIbpParams)
+        regularised = params.gap_weight > 0 or params.feasibility_weight > 0
+        return cls.needs | {REPLAY} if regularised else cls.needs
 
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         super().__init__(params, context)
@@ -89,13 +96,15 @@ class CrownIbpTraining(Method):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         p = self.params
+        if self._layers is None:
+            # Built before the first forward pass: building registers BatchNorm's statistics hook, so the
+            # very first bound already uses the statistics the clean forward below normalises with.
+            self._layers = layers_of(model, self.context.input_shape, self.needs_of(p))
+        layers = self._layers
         logits = model(x)
         clean = F.cross_entropy(logits, y)
         if self.eps <= 0:
             return clean
-        if self._layers is None:
-            self._layers = layers_of(model, self.context.input_shape, self.needs)
-        layers = self._layers
         ball = Ball.of(x, self.eps, p.norm, self.context.bounds)
         spec = margin_spec(y, self.context.num_classes).to(x.dtype)
         beta = self._mix(p.beta_start, p.beta_end)

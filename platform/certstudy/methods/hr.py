@@ -20,8 +20,8 @@ ICML 2023, "Certified Robust Neural Networks: Generalization and Corruption Resi
 reference library's per-batch conic program (cvxpy + ECOS/MOSEK/SCS): trimming the lowest-loss
 alpha mass onto the worst point is a sort, and the KL step is a one-dimensional root in the dual
 variable u, found here by vectorised grid refinement on the losses' device with a fixed number of
-operations, so training never waits on a solver or a host sync. No substitutions: alpha = 0 and
-r = 0 are computed exactly (the library silently uses 1e-6 and 1e-3).
+operations, so training never waits on a solver (one host sync per batch: the finiteness check).
+No substitutions: alpha = 0 and r = 0 are computed exactly (the library silently uses 1e-6 and 1e-3).
 """
 
 from __future__ import annotations
@@ -66,9 +66,19 @@ def trimmed_masses(losses: Tensor, alpha: float) -> Tensor:
 
 
 def _kl(log_u: Tensor, q: Tensor, gap: Tensor) -> Tensor:
-    """KL(q || p(u)) for p_j(u) proportional to q_j / (u + gap_j), at every u = exp(log_u)."""
+    """KL(q || p(u)) for p_j(u) proportional to q_j / (u + gap_j), at every u = exp(log_u).
+
+    With d = u + gap, A = sum_k q_k / d_k and B = sum_k q_k gap_k / d_k, q_j / p_j = d_j A =
+    s - B + gap_j A exactly (s = sum q), so KL = sum_j q_j log1p(s - 1 + gap_j A - B): the small
+    ratio log is formed without cancellation. The textbook form log(A) + sum_j q_j log d_j cancels
+    two terms of size log u, which loses every digit of KL when r (hence KL at the root) is below
+    about 1e-7 and u is near 1/sqrt(r)."""
     d = log_u.exp().unsqueeze(-1) + gap
-    return (d.reciprocal() @ q).log() + d.log() @ q
+    inv = d.reciprocal()
+    a = inv @ q
+    b = (inv * gap) @ q
+    excess = q.sum() - 1.0
+    return torch.log1p(excess + gap * a.unsqueeze(-1) - b.unsqueeze(-1)) @ q
 
 
 def _kl_root(q: Tensor, gap: Tensor, r: float) -> Tensor:
@@ -111,18 +121,25 @@ def kl_dual_value(q: Tensor, losses: Tensor, r: float) -> Tensor:
     g(lam, eta) = eta + lam (r - 1) - lam sum_j q_j log((eta - l_j) / lam), evaluated at the root
     u found by ``_kl_root`` (eta = l_max + u) and the lam that makes p sum to 1. Weak duality makes
     any (lam, eta) an upper bound, so the value is never below the exact maximum, whatever the
-    root's numerical error (the interpolated primal p @ losses can sit ~1e-8 below it)."""
+    root's numerical error (the interpolated primal p @ losses can sit ~1e-8 below it).
+
+    At that (lam, eta) the dual equals, exactly, p @ l + lam (r - KL(q || p)) + lam (s - 1) with
+    p_j = lam q_j / d_j and s = sum q; it is evaluated in that form (p @ l = l_max - p @ gap, KL by
+    ``_kl``), whose terms are all small. The textbook form adds eta ~ l_max + 1/sqrt(r) and
+    subtracts terms of the same size, which for r = 1e-12 put the bound 1.5e-13 below the exact
+    maximum, beyond any rounding slack."""
     l_max = losses.max()
     gap = l_max - losses
     if r == 0 or not bool((gap * (q > 0)).max() > 0):
         return q @ losses  # no tilt is possible or allowed: the expectation itself
     unit, scale = _scaled(gap)
-    u = _kl_root(q, unit, r).exp() * scale
-    d = u + gap
+    log_u = _kl_root(q, unit, r)
+    d = log_u.exp() + unit
     lam = 1.0 / (q / d).sum()
-    support = q > 0
-    log_terms = torch.where(support, q * (d / lam).log(), torch.zeros_like(q))
-    return l_max + u + lam * (r - 1.0) - lam * log_terms.sum()
+    p = lam * q / d
+    kl = _kl(log_u.view(1), q, unit)[0]
+    excess = q.sum() - 1.0
+    return l_max - scale * ((p @ unit) - lam * (r - kl) - lam * excess)
 
 
 def worst_case_weights(losses: Tensor, alpha: float, r: float) -> Tensor:
@@ -130,13 +147,17 @@ def worst_case_weights(losses: Tensor, alpha: float, r: float) -> Tensor:
 
     The extra atom's mass (the poisoned mass placed at the worst point) is merged into the first
     sample of largest loss. The HR loss value is ``weights @ losses``. Runs on the losses' device
-    in float64 with a fixed sequence of operations (no host synchronisation).
+    in float64 with a fixed sequence of operations; the one host synchronisation is the check that
+    every loss is finite (``TrialFailed`` otherwise: the weights of a NaN or infinite loss are undefined,
+    and a step taken with them would already have spread NaN into the weights).
     """
     if losses.dim() != 1 or losses.numel() == 0:
         raise ValueError(f"losses must be a non-empty vector, got shape {tuple(losses.shape)}")
     if alpha < 0 or r < 0 or not (math.isfinite(alpha) and math.isfinite(r)):
         raise ValueError(f"alpha and r must be finite and >= 0, got alpha={alpha}, r={r}")
     l = losses.detach().to(torch.float64)
+    if not bool(torch.isfinite(l).all()):  # one host sync per batch: the weights are undefined otherwise
+        raise TrialFailed("HR: a per-sample loss is not finite (+inf or NaN); the worst-case weights are undefined")
     n = l.numel()
     q = torch.cat([trimmed_masses(l, alpha), l.new_tensor([min(alpha, 1.0)])])
     l_max, worst = l.max(dim=0)
@@ -178,7 +199,6 @@ class HolisticRobust(Method):
 
     Params = HRParams
     params: HRParams
-    _nonfinite: Tensor | None = None  # any non-finite per-sample loss this epoch (a device flag: no sync per batch)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         p = self.params
@@ -186,17 +206,7 @@ class HolisticRobust(Method):
         if p.alpha == 0 and p.r == 0:
             return F.cross_entropy(model(x_adv), y)  # the same computation as ERM / PGD-AT
         losses = F.cross_entropy(model(x_adv), y, reduction="none")
-        bad = ~torch.isfinite(losses.detach()).all()
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        return worst_case_weights(losses.detach(), p.alpha, p.r) @ losses
-
-    def epoch_metrics(self) -> dict[str, float]:
-        """Fails the trial with its reason when a per-sample loss was +inf or NaN during the epoch
-        (the worst-case weights are undefined then; checked once per epoch, not per batch)."""
-        flag, self._nonfinite = self._nonfinite, None
-        if flag is not None and bool(flag):
-            raise TrialFailed("HR: a per-sample training loss was not finite (+inf or NaN); HR weights are undefined")
-        return {}
+        return worst_case_weights(losses.detach(), p.alpha, p.r) @ losses  # refuses a non-finite loss
 
     def final_metrics(self, model: nn.Module, splits: Splits, *, batch_size: int, seed: int) -> dict[str, float | str]:
         """HR's certificate check: the HR objective on the (observed) train split vs the clean

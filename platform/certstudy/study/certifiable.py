@@ -49,7 +49,7 @@ def check_certifiable(spec: Any, source: str, probed: list[tuple[Any, Any]]) -> 
         (f"{key}[{i}].name" if spec.methods is not None else f"{key}.name", m, cls, params)
         for i, (m, (cls, params)) in enumerate(zip(spec.method_entries, probed))
     ]
-    if not any(needs for *_, needs in checks) and not any(cls.needs for _, _, cls, _ in methods):
+    if not any(needs for *_, needs in checks) and not any(cls.needs_of(params) for _, _, cls, params in methods):
         return
     dataset = DATASETS.get(spec.dataset.name)
     options = dataset.Params(**_first_probes(spec.dataset.options, spec.dataset.search))
@@ -57,7 +57,8 @@ def check_certifiable(spec: Any, source: str, probed: list[tuple[Any, Any]]) -> 
     factory = MODELS.get(spec.model.name)
     normalization = ((0.0,) * shape[0], (1.0,) * shape[0])  # values do not matter for the layer walk
     for path, entry, method_cls, params in methods:
-        wanted = checks + ([(path, "method", entry.key, method_cls.needs)] if method_cls.needs else [])
+        method_needs = method_cls.needs_of(params)
+        wanted = checks + ([(path, "method", entry.key, method_needs)] if method_needs else [])
         wanted = [c for c in wanted if c[3]]
         if not wanted:
             continue
