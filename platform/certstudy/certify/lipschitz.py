@@ -8,12 +8,13 @@ min_{i != j} (y_j - y_i) / K_ji.
 
 Written here because no maintained library fits: the reference GloRo is TensorFlow-only and
 auto_LiRPA's registry releases (0.2, 0.3) do not run on torch 2. Soundness rests on
-the spectral norms being upper bounds, so the certifier does not use the training-time power
-iterates: it computes each norm exactly (``torch.linalg.matrix_norm`` of a Linear weight, the SVD
-of the materialised matrix of a convolution or pooling layer) and only for layers too large to
-materialise falls back to power iteration run to convergence and inflated by ``slack`` (reported
-as ``lipschitz_exact = 0``). Ties are masked by index: a runner-up equal to the top logit gives a
-zero margin, and a zero margin is never certified.
+the spectral norms being upper bounds, so the certifier never uses a power iterate (an estimate
+from below until it converges, training's or its own): each norm is exact (the SVD of a Linear
+weight, or of the materialised matrix of a convolution or pooling layer whose input size is at
+most ``max_exact_dim``), else a guaranteed upper bound for a larger convolution or pooling layer
+(its circulant embedding, ``certify/network.py``; reported as ``lipschitz_exact = 0``), each
+raised by an allowance for the SVD's float64 rounding. Ties are masked by index: a runner-up equal
+to the top logit gives a zero margin, and a zero margin is never certified.
 """
 
 from __future__ import annotations
@@ -87,15 +88,14 @@ def _normalise(u: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def spectral_norm(
-    layer: Layer, *, max_exact_dim: int = 16384, iterations: int = 2000, slack: float = 1e-3
-) -> tuple[float, bool]:
-    """(an upper bound on ||layer||_2, whether it is exact): each layer kind's own (``certify/network.py``):
-    SVD of a dense or materialised matrix where it fits, else converged power iteration times (1 + slack)."""
-    return layer.spectral_norm(max_exact_dim=max_exact_dim, iterations=iterations, slack=slack)
+def spectral_norm(layer: Layer, *, max_exact_dim: int = 4096) -> tuple[float, bool]:
+    """(a guaranteed upper bound on ||layer||_2, whether it is the exact norm): each layer kind's own
+    (``certify/network.py``): SVD of a dense or materialised matrix where it fits, else the circulant
+    bound of a convolution."""
+    return layer.spectral_norm(max_exact_dim=max_exact_dim)
 
 
-def sub_lipschitz(layers: list[Layer], **options: float) -> tuple[float, bool]:
+def sub_lipschitz(layers: list[Layer], **options: int) -> tuple[float, bool]:
     """(K_sub: the product of ``spectral_norm`` over the layers below the last, whether every one was exact)."""
     k_sub, exact = 1.0, True
     for layer in layers[:-1]:
@@ -145,10 +145,11 @@ def lipschitz_radii(logits: Tensor, constants: Tensor) -> tuple[Tensor, Tensor]:
 
 class LipschitzParams(CertifierParams):
     max_exact_dim: int = Field(
-        16384, ge=1, description="largest layer input size whose matrix is materialised for an exact SVD"
+        4096,
+        ge=1,
+        description="largest layer input size whose matrix is materialised for an exact SVD (larger "
+        "convolutions get the guaranteed circulant bound)",
     )
-    iterations: int = Field(2000, ge=1, description="power iterations for layers too large to materialise")
-    slack: float = Field(1e-3, ge=0, description="relative inflation of a power-iteration estimate")
     batch_size: int = Field(1024, ge=1)
 
 
@@ -168,7 +169,7 @@ class LipschitzCertifier(Certifier):
     def constants(self, model: nn.Module) -> tuple[Tensor, bool]:
         p = self.params
         layers = layers_of(model, self.context.input_shape, self.needs)
-        k_sub, exact = sub_lipschitz(layers, max_exact_dim=p.max_exact_dim, iterations=p.iterations, slack=p.slack)
+        k_sub, exact = sub_lipschitz(layers, max_exact_dim=p.max_exact_dim)
         return margin_constants(k_sub, last_layer_weight(layers).detach().double()), exact
 
     def certify(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> CertifyResult:

@@ -148,7 +148,8 @@ class GloroTraining(Method):
         return out
 
     def final_metrics(self, model: nn.Module, splits: Splits, *, batch_size: int, seed: int) -> dict[str, float | str]:
-        """The converged-and-frozen power estimate of K_sub against the exact product (ratio <= 1)."""
+        """The converged-and-frozen power estimate of K_sub against the certifier's guaranteed product
+        (``test/gloro_k_sub_exact``: exact norms where materialised, circulant bounds above; ratio <= 1)."""
         layers, iterates = self.iterates(model)
         frozen = iterates.converge(1e-4, 200)
         exact = sub_lipschitz(layers)[0]
