@@ -131,8 +131,7 @@ def main() -> None:
         lipschitz = lip(lip.Params(), context)
         with torch.no_grad():
             t0 = time.perf_counter()
-            constants, _ = lipschitz.constants(model)
-            constants = constants.to(device)
+            constants = lipschitz.constants(model)
             once = time.perf_counter() - t0
             top = model(x).argmax(1)
             layers = layers_of(model, shape)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -257,10 +259,13 @@ def _exact_linf_margin_minimum(net: nn.Sequential, x0: np.ndarray, c: int, eps: 
     return best
 
 
-def test_a_point_within_a_millionth_of_the_boundary_is_certified_only_on_the_right_side() -> None:
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_point_within_a_millionth_of_the_boundary_is_certified_only_on_the_right_side(dtype: torch.dtype) -> None:
     """Radii chosen so the exact margin minimum is -1e-6 (not robust) or +1e-6 (robust) with logits
     near 100: the CROWN certificate (exact on an affine region) must refuse the first and may take
-    the second. float32 bounds certified points of the first kind."""
+    the second. float32 bounds certified points of the first kind. The certificate is for the network
+    in its own dtype: a float64 model takes the second kind; a float32 one cannot (its own rounding of
+    logits near 100, about 1e-5, exceeds the margin), and must still refuse the first."""
     from certstudy.certify.base import CertifierContext
     from certstudy.certify.bounds import BoundParams, CROWNCertifier
 
@@ -287,14 +292,16 @@ def test_a_point_within_a_millionth_of_the_boundary_is_certified_only_on_the_rig
             assert abs(_exact_linf_margin_minimum(net, x0, c, eps)[0] - target) < 1e-9
             context = CertifierContext(4, (6,), (0.0, 1.0), torch.device("cpu"), radii={"linf": [eps]})
             cert = CROWNCertifier(BoundParams(norm="linf"), context)
-            result = cert.certify(net, torch.tensor(x0, dtype=torch.float32)[None], torch.tensor([c]), seed=0)
+            deployed = copy.deepcopy(net).to(dtype)
+            result = cert.certify(deployed, torch.tensor(x0, dtype=torch.float32)[None], torch.tensor([c]), seed=0)
             radius = float(result.certificates[0].radii[0])
             if not robust:
                 wrong += radius == eps
             else:
                 certified_right += radius == eps
     assert wrong == 0, f"{wrong} of 40 non-robust points certified"
-    assert certified_right >= 35, certified_right  # the tolerance does not swallow a 1e-6 margin
+    if dtype == torch.float64:
+        assert certified_right >= 35, certified_right  # the tolerance does not swallow a 1e-6 margin
 
 
 def _bn_model() -> nn.Module:
@@ -360,3 +367,41 @@ def test_a_centre_outside_the_data_box_is_never_certified() -> None:
             )
             assert torch.isnan(cert.radii[:2]).all() and (cert.predictions[:2] == -1).all(), (name, norm)
             assert not torch.isnan(cert.radii[2:]).any(), (name, norm)
+
+
+def _rounding_flip_net() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A float32 net whose exact margin is positive on a whole ball while float32 rounding flips its
+    prediction inside it: logits 1024 + x and 1024 + (1 + 2^-22) x differ by 2^-22 x exactly, less than
+    float32's spacing at 1024 (2^-13), so which one rounds up depends on x. Returns (net, x, x_flip)."""
+    net = nn.Sequential(nn.Linear(1, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0], [1.0 + 2.0**-22]]))
+        net[0].bias.fill_(1024.0)
+    x = torch.tensor([[0.5 + 2.0**-14 - 2.0**-24]], dtype=torch.float32)
+    with torch.no_grad():
+        assert int(net(x).argmax()) == 1
+        for k in range(1, 4):
+            flip = x - k * 2.0**-24
+            if int(net(flip).argmax()) != 1:
+                return net, x, flip
+    raise AssertionError("no float32 flip near x: the construction's premise failed")
+
+
+@pytest.mark.parametrize("name,norm", [("ibp", "linf"), ("crown", "linf"), ("crown", "l2"), ("lipschitz", "l2")])
+def test_certificates_hold_for_the_float32_network_that_predicts(name: str, norm: str) -> None:
+    """The certifiers bounded the float64 copy (or float32 logits with no slack) and certified a ball in
+    which the deployed float32 network changes its prediction."""
+    from certstudy.certify import CERTIFIERS, CertifierContext
+
+    net, x, flip = _rounding_flip_net()
+    distance = float((flip - x).abs().max())
+    radius = 2 * distance
+    cls = CERTIFIERS.get(name)
+    params = cls.Params(norm=norm) if name != "lipschitz" else cls.Params()
+    ctx = CertifierContext(2, (1,), (0.0, 1.0), torch.device("cpu"), {norm: [radius]})
+    (cert,) = cls(params, ctx).certify(net, x, torch.tensor([1]), seed=0).certificates
+    r = float(cert.radii[0])
+    assert not (r >= distance), (name, norm, r, distance)  # NaN (uncertified) or a radius short of the flip
+    # the same network in float64 has no such rounding: there the exact margin certifies the ball
+    (cert64,) = cls(params, ctx).certify(copy.deepcopy(net).double(), x, torch.tensor([1]), seed=0).certificates
+    assert float(cert64.radii[0]) >= distance, (name, norm)

@@ -159,7 +159,8 @@ def _certifier(name: str, classes: int = 5, shape: tuple[int, ...] = (1, 8, 8), 
 
 def test_margin_constants_bound_the_margin_gradients() -> None:
     model = _cnn().eval()
-    constants, exact = _certifier("lipschitz").constants(model)
+    margin = _certifier("lipschitz").constants(model)
+    constants, exact = margin.margin, margin.exact
     assert exact
     x = torch.rand(200, 1, 8, 8, requires_grad=True)
     out = model(x)
@@ -175,7 +176,7 @@ def test_linear_radius_is_exact() -> None:
     torch.manual_seed(3)
     lin = nn.Linear(6, 4)
     model = nn.Sequential(lin).eval()
-    constants = _certifier("lipschitz", 4, (6,)).constants(model)[0]
+    constants = _certifier("lipschitz", 4, (6,)).constants(model).margin
     x = torch.rand(1, 6, dtype=torch.float64)
     w, b = lin.weight.detach().double(), lin.bias.detach().double()
     logits = x @ w.T + b
@@ -215,7 +216,7 @@ def test_equal_logits_are_not_certified() -> None:
 
 def test_bottom_logit_agrees_with_radii_and_trades_identity() -> None:
     model = _cnn().eval()
-    constants = _certifier("lipschitz").constants(model)[0]
+    constants = _certifier("lipschitz").constants(model).margin
     x = torch.rand(300, 1, 8, 8)
     with torch.no_grad():
         logits = model(x).double()

@@ -43,7 +43,9 @@ from certstudy.certify.network import (
     LinearLayer,
     Relaxation,
     UnsupportedLayer,
+    deployment_error,
     layers_of,
+    unit_roundoff,
 )
 from certstudy.certify.registry import CERTIFIERS
 from certstudy.models.base import eval_mode
@@ -215,12 +217,53 @@ class BackwardBound:
     relaxations: list[Relaxation] = field(default_factory=list)
 
 
-def _affine_back(layer: AffineLayer, a: Tensor, const: Tensor) -> tuple[Tensor, Tensor]:
+UNIT_ROUNDOFF_32 = 2.0**-24
+
+
+def _gamma(terms: int, unit: float = UNIT_ROUNDOFF_32) -> float:
+    """Higham's gamma_n = n·u / (1 - n·u): the relative error bound of a sum of n products, in any order."""
+    return terms * unit / (1 - terms * unit)
+
+
+def _affine_back(
+    layer: AffineLayer, a: Tensor, const: Tensor, magnitudes: Interval | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(Wᵀ a, const + a·b, a rounding allowance or None).
+
+    With ``magnitudes`` (bounds m_in, m_out on |z| at the layer's input and output, per example) a
+    float64 ``a`` may take the layer's float32 product (``transpose32``). The computed Wᵀâ32 differs
+    from Wᵀa by the rounding of a to float32 (|a - â32| <= u|a|) and of the product (at most
+    gamma_n |W|ᵀ|â32|, n the terms per output, any summation order), so for every z in the bounds
+    a·(Wz + b) >= (Wᵀâ32)·z_in + a·b - allowance with allowance = Σ |a| (u m_out + gamma_n (1+u) |W| m_in)
+    (the lower bound subtracts it, the upper bound adds it). Valid for a direct or GEMM convolution
+    in IEEE float32 (oneDNN's on the CPU; not Winograd or FFT, which the CPU path does not use).
+    """
     b = layer.bias()
     if b is not None:
         const = const + (a * b).flatten(2).sum(-1)
     n, s = a.shape[:2]
-    return layer.transpose(a.reshape(n * s, *layer.out_shape)).view(n, s, *layer.in_shape), const
+    flat = a.reshape(n * s, *layer.out_shape)
+    fast = layer.transpose32(flat) if magnitudes is not None and a.dtype == torch.float64 else None
+    if fast is None:
+        return layer.transpose(flat).view(n, s, *layer.in_shape), const, None
+    product, terms = fast
+    assert magnitudes is not None
+    m_in, m_out = magnitudes
+    weight = UNIT_ROUNDOFF_32 * m_out + _gamma(terms) * (1 + UNIT_ROUNDOFF_32) * layer.abs_linear(m_in)
+    allowance = (a.abs() * weight.unsqueeze(1)).flatten(2).sum(-1) * (1 + 1e-12)  # its own float64 rounding
+    return product.to(a.dtype).view(n, s, *layer.in_shape), const, allowance
+
+
+def _magnitude(bound: Interval) -> Tensor:
+    return torch.maximum(bound[0].abs(), bound[1].abs())
+
+
+def relaxation_bounds(layers: list[Layer], i: int, pre_bounds: list[Interval], ball: Ball) -> Interval:
+    """Bounds of what non-linear layer i's relaxation reads, from the interval bounds ``pre_bounds``
+    (``pre_bounds[j]`` bounds layer j's output); layer i - 1 is affine (``layers_of`` checks it)."""
+    lo, hi = pre_bounds[i - 1]
+    before_in = pre_bounds[i - 2] if i >= 2 else ball.interval()
+    return layers[i].relaxation_bounds(lo, hi, layers[i - 1], before_in)
 
 
 def backward(
@@ -232,25 +275,40 @@ def backward(
     *,
     upper: bool = True,
     record: bool = False,
+    relax_bounds: dict[int, Interval] | None = None,
+    const: Tensor | None = None,
+    float32_products: bool = False,
 ) -> BackwardBound:
-    """CROWN bounds of spec·(output of layer ``end``); ``pre_bounds[i]`` bounds layer i's output.
+    """CROWN bounds of spec·(output of layer ``end``) + ``const``; ``pre_bounds[i]`` bounds layer i's output.
 
     ``spec`` has shape (B or 1, S, *out_shape); a leading 1 is broadcast over the batch. Affine
-    layers are exact; each non-linear layer contributes its kind's linear relaxation (``relax``).
+    layers are exact; each non-linear layer i contributes its kind's linear relaxation (``relax``)
+    over ``relax_bounds[i]`` where given, else over ``relaxation_bounds`` of ``pre_bounds``.
+    ``float32_products``: float64 coefficients may go through a layer's faster float32 product, with
+    the rounding allowance of ``_affine_back`` (layers whose output bounds ``pre_bounds`` holds).
     """
     a_lo = spec
     a_up = spec if upper else None
-    c_lo = torch.zeros(spec.shape[:2], device=spec.device, dtype=spec.dtype)
+    c_lo = torch.zeros(spec.shape[:2], device=spec.device, dtype=spec.dtype) if const is None else const
     c_up = c_lo
     relaxations: list[Relaxation] = []
     for i in range(end, -1, -1):
         layer = layers[i]
         if isinstance(layer, AffineLayer):
-            a_lo, c_lo = _affine_back(layer, a_lo, c_lo)
+            magnitudes = None
+            if float32_products and i < len(pre_bounds):
+                below = pre_bounds[i - 1] if i > 0 else ball.interval()
+                magnitudes = (_magnitude(below), _magnitude(pre_bounds[i]))
+            a_lo, c_lo, slack = _affine_back(layer, a_lo, c_lo, magnitudes)
+            if slack is not None:
+                c_lo = c_lo - slack
             if a_up is not None:
-                a_up, c_up = _affine_back(layer, a_up, c_up)
+                a_up, c_up, slack = _affine_back(layer, a_up, c_up, magnitudes)
+                if slack is not None:
+                    c_up = c_up + slack
             continue
-        lo, hi = pre_bounds[i - 1] if i > 0 else ball.interval()
+        given = relax_bounds.get(i) if relax_bounds is not None else None
+        lo, hi = given if given is not None else relaxation_bounds(layers, i, pre_bounds, ball)
         a_next, c_add, relaxation = layer.relax(a_lo, lo, hi, upper=False, index=i, record=record)
         if relaxation is not None:
             relaxations.append(relaxation)
@@ -293,36 +351,146 @@ def relaxed_forward(layers: list[Layer], bound: BackwardBound) -> tuple[Tensor, 
     return z.view(n, s, -1), infeasibility
 
 
-CROWN_CHUNK_ELEMENTS = 1 << 24
-"""Identity-spec rows of full CROWN's intermediate bounds go through the network in chunks of about
-this many coefficients (rows x batch x widest layer), so memory stays bounded on wide layers."""
+CROWN_CHUNK_ELEMENTS = 1 << 22
+"""Specification rows of full CROWN's intermediate bounds go through the network in chunks of about
+this many coefficients (examples x rows x widest layer), so memory stays bounded on wide layers."""
+
+
+def _affine_prefix(
+    layers: list[Layer], end: int, spec: Tensor, bounds: list[Interval], ball: Ball
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """spec (1, S, ...)·(output of layer ``end``) pushed back through the affine layers from ``end`` down to
+    the first non-linear one, shared by every example: (coefficients on that layer's output, constant
+    (1, S), per-example rounding allowance (B, S) of the float32 products taken, the layer's index;
+    -1 when none is left). ``bounds[j]`` bounds layer j's output per example."""
+    const = torch.zeros(spec.shape[:2], device=spec.device, dtype=spec.dtype)
+    allowance = torch.zeros((len(ball.x), spec.shape[1]), device=spec.device, dtype=spec.dtype)
+    i = end
+    while i >= 0 and isinstance(layers[i], AffineLayer):
+        below = bounds[i - 1] if i > 0 else ball.interval()
+        layer = layers[i]
+        assert isinstance(layer, AffineLayer)
+        b = layer.bias()
+        if b is not None:
+            const = const + (spec * b).flatten(2).sum(-1)
+        flat = spec.reshape(spec.shape[1], *layer.out_shape)
+        fast = layer.transpose32(flat) if spec.dtype == torch.float64 else None
+        if fast is None:
+            spec = layer.transpose(flat).unsqueeze(0)
+        else:
+            product, terms = fast
+            weight = UNIT_ROUNDOFF_32 * _magnitude(bounds[i]) + _gamma(terms) * (
+                1 + UNIT_ROUNDOFF_32
+            ) * layer.abs_linear(_magnitude(below))
+            allowance = allowance + (weight.flatten(1) @ spec[0].abs().flatten(1).T) * (1 + 1e-12)
+            spec = product.to(spec.dtype).unsqueeze(0)
+        i -= 1
+    return spec, const, allowance, i
+
+
+def _chunks(counts: Tensor, rows: int) -> list[Tensor]:
+    """Examples grouped, most rows first, so that each group's size times its largest count stays within
+    ``rows``: padding to a group's largest count then wastes little."""
+    order = torch.argsort(counts, descending=True)
+    groups, start = [], 0
+    while start < len(order):
+        width = max(1, int(counts[order[start]]))
+        size = max(1, rows // width)
+        groups.append(order[start : start + size])
+        start += size
+    return groups
+
+
+def _refine(
+    layers: list[Layer], i: int, bounds: list[Interval], relax: dict[int, Interval], ball: Ball, current: Interval
+) -> Interval:
+    """CROWN bounds of non-linear layer i's relaxation inputs where ``unstable`` (per example), the
+    others kept at ``current``.
+
+    The rows of the batch's union of unstable inputs go once through the affine layers below layer i
+    (shared by every example); from the first non-linear layer down each example takes only its own
+    unstable rows (padded to the largest count of its group), in chunks of ``CROWN_CHUNK_ELEMENTS``.
+    Float64 coefficients take float32 convolution products with a rounding allowance
+    (``_affine_back``)."""
+    layer = layers[i]
+    lo, hi = current
+    n = len(lo)
+    mask = layer.unstable(lo, hi).reshape(n, -1)
+    union = mask.any(0).nonzero().squeeze(1)
+    if len(union) == 0:
+        return current
+    widest = max(math.prod(layer.in_shape) for layer in layers[: i + 1])
+    rows_per_chunk = max(1, CROWN_CHUNK_ELEMENTS // widest)
+    new_lo, new_hi = lo.reshape(n, -1).clone(), hi.reshape(n, -1).clone()
+    for start in range(0, len(union), rows_per_chunk):
+        rows = union[start : start + rows_per_chunk]
+        spec = layer.relaxation_rows(rows.unsqueeze(0), torch.ones((1, len(rows)), dtype=torch.bool, device=lo.device))
+        shared, shared_const, allowance, below = _affine_prefix(layers, i - 1, spec.to(lo.dtype), bounds, ball)
+        needed = mask[:, rows]  # (n, rows): which example needs which row
+        counts = needed.sum(1)
+        for group in _chunks(counts, rows_per_chunk):
+            width = int(counts[group].max())
+            if width == 0:
+                continue
+            pick = torch.argsort((~needed[group]).to(torch.int8), dim=1, stable=True)[:, :width]  # its rows first
+            ok = torch.arange(width, device=lo.device).unsqueeze(0) < counts[group].unsqueeze(1)
+            keep = ok.to(lo.dtype)
+            a = shared[0][pick] * keep.view(*keep.shape, *([1] * (shared.dim() - 2)))
+            c = shared_const[0][pick] * keep
+            spread = allowance[group].gather(1, pick) * keep
+            sub_ball = Ball(ball.x[group], ball.eps[group], ball.norm, ball.box)
+            sub_bounds = [(b_lo[group], b_hi[group]) for b_lo, b_hi in bounds]
+            sub_relax = {k: (r_lo[group], r_hi[group]) for k, (r_lo, r_hi) in relax.items()}
+            b = backward(layers, below, a, sub_bounds, sub_ball, relax_bounds=sub_relax, const=c, float32_products=True)
+            assert b.upper is not None
+            index = rows[pick]
+            cur_lo, cur_hi = new_lo[group], new_hi[group]
+            at_lo, at_hi = cur_lo.gather(1, index), cur_hi.gather(1, index)
+            tight_lo = torch.where(ok, torch.maximum(at_lo, b.lower - spread), at_lo)
+            tight_hi = torch.where(ok, torch.minimum(at_hi, b.upper + spread), at_hi)
+            new_lo[group] = cur_lo.scatter(1, index, tight_lo)
+            new_hi[group] = cur_hi.scatter(1, index, tight_hi)
+    return new_lo.view(lo.shape), new_hi.view(hi.shape)
+
+
+def crown_bounds(layers: list[Layer], ball: Ball) -> tuple[list[Interval], dict[int, Interval]]:
+    """Full CROWN's intermediate bounds: (every layer's output interval but the last, the bounds each
+    non-linear layer's relaxation reads).
+
+    Layer by layer: a reference interval comes from interval propagation of the bounds found so far
+    (never looser than IBP's: interval arithmetic is inclusion-monotone), then only the relaxation
+    inputs whose reference interval leaves their relaxation inexact (``unstable``: a ReLU with
+    l < 0 < u, a MinMax pair whose difference changes sign, a max-pool window without a sure
+    winner) get a CROWN backward pass (``_refine``); the others keep their reference bound, which
+    gives them an exact relaxation already. auto_LiRPA computes the unstable neurons' bounds only in
+    the same way. Each bound is sound, so their intersection is too.
+    """
+    lo, hi = ball.interval()
+    bounds: list[Interval] = []
+    relax: dict[int, Interval] = {}
+    for i, layer in enumerate(layers[:-1]):
+        if not isinstance(layer, AffineLayer):
+            current = relaxation_bounds(layers, i, bounds, ball)
+            relax[i] = _refine(layers, i, bounds, relax, ball, current)
+            if layer.relaxes_inputs:  # its input interval is tightened as well
+                bounds[i - 1] = relax[i]
+            lo, hi = layer.interval(*bounds[i - 1])
+        else:
+            lo, hi = layer.interval(lo, hi)
+            if ball.norm == "l2" and not isinstance(layer, FlattenLayer) and _is_first_affine(layers, i):
+                exact = layer.forward(ball.x.reshape(len(ball.x), *layer.in_shape))
+                r = ball._eps(exact) * layer.row_norms()
+                lo, hi = torch.maximum(lo, exact - r), torch.minimum(hi, exact + r)
+        bounds.append((lo, hi))
+    return bounds, relax
 
 
 def crown(layers: list[Layer], ball: Ball, spec: Tensor) -> Tensor:
-    """Full CROWN lower bounds of spec·logits: every bound feeding a non-linear layer by CROWN, intersected with "
-    "IBP's."""
-    ibp_bounds, _ = ibp(layers, ball)
-    bounds: list[Interval] = []
-    n = len(ball.x)
-    widest = max(math.prod(layer.in_shape) for layer in layers)
-    chunk = max(1, CROWN_CHUNK_ELEMENTS // max(1, n * widest))
-    for i, layer in enumerate(layers[:-1]):
-        if isinstance(layers[i + 1], AffineLayer):
-            bounds.append(ibp_bounds[i])  # only bounds feeding a non-linear layer are used
-            continue
-        rows = math.prod(layer.out_shape)
-        lows, highs = [], []
-        for start in range(0, rows, chunk):
-            eye = torch.eye(rows, device=ball.x.device, dtype=ball.x.dtype)[start : start + chunk].view(
-                1, -1, *layer.out_shape
-            )
-            b = backward(layers, i, eye, bounds, ball)
-            assert b.upper is not None
-            lows.append(b.lower)
-            highs.append(b.upper)
-        lo, hi = (torch.cat(parts, 1).view(n, *layer.out_shape) for parts in (lows, highs))
-        bounds.append((torch.maximum(lo, ibp_bounds[i][0]), torch.minimum(hi, ibp_bounds[i][1])))
-    return backward(layers, len(layers) - 1, spec, bounds, ball, upper=False).lower
+    """Full CROWN lower bounds of spec·logits over the intermediate bounds of ``crown_bounds``."""
+    bounds, relax = crown_bounds(layers, ball)
+    return backward(
+        layers, len(layers) - 1, spec, bounds, ball, upper=False, relax_bounds=relax, float32_products=True
+    ).lower
 
 
 def crown_ibp(layers: list[Layer], ball: Ball, spec: Tensor, *, record: bool = False) -> tuple[Tensor, BackwardBound]:
@@ -358,6 +526,14 @@ def margin_lower_bounds(bound: str, layers: list[Layer], ball: Ball, classes: Te
         ibp_lower, crown_ibp_bound = crown_ibp(layers, ball, spec)
         lower = torch.maximum(torch.maximum(ibp_lower, crown_ibp_bound.lower), crown(layers, ball, spec))
     return lower.scatter(1, classes[:, None], torch.inf)
+
+
+def deployed_logit_error(layers: list[Layer], ball: Ball, unit: float) -> Tensor:
+    """Per example and logit, a bound over the ball on how far the network computed in floating point
+    of unit roundoff ``unit`` (its deployed dtype) is from the exact network the bounds describe."""
+    inputs = [ball.interval(), *ibp(layers, ball)[0]]
+    magnitudes = [torch.maximum(lo.abs(), hi.abs()) for lo, hi in inputs]
+    return deployment_error(layers, magnitudes, unit)
 
 
 class BoundParams(CertifierParams):
@@ -419,6 +595,7 @@ class BoundCertifier(Certifier):
         grid = sorted(r for r in self.context.radii.get(p.norm, []) if r > 0)
         layers_of(model, self.context.input_shape, self.needs)  # refuses an unsupported model first
         dtype = next(model.parameters(), x).dtype
+        unit = unit_roundoff(dtype, x.device)
         with eval_mode(model), torch.no_grad():  # the model's own predictions, in its own dtype
             logits = [model(x[i : i + p.batch_size].to(dtype)) for i in range(0, len(x), p.batch_size)]
         preds, radii = [], []
@@ -438,7 +615,9 @@ class BoundCertifier(Certifier):
                     idx = alive.nonzero().squeeze(1)
                     ball = Ball.of(x64[idx], r, p.norm, self.context.bounds)
                     lower = margin_lower_bounds(self.bound, layers, ball, top[idx], self.context.num_classes)
-                    ok = lower.min(1).values > tolerance[idx]
+                    error = deployed_logit_error(layers, ball, unit)
+                    deployed = lower - error - error.gather(1, top[idx, None])
+                    ok = deployed.min(1).values > tolerance[idx]
                     radius[idx[ok]] = r
                     alive[idx[~ok]] = False
                 preds.append(torch.where(torch.isnan(radius), ABSTAIN, top).cpu())

@@ -20,13 +20,15 @@ to the top logit gives a zero margin, and a zero margin is never certified.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
-from certstudy.certify.network import LIPSCHITZ, AffineLayer, Layer, layers_of
+from certstudy.certify.bounds import in_float64, rounding_tolerance
+from certstudy.certify.network import LIPSCHITZ, AffineLayer, Layer, deployment_error, layers_of, unit_roundoff
 from certstudy.certify.registry import CERTIFIERS
 from certstudy.models.base import eval_mode
 
@@ -166,30 +168,72 @@ class LipschitzCertifier(Certifier):
     def certificates(cls, params: CertifierParams) -> list[tuple[str, str]]:
         return [("lipschitz", "l2")]
 
-    def constants(self, model: nn.Module) -> tuple[Tensor, bool]:
+    def constants(self, model: nn.Module) -> MarginConstants:
         p = self.params
         layers = layers_of(model, self.context.input_shape, self.needs)
-        k_sub, exact = sub_lipschitz(layers, max_exact_dim=p.max_exact_dim)
-        return margin_constants(k_sub, last_layer_weight(layers).detach().double()), exact
+        norms = [spectral_norm(layer, max_exact_dim=p.max_exact_dim) for layer in layers[:-1]]
+        prefix = [math.prod(n for n, _ in norms[:i]) for i in range(len(layers))]
+        k_sub = prefix[-1]
+        margin = margin_constants(k_sub, last_layer_weight(layers).detach().double())
+        return MarginConstants(margin, all(ok for _, ok in norms), prefix)
 
     def certify(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> CertifyResult:
         with eval_mode(model), torch.no_grad():
-            constants, exact = self.constants(model)  # once per model: the per-example cost is below
+            constants = self.constants(model)  # once per model: the per-example cost is below
             top, radii = self.radii(model, x, constants)
-        k_max = float(constants.max()) if constants.numel() else 0.0
+        k_max = float(constants.margin.max()) if constants.margin.numel() else 0.0
         return CertifyResult(
             [Certificate("lipschitz", "l2", top.cpu(), radii.cpu())],
-            {"lipschitz_max_margin_constant": k_max, "lipschitz_exact": float(exact)},
+            {"lipschitz_max_margin_constant": k_max, "lipschitz_exact": float(constants.exact)},
         )
 
-    def radii(self, model: nn.Module, x: Tensor, constants: Tensor) -> tuple[Tensor, Tensor]:
-        """(predictions with ABSTAIN where uncertified, radii): one forward pass and the margins."""
+    def radii(self, model: nn.Module, x: Tensor, constants: MarginConstants) -> tuple[Tensor, Tensor]:
+        """(predictions with ABSTAIN where uncertified, radii) for the network in its own dtype.
+
+        The prediction is the model's own. The margins come from the float64 network (less
+        ``rounding_tolerance``), and the radius r0 they give is shrunk by the deployed network's
+        rounding error (``deployment_error``) over the r0-ball: there every layer input z_l satisfies
+        |z_l(x')| <= |z_l(x)| + K_{<l}·r0 (K_{<l} the product of the norms below layer l), so the
+        float32 network keeps the predicted class at every point the smaller radius covers."""
         b = self.params.batch_size
-        x = x.to(next(model.parameters(), x).dtype)  # the model's own dtype (a float64 model, float32 data)
-        logits = (
-            torch.cat([model(x[i : i + b]) for i in range(0, len(x), b)])
-            if len(x)
-            else torch.zeros((0, self.context.num_classes), device=x.device)
-        )
-        top, radii = lipschitz_radii(logits, constants.to(logits.device))
-        return torch.where(torch.isnan(radii), torch.full_like(top, ABSTAIN), top), radii
+        dtype = next(model.parameters(), x).dtype
+        unit = unit_roundoff(dtype, x.device)
+        x = x.to(dtype)  # the model's own dtype (a float64 model, float32 data)
+        if not len(x):
+            empty = torch.zeros(0, dtype=torch.long, device=x.device)
+            return empty, torch.zeros(0, dtype=torch.float64, device=x.device)
+        top = torch.cat([model(x[i : i + b]).argmax(1) for i in range(0, len(x), b)])
+        radii = []
+        with in_float64(model):
+            layers = layers_of(model, self.context.input_shape, self.needs)
+            for i in range(0, len(x), b):
+                radii.append(self._deployed_radii(layers, x[i : i + b].double(), top[i : i + b], constants, unit))
+        radius = torch.cat(radii)
+        return torch.where(torch.isnan(radius), torch.full_like(top, ABSTAIN), top), radius
+
+    @staticmethod
+    def _deployed_radii(layers: list[Layer], x: Tensor, top: Tensor, constants: MarginConstants, unit: float) -> Tensor:
+        z, seen = x, []
+        for layer in layers:
+            seen.append(z.abs())
+            z = layer.forward(z)
+        k = constants.margin.to(z.device)[top]  # (B, m): K_{j i} for the predicted j
+        margins = z.gather(1, top[:, None]) - z - rounding_tolerance(z, len(layers)).unsqueeze(1)
+        ratio = (margins / k.clamp_min(torch.finfo(k.dtype).tiny)).scatter(1, top[:, None], torch.inf)
+        r0 = ratio.min(1).values.clamp_min(0.0)
+        magnitudes = [m + constants.prefix[i] * r0.view(-1, *([1] * (m.dim() - 1))) for i, m in enumerate(seen)]
+        error = deployment_error(layers, magnitudes, unit)
+        deployed = margins - error - error.gather(1, top[:, None])
+        ratio = (deployed / k.clamp_min(torch.finfo(k.dtype).tiny)).scatter(1, top[:, None], torch.inf)
+        radius = ratio.min(1).values
+        return torch.where(radius > 0, radius, torch.full_like(radius, torch.nan))
+
+
+@dataclass(frozen=True)
+class MarginConstants:
+    """A model's margin Lipschitz constants K (m x m), whether every layer norm was exact, and per layer l
+    the product of the norms of the layers below it (``prefix[-1]`` is K_sub)."""
+
+    margin: Tensor
+    exact: bool
+    prefix: list[float]

@@ -108,9 +108,40 @@ class Layer:
         self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False
     ) -> tuple[Tensor, Tensor, Relaxation | None]:
         """CROWN through a non-linear layer: for coefficients ``a`` (N, S, *out_shape) on its output and
-        input bounds ``lo, hi`` (B, *in_shape), (coefficients on its input, constant (N, S), the
-        lines chosen) such that a·f(z) >= a_in·z + const (<= when ``upper``) for every z in [lo, hi]."""
+        bounds ``lo, hi`` of its relaxation inputs (``relaxation_bounds``; its input for most kinds),
+        (coefficients on its input, constant (N, S), the lines chosen) such that
+        a·f(z) >= a_in·z + const (<= when ``upper``) for every input z consistent with those bounds."""
         raise UnsupportedLayer(f"layer {self.label} has no linear relaxation")
+
+    def rounding(self, error: Tensor, magnitude: Tensor, unit: float) -> Tensor:
+        """A bound on |f̃(z̃) - f(z)| elementwise, where z̃ is the input as computed in a floating-point type
+        of unit roundoff ``unit`` (|z̃ - z| <= ``error``, |z| <= ``magnitude``) and f̃ the layer computed in
+        that type. Default: an exact operation whose output moves at most as far as the input does in
+        each coordinate (ReLU: 1-Lipschitz elementwise, no rounding)."""
+        return error
+
+    relaxes_inputs: ClassVar[bool] = True
+    """Its relaxation reads bounds of its inputs themselves (else of linear forms of them, e.g. MinMax's
+    pair differences), so tightening those bounds tightens its input interval too."""
+
+    def relaxation_bounds(
+        self, lo: Tensor, hi: Tensor, before: Layer | None = None, before_in: Interval | None = None
+    ) -> Interval:
+        """Bounds of what ``relax`` reads, from the input interval ``lo, hi`` and, where a kind can use
+        them, the affine layer ``before`` it and that layer's input interval."""
+        return lo, hi
+
+    def unstable(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """Per example, which relaxation inputs (bounded by ``lo, hi``) a tighter bound could still help:
+        the others already get an exact relaxation. Default: all of them."""
+        return torch.ones_like(lo, dtype=torch.bool)
+
+    def relaxation_rows(self, index: Tensor, valid: Tensor) -> Tensor:
+        """For flat indices ``index`` (b, s) of relaxation inputs (``valid`` False: padding, a zero row), the
+        specification rows (b, s, *in_shape) on the layer's input whose values are those inputs."""
+        rows = torch.zeros((*index.shape, math.prod(self.in_shape)), device=index.device, dtype=self.dtype)
+        rows.scatter_(2, index.unsqueeze(-1), valid.unsqueeze(-1).to(rows.dtype))
+        return rows.view(*index.shape, *self.in_shape)
 
     @property
     def label(self) -> str:
@@ -144,6 +175,21 @@ class AffineLayer(Layer):
         """scale·|W| z (interval radius propagation)."""
         raise NotImplementedError
 
+    def terms(self) -> int:
+        """The most products one output sums (its bias add included), for the rounding bound."""
+        raise NotImplementedError
+
+    def rounding(self, error: Tensor, magnitude: Tensor, unit: float) -> Tensor:
+        """|W| e + gamma_n (|W| (m + e) + |b|): the input's error carried through W, plus the rounding of a
+        sum of n products in any order (Higham's gamma_n = n u / (1 - n u), FMA or not)."""
+        n = self.terms()
+        gamma = n * unit / (1 - n * unit)
+        b = self.bias()
+        scale = self.abs_linear(magnitude + error)
+        if b is not None:
+            scale = scale + b.detach().abs()
+        return self.abs_linear(error) + gamma * scale
+
     def interval(self, lo: Tensor, hi: Tensor) -> Interval:
         centre = self.affine_map(hi + lo, 0.5)  # W mid + b with mid = (hi + lo) / 2
         spread = self.abs_linear(hi - lo, 0.5)
@@ -162,6 +208,11 @@ class AffineLayer(Layer):
     def transpose(self, cotangent: Tensor) -> Tensor:
         """Wᵀ v for each leading row of ``cotangent`` (shape (N, *out_shape)), differentiable in W."""
         return self.adjoint(cotangent)
+
+    def transpose32(self, cotangent: Tensor) -> tuple[Tensor, int] | None:
+        """(Wᵀ v computed in float32, the most terms one of its outputs sums), where the kind offers a faster
+        float32 product of exactly its own weights; None elsewhere."""
+        return None
 
     def adjoint(self, cotangent: Tensor) -> Tensor:
         """Wᵀ v by autograd (a vector-Jacobian product at 0), differentiable in W: never a hand-written
@@ -195,6 +246,12 @@ class AffineLayer(Layer):
 
     def conv_form(self) -> ConvForm | None:
         """The layer as a zero-padded convolution (None when it is not one)."""
+        return None
+
+    def difference_interval(self, lo: Tensor, hi: Tensor) -> Interval | None:
+        """IBP bounds of the differences of its output channel pairs (2k) - (2k+1) over the input box,
+        with the difference folded into the weights (tighter than differencing two intervals); None
+        where the kind does not compute it."""
         return None
 
     def in_float64(self) -> AffineLayer:
@@ -309,6 +366,16 @@ class LinearLayer(AffineLayer):
     def spectral_norm(self, **options: float) -> tuple[float, bool]:
         return svd_upper_bound(self.module.weight), True
 
+    def terms(self) -> int:
+        return self.module.in_features + 1
+
+    def difference_interval(self, lo: Tensor, hi: Tensor) -> Interval | None:
+        w, b = self.module.weight, self.module.bias
+        wd = w[0::2] - w[1::2]
+        centre = F.linear((hi + lo) / 2, wd, None if b is None else b[0::2] - b[1::2])
+        spread = F.linear((hi - lo) / 2, wd.abs())
+        return centre - spread, centre + spread
+
 
 @layer_kind
 class ConvLayer(AffineLayer):
@@ -342,6 +409,16 @@ class ConvLayer(AffineLayer):
     def abs_linear_squared(self, z: Tensor) -> Tensor:
         return self._conv(z, self.module.weight.square(), None)
 
+    def difference_interval(self, lo: Tensor, hi: Tensor) -> Interval | None:
+        m = self.module
+        if m.groups != 1:
+            return None
+        wd = m.weight[0::2] - m.weight[1::2]
+        bd = None if m.bias is None else m.bias[0::2] - m.bias[1::2]
+        centre = self._conv((hi + lo) / 2, wd, bd)
+        spread = self._conv((hi - lo) / 2, wd.abs(), None)
+        return centre - spread, centre + spread
+
     def conv_form(self) -> ConvForm | None:
         m = self.module
         if not isinstance(m.padding, tuple):
@@ -362,6 +439,30 @@ class ConvLayer(AffineLayer):
                 ]
             w = dense
         return ConvForm(w, _pair(m.stride), _pair(m.padding))
+
+    def terms(self) -> int:
+        m = self.module
+        return (m.in_channels // m.groups) * math.prod(_pair(m.kernel_size)) + 1
+
+    def transpose32(self, cotangent: Tensor) -> tuple[Tensor, int] | None:
+        """Wᵀ v computed in float32 (PyTorch's float64 transposed convolution on the CPU runs a slow loop per
+        row, 4-9x slower than oneDNN's float32 one), with the most terms any output sums; None where the
+        weights are not exactly float32 values (then the float32 product would be another matrix's)."""
+        m = self.module
+        if not isinstance(m.padding, tuple) or cotangent.device.type != "cpu":
+            return None
+        cached = getattr(self, "_weight32", None)
+        if cached is None:
+            w32 = m.weight.detach().float()
+            cached = w32 if torch.equal(w32.to(m.weight.dtype), m.weight.detach()) else False
+            self._weight32 = cached
+        if cached is False:
+            return None
+        size = F.conv_transpose2d(cotangent[:1].float(), cached, None, m.stride, m.padding, 0, m.groups, m.dilation)
+        extra = tuple(want - got for want, got in zip(self.in_shape[1:], size.shape[2:]))
+        out = F.conv_transpose2d(cotangent.float(), cached, None, m.stride, m.padding, extra, m.groups, m.dilation)
+        kh, kw = _pair(m.kernel_size)
+        return out, (m.out_channels // m.groups) * kh * kw
 
     def transpose(self, cotangent: Tensor) -> Tensor:
         """The transposed convolution directly (bound propagation pushes thousands of rows through it, and
@@ -404,6 +505,9 @@ class AvgPoolLayer(AffineLayer):
     def abs_linear_squared(self, z: Tensor) -> Tensor:
         return self.module(z) / math.prod(_pair(self.module.kernel_size))  # every weight of a row is 1/area, or 0
 
+    def terms(self) -> int:
+        return math.prod(_pair(self.module.kernel_size)) + 1  # the window's sum, then the division
+
     def conv_form(self) -> ConvForm | None:
         kernel = _pair(self.module.kernel_size)
         channels = self.in_shape[0]
@@ -442,6 +546,9 @@ class FlattenLayer(AffineLayer):
     def spectral_norm(self, **options: float) -> tuple[float, bool]:
         return 1.0, True
 
+    def rounding(self, error: Tensor, magnitude: Tensor, unit: float) -> Tensor:
+        return error.flatten(1)  # a reshape: exact
+
 
 class ChannelAffineLayer(AffineLayer):
     """z ↦ s_c·z + t_c per channel c (a diagonal map): its norm is max |s| exactly."""
@@ -476,6 +583,19 @@ class ChannelAffineLayer(AffineLayer):
         s = self.scale_shift()[0].detach().double()
         return (float(s.abs().max()) if s.numel() else 0.0), True
 
+    def centre(self) -> Tensor:
+        """The per-channel value subtracted before scaling (the mean)."""
+        raise NotImplementedError
+
+    def rounding(self, error: Tensor, magnitude: Tensor, unit: float) -> Tensor:
+        """|s| e + gamma_5 (|s| (m + e + |mean|) + |t|): the few roundings of a subtraction, a square root,
+        a division or product, and an add, each relative to a value bounded by that expression."""
+        s, t = (v.detach().abs() for v in self.scale_shift())
+        gamma = 5 * unit / (1 - 5 * unit)
+        mean = self.centre().detach().abs()
+        spread = self._per_channel(s) * (magnitude + error + self._per_channel(mean)) + self._per_channel(t)
+        return self._per_channel(s) * error + gamma * spread
+
 
 @layer_kind
 class NormalizeLayer(ChannelAffineLayer):
@@ -485,6 +605,9 @@ class NormalizeLayer(ChannelAffineLayer):
     def scale_shift(self) -> tuple[Tensor, Tensor]:
         m = self.module
         return 1 / m.std, -m.mean / m.std
+
+    def centre(self) -> Tensor:
+        return self.module.mean.reshape(-1)
 
 
 BATCH_STATS = "_certstudy_batch_stats"
@@ -526,6 +649,11 @@ class BatchNormLayer(ChannelAffineLayer):
             return "BatchNorm without running statistics normalises every batch by itself and is not one affine map"
         return None
 
+    def centre(self) -> Tensor:
+        m = self.module
+        stats = getattr(m, BATCH_STATS, None) if m.training else None
+        return (stats[0] if stats is not None else m.running_mean).reshape(-1)
+
     def scale_shift(self) -> tuple[Tensor, Tensor]:
         m = self.module
         stats = getattr(m, BATCH_STATS, None) if m.training else None
@@ -566,6 +694,9 @@ class ReLULayer(Layer):
     def interval(self, lo: Tensor, hi: Tensor) -> Interval:
         return lo.clamp_min(0), hi.clamp_min(0)
 
+    def unstable(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return (lo < 0) & (hi > 0)
+
     def relax(
         self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False
     ) -> tuple[Tensor, Tensor, Relaxation | None]:
@@ -581,26 +712,62 @@ class MinMaxLayer(Layer):
 
     CROWN: max(a, b) = b + relu(a - b) and min(a, b) = a - relu(a - b), so for coefficients
     (λ_min, λ_max) on the pair, λ_min·min + λ_max·max = λ_min·a + λ_max·b + μ·relu(d) with
-    μ = λ_max - λ_min and d = a - b ∈ [l_a - u_b, u_a - l_b]; relu(d) is relaxed by CROWN's ReLU
-    lines (exact when d's sign is fixed, as for a stable ReLU).
+    μ = λ_max - λ_min and d = a - b; relu(d) is relaxed by CROWN's ReLU lines over d's own bounds
+    (``relaxation_bounds``: joint, not the difference of two intervals; exact when d's sign is fixed).
     """
 
     modules = (MinMax,)
     supports = ALL_OPERATIONS - {REPLAY}
     elementwise = True
+    relaxes_inputs = False
+
+    def relaxation_bounds(
+        self, lo: Tensor, hi: Tensor, before: Layer | None = None, before_in: Interval | None = None
+    ) -> Interval:
+        """Bounds of the pair differences d = a - b: l_a - u_b <= d <= u_a - l_b, intersected with the
+        bounds of the affine layer before with the difference folded into its weights (the joint
+        bound, as the ReLU rewrite max(a, b) = b + relu(a - b) gets it; tighter by up to 0.023 on l2)."""
+        lo_p, hi_p = lo.unflatten(1, (lo.shape[1] // 2, 2)), hi.unflatten(1, (hi.shape[1] // 2, 2))
+        d_lo = lo_p.select(2, 0) - hi_p.select(2, 1)
+        d_hi = hi_p.select(2, 0) - lo_p.select(2, 1)
+        joint = (
+            before.difference_interval(*before_in)
+            if isinstance(before, AffineLayer) and before_in is not None
+            else None
+        )
+        if joint is not None:
+            d_lo, d_hi = torch.maximum(d_lo, joint[0]), torch.minimum(d_hi, joint[1])
+        return d_lo, d_hi
+
+    def unstable(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return (lo < 0) & (hi > 0)
+
+    def rounding(self, error: Tensor, magnitude: Tensor, unit: float) -> Tensor:
+        pairs = error.unflatten(1, (error.shape[1] // 2, 2))
+        worst = pairs.amax(2, keepdim=True)  # min and max of a pair move at most as far as its farther input
+        return worst.expand_as(pairs).flatten(1, 2)
+
+    def relaxation_rows(self, index: Tensor, valid: Tensor) -> Tensor:
+        c = self.in_shape[0]
+        rest = math.prod(self.in_shape[1:])
+        pair, position = index // rest, index % rest
+        first = (2 * pair) * rest + position
+        weight = valid.to(self.dtype).unsqueeze(-1)
+        rows = torch.zeros((*index.shape, c * rest), device=index.device, dtype=self.dtype)
+        rows.scatter_(2, first.unsqueeze(-1), weight)
+        rows.scatter_(2, (first + rest).unsqueeze(-1), -weight)
+        return rows.view(*index.shape, *self.in_shape)
 
     def relax(
         self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False
     ) -> tuple[Tensor, Tensor, Relaxation | None]:
+        """``lo, hi`` bound the pair differences d (``relaxation_bounds``)."""
         if record:
             raise UnsupportedLayer(f"layer {self.label}: the tightness regularizers replay ReLU relaxations only")
         pairs = a.unflatten(2, (a.shape[2] // 2, 2))  # (N, S, C/2, 2, ...): [..., 0, ...] min, [..., 1, ...] max
         lam_min, lam_max = pairs.select(3, 0), pairs.select(3, 1)
-        lo_p, hi_p = lo.unflatten(1, (lo.shape[1] // 2, 2)), hi.unflatten(1, (hi.shape[1] // 2, 2))
-        d_lo = (lo_p.select(2, 0) - hi_p.select(2, 1)).unsqueeze(1)
-        d_hi = (hi_p.select(2, 0) - lo_p.select(2, 1)).unsqueeze(1)
         mu = lam_max - lam_min
-        slope, intercept, _, _ = _relax_relu(mu, d_lo, d_hi, upper)
+        slope, intercept, _, _ = _relax_relu(mu, lo.unsqueeze(1), hi.unsqueeze(1), upper)
         coef_a = lam_min + mu * slope
         coef_b = lam_max - mu * slope
         a_in = torch.stack([coef_a, coef_b], dim=3).flatten(2, 3)
@@ -662,6 +829,20 @@ class MaxPoolLayer(Layer):
         row = (window // out_w) * sh + star.squeeze(2) // kw - ph
         col = (window % out_w) * sw + star.squeeze(2) % kw - pw
         return row * self.in_shape[2] + col, dominated, ceiling
+
+    def rounding(self, error: Tensor, magnitude: Tensor, unit: float) -> Tensor:
+        return self.module(error)  # a window's max moves at most as far as its farthest-moving input
+
+    def unstable(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """The inputs of every window whose maximum is not fixed to one input (the others are exact)."""
+        (kh, kw), (sh, sw), (ph, pw) = self._geometry()
+        _, dominated, _ = self.lines(lo, hi)
+        b, c = lo.shape[:2]
+        open_windows = (~dominated).to(lo.dtype).reshape(b * c, 1, -1).expand(-1, kh * kw, -1)
+        size = (lo.shape[2] + 2 * ph, lo.shape[3] + 2 * pw)
+        touched = F.fold(open_windows, size, (kh, kw), stride=(sh, sw))
+        touched = touched[:, :, ph : ph + lo.shape[2], pw : pw + lo.shape[3]]
+        return touched.reshape(lo.shape) > 0
 
     def relax(
         self, a: Tensor, lo: Tensor, hi: Tensor, *, upper: bool, index: int = -1, record: bool = False
@@ -746,6 +927,28 @@ def layers_of(model: nn.Module, input_shape: tuple[int, ...], needs: frozenset[s
     if not layers or not isinstance(layers[-1], LinearLayer):
         raise UnsupportedLayer("the network must end with a Linear layer (the logits)")
     return layers
+
+
+def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
+    """The unit roundoff of the arithmetic a model of this dtype runs in on this device: the dtype's, or
+    TF32's (10-bit mantissa) for float32 on CUDA while PyTorch allows TF32 matrix products or
+    convolutions there."""
+    if dtype == torch.float32 and device.type == "cuda":
+        if torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32:
+            return 2.0**-11
+    return torch.finfo(dtype).eps / 2
+
+
+def deployment_error(layers: list[Layer], magnitudes: list[Tensor], unit: float) -> Tensor:
+    """A bound on |f̃(x) - f(x)| per logit, f̃ the network computed in floating point of unit roundoff
+    ``unit`` and f in exact arithmetic, for every input x whose every layer input z_l satisfies
+    |z_l| <= ``magnitudes[l]`` (B, *layer l's input shape). The input itself is exact (a value of the
+    deployed type). Each layer adds its own ``rounding`` bound (Higham's error analysis of sums of
+    products, in any order, FMA or not; not Winograd or FFT convolutions)."""
+    error = torch.zeros_like(magnitudes[0])
+    for layer, magnitude in zip(layers, magnitudes):
+        error = layer.rounding(error, magnitude, unit)
+    return error
 
 
 def forward(layers: list[Layer], z: Tensor, until: int | None = None) -> Tensor:
