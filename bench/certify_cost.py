@@ -1,8 +1,23 @@
-"""Cost of each deterministic certifier per example, relative to a plain forward pass.
+"""Cost of each deterministic certifier per example, relative to a plain forward pass, and the
+certification engine before/after tables.
 
     python bench/certify_cost.py                 # CPU (2 threads here): digits and MNIST-shaped models
     python bench/certify_cost.py --device cuda
     python bench/certify_cost.py --only digits   # the digits rows only (fast)
+    python bench/certify_cost.py --engine --mnist-root ../shared/data/MNIST/raw   # before/after tables
+
+``--engine`` prints three before/after tables on one CPU thread (the reference library's setting),
+on networks briefly CROWN-IBP-trained on MNIST at eps 0.1 (cached under ``--cache``), because the
+cost of full CROWN follows the number of unstable neurons, which random weights inflate:
+- full CROWN per example: before = every neuron of every pre-activation layer by a float64 backward
+  pass (the previous implementation, timed or, where that takes minutes, estimated from one chunk
+  per layer); after = ``certify.bounds.crown`` (unstable inputs only, float32 convolution products
+  with a rounding allowance);
+- CROWN-IBP training per example (loss, backward, train mode): one backward row per class margin
+  vs ``loss_fusion`` (one row per example), with the mean of both robust losses;
+- margin Lipschitz constants per model: before = SVD of every layer materialisable up to 16,384
+  inputs, else a power iterate x 1.001 (the previous, unsound fallback); after = the certifier's
+  guaranteed norms (circulant bound above 4,096 inputs), with the ratio of the constants.
 
 For each model and batch: (a) the plain forward pass of the batch; (b) the certifier on the same
 batch at one radius, timed as the certifier runs it:
@@ -21,11 +36,15 @@ Medians of interleaved repeats.
 from __future__ import annotations
 
 import argparse
+import copy
+import gzip
 import math
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -35,12 +54,15 @@ from certstudy.certify.bounds import (
     CROWN_CHUNK_ELEMENTS,
     Ball,
     backward,
+    crown,
+    crown_bounds,
     crown_ibp,
     ibp,
     margin_lower_bounds,
     margin_spec,
 )
 from certstudy.certify.network import AffineLayer, Layer, layers_of
+from certstudy.methods import METHODS, MethodContext
 from certstudy.models import MODELS
 
 MODEL_ROWS = {
@@ -99,7 +121,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["digits", "mnist"], default=None, help="only the rows of one dataset")
+    parser.add_argument("--engine", action="store_true", help="the before/after tables of the certification engine")
+    parser.add_argument("--mnist-root", type=Path, default=Path("../shared/data/MNIST/raw"))
+    parser.add_argument("--cache", type=Path, default=Path("certstudy-runs/bench-cache"))
+    parser.add_argument("--points", type=int, default=16, help="MNIST test points per full-CROWN row")
     args = parser.parse_args()
+    if args.engine:
+        engine_tables(args)
+        return
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = {k: v for k, v in MODEL_ROWS.items() if args.only is None or k.lower().startswith(args.only)}
@@ -179,6 +208,223 @@ def main() -> None:
             f"{med['crown'] / med['forward_small']:.3g}x{est}",
         )
     Console(width=200).print(table)
+
+
+ENGINE_MODELS = {
+    # label: (model, params, training images, epochs, points for full CROWN)
+    "small CNN (c16 s2, c32 s2, FC100)": ("gloro_2c2f", {"activation": "relu"}, 10000, 4, None),
+    "dm_small": ("dm_small", {}, 10000, 4, None),
+    "dm_medium": ("dm_medium", {}, 10000, 3, None),
+    "cnn7 (BatchNorm)": ("cnn7", {}, 2000, 2, 4),
+}
+
+
+def _mnist(root: Path, kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    with gzip.open(root / f"{kind}-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n]
+    with gzip.open(root / f"{kind}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:n]
+    return torch.tensor(images.copy()), torch.tensor(labels.astype(np.int64))
+
+
+def _trained(name: str, params: dict, images: int, epochs: int, args: argparse.Namespace) -> torch.nn.Module:
+    """The model briefly CROWN-IBP-trained at eps 0.1 (one clean epoch, then the ramp), cached."""
+    factory = MODELS.get(name)
+    torch.manual_seed(0)
+    model = factory.build(factory.Params(**params), (1, 28, 28), 10)
+    path = args.cache / f"{name}-{'-'.join(f'{k}={v}' for k, v in params.items())}-{images}-{epochs}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model
+    x, y = _mnist(args.mnist_root, "train", images)
+    method_cls = METHODS.get("crown_ibp")
+    context = MethodContext(10, (1, 28, 28), (0.0, 1.0), torch.device("cpu"), epochs)
+    method = method_cls(method_cls.Params(eps=0.1, warmup_epochs=1, ramp_fraction=0.6, loss_fusion=True), context)
+    opt = torch.optim.Adam(model.parameters(), 5e-4)
+    for epoch in range(epochs):
+        method.on_epoch_start(model, epoch)
+        model.train()
+        for i in range(0, images, 128):
+            loss = method.loss(model, x[i : i + 128].float() / 255, y[i : i + 128])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def crown_all_neurons(layers: list[Layer], ball: Ball, spec: torch.Tensor) -> torch.Tensor:
+    """The previous full CROWN: an identity-row backward pass for every neuron feeding a non-linearity."""
+    ibp_bounds, _ = ibp(layers, ball)
+    bounds = []
+    n = len(ball.x)
+    widest = max(math.prod(layer.in_shape) for layer in layers)
+    chunk = max(1, (1 << 24) // max(1, n * widest))
+    for i, layer in enumerate(layers[:-1]):
+        if isinstance(layers[i + 1], AffineLayer):
+            bounds.append(ibp_bounds[i])
+            continue
+        rows = math.prod(layer.out_shape)
+        lows, highs = [], []
+        for start in range(0, rows, chunk):
+            eye = torch.eye(rows, dtype=ball.x.dtype)[start : start + chunk].view(1, -1, *layer.out_shape)
+            b = backward(layers, i, eye, bounds, ball)
+            lows.append(b.lower)
+            highs.append(b.upper)
+        lo, hi = (torch.cat(parts, 1).view(n, *layer.out_shape) for parts in (lows, highs))
+        bounds.append((torch.maximum(lo, ibp_bounds[i][0]), torch.minimum(hi, ibp_bounds[i][1])))
+    return backward(layers, len(layers) - 1, spec, bounds, ball, upper=False).lower
+
+
+def _power_norm(layer: AffineLayer, iterations: int = 2000, tol: float = 1e-9) -> float:
+    u = torch.randn((1, *layer.in_shape), generator=torch.Generator().manual_seed(0)).to(layer.dtype)
+    last = 0.0
+    for _ in range(iterations):
+        u = layer.adjoint(layer.linear(u))
+        u = u / u.flatten().norm().clamp_min(1e-30)
+        now = float(layer.linear(u).flatten().norm())
+        if abs(now - last) <= tol * max(now, 1e-30):
+            return now
+        last = now
+    return last
+
+
+def previous_k_sub(layers: list[Layer]) -> float:
+    """K_sub as the certifier computed it before: SVD up to 16,384 inputs, else a power iterate x 1.001."""
+    k = 1.0
+    for layer in layers[:-1]:
+        if isinstance(layer, AffineLayer) and layer.conv_form() is not None:
+            if math.prod(layer.in_shape) <= 16384:
+                k *= layer.spectral_norm(max_exact_dim=16384)[0]
+            else:
+                k *= _power_norm(layer) * 1.001
+        else:
+            k *= layer.spectral_norm()[0]
+    return k
+
+
+def engine_tables(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    console = Console(width=200)
+    crown_table = Table(title="full CROWN per example, l-inf eps 0.1, MNIST test points, 1 CPU thread, float64")
+    for col in [
+        "model",
+        "points",
+        "before s/ex",
+        "after s/ex",
+        "before / after",
+        "unstable inputs",
+        "mean lb before",
+        "mean lb after",
+    ]:
+        crown_table.add_column(col, justify="left" if col == "model" else "right")
+    train_table = Table(
+        title="CROWN-IBP training per example (loss + backward, train mode, eps 0.1, beta 1), 1 CPU thread"
+    )
+    for col in [
+        "model",
+        "batch",
+        "per-margin ms/ex",
+        "fused ms/ex",
+        "per-margin / fused",
+        "robust CE per-margin",
+        "robust CE fused",
+        "fused >= per-margin",
+    ]:
+        train_table.add_column(col, justify="left" if col == "model" else "right")
+    x_test, y_test = _mnist(args.mnist_root, "t10k", 64)
+    x_test = x_test.double() / 255
+    for label, (name, params, images, epochs, points) in ENGINE_MODELS.items():
+        model = _trained(name, params, images, epochs, args)
+        n = points or args.points
+        with torch.no_grad():
+            wide = copy.deepcopy(model).double().eval()
+            layers = layers_of(wide, (1, 28, 28))
+            x = x_test[:n]
+            top = wide(x).argmax(1)
+            spec = margin_spec(top, 10).double()
+            ball = Ball.of(x, 0.1, "linf", (0.0, 1.0))
+            t0 = time.perf_counter()
+            after = crown(layers, ball, spec)
+            after_s = (time.perf_counter() - t0) / n
+            _, relax = crown_bounds(layers, ball)
+            unstable = sum(int(layers[i].unstable(*r).sum()) for i, r in relax.items()) / n
+            if name in ("gloro_2c2f", "dm_small"):
+                t0 = time.perf_counter()
+                before = crown_all_neurons(layers, ball, spec)
+                before_s = (time.perf_counter() - t0) / n
+                before_lb, est = f"{float(before.mean()):.3f}", ""
+            else:
+                before_s = estimate_full_crown(layers, Ball.of(x[:1], 0.1, "linf", (0.0, 1.0)), torch.device("cpu"))
+                before_lb, est = "-", " est."
+        finite = torch.isfinite(after)
+        crown_table.add_row(
+            label,
+            str(n),
+            f"{before_s:.4g}{est}",
+            f"{after_s:.4g}",
+            f"{before_s / after_s:.1f}x{est}",
+            f"{unstable:.0f}",
+            before_lb,
+            f"{float(after[finite].mean()):.3f}",
+        )
+        batch = 64 if name != "cnn7" else 16
+        xb, yb = x_test[:batch].float(), y_test[:batch]
+        method_cls = METHODS.get("crown_ibp")
+        context = MethodContext(10, (1, 28, 28), (0.0, 1.0), torch.device("cpu"), 1)
+        timings, robust = {}, {}
+        for fused in (False, True):
+            method = method_cls(method_cls.Params(eps=0.1, beta_start=1.0, beta_end=1.0, loss_fusion=fused), context)
+            method.on_epoch_start(model, 0)
+            model.train()
+            runs = []
+            for _ in range(4):
+                t0 = time.perf_counter()
+                loss = method.loss(model, xb, yb)
+                loss.backward()
+                runs.append(time.perf_counter() - t0)
+                model.zero_grad()
+            timings[fused] = statistics.median(runs[1:]) / batch * 1e3
+            robust[fused] = float(method.epoch_metrics()["train/crown_ibp_robust_ce"])
+        train_table.add_row(
+            label,
+            str(batch),
+            f"{timings[False]:.2f}",
+            f"{timings[True]:.2f}",
+            f"{timings[False] / timings[True]:.2f}x",
+            f"{robust[False]:.4f}",
+            f"{robust[True]:.4f}",
+            str(robust[True] >= robust[False]),
+        )
+    console.print(crown_table)
+    console.print(train_table)
+    lip_table = Table(title="margin Lipschitz constants per model (1 CPU thread)")
+    for col in ["model", "before s", "after s", "before / after", "K_sub after / before", "after exact"]:
+        lip_table.add_column(col, justify="left" if col == "model" else "right")
+    for label, name in (("GloRo 4C3F (MinMax)", "gloro_4c3f"), ("GloRo 2C2F (MinMax)", "gloro_2c2f"), ("cnn7", "cnn7")):
+        factory = MODELS.get(name)
+        torch.manual_seed(0)
+        model = factory.build(factory.Params(), (1, 28, 28), 10).eval()
+        context = CertifierContext(10, (1, 28, 28), (0.0, 1.0), torch.device("cpu"))
+        lip = CERTIFIERS.get("lipschitz")
+        with torch.no_grad():
+            layers = layers_of(model, (1, 28, 28))
+            t0 = time.perf_counter()
+            old = previous_k_sub(layers)
+            before_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            constants = lip(lip.Params(), context).constants(model)
+            after_s = time.perf_counter() - t0
+        lip_table.add_row(
+            label,
+            f"{before_s:.1f}",
+            f"{after_s:.2f}",
+            f"{before_s / after_s:.0f}x",
+            f"{constants.prefix[-1] / old:.4f}",
+            str(constants.exact),
+        )
+    console.print(lip_table)
 
 
 if __name__ == "__main__":
