@@ -451,12 +451,9 @@ class ConvLayer(AffineLayer):
         m = self.module
         if not isinstance(m.padding, tuple) or cotangent.device.type != "cpu":
             return None
-        cached = getattr(self, "_weight32", None)
-        if cached is None:
-            w32 = m.weight.detach().float()
-            cached = w32 if torch.equal(w32.to(m.weight.dtype), m.weight.detach()) else False
-            self._weight32 = cached
-        if cached is False:
+        weight = m.weight.detach()
+        cached = weight.float()  # a kernel: converting and checking it costs nothing next to the product
+        if not torch.equal(cached.to(weight.dtype), weight):
             return None
         size = F.conv_transpose2d(cotangent[:1].float(), cached, None, m.stride, m.padding, 0, m.groups, m.dilation)
         extra = tuple(want - got for want, got in zip(self.in_shape[1:], size.shape[2:]))
