@@ -86,7 +86,7 @@ def estimate_full_crown(layers: list[Layer], ball: Ball, device: torch.device) -
             continue
         rows = math.prod(layer.out_shape)
         take = min(rows, chunk)
-        eye = torch.eye(rows, device=device)[:take].view(1, take, *layer.out_shape)
+        eye = torch.eye(rows, device=device, dtype=ball.x.dtype)[:take].view(1, take, *layer.out_shape)
         backward(layers, i, eye, bounds, ball)  # warm-up
         seconds = _time(lambda: backward(layers, i, eye, bounds, ball), device)
         total += seconds * rows / take

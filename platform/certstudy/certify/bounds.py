@@ -44,6 +44,7 @@ from certstudy.certify.network import (
     Relaxation,
     UnsupportedLayer,
     deployment_error,
+    gamma,
     layers_of,
     unit_roundoff,
 )
@@ -220,9 +221,12 @@ class BackwardBound:
 UNIT_ROUNDOFF_32 = 2.0**-24
 
 
-def _gamma(terms: int, unit: float = UNIT_ROUNDOFF_32) -> float:
-    """Higham's gamma_n = n·u / (1 - n·u): the relative error bound of a sum of n products, in any order."""
-    return terms * unit / (1 - terms * unit)
+def _product_allowance(layer: AffineLayer, terms: int, m_in: Tensor, m_out: Tensor) -> Tensor:
+    """Per output coordinate of the layer, w with |a·(Wz + b) - (Wᵀâ32)·z - a·b| <= |a|·w for every z
+    with |z| <= m_in (input) and |Wz + b| <= m_out (output): u m_out + gamma_n (1 + u) |W| m_in
+    (``_affine_back``); raised by a relative 1e-12 for its own float64 rounding."""
+    u = UNIT_ROUNDOFF_32
+    return (u * m_out + gamma(terms, u) * (1 + u) * layer.abs_linear(m_in)) * (1 + 1e-12)
 
 
 def _affine_back(
@@ -241,17 +245,23 @@ def _affine_back(
     b = layer.bias()
     if b is not None:
         const = const + (a * b).flatten(2).sum(-1)
+    product, terms = _transposed(layer, a, magnitudes is not None)
+    if terms is None:
+        return product, const, None
+    assert magnitudes is not None
+    weight = _product_allowance(layer, terms, *magnitudes)
+    return product, const, (a.abs() * weight.unsqueeze(1)).flatten(2).sum(-1)
+
+
+def _transposed(layer: AffineLayer, a: Tensor, float32: bool) -> tuple[Tensor, int | None]:
+    """(Wᵀ a for ``a`` of shape (N, S, *out_shape), the terms per output when it was a float32 product)."""
     n, s = a.shape[:2]
     flat = a.reshape(n * s, *layer.out_shape)
-    fast = layer.transpose32(flat) if magnitudes is not None and a.dtype == torch.float64 else None
+    fast = layer.transpose32(flat) if float32 and a.dtype == torch.float64 else None
     if fast is None:
-        return layer.transpose(flat).view(n, s, *layer.in_shape), const, None
+        return layer.transpose(flat).view(n, s, *layer.in_shape), None
     product, terms = fast
-    assert magnitudes is not None
-    m_in, m_out = magnitudes
-    weight = UNIT_ROUNDOFF_32 * m_out + _gamma(terms) * (1 + UNIT_ROUNDOFF_32) * layer.abs_linear(m_in)
-    allowance = (a.abs() * weight.unsqueeze(1)).flatten(2).sum(-1) * (1 + 1e-12)  # its own float64 rounding
-    return product.to(a.dtype).view(n, s, *layer.in_shape), const, allowance
+    return product.to(a.dtype).view(n, s, *layer.in_shape), terms
 
 
 def _magnitude(bound: Interval) -> Tensor:
@@ -373,17 +383,11 @@ def _affine_prefix(
         b = layer.bias()
         if b is not None:
             const = const + (spec * b).flatten(2).sum(-1)
-        flat = spec.reshape(spec.shape[1], *layer.out_shape)
-        fast = layer.transpose32(flat) if spec.dtype == torch.float64 else None
-        if fast is None:
-            spec = layer.transpose(flat).unsqueeze(0)
-        else:
-            product, terms = fast
-            weight = UNIT_ROUNDOFF_32 * _magnitude(bounds[i]) + _gamma(terms) * (
-                1 + UNIT_ROUNDOFF_32
-            ) * layer.abs_linear(_magnitude(below))
-            allowance = allowance + (weight.flatten(1) @ spec[0].abs().flatten(1).T) * (1 + 1e-12)
-            spec = product.to(spec.dtype).unsqueeze(0)
+        product, terms = _transposed(layer, spec, True)
+        if terms is not None:  # per example: |a|·w summed, for every row at once
+            weight = _product_allowance(layer, terms, _magnitude(below), _magnitude(bounds[i]))
+            allowance = allowance + weight.flatten(1) @ spec[0].abs().flatten(1).T
+        spec = product
         i -= 1
     return spec, const, allowance, i
 

@@ -182,13 +182,11 @@ class AffineLayer(Layer):
     def rounding(self, error: Tensor, magnitude: Tensor, unit: float) -> Tensor:
         """|W| e + gamma_n (|W| (m + e) + |b|): the input's error carried through W, plus the rounding of a
         sum of n products in any order (Higham's gamma_n = n u / (1 - n u), FMA or not)."""
-        n = self.terms()
-        gamma = n * unit / (1 - n * unit)
         b = self.bias()
         scale = self.abs_linear(magnitude + error)
         if b is not None:
             scale = scale + b.detach().abs()
-        return self.abs_linear(error) + gamma * scale
+        return self.abs_linear(error) + gamma(self.terms(), unit) * scale
 
     def interval(self, lo: Tensor, hi: Tensor) -> Interval:
         centre = self.affine_map(hi + lo, 0.5)  # W mid + b with mid = (hi + lo) / 2
@@ -588,10 +586,9 @@ class ChannelAffineLayer(AffineLayer):
         """|s| e + gamma_5 (|s| (m + e + |mean|) + |t|): the few roundings of a subtraction, a square root,
         a division or product, and an add, each relative to a value bounded by that expression."""
         s, t = (v.detach().abs() for v in self.scale_shift())
-        gamma = 5 * unit / (1 - 5 * unit)
         mean = self.centre().detach().abs()
         spread = self._per_channel(s) * (magnitude + error + self._per_channel(mean)) + self._per_channel(t)
-        return self._per_channel(s) * error + gamma * spread
+        return self._per_channel(s) * error + gamma(5, unit) * spread
 
 
 @layer_kind
@@ -924,6 +921,12 @@ def layers_of(model: nn.Module, input_shape: tuple[int, ...], needs: frozenset[s
     if not layers or not isinstance(layers[-1], LinearLayer):
         raise UnsupportedLayer("the network must end with a Linear layer (the logits)")
     return layers
+
+
+def gamma(terms: int, unit: float) -> float:
+    """Higham's gamma_n = n·u / (1 - n·u): the relative error bound of a sum of n products in floating point
+    of unit roundoff u, in any summation order, with or without fused multiply-adds."""
+    return terms * unit / (1 - terms * unit)
 
 
 def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
