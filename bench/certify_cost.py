@@ -36,7 +36,6 @@ Medians of interleaved repeats.
 from __future__ import annotations
 
 import argparse
-import copy
 import gzip
 import math
 import statistics
@@ -339,7 +338,10 @@ def engine_tables(args: argparse.Namespace) -> None:
         model = _trained(name, params, images, epochs, args)
         n = points or args.points
         with torch.no_grad():
-            wide = copy.deepcopy(model).double().eval()
+            factory = MODELS.get(name)
+            wide = factory.build(factory.Params(**params), (1, 28, 28), 10)
+            wide.load_state_dict(model.state_dict())  # a copy without the recorded batch statistics
+            wide = wide.double().eval()
             layers = layers_of(wide, (1, 28, 28))
             x = x_test[:n]
             top = wide(x).argmax(1)

@@ -503,6 +503,11 @@ def crown_ibp(layers: list[Layer], ball: Ball, spec: Tensor, *, record: bool = F
     return ibp_lower, backward(layers, len(layers) - 1, spec, ibp_bounds, ball, upper=False, record=record)
 
 
+FUSION_MAX_LOSS = 300.0
+"""Above this bound on the loss an example's fused bound is replaced by CE(-lb_IBP) (``fused_cross_entropy_bound``):
+the exponentials are evaluated shifted by the largest margin bound, and beyond it they would overflow."""
+
+
 def fused_cross_entropy_bound(
     layers: list[Layer],
     ball: Ball,
@@ -520,25 +525,36 @@ def fused_cross_entropy_bound(
     log is concave, so log S <= log t - 1 + S / t for any t > 0 (here the sum at the clean logits).
     What remains is linear in z, c·z with c = sum_i (k_i / t)(e_i - e_y), bounded above by CROWN over
     ``pre_bounds``. Every step is an upper bound for every point of the ball, so the result bounds the
-    worst-case loss from above; it is not always below the unfused CE(-lb) (the chord can be looser
-    than CROWN's per-margin bounds), which is what bench/certify_cost.py measures.
+    worst-case loss from above. The scalar steps run in float64; each example gets the smaller of
+    this bound and CE(-l) (both valid), and CE(-l) alone where M exceeds ``FUSION_MAX_LOSS``. It is not
+    always below the unfused CE(-lb_CROWN-IBP) (the chord over IBP's margin intervals can be looser
+    than CROWN's per-margin bounds); bench/certify_cost.py measures both.
     """
     m = centre_logits.shape[1]
-    q_lo, q_hi = -margins[1], -margins[0]
+    ibp_ce = torch.nn.functional.cross_entropy(-margins[0], labels, reduction="none")
+    q_lo, q_hi = (-margins[1]).double(), (-margins[0]).double()
     shift = q_hi.max(1, keepdim=True).values.detach()
-    lo, hi = q_lo - shift, q_hi - shift
+    usable = shift.squeeze(1) <= FUSION_MAX_LOSS
+    cap = torch.full_like(shift, FUSION_MAX_LOSS)  # keeps every value finite for the examples not used
+    shift = torch.minimum(shift, cap)
+    lo, hi = torch.minimum(q_lo, cap) - shift, torch.minimum(q_hi, cap) - shift
     width = hi - lo
-    e_lo = lo.exp()
-    safe = width.clamp_min(torch.finfo(width.dtype).tiny)
-    slope = torch.where(width > 0, e_lo * torch.expm1(width) / safe, e_lo)  # the chord's slope (exp's at l if u = l)
-    centre = centre_logits - centre_logits.gather(1, labels[:, None])
-    t = (centre.detach() - shift).exp().sum(1, keepdim=True).clamp_min(torch.finfo(width.dtype).tiny)
-    const = shift + t.log() - 1 + ((e_lo - slope * lo).sum(1, keepdim=True) - shift * slope.sum(1, keepdim=True)) / t
-    coef = slope / t
+    e_lo, e_hi = lo.exp(), hi.exp()
+    narrow = width < 1e-3
+    w_narrow = torch.where(narrow, width, torch.full_like(width, 1e-3)).clamp_min(1e-300)
+    slope = torch.where(  # the chord's slope, without cancellation for narrow intervals, exp(l) when u = l
+        narrow, e_lo * torch.expm1(w_narrow) / w_narrow, (e_hi - e_lo) / torch.where(narrow, 1.0, width)
+    )
+    centre = (centre_logits - centre_logits.gather(1, labels[:, None])).detach().double()
+    log_t = torch.logsumexp(torch.minimum(centre, cap) - shift, 1, keepdim=True)
+    inv_t = torch.exp(-log_t)
+    const = shift + log_t - 1 + ((e_lo - slope * lo).sum(1, keepdim=True) - shift * slope.sum(1, keepdim=True)) * inv_t
+    coef = slope * inv_t
     onehot = torch.nn.functional.one_hot(labels, m).to(coef.dtype)
-    row = coef - coef.sum(1, keepdim=True) * onehot  # sum_i coef_i (e_i - e_y), the label's own term cancels
+    row = (coef - coef.sum(1, keepdim=True) * onehot).to(centre_logits.dtype)  # sum_i coef_i (e_i - e_y)
     upper = -backward(layers, len(layers) - 1, -row.unsqueeze(1), pre_bounds, ball, upper=False).lower
-    return const.squeeze(1) + upper.squeeze(1)
+    fused = (const.squeeze(1) + upper.squeeze(1).double()).to(ibp_ce.dtype)
+    return torch.where(usable & (fused < ibp_ce), fused, ibp_ce)
 
 
 def ibp_margins(layers: list[Layer], ball: Ball, classes: Tensor) -> Tensor:
