@@ -248,6 +248,8 @@ def _trained(name: str, params: dict, images: int, epochs: int, args: argparse.N
             opt.zero_grad()
             loss.backward()
             opt.step()
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise SystemExit(f"{name}: training diverged (non-finite weights); nothing cached")
     args.cache.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return model
