@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from certstudy.data import DATASETS
-from certstudy.data.torchvision_sets import read_idx
+from certstudy.data.data_files import read_idx
 from certstudy.errors import TrialFailed
 from certstudy.workdir import Workdir
 from conftest import shared_mnist_root

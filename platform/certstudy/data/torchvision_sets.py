@@ -8,15 +8,13 @@ saying where to put them. A root named in the study file is only read, never dow
 The files are read here rather than through torchvision's dataset classes, which re-check MD5 sums
 of the full archives and so refuse any subset or locally prepared copy of the same format. The IDX
 reader is a few lines because torchvision's does not read the gzipped files (``*.gz``) that its
-own download leaves and that shared data folders often hold; both forms are accepted.
+own download leaves and that shared data folders often hold; both forms are accepted. Every file is
+read by the bounded, object-free readers of ``data/data_files.py``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import gzip
-import math
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 from pydantic import Field
 
 from certstudy.data.base import DatasetParams, Splits
+from certstudy.data.data_files import check_labels, read_cifar_batch, read_idx
 from certstudy.data.registry import DATASETS
 from certstudy.errors import TrialFailed
 
@@ -63,52 +62,20 @@ def _idx_path(raw: Path, name: str) -> Path | None:
     return None
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An unsigned-byte IDX array (LeCun's MNIST format), gzipped or not."""
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
-        raise TrialFailed(f"{path}: not an unsigned-byte IDX file")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != math.prod(dims):
-        raise TrialFailed(f"{path}: holds {body.size} values, its header says {dims}")
-    return body.reshape(dims)
-
-
 def _idx_reader(folder: str) -> Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]]:
     def read(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         raw = root / folder / "raw"
         prefix = "train" if train else "t10k"
-        images, labels = (
-            read_idx(_idx_path(raw, f"{prefix}-{kind}") or raw / f"{prefix}-{kind}")
+        image_path, label_path = (
+            _idx_path(raw, f"{prefix}-{kind}") or raw / f"{prefix}-{kind}"
             for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
         )
+        images = read_idx(image_path, (28, 28))
+        labels = read_idx(label_path, ())
+        check_labels(label_path, labels, len(images), 10)
         return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
     return read
-
-
-class CifarUnpickler(pickle.Unpickler):
-    """CIFAR-10's batches are pickles (dicts of numpy arrays, lists and bytes). A pickle can call any
-    importable function while it loads, so only the globals such a batch needs are allowed: numpy's
-    array reconstruction and dtypes, and the codec protocol 2 uses for bytes. Anything else is refused."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
 
 
 def _read_cifar10(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,14 +83,9 @@ def _read_cifar10(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     xs, ys = [], []
     for name in names:
-        with open(folder / name, "rb") as fh:
-            try:
-                batch = CifarUnpickler(fh, encoding="latin1").load()
-            except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-                raise TrialFailed(f"dataset cifar10: {folder / name} is not a CIFAR-10 batch ({exc})") from None
-        xs.append(torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)))
-        ys.append(torch.as_tensor(np.asarray(batch["labels"], dtype=np.int64)))
-        del batch
+        images, labels = read_cifar_batch(folder / name)
+        xs.append(torch.from_numpy(images.copy()))
+        ys.append(torch.from_numpy(labels))
     images = torch.empty((sum(len(x) for x in xs), 3, 32, 32), dtype=torch.uint8)
     torch.cat(xs, out=images)
     return images, torch.cat(ys)
