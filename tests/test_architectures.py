@@ -194,7 +194,7 @@ def test_minmax_relaxation_is_exact_when_every_pair_is_ordered() -> None:
     hi = torch.tensor([[3.0, 1.0, -2.0, 2.0]])
     a = torch.randn(1, 5, 4)
     for upper in (False, True):
-        a_in, const, _ = layer.relax(a, lo, hi, upper=upper)
+        a_in, const, _ = layer.relax(a, *layer.relaxation_bounds(lo, hi), upper=upper)  # pair differences' bounds
         z = lo + torch.rand(50, 4) * (hi - lo)
         exact = (a.unsqueeze(0) * MinMax()(z).view(50, 1, 1, 4)).sum(-1)
         relaxed = (a_in.unsqueeze(0) * z.view(50, 1, 1, 4)).sum(-1) + const

@@ -522,7 +522,7 @@ def fused_cross_entropy_bound(
 
     With q_i = z_i - z_y in [l_i, u_i] (``margins`` bounds z_y - z_i, e.g. IBP's) and s_i = q_i - M,
     M = max_i u_i: CE = M + log sum_i exp(s_i); exp is convex, so exp(s) <= its chord over [l - M, u - M];
-    log is concave, so log S <= log t - 1 + S / t for any t > 0 (here the sum at the clean logits).
+    log is concave, so log S <= log t - 1 + S / t for any t > 0 (here the sum's largest value).
     What remains is linear in z, c·z with c = sum_i (k_i / t)(e_i - e_y), bounded above by CROWN over
     ``pre_bounds``. Every step is an upper bound for every point of the ball, so the result bounds the
     worst-case loss from above. The scalar steps run in float64; each example gets the smaller of
@@ -545,8 +545,10 @@ def fused_cross_entropy_bound(
     slope = torch.where(  # the chord's slope, without cancellation for narrow intervals, exp(l) when u = l
         narrow, e_lo * torch.expm1(w_narrow) / w_narrow, (e_hi - e_lo) / torch.where(narrow, 1.0, width)
     )
-    centre = (centre_logits - centre_logits.gather(1, labels[:, None])).detach().double()
-    log_t = torch.logsumexp(torch.minimum(centre, cap) - shift, 1, keepdim=True)
+    # the tangent point of log: the largest value the sum can take, in [1, m] after the shift, so 1/t
+    # stays bounded (at the clean logits' sum it could be e^-40 for a confident point: a vast bound
+    # and gradients that overflow float32)
+    log_t = torch.logsumexp(hi, 1, keepdim=True).detach()
     inv_t = torch.exp(-log_t)
     const = shift + log_t - 1 + ((e_lo - slope * lo).sum(1, keepdim=True) - shift * slope.sum(1, keepdim=True)) * inv_t
     coef = slope * inv_t
