@@ -214,7 +214,7 @@ ENGINE_MODELS = {
     "small CNN (c16 s2, c32 s2, FC100)": ("gloro_2c2f", {"activation": "relu"}, 20000, 6, None),
     "dm_small": ("dm_small", {}, 20000, 6, None),
     "dm_medium": ("dm_medium", {}, 10000, 4, None),
-    "cnn7 (BatchNorm)": ("cnn7", {}, 2000, 2, 4),
+    "cnn7 (BatchNorm)": ("cnn7", {}, 2000, 2, 1),
 }
 
 

@@ -361,7 +361,7 @@ def relaxed_forward(layers: list[Layer], bound: BackwardBound) -> tuple[Tensor, 
     return z.view(n, s, -1), infeasibility
 
 
-CROWN_CHUNK_ELEMENTS = 1 << 22
+CROWN_CHUNK_ELEMENTS = 1 << 24
 """Specification rows of full CROWN's intermediate bounds go through the network in chunks of about
 this many coefficients (examples x rows x widest layer), so memory stays bounded on wide layers."""
 
