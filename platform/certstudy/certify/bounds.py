@@ -179,6 +179,19 @@ def _is_first_affine(layers: list[Layer], i: int) -> bool:
     return all(isinstance(layers[j], FlattenLayer) for j in range(i))
 
 
+def _affine_interval(layers: list[Layer], i: int, ball: Ball, lo: Tensor, hi: Tensor) -> Interval:
+    """IBP through affine layer i; for an l2 ball the first affine layer (after flattening only) also gets
+    the exact bound W x ± eps·||row||, intersected with the interval's."""
+    layer = layers[i]
+    out_lo, out_hi = layer.interval(lo, hi)
+    if ball.norm == "l2" and not isinstance(layer, FlattenLayer) and _is_first_affine(layers, i):
+        assert isinstance(layer, AffineLayer)
+        exact = layer.forward(ball.x.reshape(len(ball.x), *layer.in_shape))
+        r = ball._eps(exact) * layer.row_norms()
+        out_lo, out_hi = torch.maximum(out_lo, exact - r), torch.minimum(out_hi, exact + r)
+    return out_lo, out_hi
+
+
 def ibp(layers: list[Layer], ball: Ball, spec: Tensor | None = None) -> tuple[list[Interval], Interval]:
     """(bounds of every layer's output but the last, bounds of spec·logits or of the logits).
 
@@ -195,16 +208,7 @@ def ibp(layers: list[Layer], ball: Ball, spec: Tensor | None = None) -> tuple[li
             centre = torch.matmul(spec, layer.forward(mid).unsqueeze(-1)).squeeze(-1)
             spread = torch.bmm(w.abs(), rad.unsqueeze(-1)).squeeze(-1)
             return outputs, (centre - spread, centre + spread)
-        lo, hi = layer.interval(lo, hi)
-        if (
-            ball.norm == "l2"
-            and isinstance(layer, AffineLayer)
-            and not isinstance(layer, FlattenLayer)
-            and _is_first_affine(layers, i)
-        ):
-            exact = layer.forward(ball.x.reshape(len(ball.x), *layer.in_shape))
-            r = ball._eps(exact) * layer.row_norms()
-            lo, hi = torch.maximum(lo, exact - r), torch.minimum(hi, exact + r)
+        lo, hi = _affine_interval(layers, i, ball, lo, hi) if isinstance(layer, AffineLayer) else layer.interval(lo, hi)
         if i < last:
             outputs.append((lo, hi))
     return outputs, (lo, hi)
@@ -483,11 +487,7 @@ def crown_bounds(layers: list[Layer], ball: Ball) -> tuple[list[Interval], dict[
                 bounds[i - 1] = relax[i]
             lo, hi = layer.interval(*bounds[i - 1])
         else:
-            lo, hi = layer.interval(lo, hi)
-            if ball.norm == "l2" and not isinstance(layer, FlattenLayer) and _is_first_affine(layers, i):
-                exact = layer.forward(ball.x.reshape(len(ball.x), *layer.in_shape))
-                r = ball._eps(exact) * layer.row_norms()
-                lo, hi = torch.maximum(lo, exact - r), torch.minimum(hi, exact + r)
+            lo, hi = _affine_interval(layers, i, ball, lo, hi)
         bounds.append((lo, hi))
     return bounds, relax
 
