@@ -125,10 +125,12 @@ def top_and_margins(logits: Tensor, constants: Tensor) -> tuple[Tensor, Tensor]:
     """
     top = logits.argmax(dim=1)
     margins = logits.gather(1, top[:, None]) - logits
-    k = constants[top]  # (B, m): K_{j i} for the predicted j
-    ratio = margins / k.clamp_min(torch.finfo(k.dtype).tiny)
-    ratio = ratio.scatter(1, top[:, None], torch.inf)
-    return top, ratio
+    return top, margin_ratios(margins, constants[top], top)
+
+
+def margin_ratios(margins: Tensor, k: Tensor, top: Tensor) -> Tensor:
+    """(y_j - y_i) / K_ji per class, +inf at the predicted class j itself (masked by index)."""
+    return (margins / k.clamp_min(torch.finfo(k.dtype).tiny)).scatter(1, top[:, None], torch.inf)
 
 
 def bottom_logit(logits: Tensor, constants: Tensor, eps: float | Tensor) -> Tensor:
@@ -219,13 +221,11 @@ class LipschitzCertifier(Certifier):
             z = layer.forward(z)
         k = constants.margin.to(z.device)[top]  # (B, m): K_{j i} for the predicted j
         margins = z.gather(1, top[:, None]) - z - rounding_tolerance(z, len(layers)).unsqueeze(1)
-        ratio = (margins / k.clamp_min(torch.finfo(k.dtype).tiny)).scatter(1, top[:, None], torch.inf)
-        r0 = ratio.min(1).values.clamp_min(0.0)
+        r0 = margin_ratios(margins, k, top).min(1).values.clamp_min(0.0)
         magnitudes = [m + constants.prefix[i] * r0.view(-1, *([1] * (m.dim() - 1))) for i, m in enumerate(seen)]
         error = deployment_error(layers, magnitudes, unit)
         deployed = margins - error - error.gather(1, top[:, None])
-        ratio = (deployed / k.clamp_min(torch.finfo(k.dtype).tiny)).scatter(1, top[:, None], torch.inf)
-        radius = ratio.min(1).values
+        radius = margin_ratios(deployed, k, top).min(1).values
         return torch.where(radius > 0, radius, torch.full_like(radius, torch.nan))
 
 
