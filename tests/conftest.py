@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,9 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# The tests' own state key (study/state_key.py), outside every test's work directory and the user's
+# config; subprocesses inherit it.
+os.environ["CERTSTUDY_STATE_KEY"] = os.path.join(tempfile.mkdtemp(prefix="certstudy-key-"), "state.key")
 
 
 @pytest.fixture

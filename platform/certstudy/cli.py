@@ -483,11 +483,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bind_address(host: str) -> tuple[socket.AddressFamily, str]:
+    """The socket family and address of ``--host`` (an IPv6 address may come in brackets)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return (socket.AF_INET6 if ":" in bare else socket.AF_INET), bare
+
+
 def _free_port(host: str, start: int) -> int:
+    family, address = _bind_address(host)
     for port in range(start, start + 100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
             try:
-                s.bind((host, port))
+                s.bind((address, port))
             except OSError:
                 continue
             return port
@@ -495,30 +502,30 @@ def _free_port(host: str, start: int) -> int:
 
 
 def _loopback(host: str) -> bool:
+    """Whether binding ``host`` listens on this machine's loopback interface only."""
     import ipaddress
 
-    if host == "localhost":
+    bare = _bind_address(host)[1].lower().rstrip(".")
+    if bare == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(bare).is_loopback
     except ValueError:
         return False
 
 
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-
-
 def _check_ui_exposure(host: str, port: int, allowed_hosts: str | None) -> list[str]:
-    """Beyond loopback the UI needs an explicit Host allow-list (MLflow's default admits ``localhost``
-    and private addresses, so a request from another machine could claim ``Host: localhost``);
-    one that admits a loopback name is refused. Returns MLflow's extra arguments."""
-    import fnmatch
-
+    """The exact Host headers the UI answers (``certstudy/ui_hosts.py``), as MLflow's arguments.
+    Beyond loopback an explicit list is required (MLflow's default admits ``localhost`` and private
+    addresses, so a request from another machine could claim ``Host: localhost``), and one that
+    admits a loopback name is refused; on loopback the default is this machine's own names."""
     from certstudy.errors import SpecError
+    from certstudy.ui_hosts import allowed_host_headers, loopback_host_headers
 
-    if _loopback(host):
-        return ["--allowed-hosts", allowed_hosts] if allowed_hosts else []
-    if not allowed_hosts:
+    on_loopback = _loopback(host)
+    if allowed_hosts is None:
+        if on_loopback:
+            return ["--allowed-hosts", ",".join(loopback_host_headers(port))]
         raise SpecError(
             "--allowed-hosts",
             "",
@@ -526,16 +533,11 @@ def _check_ui_exposure(host: str, port: int, allowed_hosts: str | None) -> list[
             f"required with --host {host}: the Host headers the UI answers to, e.g. myhost.example:5000 "
             f"(the MLflow UI has no authentication)",
         )
-    patterns = [h.strip() for h in allowed_hosts.split(",") if h.strip()]
-    for pattern in patterns:
-        if any(fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(f"{name}:{port}", pattern) for name in LOOPBACK_HOSTS):
-            raise SpecError(
-                "--allowed-hosts",
-                "",
-                pattern,
-                "admits a loopback Host header, which any machine can send; name this machine's address instead",
-            )
-    return ["--allowed-hosts", ",".join(patterns)]
+    try:
+        headers = allowed_host_headers(allowed_hosts, port, bind_loopback=on_loopback)
+    except ValueError as exc:
+        raise SpecError("--allowed-hosts", "", allowed_hosts, str(exc)) from None
+    return ["--allowed-hosts", ",".join(headers)]
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -543,7 +545,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     extra = _check_ui_exposure(args.host, port, args.allowed_hosts)
     workdir = Workdir.resolve(args.workdir)
     workdir.ensure()
-    url = f"http://{args.host}:{port}"
+    family, address = _bind_address(args.host)
+    url = f"http://[{address}]:{port}" if family == socket.AF_INET6 else f"http://{address}:{port}"
     if not _loopback(args.host):
         err_console.print(
             f"warning: the MLflow UI has no authentication: anyone who can reach {args.host}:{port} can read, change "
@@ -573,7 +576,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--default-artifact-root",
         workdir.artifact_root.as_uri(),
         "--host",
-        args.host,
+        address,
         "--port",
         str(port),
         *extra,

@@ -27,6 +27,7 @@ from certstudy.study.session import EndHook, StudyOutcome, StudySession
 from certstudy.study.spec import StudySpec
 from certstudy.study.state_digests import record as record_digests
 from certstudy.study.state_digests import verify as verify_digests
+from certstudy.study.state_key import check_outside, state_key
 from certstudy.study.stop_board import open_board
 from certstudy.study.stored_sqlite import can_resume
 from certstudy.study.trainable import train_trial
@@ -102,6 +103,13 @@ def _next_step(workdir: Workdir, study: str) -> Callable[[], str]:
     return then
 
 
+def _check_state_key(workdir: Workdir) -> None:
+    """The key that authenticates the Ray state is usable and outside the work directory (one line
+    otherwise, before anything is started)."""
+    check_outside(workdir.root)
+    state_key()
+
+
 def launch(
     spec: StudySpec,
     workdir: Workdir,
@@ -122,6 +130,7 @@ def launch(
     ``ray_started``: the caller has started this process's local Ray for the study (the session
     takes it over)."""
     console = console or Console()
+    _check_state_key(workdir)
     session = StudySession(spec, workdir, console)
     storage_path = f"{storage.rstrip('/')}/{spec.name}" if storage else str(workdir.study_dir(spec.name))
     experiment = workdir.ray_experiment_dir(spec.name).name
@@ -171,6 +180,7 @@ def resume(
     console = console or Console()
     if not workdir.study_file(study).exists():
         raise CertstudyError(f"no study {study!r} in {workdir.root} (looked for {workdir.study_file(study)})")
+    _check_state_key(workdir)
     with stops_on_disk_full(str(workdir.root), _next_step(workdir, study)), StudyLock(workdir, study):
         return _resume_locked(study, workdir, address, verbose, console, on_end)
 

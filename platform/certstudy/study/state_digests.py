@@ -1,4 +1,4 @@
-"""SHA-256 digests of the Ray Tune state a resume unpickles, recorded in the Optuna storage.
+"""Keyed digests (HMAC-SHA256) of the Ray Tune state a resume unpickles, recorded in the Optuna storage.
 
 ``certstudy resume`` restores the Ray Tune experiment, and restoring unpickles files of its folder
 (``tuner.pkl``, ``searcher-state-*.pkl``, ``search_gen_state-*.json``, which is a cloudpickle
@@ -6,6 +6,11 @@ despite its name, and the trial objects inside ``experiment_state-*.json``): who
 that folder could run code on the next resume. So every version of every file in the
 experiment folder's root is digested *before* it can reach the folder, and a resume refuses, in
 one line, a file whose digest was never recorded.
+
+The digests are keyed with the user's state key (``study/state_key.py``), which lives outside the
+work directory: whoever can rewrite the study folder *and* its Optuna storage still cannot forge a
+digest, so write access to the work directory alone never runs code on resume. Each digest also
+binds the file's name, so one recorded file cannot stand in for another.
 
 When versions are recorded: Ray Tune writes its experiment state to a driver staging folder
 (experiment state, then the search algorithm's files, then it asks each callback for its state)
@@ -23,19 +28,22 @@ must be as trusted as the code (README, Security).
 from __future__ import annotations
 
 import hashlib
+import hmac
 from pathlib import Path
 
 import optuna
 
 from certstudy.errors import CertstudyError
 from certstudy.study.records import RAY_STATE_DIGESTS_ATTR
+from certstudy.study.state_key import state_key
 
 HISTORY = 16
 NOT_STATE = frozenset({".validate_storage_marker"})
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def keyed_digest(path: Path, key: bytes) -> str:
+    """HMAC-SHA256 under ``key`` of the file's name, a NUL, and its bytes."""
+    digest = hmac.new(key, path.name.encode() + b"\0", hashlib.sha256)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
@@ -54,11 +62,12 @@ def state_files(folder: Path) -> list[Path]:
 def record(study: optuna.Study, folder: Path) -> None:
     """Adds the digests of ``folder``'s state files to those recorded in ``study`` (one write, only
     when something is new)."""
+    key = state_key()
     recorded: dict[str, list[str]] = {k: list(v) for k, v in study.user_attrs.get(RAY_STATE_DIGESTS_ATTR, {}).items()}
     changed = False
     for path in state_files(folder):
         seen = recorded.setdefault(path.name, [])
-        value = sha256(path)
+        value = keyed_digest(path, key)
         if value not in seen:
             seen.append(value)
             del seen[:-HISTORY]
@@ -72,15 +81,18 @@ def verify(study: optuna.Study, folder: str) -> None:
     never recorded; remote storage (``scheme://``) is not checked."""
     if "://" in folder:
         return
+    key = state_key()
     recorded = study.user_attrs.get(RAY_STATE_DIGESTS_ATTR)
-    if recorded is None:
+    if not isinstance(recorded, dict):
         raise CertstudyError(
             f"{folder}: no digests of its Ray state are recorded (launched by an older certstudy); "
             f"refusing to unpickle it"
         )
     for path in state_files(Path(folder)):
-        if sha256(path) not in recorded.get(path.name, []):
+        seen = recorded.get(path.name)
+        value = keyed_digest(path, key)
+        if not isinstance(seen, list) or not any(isinstance(d, str) and hmac.compare_digest(d, value) for d in seen):
             raise CertstudyError(
-                f"{path}: does not match any version certstudy wrote (sha256 differs); the Ray state was changed "
-                f"outside certstudy, and resuming would unpickle it: refusing"
+                f"{path}: does not match any version certstudy wrote under this user's state key (HMAC differs); "
+                f"the Ray state was changed outside certstudy, and resuming would unpickle it: refusing"
             )
