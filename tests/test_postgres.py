@@ -261,3 +261,33 @@ def test_a_password_in_a_store_url_is_refused_and_never_printed(
     assert "\n" not in err and flag in err and "password file" in err and "~/.pgpass" in err, err
     assert "hunter2secret" not in err and "certstudy:***@db.example" in err, err
     assert not (tmp_path / "work").exists()
+
+
+PASSWORD_FORMS = [
+    "postgresql://{role}:{pw}@{host}/optuna",
+    "postgresql://{role}:{pw}/x@{host}/optuna",  # urlsplit ends userinfo at '/', SQLAlchemy does not
+    "postgresql://{role}:{pw}#x@{host}/optuna",
+    "postgresql://{role}:{pw}?x@{host}/optuna",
+    "postgresql://{role}@{host}/optuna?password={pw}",  # a libpq connection parameter: it would log in
+    "postgresql://{role}@{host}/optuna?sslmode=prefer&PassWord={pw}",
+    "postgresql://{role}@{host}/optuna#{pw}",
+    "postgresql+psycopg2://{role}:{pw}@{host}/optuna",
+]
+
+
+@pytest.mark.parametrize("form", PASSWORD_FORMS)
+@pytest.mark.parametrize("flag", ["--optuna-storage", "--tracking-uri"])
+def test_the_server_password_in_any_url_syntax_is_refused_and_recorded_nowhere(
+    form: str, flag: str, servers: Servers, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Round two, item 4: the real server's real password, in each syntax some parser reads it from."""
+    password = servers.pgpass.read_text().strip().rsplit(":", 1)[1]
+    url = form.format(role=ROLE, pw=password, host=f"127.0.0.1:{servers.pg_port}")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_study("pw-forms")))
+    work = tmp_path / "work"
+    assert main(["launch", str(path), "--workdir", str(work), flag, url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and flag in err and "password file" in err, err
+    assert password not in err, err
+    assert not work.exists()  # so no lock file, stores.json or record holds it

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import pickle
+import secrets
 from pathlib import Path
 
 import optuna

@@ -84,3 +84,66 @@ def test_two_launches_racing_on_a_new_work_directory_both_set_up_cleanly_and_tak
         child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)  # every epoch recorded, once each
         history = client.get_metric_history(child.info.run_id, "val/robust_acc")
         assert sorted(m.step for m in history) == [0, 1], name
+
+
+def test_the_lock_file_records_the_command_line_without_any_url_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round two, item 4: the holder's command line is recorded with every URL's secrets masked."""
+    from certstudy.study.lock import LOCKS_DIR, StudyLock
+    from certstudy.workdir import Workdir
+
+    argv = [
+        "certstudy",
+        "launch",
+        "s.yaml",
+        "--tracking-uri=postgresql://u:s3cr/et@db:5432/mlflow",
+        "--optuna-storage",
+        "postgresql://u@db/optuna?password=s3cret#frag",
+    ]
+    monkeypatch.setattr("sys.argv", argv)
+    work = Workdir(tmp_path)
+    with StudyLock(work, "locked"):
+        held = (tmp_path / LOCKS_DIR / "locked.lock").read_text()
+    assert "s3cr" not in held and "frag" not in held, held
+    assert "postgresql://u:***@db:5432/mlflow" in held and "password=***" in held, held
+
+
+def test_the_moved_aside_folder_is_not_a_way_around_the_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Round two, item 5: while ``<study>`` is being launched again, its moved-aside earlier launch
+    ``<study>.prev-T`` (whose study.yaml names the live study) can be neither resumed nor read as a
+    study, by a second real process; the live launch ends as if alone. ``.prev-`` is reserved."""
+    path, work, hold = tmp_path / "aside.yaml", tmp_path / "work", tmp_path / "hold"
+    path.write_text(yaml.safe_dump(_one_trial("aside")))
+    assert main(["launch", str(path), "--workdir", str(work)]) == 0
+    hold.mkdir()
+    live = _launch(path, work, {TEST_HOLD_ENV: f"{hold}:0:0"})
+    try:
+        wait_until_held(hold, 1, live)
+        (aside,) = [p.name for p in work.iterdir() if p.name.startswith("aside.prev-")]
+        for command in ("resume", "status", "export"):
+            other = subprocess.run(
+                [sys.executable, "-m", "certstudy.cli", command, aside, "--workdir", str(work)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            err = other.stderr.strip()
+            assert other.returncode == 2 and "\n" not in err and "moved aside" in err, (command, other.stdout, err)
+        (hold / "release").touch()
+        out = live.communicate(timeout=180)[0]
+    finally:
+        if live.poll() is None:
+            live.kill()
+    assert live.returncode == 0 and "Traceback" not in out, out
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("aside").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4  # two launches: a parent and a trial each
+
+    reserved = tmp_path / "reserved.yaml"
+    reserved.write_text(yaml.safe_dump(_one_trial("x.prev-20200101-000000")))
+    assert main(["validate", str(reserved)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "name" in err and "reserved" in err, err

@@ -69,7 +69,9 @@ def test_beyond_loopback_the_ui_needs_an_allow_list_without_loopback_names(
 
 
 @pytest.mark.parametrize("allowed", ["*", "*:*", "local[h]ost", "?"])
-def test_no_pattern_is_passed_on_even_on_loopback(allowed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_pattern_is_passed_on_even_on_loopback(
+    allowed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["ui", "--allowed-hosts", allowed, "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--allowed-hosts" in err and ("pattern" in err or "brackets" in err), err

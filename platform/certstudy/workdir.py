@@ -28,6 +28,7 @@ STUDY_FILE = "study.yaml"  # the study as launched, in its folder (and, by the s
 STORES_FILE = "stores.json"  # the stores a study was launched with, in its folder
 TRACKING_STORE = "tracking_uri"  # keys of STORES_FILE
 OPTUNA_STORE = "optuna_storage"
+MOVED_ASIDE = ".prev-"  # <study>.prev-<time>: a study's folder moved aside by a later launch of that study
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,30 @@ class Workdir:
     def study_file(self, study: str) -> Path:
         """The study as launched (what export, reruns and the UI read back)."""
         return self.study_dir(study) / STUDY_FILE
+
+    def check_current(self, study: str, launched_name: str | None = None) -> None:
+        """Refuses a folder that is not a study's current one: a moved-aside earlier launch
+        (``<study>.prev-<time>``), or one whose ``study.yaml`` names another study
+        (``launched_name``). Its study.yaml names the live study, so reading or resuming it would
+        reach the live study's records and folders under another lock."""
+        from certstudy.errors import SpecError
+
+        if MOVED_ASIDE in study:
+            live = study.split(MOVED_ASIDE, 1)[0]
+            raise SpecError(
+                str(self.root),
+                "study",
+                study,
+                f"holds the earlier results of study {live!r}, moved aside by a later launch; certstudy reads and "
+                f"resumes a study's current folder only (its MLflow runs stay in the UI)",
+            )
+        if launched_name is not None and launched_name != study:
+            raise SpecError(
+                str(self.study_file(study)),
+                "name",
+                launched_name,
+                f"the study in folder {study!r} must be named {study!r}; refusing to reach another study's records",
+            )
 
     def export_path(self, study: str) -> Path:
         return self.study_dir(study) / "best.yaml"

@@ -56,6 +56,8 @@ class Candidate:
 
 
 def study_spec(workdir: Workdir, study: str) -> StudySpec:
+    """The study as launched from its current folder (``Workdir.check_current``)."""
+    workdir.check_current(study)
     path = workdir.study_file(study)
     if not path.exists():
         raise SpecError(
@@ -63,7 +65,9 @@ def study_spec(workdir: Workdir, study: str) -> StudySpec:
         )
     from certstudy.study.spec import load_study
 
-    return load_study(path)
+    spec = load_study(path)
+    workdir.check_current(study, spec.name)
+    return spec
 
 
 def study_tracker(workdir: Workdir, spec: StudySpec, tracking_uri: str | None = None) -> Tracker:

@@ -43,6 +43,7 @@ class LaunchedStudy:
 
     @classmethod
     def read(cls, workdir: Workdir, study: str) -> LaunchedStudy:
+        workdir.check_current(study)
         path = workdir.study_file(study)
         if not path.exists():
             raise SpecError(
@@ -54,7 +55,7 @@ class LaunchedStudy:
             experiment = (doc.get("tracking") or {}).get("experiment") or doc["name"]
             if not objectives:
                 raise ValueError("no objectives")
-            return cls(str(doc["name"]), objectives, int(doc["search"]["num_trials"]), str(experiment))
+            launched = cls(str(doc["name"]), objectives, int(doc["search"]["num_trials"]), str(experiment))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             from certstudy.study.export import study_spec  # not as launched: the schema says what is wrong
 
@@ -65,3 +66,5 @@ class LaunchedStudy:
                 spec.search.num_trials,
                 spec.experiment_name,
             )
+        workdir.check_current(study, launched.name)
+        return launched

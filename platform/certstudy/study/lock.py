@@ -4,7 +4,7 @@
 as they run; a second ``launch`` or ``resume`` of that study is refused with one line naming the
 process that holds it. The kernel drops the lock when its holder exits, however it exits (SIGKILL
 included), so a lost driver never leaves a stale lock behind for ``resume`` to trip on. The file
-records the holder's pid and command line; it is never deleted (deleting a lock file races a
+records the holder's pid and command line (any URL's secrets masked); it is never deleted (deleting a lock file races a
 process that has just opened it).
 
 ``store_setup`` (on ``.locks/.stores.lock``: no study name starts with a dot) serialises what
@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from certstudy.errors import CertstudyError
+from certstudy.url_secrets import redacted_argv
 from certstudy.workdir import Workdir
 
 LOCKS_DIR = ".locks"
@@ -57,7 +58,7 @@ class StudyLock:
                 f"or stop that process first"
             ) from None
         os.ftruncate(fd, 0)
-        command = " ".join(["certstudy", *sys.argv[1:]])[:200]
+        command = " ".join(["certstudy", *redacted_argv(sys.argv[1:])])[:200]
         os.pwrite(fd, f"pid {os.getpid()}: {command}\n".encode(), 0)
         self.fd = fd
         return self

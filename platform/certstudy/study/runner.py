@@ -178,6 +178,7 @@ def resume(
     and errored ones resume from their last checkpoint (in their own MLflow runs), Optuna keeps its
     history and earlier prune decisions, and the parent run is reopened."""
     console = console or Console()
+    workdir.check_current(study)  # before the lock: a moved-aside folder is the live study under another name
     if not workdir.study_file(study).exists():
         raise CertstudyError(f"no study {study!r} in {workdir.root} (looked for {workdir.study_file(study)})")
     _check_state_key(workdir)

@@ -245,10 +245,12 @@ class StudySession:
     def reopen(cls, study: str, workdir: Workdir, *, verbose: bool = False, console: Console) -> StudySession:
         """An interrupted study's session, read from its work directory (nothing is opened yet)."""
         quiet_libraries(verbose)
+        workdir.check_current(study)
         spec_path = workdir.study_file(study)
         if not spec_path.exists():
             raise CertstudyError(f"no study {study!r} in {workdir.root} (looked for {spec_path})")
         spec = load_study(spec_path)
+        workdir.check_current(study, spec.name)
         stored = StoredStudy.open(workdir, spec, workdir.artifact_root)
         if not tune.Tuner.can_restore(stored.ray_experiment):
             raise CertstudyError(f"study {study!r} has no Ray Tune state to resume from at {stored.ray_experiment}")

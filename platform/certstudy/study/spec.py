@@ -17,7 +17,6 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -48,7 +47,8 @@ from certstudy.trial.config import (
     TrainingConfig,
     TrialConfig,
 )
-from certstudy.workdir import Workdir
+from certstudy.url_secrets import redacted, secret_parts
+from certstudy.workdir import MOVED_ASIDE, Workdir
 
 # --- search distributions -------------------------------------------------------------------
 
@@ -183,30 +183,22 @@ def tracking_scheme(uri: str) -> str:
 
 
 def shown_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``: what an error line may print."""
-    try:
-        parts = urlsplit(uri)
-        password = parts.password
-    except ValueError:
-        return uri
-    if not password:
-        return uri
-    return uri.replace(f":{password}@", ":***@", 1)
+    """``uri`` with any password, secret query value or fragment replaced by ``***``: what an error
+    line may print (``certstudy/url_secrets.py``)."""
+    return redacted(uri)
 
 
 def refuse_password(uri: str) -> None:
     """A store's URI is recorded with the study (Optuna attributes, Ray's saved searcher, MLflow
-    tags) and printed in its commands, so it must not carry a password: the database reads it from a
-    password file instead (PostgreSQL: ``~/.pgpass`` or ``$PGPASSFILE``; MLflow servers:
-    ``$MLFLOW_TRACKING_PASSWORD``)."""
-    try:
-        password = urlsplit(uri).password
-    except ValueError:
-        password = None
-    if password:
+    tags) and printed in its commands, so it must not carry a password in any syntax (userinfo,
+    query, fragment): the database reads it from a password file instead (PostgreSQL: ``~/.pgpass``
+    or ``$PGPASSFILE``; MLflow servers: ``$MLFLOW_TRACKING_PASSWORD``)."""
+    found = secret_parts(uri)
+    if found:
         raise ValueError(
-            "carries a password, which would be stored with the study's records; leave it out and put it in a "
-            "password file (PostgreSQL: ~/.pgpass or $PGPASSFILE; an MLflow server: $MLFLOW_TRACKING_PASSWORD)"
+            f"carries a password or secret ({', '.join(found)}), which would be stored with the study's records; "
+            f"leave it out and put it in a password file (PostgreSQL: ~/.pgpass or $PGPASSFILE; an MLflow server: "
+            f"$MLFLOW_TRACKING_PASSWORD)"
         )
 
 
@@ -273,6 +265,14 @@ class StudySpec(Schema):
     """A whole study file."""
 
     name: str = Field(pattern=NAME_PATTERN)
+
+    @field_validator("name")
+    @classmethod
+    def _not_moved_aside(cls, name: str) -> str:
+        if MOVED_ASIDE in name:
+            raise ValueError(f"{MOVED_ASIDE!r} is reserved for the folders of earlier launches moved aside")
+        return name
+
     description: str = ""
     dataset: SearchableDataset = Field(default_factory=SearchableDataset)
     model: SearchableComponent = Field(default_factory=lambda: SearchableComponent(name="mlp"))

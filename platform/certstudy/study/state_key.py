@@ -59,7 +59,9 @@ def _load(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
-        raise StateKeyError(f"{path}: the state key cannot be opened ({exc.strerror}); it must be a regular file") from None
+        raise StateKeyError(
+            f"{path}: the state key cannot be opened ({exc.strerror}); it must be a regular file"
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
