@@ -15,9 +15,10 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from certstudy.study.preflight import PreflightError, check_resources, check_storage, check_tracking
+from certstudy.study.preflight import PreflightError, check_resources, check_storage
 from certstudy.study.runner import launch
 from certstudy.study.spec import validate_spec
+from certstudy.study.store_probe import StoreUnreachable, check_store
 from certstudy.workdir import Workdir
 from conftest import tiny_study
 
@@ -57,8 +58,8 @@ def test_preflight_resources_and_tracking() -> None:
         check_resources(1, 2, nodes=nodes)
 
     port = _free_port()
-    with pytest.raises(PreflightError, match=f"tracking URI http://127.0.0.1:{port} is unreachable"):
-        check_tracking(f"http://127.0.0.1:{port}")
+    with pytest.raises(StoreUnreachable, match=f"tracking URI: http://127.0.0.1:{port} is unreachable"):
+        check_store(f"http://127.0.0.1:{port}", "tracking URI")
 
     class Health(http.server.BaseHTTPRequestHandler):
         status = 200
@@ -73,13 +74,13 @@ def test_preflight_resources_and_tracking() -> None:
     server = http.server.HTTPServer(("127.0.0.1", 0), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        check_tracking(f"http://127.0.0.1:{server.server_port}")
+        check_store(f"http://127.0.0.1:{server.server_port}", "tracking URI")
         Health.status = 503
-        with pytest.raises(PreflightError, match="answered /health with HTTP 503"):
-            check_tracking(f"http://127.0.0.1:{server.server_port}")
+        with pytest.raises(StoreUnreachable, match="answered /health with HTTP 503"):
+            check_store(f"http://127.0.0.1:{server.server_port}", "tracking URI")
     finally:
         server.shutdown()
-    check_tracking("sqlite:///whatever.db")  # nothing to reach
+    check_store("sqlite:///whatever.db", "tracking URI")  # nothing to reach
 
 
 def test_storage_check_reaches_every_node_and_a_local_launch_refuses_what_no_node_has(

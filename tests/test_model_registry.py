@@ -56,3 +56,77 @@ def test_a_bad_registered_model_name_is_one_line_and_exit_2(tmp_path: Path, caps
     assert main(["export", "regbad", "--workdir", str(study["work"]), "--name", "../x y"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--name" in err[0], err
+
+
+class _Payload:
+    """Unpickling this creates a file: proof that a tampered model file was (or was not) unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_name_owned_by_another_study_an_empty_name_and_a_tampered_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Hostile inputs round two, item 10 (and item 9's tampered ``model.pt``): nothing is written
+    before the name is checked, another study's name needs --take-name, and the printed loading
+    hint works as printed, from another folder, without leaving a stray store behind."""
+    import pickle
+    import subprocess
+    import sys
+
+    from certstudy.study.model_registry import check_name, default_name
+    from certstudy.study.records import MODEL_ARTIFACT_DIR
+    from certstudy.trial.checkpoint import MODEL_FILE
+
+    one = {"search": {"num_trials": 1, "max_concurrent": 1, "seed": 2}}
+    (tmp_path / "a").mkdir()
+    a = launch_study(tmp_path / "a", tiny_study("own-a", **one))
+    work, client = a["work"], a["client"]
+    b_path = tmp_path / "own-b.yaml"
+    b_path.write_text(yaml.safe_dump(tiny_study("own-b", **one)))
+    assert main(["launch", str(b_path), "--workdir", str(work)]) == 0
+    capsys.readouterr()
+
+    assert main(["export", "own-a", "--workdir", str(work), "--name", "shared"]) == 0
+    hint = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("load the rank-1 model: "))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = hint.removeprefix("load the rank-1 model: python -c ").strip('"')
+    done = subprocess.run([sys.executable, "-c", command], cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not list(elsewhere.iterdir()), list(elsewhere.iterdir())  # no stray ./mlflow.db or ./mlruns
+    owned = client.get_model_version_by_alias("shared", BEST_ALIAS)
+
+    out = tmp_path / "b.yaml"
+    for argv, needle in (
+        (["--name", "shared"], "holds models of study own-a"),
+        (["--name", ""], "registered model name"),
+        (["--name", "../x"], "registered model name"),
+    ):
+        assert main(["export", "own-b", "--workdir", str(work), "-o", str(out), *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and needle in err, err
+        assert not out.exists()  # nothing written before the name was checked
+    assert client.get_model_version_by_alias("shared", BEST_ALIAS).version == owned.version  # alias untouched
+    assert main(["export", "own-b", "--workdir", str(work), "--name", "shared", "--take-name"]) == 0
+    assert client.get_model_version_by_alias("shared", BEST_ALIAS).version != owned.version
+    capsys.readouterr()
+    check_name(default_name("s" * 100), given=False)  # the default name of a 100-character study is a name
+
+    docs = list(yaml.safe_load_all((work / "own-b" / "best.yaml").read_text()))
+    run_id = docs[0]["provenance"]["mlflow_run_id"]
+    model_file = (
+        Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://")) / MODEL_ARTIFACT_DIR / MODEL_FILE
+    )
+    marker = tmp_path / "unpickled"
+    model_file.write_bytes(pickle.dumps(_Payload(marker)))
+    assert main(["export", "own-b", "--workdir", str(work), "--name", "tampered"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not a plain weights file" in err and "weights_only=False" not in err, err
+    assert not marker.exists()

@@ -244,9 +244,12 @@ def test_an_unreachable_optuna_database_is_one_line(tmp_path: Path, capsys: pyte
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(_study("pg-nowhere")))
     url = f"postgresql://{ROLE}@127.0.0.1:{_free_port()}/optuna"
-    assert main(["launch", str(path), "--workdir", str(tmp_path / "work"), "--optuna-storage", url]) == 1
+    assert main(["launch", str(path), "--workdir", str(tmp_path / "work"), "--optuna-storage", url]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith(f"error: optuna storage {url}: ") and "Traceback" not in err, err
+    assert (
+        "\n" not in err and err.startswith(f"error: --optuna-storage: {url} does not answer") and "Traceback" not in err
+    ), err
+    assert not (tmp_path / "work").exists()  # checked before anything started
 
 
 @pytest.mark.parametrize("flag", ["--optuna-storage", "--tracking-uri"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from certstudy import __version__
-from certstudy.errors import CertstudyError, collapse, disk_full_message
-from certstudy.workdir import Workdir
+from certstudy.errors import ERROR_LINE_LIMIT, CertstudyError, collapse, disk_full_message, elide_middle
+from certstudy.workdir import NAME_PATTERN, Workdir
 
 if TYPE_CHECKING:
     from certstudy.study.session import StudyOutcome
@@ -72,10 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path)
     _add_workdir(p)
     _add_overrides(p)
+    p.add_argument(
+        "--address", help="check the trials' resources against this Ray cluster (default: against this machine)"
+    )
+    _add_preflight(p)
 
     p = sub.add_parser("launch", help="run a study: Ray Tune trials proposed by Optuna, tracked in MLflow")
     p.add_argument("file", type=Path)
     _add_workdir(p)
+    _add_preflight(p)
     p.add_argument(
         "--address", help="join a running Ray cluster (e.g. 'auto' or HOST:PORT); default: start Ray locally"
     )
@@ -139,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also log the exported trials' models to MLflow and register them (alias 'best' on rank 1)",
     )
     p.add_argument("--name", help="registered model name (default: <study>-best); implies --register")
+    p.add_argument(
+        "--take-name",
+        action="store_true",
+        help="register under a name that holds another study's models (moves its 'best' alias to these)",
+    )
 
     p = sub.add_parser("dashboard", help="build the study's HTML dashboard and log it into its MLflow parent run")
     p.add_argument("study")
@@ -228,9 +239,23 @@ def _dashboard_hook(workdir: Workdir) -> Callable[[StudyOutcome], None]:
     return rebuild
 
 
+def _add_preflight(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip checking that the trials' resources, the dataset files and the study's tracking store exist "
+        "here (for a study written on one machine and run on another)",
+    )
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    workdir = Workdir.resolve(args.workdir)
     for path in args.files:
-        for spec in _load_documents(path, Workdir.resolve(args.workdir), _overrides(args)):
+        for spec in _load_documents(path, workdir, _overrides(args)):
+            if not args.no_preflight:
+                from certstudy.study.local_preflight import preflight
+
+                preflight(str(path), spec, workdir, args.address)
             searched = sum(len(search) for _, search in spec.searched_sections())
             kind = (
                 "fixed configuration"
@@ -240,6 +265,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
             )
             console.print(f"ok: {path}: study {spec.name!r} ({kind})", highlight=False)
     return 0
+
+
+def _check_stores(args: argparse.Namespace, spec: StudySpec, workdir: Workdir) -> None:
+    """Every store the study names beyond the work directory's own answers, before anything starts
+    (one line, exit 2, within a bounded time: ``study/store_probe.py``)."""
+    from certstudy.study.store_probe import check_store
+
+    uri = spec.tracking_uri(workdir, args.tracking_uri)
+    if uri != workdir.tracking_uri:
+        check_store(uri, "--tracking-uri" if args.tracking_uri else f"{args.file}: tracking.tracking_uri")
+    if getattr(args, "optuna_storage", None):
+        check_store(args.optuna_storage, "--optuna-storage")
 
 
 def _start_ray_early(args: argparse.Namespace, spec: StudySpec, workdir: Workdir) -> bool:
@@ -271,6 +308,13 @@ def _start_ray_early(args: argparse.Namespace, spec: StudySpec, workdir: Workdir
 def cmd_launch(args: argparse.Namespace) -> int:
     workdir = Workdir.resolve(args.workdir)
     spec = _pick_document(args.file, _load_documents(args.file, workdir, _overrides(args)), args.index)
+    _check_stores(args, spec, workdir)
+    if not args.no_preflight:  # on a cluster (--address), the session checks its nodes once it has joined
+        from certstudy.study.local_preflight import check_dataset, check_machine_resources
+
+        if args.address is None:
+            check_machine_resources(str(args.file), spec)
+        check_dataset(str(args.file), spec, workdir)
     ray_started = _start_ray_early(args, spec, workdir)
     try:
         from certstudy.study.runner import launch
@@ -396,6 +440,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise CertstudyError("--top: must be at least 1")
+    registering = args.register or args.name is not None
+    if registering:  # every check before anything is written
+        from certstudy.study.model_registry import check_name, check_owner, default_name
+
+        name = default_name(args.study) if args.name is None else args.name
+        check_name(name, args.name is not None)
+        check_owner(Workdir.resolve(args.workdir), args.study, name, args.tracking_uri, args.take_name)
     out, docs = export(
         Workdir.resolve(args.workdir),
         args.study,
@@ -425,18 +476,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(f"re-run one with: certstudy run {out} --index 1", highlight=False)
-    if args.register or args.name:
-        from certstudy.study.model_registry import BEST_ALIAS, default_name, register
+    if registering:
+        from certstudy.study.export import study_spec
+        from certstudy.study.model_registry import BEST_ALIAS, register
+        from certstudy.study.stored import study_tracking_uri
 
-        versions = register(
-            Workdir.resolve(args.workdir), docs, args.name or default_name(args.study), args.tracking_uri
-        )
+        workdir = Workdir.resolve(args.workdir)
+        versions = register(workdir, docs, name, args.tracking_uri)
         for v in versions:
             console.print(f"registered {v.uri} (rank {v.rank}, run {v.run_id})", highlight=False)
-        console.print(
-            f"load the rank-1 model: mlflow.pytorch.load_model('models:/{versions[0].name}@{BEST_ALIAS}')",
-            highlight=False,
-        )
+        if versions:
+            uri = study_tracking_uri(workdir, study_spec(workdir, args.study), args.tracking_uri)
+            console.print(
+                f"load the rank-1 model: python -c \"import mlflow; mlflow.set_tracking_uri('{uri}'); "
+                f"model = mlflow.pytorch.load_model('models:/{versions[0].name}@{BEST_ALIAS}')\"",
+                highlight=False,
+                soft_wrap=True,
+            )
     return 0
 
 
@@ -629,6 +685,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise SpecError("--workdir", "", str(root), "is not a directory")
     if args.command in WRITING_COMMANDS and root.is_dir() and not _writable(root):
         raise SpecError("--workdir", "", str(root), f"is not writable, and {args.command} writes there")
+    for flag in ("study", "--study"):
+        name = getattr(args, flag.lstrip("-"), None)
+        if isinstance(name, str) and not re.fullmatch(NAME_PATTERN, name):
+            raise SpecError(flag, "", name, "a study name: letters, digits, '_', '.', '-', at most 100 characters")
     port = getattr(args, "port", None)
     if port is not None and not 1 <= port <= 65535:
         raise SpecError("--port", "", port, "a TCP port is 1-65535")
@@ -647,13 +707,25 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise SpecError("-o/--output", "", str(output), "is a directory; give a file path")
 
 
+READING_COMMANDS = frozenset({"status", "dashboard", "export", "ui"})
+# MLflow's HTTP client retries 7 times with a doubling back-off (minutes against a dead server); a
+# command that only reads gives up sooner. A study keeps MLflow's defaults (and its own outage wait).
+READING_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+READING_HTTP_TIMEOUT_S = "10"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in READING_COMMANDS:
+        for name, value in {**READING_HTTP, "MLFLOW_HTTP_REQUEST_TIMEOUT": READING_HTTP_TIMEOUT_S}.items():
+            os.environ.setdefault(name, value)
     try:
         _check_arguments(args)
         return COMMANDS[args.command](args)
     except CertstudyError as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(
+            f"error: {elide_middle(str(exc), ERROR_LINE_LIMIT)}", highlight=False, markup=False, soft_wrap=True
+        )
         return exc.exit_code
     except Exception as exc:
         message = disk_full_message(exc, str(Workdir.resolve(getattr(args, "workdir", None)).root))

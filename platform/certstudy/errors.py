@@ -6,6 +6,9 @@ import errno
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+ERROR_LINE_LIMIT = 400
+"""The longest error line the CLI prints; longer ones lose their middle (long values elided)."""
+
 
 class CertstudyError(Exception):
     """Base class: the message is already one line a user can act on."""
@@ -20,9 +23,12 @@ class SpecError(CertstudyError):
 
     def __init__(self, source: str, field: str, value: object, allowed: str) -> None:
         self.source, self.field, self.value, self.allowed = source, field, value, allowed
-        shown = _short(value)
-        where = f"{source}: {field}" if field else source
-        super().__init__(f"{where}: got {shown}; {allowed}")
+        source_text, allowed_text = elide_middle(source, 120), elide_middle(allowed, 200)
+        room = max(40, ERROR_LINE_LIMIT - 20 - len(source_text) - len(allowed_text))  # for the field and the value
+        field_text = elide_middle(field, max(20, room * 3 // 5)) if field else ""
+        shown = _short(value, max(20, min(80, room - len(field_text))))
+        where = f"{source_text}: {field_text}" if field else source_text
+        super().__init__(f"{where}: got {shown}; {allowed_text}")
 
 
 class TrialFailed(CertstudyError):
@@ -92,6 +98,16 @@ def collapse(text: str, limit: int = 500) -> str:
     """``text`` on one line (whitespace runs become one space), at most ``limit`` characters."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def elide_middle(text: str, limit: int) -> str:
+    """``text`` on one line, its middle replaced by `` ... `` when longer than ``limit`` characters
+    (the head names the file and field, the tail says what is allowed)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = (limit - 5) * 3 // 5
+    return f"{text[:head]} ... {text[len(text) - (limit - 5 - head) :]}"
 
 
 def one_line(exc: BaseException, limit: int = 500) -> str:

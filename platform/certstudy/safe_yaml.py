@@ -14,6 +14,7 @@ that refuses duplicate keys, and a bound on the expanded size and depth of the c
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -81,20 +82,35 @@ def _expanded(node: yaml.Node) -> tuple[int, int]:
 
 
 def read_text(path: Path, what: str = "file") -> str:
-    """The UTF-8 text of a regular file of at most MAX_BYTES, else a one-line SpecError."""
+    """The UTF-8 text of a regular file of at most MAX_BYTES, else a one-line SpecError. The file is
+    opened non-blocking and checked on its descriptor, so a FIFO swapped in never hangs the reader,
+    and no more than MAX_BYTES + 1 bytes are ever read."""
     source = str(path)
     try:
-        info = path.stat()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise SpecError(source, "", source, f"cannot read the {what} ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise SpecError(source, "", source, f"the {what} is not a regular file (a FIFO, device or folder)")
-    if info.st_size > MAX_BYTES:
-        raise SpecError(source, "", f"{info.st_size:,} bytes", f"a {what} is at most {MAX_BYTES:,} bytes")
     try:
-        data = path.read_bytes()
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecError(source, "", source, f"the {what} is not a regular file (a FIFO, device or folder)")
+        if info.st_size > MAX_BYTES:
+            raise SpecError(source, "", f"{info.st_size:,} bytes", f"a {what} is at most {MAX_BYTES:,} bytes")
+        os.set_blocking(fd, True)
+        chunks, total = [], 0
+        while total <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
     except OSError as exc:
         raise SpecError(source, "", source, f"cannot read the {what} ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_BYTES:
+        raise SpecError(source, "", f"over {MAX_BYTES:,} bytes", f"a {what} is at most {MAX_BYTES:,} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -104,7 +120,12 @@ def read_text(path: Path, what: str = "file") -> str:
 def load_all(text: str, source: str) -> list[Any]:
     """Every YAML document of ``text`` as plain data (empty documents dropped), refusing duplicate
     keys, alias bombs and deep nesting with a SpecError naming ``source``."""
-    loader = _UniqueKeyLoader(text)
+    try:
+        loader = _UniqueKeyLoader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML never allows (NUL, other controls)
+        raise SpecError(
+            source, "", f"character {exc.position + 1}", f"not valid YAML: control character #x{exc.character:04x}"
+        ) from None
     docs: list[Any] = []
     try:
         while loader.check_node():

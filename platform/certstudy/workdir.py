@@ -28,6 +28,9 @@ STUDY_FILE = "study.yaml"  # the study as launched, in its folder (and, by the s
 STORES_FILE = "stores.json"  # the stores a study was launched with, in its folder
 TRACKING_STORE = "tracking_uri"  # keys of STORES_FILE
 OPTUNA_STORE = "optuna_storage"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+"""Study and experiment names: they become folder names under the work directory, so no separator
+and no leading dot (``..``, ``/tmp/x`` and ``a/b`` are refused)."""
 MOVED_ASIDE = ".prev-"  # <study>.prev-<time>: a study's folder moved aside by a later launch of that study
 
 

@@ -73,6 +73,12 @@ class Dataset(Protocol):
     @staticmethod
     def load(options: DatasetParams, seed: int, data_dir: str) -> Splits: ...
 
+    @staticmethod
+    def unavailable(options: DatasetParams, data_dir: str) -> str | None:
+        """Why ``load`` could not get the files (absent, and not downloadable from here), in one
+        line; None when it can. Asked by ``certstudy validate`` and ``launch`` before anything starts."""
+        ...
+
 
 def channel_stats(splits: Splits, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (dim 1) mean and std of the train inputs as floats (std floored at 1e-6), summed in

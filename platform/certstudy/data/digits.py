@@ -48,6 +48,10 @@ class Digits:
         return None  # no published constants: the train split's own statistics
 
     @staticmethod
+    def unavailable(options: DatasetParams, data_dir: str) -> None:
+        return None  # bundled with scikit-learn: nothing to fetch
+
+    @staticmethod
     def load(options: DigitsParams, seed: int, data_dir: str) -> Splits:
         pixels, labels = _read_digits()
         x = torch.tensor(pixels, dtype=torch.uint8).view(-1, 1, 8, 8)  # 0..16

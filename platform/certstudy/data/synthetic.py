@@ -52,6 +52,10 @@ class SyntheticMixture:
         return None
 
     @staticmethod
+    def unavailable(options: DatasetParams, data_dir: str) -> None:
+        return None  # generated: nothing to fetch
+
+    @staticmethod
     def load(options: SyntheticMixtureParams, seed: int, data_dir: str) -> Splits:
         gen = torch.Generator().manual_seed(seed)
         parts = [

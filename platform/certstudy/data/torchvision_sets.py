@@ -51,6 +51,30 @@ def _download(name: str, cls_name: str, root: Path) -> None:
         ) from None
 
 
+DOWNLOAD_PROBE_TIMEOUT_S = 5.0
+
+
+def _unreachable_source(cls_name: str, root: Path) -> str | None:
+    """None when one of torchvision's download sources for ``cls_name`` answers; else why not."""
+    import urllib.request
+
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    sources = list(getattr(cls, "mirrors", None) or []) or [getattr(cls, "url", "")]
+    for source in filter(None, sources):
+        try:
+            request = urllib.request.Request(source, method="HEAD")
+            with urllib.request.urlopen(request, timeout=DOWNLOAD_PROBE_TIMEOUT_S):  # noqa: S310 - torchvision's URL
+                return None
+        except Exception:  # noqa: BLE001, S112 - any failure means this source is not reachable now
+            continue
+    return (
+        f"files not in {root}, and none of torchvision's download sources ({', '.join(sources)}) answered within "
+        f"{DOWNLOAD_PROBE_TIMEOUT_S:.0f} s; place the standard files there or set $CERTSTUDY_DATA"
+    )
+
+
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -139,6 +163,17 @@ def _make(
         @staticmethod
         def normalization(options: VisionParams) -> Stats:
             return normalization
+
+        @staticmethod
+        def unavailable(options: VisionParams, data_dir: str) -> str | None:
+            root, may_download = data_root(options, data_dir)
+            if present(root):
+                return None
+            if not may_download:
+                return f"files not in dataset.options.root {root} (a root named in the study is never downloaded into)"
+            if not options.download:
+                return f"files not in {root} and download is off"
+            return _unreachable_source(cls_name, root)
 
         @staticmethod
         def load(options: VisionParams, seed: int, data_dir: str) -> Splits:

@@ -10,6 +10,10 @@ alias ``best``, so ``mlflow.pytorch.load_model("models:/<name>@best")`` is the c
 
 The logged model is MLflow's pickle of the ``nn.Module`` (its classes are certstudy's): load it
 where certstudy is installed, from a registry as trusted as the code.
+
+A registered name belongs to the study whose models it holds (each version's ``STUDY_TAG``):
+registering another study's models under it, which would move its ``best`` alias, needs
+``--take-name``. The name is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from certstudy.errors import CertstudyError, SpecError
 from certstudy.metric_names import CERTIFICATION_METRIC
 from certstudy.study.export import study_spec, study_tracker
 from certstudy.study.records import MODEL_ARTIFACT_DIR, RANK_TAG, RANKED_BY_TAG, STUDY_TAG, TRIAL_TAG
-from certstudy.study.spec import NAME_PATTERN, StudySpec
+from certstudy.study.spec import StudySpec
 from certstudy.study.tracking import Tracker
 from certstudy.trial.checkpoint import MODEL_FILE
 from certstudy.workdir import Workdir
 
 BEST_ALIAS = "best"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$"
+"""A registered model's name: room for any study name plus ``-best``."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,19 @@ def _trained_model(tracker: Tracker, doc: dict[str, Any], data_dir: str) -> tupl
             local = tracker.client.download_artifacts(run_id, f"{MODEL_ARTIFACT_DIR}/{MODEL_FILE}", tmp)
         except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
             raise CertstudyError(f"trial run {run_id} has no logged model ({MODEL_ARTIFACT_DIR}/{MODEL_FILE})") from exc
-        state = torch.load(local, map_location="cpu", weights_only=True)
-    parts.model.load_state_dict(state)
+        try:
+            state = torch.load(local, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError: not our weights file
+            raise CertstudyError(
+                f"trial run {run_id}: its logged {MODEL_FILE} is not a plain weights file ({type(exc).__name__}); "
+                f"it was changed outside certstudy, and is not loaded"
+            ) from None
+    try:
+        parts.model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CertstudyError(
+            f"trial run {run_id}: its logged {MODEL_FILE} does not fit the study's network ({type(exc).__name__})"
+        ) from None
     return parts.model.eval(), parts.splits.floats(parts.splits.x_test[:2])  # inputs as the model takes them
 
 
@@ -81,10 +98,6 @@ def register(
     import torch
     from mlflow.models import infer_signature
 
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise SpecError(
-            "--name", "", name, "a registered model name: a letter or digit, then letters, digits, '.', '_', '-'"
-        )
     if not docs:
         return []
     tracker = study_tracker(workdir, study_spec(workdir, docs[0]["provenance"]["study"]), tracking_uri)
@@ -128,4 +141,46 @@ def default_name(study: str) -> str:
     return f"{study}-best"
 
 
-__all__ = ["BEST_ALIAS", "RANK_TAG", "TRIAL_TAG", "RegisteredVersion", "default_name", "register"]
+def check_name(name: str, given: bool) -> None:
+    """``name`` is a registered model name (``given``: it came from ``--name``, else it is the default)."""
+    if not re.fullmatch(MODEL_NAME_PATTERN, name):
+        source = "--name" if given else "export --register"
+        raise SpecError(
+            source,
+            "",
+            name,
+            "a registered model name: a letter or digit, then letters, digits, '.', '_', '-' (at most 200)",
+        )
+
+
+def check_owner(workdir: Workdir, study: str, name: str, tracking_uri: str | None, take: bool) -> None:
+    """Refuses ``name`` when versions of another study (or of no certstudy study) hold it, unless
+    ``take``; a name not registered yet, or registered by ``study`` itself, is fine."""
+    from mlflow.exceptions import MlflowException
+
+    tracker = study_tracker(workdir, study_spec(workdir, study), tracking_uri)
+    try:
+        versions = tracker.client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return  # no such registered model
+    owners = sorted({v.tags.get(STUDY_TAG, "(not a certstudy study)") for v in versions} - {study})
+    if owners and not take:
+        raise SpecError(
+            "--name",
+            "",
+            name,
+            f"registered model {name!r} holds models of study {', '.join(owners)}; registering these would move its "
+            f"{BEST_ALIAS!r} alias: choose another name, or give --take-name",
+        )
+
+
+__all__ = [
+    "BEST_ALIAS",
+    "RANK_TAG",
+    "TRIAL_TAG",
+    "RegisteredVersion",
+    "check_name",
+    "check_owner",
+    "default_name",
+    "register",
+]

@@ -6,8 +6,8 @@
 - storage: Ray Tune's storage (``--storage``) must be one place that every node can write and see
   the driver's files in (a shared filesystem or object storage); Ray has not synced trial folders
   to the head since 2.7, and a node-local path fails later with a less clear error (ray#37177).
-- tracking: an MLflow server URI must answer ``/health`` from the driver (the driver writes every
-  MLflow record; trials never talk to MLflow).
+- tracking: the store must answer from the driver (``study/store_probe.py``; the driver writes
+  every MLflow record, trials never talk to MLflow).
 - Optuna storage: a database named by ``--optuna-storage`` must answer, and must not already hold a
   study of the same name (the default sqlite file is new with the study's folder; a shared database
   outlives it, and an earlier launch's trials would be taken for this one's).
@@ -20,7 +20,6 @@ from typing import Any
 
 import optuna
 import ray
-import requests
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from certstudy.errors import CertstudyError
@@ -108,22 +107,6 @@ def check_storage(storage: str, nodes: list[dict[str, Any]] | None = None, timeo
                 )
     finally:
         fs.delete_file(f"{root}/{marker}")
-
-
-def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
-    except requests.RequestException as exc:
-        raise PreflightError(
-            f"tracking URI {uri} is unreachable from the driver ({type(exc).__name__}); start the MLflow server or "
-            f"fix --tracking-uri"
-        ) from None
-    if response.status_code != 200:
-        raise PreflightError(
-            f"tracking URI {uri} answered /health with HTTP {response.status_code}; is it an MLflow server?"
-        )
 
 
 def check_optuna_storage(url: str, study: str, overwrite: bool) -> None:

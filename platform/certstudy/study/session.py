@@ -42,7 +42,7 @@ from certstudy.study.disk_full_stop import clear as clear_disk_full
 from certstudy.study.disk_full_stop import raise_if_stopped as raise_if_disk_full
 from certstudy.study.lock import running_studies, store_setup
 from certstudy.study.optuna_bridge import StudySearcher, make_sampler, open_storage
-from certstudy.study.preflight import check_optuna_storage, check_tracking
+from certstudy.study.preflight import check_optuna_storage
 from certstudy.study.progress import Progress
 from certstudy.study.quiet import quiet_libraries
 from certstudy.study.ray_start import join_cluster, start_local_ray, stop_ray, study_cpus
@@ -50,6 +50,7 @@ from certstudy.study.records import EXPERIMENT_ATTR, PARENT_ATTR, REASON_TAG, ST
 from certstudy.study.space import SearchSpace, grid_points
 from certstudy.study.spec import StudySpec, dump_study, load_study, tracking_scheme
 from certstudy.study.status import state_name
+from certstudy.study.store_probe import check_store
 from certstudy.study.stored import StoredStudy
 from certstudy.study.tracking import Tracker
 from certstudy.workdir import TRACKING_STORE, Workdir
@@ -178,7 +179,8 @@ class StudySession:
         launch`` does, while it imports the rest); the session owns it from here and shuts it down."""
         quiet_libraries(verbose)
         uri = self.spec.tracking_uri(self.workdir, tracking_uri)
-        check_tracking(uri)
+        if uri != self.workdir.tracking_uri:
+            check_store(uri, "--tracking-uri" if tracking_uri else "tracking.tracking_uri")
         if optuna_storage is not None:
             check_optuna_storage(optuna_storage, self.spec.name, overwrite)
         prepare_study_dir(self.spec, self.workdir, overwrite, self.console)

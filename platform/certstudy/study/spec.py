@@ -37,6 +37,7 @@ from certstudy.safe_yaml import load_all, load_file, read_text
 from certstudy.schema import DiscriminatedSchema, Schema
 from certstudy.study.certifiable import check_certifiable
 from certstudy.study.pruning import PruningConfig
+from certstudy.study.stored_sqlite import is_sqlite, sqlite_path
 from certstudy.trial.build import certifier_params
 from certstudy.trial.config import (
     MAX_SEED,
@@ -48,7 +49,7 @@ from certstudy.trial.config import (
     TrialConfig,
 )
 from certstudy.url_secrets import redacted, secret_parts
-from certstudy.workdir import MOVED_ASIDE, Workdir
+from certstudy.workdir import MOVED_ASIDE, NAME_PATTERN, Workdir
 
 # --- search distributions -------------------------------------------------------------------
 
@@ -157,16 +158,12 @@ class Resources(Schema):
         return gpu
 
 
-TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql")
 """MLflow tracking backends ``--tracking-uri`` may name (``postgresql+psycopg2://`` counts as postgresql)."""
 
 FILE_TRACKING_SCHEMES = ("http", "https", "sqlite")
 """What a study file may name: a server, or a sqlite database inside the work directory. Any other
 store is the user's choice on the command line (``--tracking-uri``), never a file's."""
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
-"""Study and experiment names: they become folder names under the work directory, so no separator
-and no leading dot (``..``, ``/tmp/x`` and ``a/b`` are refused)."""
 
 LAYOUT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,99}$"
 """A dashboard layout's name: a file stem, so a study file cannot point at a path."""
@@ -210,7 +207,15 @@ def check_optuna_storage(uri: str) -> str:
     if scheme not in OPTUNA_STORAGE_SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; one of {', '.join(OPTUNA_STORAGE_SCHEMES)}")
     refuse_password(uri)
+    refuse_in_memory(uri)
     return uri
+
+
+def refuse_in_memory(uri: str) -> None:
+    """An in-memory sqlite store keeps nothing past the process (MLflow would "succeed" and lose every
+    record), so only a database file is a store."""
+    if is_sqlite(uri) and sqlite_path(uri) is None:
+        raise ValueError("an in-memory sqlite database keeps nothing; name a file: sqlite:///PATH")
 
 
 def check_tracking_uri(uri: str, schemes: tuple[str, ...] = TRACKING_SCHEMES) -> str:
@@ -230,6 +235,7 @@ def check_tracking_uri(uri: str, schemes: tuple[str, ...] = TRACKING_SCHEMES) ->
             f"a study file may name an http(s):// server or a sqlite:/// database inside the work directory; "
             f"give a {scheme} store with --tracking-uri"
         )
+    refuse_in_memory(uri)
     return uri
 
 

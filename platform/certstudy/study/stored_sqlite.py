@@ -43,12 +43,20 @@ def can_resume(ray_experiment: str) -> bool:
 
 
 def existing_store(uri: str, what: str) -> str:
-    """``uri`` unchanged when it is not sqlite or names an intact sqlite database; else a
-    ``CertstudyError`` naming the file (missing, empty, or failing sqlite's ``quick_check``). The
-    file is opened read-only, so the check itself writes nothing."""
-    if not uri.startswith("sqlite:///"):
+    """``uri`` unchanged when it names an intact sqlite database, an MLflow server that answers
+    ``/health``, or another database; else a ``CertstudyError`` naming the file or server (missing,
+    empty, in memory, failing sqlite's ``quick_check``, not answering). A file is opened read-only,
+    so the check itself writes nothing."""
+    if uri.startswith(("http://", "https://")):  # a dead server is one line within seconds, not a hang
+        from certstudy.study.store_probe import check_store
+
+        check_store(uri, what)
         return uri
-    path = Path(uri[len("sqlite:///") :])
+    if not is_sqlite(uri):
+        return uri
+    path = sqlite_path(uri)
+    if path is None:
+        raise CertstudyError(f"{uri}: the {what} is an in-memory sqlite database, which holds no study; name a file")
     if not path.is_file():
         raise CertstudyError(f"{path}: no {what} there (was the study launched in this work directory?)")
     with open(path, "rb") as fh:
@@ -112,9 +120,26 @@ class StoredRun:
         )
 
 
+def is_sqlite(uri: str) -> bool:
+    """Whether ``uri`` is a SQLAlchemy sqlite URL, with any driver (``sqlite+pysqlite://``)."""
+    scheme, sep, _ = uri.partition("://")
+    return bool(sep) and scheme.split("+", 1)[0].lower() == "sqlite"
+
+
 def sqlite_path(uri: str) -> Path | None:
-    """The file of a ``sqlite:///`` URI, else None."""
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    """The database file of a sqlite URL of any driver (``sqlite:///rel``, ``sqlite:////abs``,
+    ``sqlite+pysqlite:///...``, options after ``?`` dropped); None for any other URL and for an
+    in-memory database (``sqlite://``, ``:memory:``, a ``file:`` URI), which holds no file."""
+    if not is_sqlite(uri):
+        return None
+    rest = uri.partition("://")[2]
+    path_part, _, query = rest.partition("?")
+    if not path_part.startswith("/"):
+        return None
+    database = unquote(path_part[1:])
+    if database in ("", ":memory:") or database.startswith("file:") or "mode=memory" in query:
+        return None
+    return Path(database)
 
 
 @contextmanager

@@ -45,7 +45,7 @@ class ScheduleConfig(Schema):
 
 class TrainingConfig(Schema):
     epochs: int = Field(10, ge=1, le=100000)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=100000)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0, le=100)
     weight_decay: float = Field(0.0, ge=0)
@@ -179,7 +179,7 @@ class EvaluationConfig(Schema):
         None, ge=1, description="fixed train points for train/robust_acc (None: as many as val)"
     )
     test_subset: int | None = Field(None, ge=1, description="test points evaluated at the end (None: all)")
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(512, ge=1, le=100000)
     final_model: Literal["last", "best"] = Field(
         "last",
         description="the model evaluated on test and certified at the end: the last epoch's, or the best epoch's by "
