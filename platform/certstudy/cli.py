@@ -596,7 +596,41 @@ def _check_ui_exposure(host: str, port: int, allowed_hosts: str | None) -> list[
     return ["--allowed-hosts", ",".join(headers)]
 
 
+UI_START_TIMEOUT_S = 180.0
+UI_LOG_DIR = ".ui"  # <workdir>/.ui/mlflow-ui-<port>.log: the server's own output, off the console
+
+
+def _ui_answers(url: str, server: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Waits until the UI server answers ``/health`` (True), exits, or ``timeout_s`` passes."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def _study_link(workdir: Workdir, study: str, url: str) -> str | None:
+    from certstudy.study.export import study_spec, study_tracker
+
+    spec = study_spec(workdir, study)
+    tracker = study_tracker(workdir, spec)
+    exp = tracker.client.get_experiment_by_name(spec.experiment_name)
+    parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
+    if parent is None:
+        return None
+    return f"study {spec.name}: {url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI on the work directory's store. Every certstudy experiment is tagged to open on
+    its runs first; the server's output goes to ``<workdir>/.ui/``; the URL is printed once the
+    server answers."""
     port = _free_port(args.host, args.port)
     extra = _check_ui_exposure(args.host, port, args.allowed_hosts)
     workdir = Workdir.resolve(args.workdir)
@@ -609,19 +643,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
             f"and delete every run of {workdir.root} (answering Host headers {args.allowed_hosts} only)",
             highlight=False,
         )
-    console.print(f"MLflow UI for {workdir.root} at {url}  (Ctrl-C to stop)", highlight=False)
-    if args.study:
-        from certstudy.study.export import study_spec, study_tracker
+    link = _study_link(workdir, args.study, url) if args.study else None
+    if (workdir.root / "mlflow.db").is_file():
+        from certstudy.study.stored_sqlite import existing_store
+        from certstudy.study.tracking import Tracker
 
-        spec = study_spec(workdir, args.study)
-        tracker = study_tracker(workdir, spec)
-        exp = tracker.client.get_experiment_by_name(spec.experiment_name)
-        parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
-        if parent is not None:
-            console.print(
-                f"study {spec.name}: {url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}", highlight=False
-            )
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        Tracker(existing_store(workdir.tracking_uri, "MLflow tracking store")).mark_study_experiments()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [
         sys.executable,
         "-m",
@@ -637,10 +665,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
         str(port),
         *extra,
     ]
-    sys.stdout.flush()
-    server = subprocess.Popen(cmd, env=env)
+    log_path = workdir.root / UI_LOG_DIR / f"mlflow-ui-{port}.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     signal.signal(signal.SIGTERM, lambda *_: server.terminate())  # never leave the server behind
     try:
+        if not _ui_answers(url, server, UI_START_TIMEOUT_S):
+            server.terminate()
+            server.wait(timeout=30)
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise CertstudyError(f"the MLflow UI did not start ({collapse(tail[0], 200)}); its log: {log_path}")
+        console.print(f"MLflow UI for {workdir.root} at {url}  (Ctrl-C to stop; its log: {log_path})", highlight=False)
+        if link:
+            console.print(link, highlight=False)
+        sys.stdout.flush()
         return server.wait()
     except KeyboardInterrupt:
         server.terminate()

@@ -49,7 +49,9 @@ PRUNE_DETAIL_TAG = "certstudy.prune_detail"
 TRIAL_ID_TAG = "ray.trial_id"
 OPTUNA_TAG = "optuna.trial_number"
 PARENT_TAG = "mlflow.parentRunId"
-EXPERIMENT_TAGS = {"certstudy": "1"}  # marks an MLflow experiment certstudy created
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment on the view this names
+EXPERIMENT_KIND = "custom_model_development"  # the runs table (not the GenAI traces overview)
+EXPERIMENT_TAGS = {"certstudy": "1", EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}  # an MLflow experiment certstudy created
 
 # --- MLflow: artifacts --------------------------------------------------------------------------
 

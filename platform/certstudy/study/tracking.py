@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from certstudy.safe_yaml import load_file
 from certstudy.study.mlflow_seed import seed as seed_store
 from certstudy.study.records import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     EXPERIMENT_TAGS,
     PARENT_TAG,
     REASON_TAG,
@@ -60,9 +62,22 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if exp.tags.get("certstudy") and exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         location = (self.artifact_root / name).as_uri() if self.artifact_root else None
         return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+
+    def mark_study_experiments(self) -> int:
+        """Sets the experiment-kind tag on every certstudy experiment of the store (created before the
+        tag, or re-kinded by the UI's inference), so the UI opens each on its runs; returns how many
+        were changed."""
+        changed = 0
+        for exp in self.client.search_experiments(filter_string="tags.certstudy = '1'"):
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                changed += 1
+        return changed
 
     def start_study(
         self,
