@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from certstudy import phases
 from certstudy.attacks import pgd
 from certstudy.attacks.autoattack import apgd_margin
 from certstudy.certify.base import ABSTAIN, Certificate
@@ -49,6 +50,7 @@ def audit(
     bad: list[int] = []
     with eval_mode(model):
         for i in range(0, len(certified), batch_size):
+            phases.advance(i, len(certified))
             idx = certified[i : i + batch_size]
             xb = x[idx.to(x.device)]
             target = preds[idx].to(x.device)

@@ -33,6 +33,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from certstudy import phases
 from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
 from certstudy.certify.network import (
     INTERVAL,
@@ -685,6 +686,7 @@ class BoundCertifier(Certifier):
                     alive[idx[~ok]] = False
                 preds.append(torch.where(torch.isnan(radius), ABSTAIN, top).cpu())
                 radii.append(radius.cpu())
+                phases.advance(min(i + p.batch_size, len(x)), len(x))
         empty = torch.zeros(0)
         return CertifyResult(
             [

@@ -26,6 +26,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from certstudy import phases
 from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
 from certstudy.certify.bounds import in_float64, rounding_tolerance
 from certstudy.certify.network import LIPSCHITZ, AffineLayer, Layer, deployment_error, layers_of, unit_roundoff
@@ -210,6 +211,7 @@ class LipschitzCertifier(Certifier):
             layers = layers_of(model, self.context.input_shape, self.needs)
             for i in range(0, len(x), b):
                 radii.append(self._deployed_radii(layers, x[i : i + b].double(), top[i : i + b], constants, unit))
+                phases.advance(min(i + b, len(x)), len(x))
         radius = torch.cat(radii)
         return torch.where(torch.isnan(radius), torch.full_like(top, ABSTAIN), top), radius
 

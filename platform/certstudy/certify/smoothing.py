@@ -32,6 +32,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from certstudy import phases
 from certstudy.certify.base import ABSTAIN, Certificate, Certifier, CertifierParams, CertifyResult
 from certstudy.certify.registry import CERTIFIERS
 from certstudy.models.base import eval_mode
@@ -139,6 +140,7 @@ def sample_counts(
             slot = torch.arange(g, device=x.device).repeat_interleave(c) * num_classes + preds
             counts[i : i + g] += torch.bincount(slot, minlength=g * num_classes).view(g, num_classes)
             remaining -= c
+        phases.advance(min(i + g, m), m)
     return counts.cpu()
 
 

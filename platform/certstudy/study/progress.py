@@ -1,21 +1,29 @@
-"""Live study progress with rich: trials running / completed / failed and the best so far.
+"""Live study progress with rich: each running trial's epoch, phase and ETA, and the study's.
 
-On a terminal the status line redraws in place; elsewhere (CI, log files) each trial event is
-one plain line. At the end, a table of the top trials.
+On a terminal a live view redraws at least every second (the clock moves during a phase that
+reports nothing for minutes): a study line (done / running / pending, best so far, elapsed, ETA)
+and one line per running trial (trial, method, epoch k/n, phase with its points done / total, its
+latest objective, its ETA from its own epoch times). Elsewhere (CI, log files) each event is one
+plain line: a trial's start and end, and each step of its end phases (certifying, attacking,
+auditing). ``verbose`` adds a line per evaluated epoch. Phases come from the study's progress
+board (``study/progress_board.py``), read every second by a thread of the driver; epochs from the
+trials' Ray Tune reports. At the end, a table of the top trials.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from certstudy import phases
 from certstudy.study.records import PruneDecision, summary_metrics
 from certstudy.study.spec import Objective
 from certstudy.trial.robustness import ALARM_RESULT
@@ -32,6 +40,35 @@ class TrialView:
     started_at: float = 0.0
     ended_at: float = 0.0
     compute_s: float = 0.0  # Ray's time_total_s: time inside the trainable's epochs
+    phase: str = ""  # from the progress board: training, evaluating, certifying, ...
+    step: str = ""
+    done: int = 0
+    total: int = 0
+    epochs: int = 0  # the trial's planned epochs (0: not known yet)
+    board_epoch: int = -1  # the epoch the board last saw it in
+    epoch_times: list[float] = field(default_factory=list)  # monotonic times of its epoch reports
+
+    def eta_s(self, now: float) -> float | None:
+        """Seconds to the end of its epochs, from its own epoch times (None before two of them);
+        the end phases (test, certification) are not in it."""
+        if not self.epochs or len(self.epoch_times) < 1:
+            return None
+        marks = [self.started_at, *self.epoch_times]
+        per_epoch = (marks[-1] - marks[0]) / (len(marks) - 1)
+        left = self.epochs - (self.epoch + 1)
+        if left <= 0:
+            return 0.0
+        return max(0.0, per_epoch * left - (now - marks[-1]))
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+BOARD_POLL_S = 1.0
+END_PHASES = frozenset({phases.TESTING, phases.CERTIFYING, phases.ATTACKING, phases.AUDITING})
 
 
 class Progress:
@@ -43,6 +80,7 @@ class Progress:
         default_method: str,
         console: Console | None = None,
         earlier: dict[str, int] | None = None,
+        epochs: int = 0,
     ) -> None:
         self.study = study
         self.earlier = dict(earlier or {})  # trials that ended before a resume
@@ -53,29 +91,70 @@ class Progress:
         self.trials: dict[str, TrialView] = {}
         self.t0 = time.monotonic()
         self._live: Live | None = None
+        self.verbose = False  # a line per evaluated epoch
+        self.epochs = epochs  # the study's planned epochs per trial (a trial's board entry overrides it)
+        self._lock = threading.RLock()  # the board thread and Ray Tune's callbacks both update views
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     # lifecycle -------------------------------------------------------------------------------
 
     def __enter__(self) -> Progress:
         self.t0 = time.monotonic()
         if self.console.is_terminal:
-            self._live = Live(self._status(), console=self.console, refresh_per_second=4, transient=False)
+            self._live = Live(console=self.console, refresh_per_second=2, transient=False, get_renderable=self._view)
             self._live.__enter__()
         else:
             self.console.print(f"study {self.study}: {self.num_trials} trials")
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
         if self._live is not None:
-            self._live.update(self._status())
+            self._live.refresh()
             self._live.__exit__(*exc)
             self._live = None
+
+    def watch(self, board: Any) -> None:
+        """Reads the study's progress board every ``BOARD_POLL_S`` from a daemon thread, until exit."""
+        import ray
+
+        def poll() -> None:
+            while not self._stop.wait(BOARD_POLL_S):
+                try:
+                    snapshot = ray.get(board.snapshot.remote(), timeout=10)
+                except Exception:  # noqa: BLE001 - a slow or restarting board costs a refresh, nothing else
+                    continue
+                for trial_id, phase in snapshot.items():
+                    self.phase(trial_id, phase)
+
+        self._stop.clear()
+        self._watcher = threading.Thread(target=poll, name="certstudy-progress-board", daemon=True)
+        self._watcher.start()
+
+    def phase(self, trial_id: str, phase: dict[str, Any]) -> None:
+        """A trial's phase as its board entry has it; steps of the end phases are events."""
+        with self._lock:
+            view = self.trials.get(trial_id)
+            if view is None or view.state != "running":
+                return
+            name, step = str(phase.get("name", "")), str(phase.get("step", ""))
+            new_step = (name, step) != (view.phase, view.step) or int(phase.get("epoch", -1)) != view.board_epoch
+            view.phase, view.step = name, step
+            view.done, view.total = int(phase.get("done", 0)), int(phase.get("total", 0))
+            view.epochs = int(phase.get("epochs", 0)) or view.epochs
+            view.board_epoch = int(phase.get("epoch", -1))
+        if new_step and name in END_PHASES:
+            self._event(f"{view.label} ({view.method}) {name}" + (f" {step}" if step else ""))
 
     # events ----------------------------------------------------------------------------------
 
     def started(self, trial_id: str, label: str, method: str) -> None:
         view = self.trials.setdefault(
-            trial_id, TrialView(label, method or self.default_method, started_at=time.monotonic())
+            trial_id, TrialView(label, method or self.default_method, started_at=time.monotonic(), epochs=self.epochs)
         )
         view.state = "running"
         self._event(f"{label} ({view.method}) started")
@@ -84,11 +163,22 @@ class Progress:
         view = self.trials.get(trial_id)
         if view is None:
             return
-        view.epoch = int(result.get("epoch", view.epoch))
-        view.compute_s = float(result.get("time_total_s", view.compute_s))
-        view.metrics = summary_metrics(
-            {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        )
+        with self._lock:
+            epoch = int(result.get("epoch", view.epoch))
+            new_epoch = epoch > view.epoch
+            if new_epoch:
+                view.epoch_times.append(time.monotonic())
+                if view.phase in ("", phases.TRAINING, phases.EVALUATING) and epoch + 1 < view.epochs:
+                    # reported: it trains the next epoch now (the board may not have said so yet)
+                    view.phase, view.step, view.done, view.total = phases.TRAINING, "", 0, 0
+                    view.board_epoch = epoch + 1
+            view.epoch = epoch
+            view.compute_s = float(result.get("time_total_s", view.compute_s))
+            view.metrics = summary_metrics(
+                {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            )
+        if self.verbose and view.state == "running" and new_epoch:
+            self._event(f"{view.label} ({view.method}) epoch {self._epoch_text(view)}: {self._objective_text(view)}")
         self._refresh()
 
     def completed(self, trial_id: str, result: dict[str, Any] | None, pruned: PruneDecision | None = None) -> None:
@@ -158,20 +248,65 @@ class Progress:
         c = self.counts()
         best = self.best()
         best_text = f"best {self._objective_text(best)} ({best.label}, {best.method})" if best else "best: none yet"
-        elapsed = time.monotonic() - self.t0
+        now = time.monotonic()
+        ended = c["completed"] + c["pruned"] + c["failed"]
+        pending = max(0, self.num_trials - ended - c["running"])
+        eta = self._study_eta(now, pending)
         return Text(
             f"{self.study}: {c['completed'] + c['pruned']}/{self.num_trials} done ({c['pruned']} pruned), "
-            f"{c['running']} running, {c['failed']} failed | {best_text} | {elapsed:5.0f}s",
+            f"{c['running']} running, {pending} pending, {c['failed']} failed | {best_text} | "
+            f"elapsed {_clock(now - self.t0)}" + (f", ETA {_clock(eta)}" if eta is not None else ""),
         )
+
+    def _study_eta(self, now: float, pending: int) -> float | None:
+        """The running trials' longest ETA, plus the pending trials at the mean wall of ended ones
+        spread over as many at a time as run now; None while nothing allows a guess."""
+        with self._lock:
+            running = [v for v in self.trials.values() if v.state == "running"]
+            walls = [v.ended_at - v.started_at for v in self.trials.values() if v.ended_at]
+        etas = [e for e in (v.eta_s(now) for v in running) if e is not None]
+        if running and not etas:
+            return None
+        longest = max(etas, default=0.0)
+        if not pending:
+            return longest
+        if not walls:
+            return None
+        return longest + math.ceil(pending / max(1, len(running))) * (sum(walls) / len(walls))
+
+    @staticmethod
+    def _epoch_text(view: TrialView) -> str:
+        return f"{view.epoch + 1}/{view.epochs}" if view.epochs else f"{view.epoch + 1}"
+
+    def _trial_line(self, view: TrialView, now: float) -> str:
+        epoch = view.board_epoch if view.board_epoch >= 0 else max(view.epoch, 0)
+        phase = view.phase or "starting"
+        if view.step:
+            phase += f" {view.step}"
+        if view.total:
+            phase += f" {view.done}/{view.total}"
+        latest = self._objective_text(view) or "-"
+        eta = view.eta_s(now)
+        eta_text = _clock(eta) if eta is not None else "-"
+        epochs = f"{epoch + 1}/{view.epochs}" if view.epochs else f"{epoch + 1}"
+        return f"  {view.label} ({view.method}) epoch {epochs} | {phase} | {latest} | ETA {eta_text}"
+
+    def _view(self) -> Group:
+        """The live view: the study line, then one line per running trial."""
+        now = time.monotonic()
+        with self._lock:
+            running = [v for v in self.trials.values() if v.state == "running"]
+            lines = [self._trial_line(v, now) for v in running]
+        return Group(self._status(), *(Text(line) for line in lines))
 
     def _refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self._status())
+            self._live.refresh()
 
     def _event(self, line: str) -> None:
         if self._live is not None:
-            self._live.console.print(line)
-            self._live.update(self._status())
+            self._live.console.print(line, highlight=False)
+            self._live.refresh()
         else:
             self.console.print(
                 f"[{time.monotonic() - self.t0:5.0f}s] {line}  "

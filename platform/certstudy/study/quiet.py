@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from certstudy.study.disk_full_stop import quiet_disk_full_logs
 
@@ -26,6 +27,8 @@ def quiet_libraries(verbose: bool) -> None:
     # tracking.unreachable_wait_s); MLflow's own backoff would block each call for minutes first.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    if not sys.stdout.isatty():  # a log file gets plain lines: no colour codes on Ray's worker lines
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if not verbose:
         quiet_disk_full_logs()
         for name in ("mlflow", "alembic", "ray.tune", "ray.train"):

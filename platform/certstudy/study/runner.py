@@ -132,6 +132,7 @@ def launch(
     console = console or Console()
     _check_state_key(workdir)
     session = StudySession(spec, workdir, console)
+    session.progress.verbose = verbose
     storage_path = f"{storage.rstrip('/')}/{spec.name}" if storage else str(workdir.study_dir(spec.name))
     experiment = workdir.ray_experiment_dir(spec.name).name
     with stops_on_disk_full(str(workdir.root), _next_step(workdir, spec.name)), StudyLock(workdir, spec.name):
@@ -190,6 +191,7 @@ def _resume_locked(
     study: str, workdir: Workdir, address: str | None, verbose: bool, console: Console, on_end: Sequence[EndHook]
 ) -> StudyOutcome:
     session = StudySession.reopen(study, workdir, verbose=verbose, console=console)
+    session.progress.verbose = verbose
     spec = session.spec
     assert session.stored_optuna is not None
     verify_digests(session.stored_optuna, session.ray_experiment)  # before Ray starts or anything is unpickled

@@ -44,6 +44,7 @@ from certstudy.study.lock import running_studies, store_setup
 from certstudy.study.optuna_bridge import StudySearcher, make_sampler, open_storage
 from certstudy.study.preflight import check_optuna_storage
 from certstudy.study.progress import Progress
+from certstudy.study.progress_board import open_progress_board
 from certstudy.study.quiet import quiet_libraries
 from certstudy.study.ray_start import join_cluster, start_local_ray, stop_ray, study_cpus
 from certstudy.study.records import EXPERIMENT_ATTR, PARENT_ATTR, REASON_TAG, STATUS_TAG, TRACKING_ATTR
@@ -152,7 +153,13 @@ class StudySession:
         self.started_ray = False
         self.earlier = dict(earlier or {})  # trials that had ended before a resume
         self.progress = Progress(
-            spec.name, spec.objectives, spec.search.num_trials, spec.method_entries[0].key, console, earlier=earlier
+            spec.name,
+            spec.objectives,
+            spec.search.num_trials,
+            spec.method_entries[0].key,
+            console,
+            earlier=earlier,
+            epochs=spec.training.epochs,
         )
         self.tracking_cb: MlflowTrialCallback | None = None
         self.ray_experiment = ""  # a reopened study's Ray Tune experiment folder
@@ -288,6 +295,7 @@ class StudySession:
         clear_disk_full(self.spec.name)
         install_atomic_sync()
         with self.progress:
+            self.progress.watch(open_progress_board(self.spec.name))
             try:
                 tuner.fit()
                 if self.tracking_cb is not None:

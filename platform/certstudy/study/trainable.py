@@ -29,7 +29,9 @@ from typing import Any
 import torch
 from ray import tune
 
+from certstudy import phases
 from certstudy.errors import disk_full_cause, one_line
+from certstudy.study.progress_board import PhasePoster
 from certstudy.study.records import BEST_PREFIX, FAILURE_KEY, OPTUNA_TRIAL_KEY
 from certstudy.study.space import resolve
 from certstudy.study.spec import StudySpec
@@ -152,13 +154,15 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) ->
         request = board.read(tune.get_context().get_trial_id()) if board is not None else None
         return StopRequest(*request) if request is not None else None
 
+    poster = PhasePoster(spec.name, tune.get_context().get_trial_id())
     try:
         checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            run_trial(cfg, report, data_dir=data_dir)
-        else:
-            with checkpoint.as_directory() as resume_dir:
-                run_trial(cfg, report, data_dir=data_dir, resume_from=resume_dir)
+        with phases.reporting_to(poster, cfg.training.epochs):
+            if checkpoint is None:
+                run_trial(cfg, report, data_dir=data_dir)
+            else:
+                with checkpoint.as_directory() as resume_dir:
+                    run_trial(cfg, report, data_dir=data_dir, resume_from=resume_dir)
     except Exception as exc:  # noqa: BLE001 - recorded as the trial's failure reason
         if _from_ray(exc) or disk_full_cause(exc) is not None:
             raise  # a full disk stops the study (study/disk_full_stop.py): the trial resumes later

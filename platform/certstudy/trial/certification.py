@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from certstudy import phases
 from certstudy.certify.audit import audit
 from certstudy.certify.base import Certificate
 from certstudy.certify.metrics import certification_metrics, curve_csv, curve_png, radii_csv
@@ -30,6 +31,7 @@ def certify_all(
     deterministic: list[Certificate] = []
     ev = cfg.evaluation
     for j, (entry, certifier) in enumerate(zip(ev.certifiers, parts.certifiers)):
+        phases.enter(phases.CERTIFYING, step=entry.name, total=len(test[1]))
         result = certifier.certify(parts.model, test[0], test[1], seed=seed + 100 * j)
         if certifier.deterministic:
             deterministic += result.certificates
@@ -41,6 +43,7 @@ def certify_all(
         files[f"{CERTIFY_ARTIFACT_DIR}/{entry.name}_radii.csv"] = radii_csv(result, test[1]).encode()
         if certifier.deterministic and ev.audit.enabled:
             for cert in result.certificates:
+                phases.enter(phases.AUDITING, step=cert.name)
                 found = audit(
                     parts.model,
                     test[0],

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from certstudy import phases
 from certstudy.certify.base import Certificate
 from certstudy.data.augmentation import augment
 from certstudy.errors import TrialFailed
@@ -119,6 +120,7 @@ def train_epoch(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
         precision.step(optimizer)
         total += value * len(idx)
+        phases.advance(i + 1, len(batches))
     bad = int(first_bad)  # the epoch's one host sync
     if bad >= 0:
         raise TrialFailed(f"training loss became {float(bad_value)} at epoch {epoch}, batch {bad}")
@@ -145,6 +147,7 @@ class _Subsets:
 
 def _end_metrics(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> tuple[dict[str, float | str], dict[str, bytes]]:
     """Test split, the method's own final metrics and every certificate, for the model as it is now."""
+    phases.enter(phases.TESTING)
     model, splits, ev = parts.model, parts.splits, cfg.evaluation
     x_test, y_test = splits.floats(splits.x_test[sub.test]), splits.y_test[sub.test]
     test = evaluate(model, x_test, y_test, ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
@@ -266,12 +269,14 @@ def run_trial(
     try:
         for epoch in range(start, cfg.training.epochs):
             final = epoch == cfg.training.epochs - 1
+            phases.enter(phases.TRAINING, epoch=epoch)
             parts.method.on_epoch_start(model, epoch)
             lr = optimizer.param_groups[0]["lr"]
             train_loss = train_epoch(parts, cfg, optimizer, epoch, precision)
             schedule.step()
             if not final and (epoch + 1) % ev.every:
                 continue  # not an evaluated epoch: no evaluation, report or checkpoint
+            phases.enter(phases.EVALUATING)
             val = evaluate(
                 model,
                 splits.x_val[sub.val],

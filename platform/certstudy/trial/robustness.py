@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from certstudy import phases
 from certstudy.attacks import pgd
 from certstudy.attacks.autoattack import autoattack_robust
 from certstudy.certify.base import Certificate
@@ -63,6 +64,7 @@ def autoattack_accuracy(
     xs, ys = x[points.to(x.device)], y[points.to(y.device)]
     for r in radii:
         if r > 0:
+            phases.enter(phases.ATTACKING, step=f"autoattack r={r:g}", total=len(ys))
             out.robust[r] = autoattack_robust(
                 model, xs, ys, norm=norm, eps=r, attacks=config.attack_names, batch_size=config.batch_size, seed=seed
             ).cpu()  # type: ignore[arg-type]
@@ -85,6 +87,7 @@ def pgd_accuracy(
     for r in radii:
         if r <= 0:
             continue
+        phases.enter(phases.ATTACKING, step=f"pgd r={r:g}", total=len(y))
         gen = torch.Generator(device=x.device).manual_seed(seed)
         verdicts = []
         with eval_mode(model):
