@@ -108,3 +108,35 @@ def test_with_stdout_to_a_file_each_event_is_one_plain_line(tmp_path: Path) -> N
         assert any(re.search(r"epoch 3/3: val/robust_acc=", line) for line in mine), mine  # --verbose
         assert any("certifying smoothing" in line for line in mine), mine
         assert any("completed: " in line for line in mine), mine
+
+
+def test_status_tells_a_running_study_from_an_interrupted_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While a live process holds the study, ``status`` says so (no resume advice) and shows each
+    running trial's epoch and phase; once it is interrupted, it says how to resume."""
+    from certstudy.cli import main
+    from conftest import launch_and_interrupt
+
+    seen: dict[str, str] = {}
+
+    def look(hold: Path) -> None:
+        time.sleep(2.5)  # the driver rewrites its progress file every second
+        assert main(["status", "held", "--workdir", str(tmp_path / "work")]) == 0
+        seen["running"] = capsys.readouterr().out
+
+    spec = tiny_study("held", training={"epochs": 3, "batch_size": 128}, search={"num_trials": 2, "seed": 0})
+    code, out, work = launch_and_interrupt(tmp_path, spec, hold_from=0, hold_epoch=0, held=2, act=look)
+    assert code == 0, out
+    running = seen["running"]
+    assert "running now: pid " in running and "certstudy resume" not in running, running
+    assert re.search(r"│\s+0 │ running\s+│\s+\d+ │ (training|evaluating)", running), running
+
+    spec2 = tiny_study("stopped", training={"epochs": 3, "batch_size": 128}, search={"num_trials": 2, "seed": 0})
+    (tmp_path / "hold").rename(tmp_path / "hold-1")
+    code, out, work = launch_and_interrupt(tmp_path, spec2, hold_from=0, hold_epoch=0, held=2)
+    assert code == 130, out
+    capsys.readouterr()
+    assert main(["status", "stopped", "--workdir", str(work)]) == 0
+    stopped = capsys.readouterr().out
+    assert "running now" not in stopped and "certstudy resume stopped" in stopped, stopped

@@ -368,13 +368,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         title=f"study {st.study.name}: {len(st.rows)} of {st.study.num_trials} trials proposed; parent run "
         f"{st.parent_status}"
     )
-    for col in ("trial", "state", "epochs", obj.metric, "params", "mlflow run", "note"):
+    columns = ["trial", "state", "epochs", *(["phase"] if st.running else []), obj.metric, "params", "mlflow run"]
+    for col in [*columns, "note"]:
         table.add_column(col, justify="right" if col in ("trial", "epochs", obj.metric) else "left")
     for r in st.rows:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
         value = f"{r.value:.4f}" if r.value is not None else "-"
+        epochs = str(r.epochs) if r.epochs is not None else "-"
         table.add_row(
-            str(r.number), r.state, str(r.epochs) if r.epochs is not None else "-", value, params, r.run_status, r.note
+            str(r.number), r.state, epochs, *([r.phase] if st.running else []), value, params, r.run_status, r.note
         )
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(st.counts.items())) or "no trials yet"
@@ -384,7 +386,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         + (f"{best.value:.4f} (trial {best.number})" if best else "none yet"),
         highlight=False,
     )
-    if st.resumable:
+    if st.running:
+        console.print(f"running now: {st.running}", highlight=False)
+    elif st.resumable:
         console.print(
             f"unfinished: continue with certstudy resume {st.study.name} --workdir {workdir.root}", highlight=False
         )

@@ -25,6 +25,7 @@ ENV_VAR = "CERTSTUDY_HOME"
 DATA_ENV_VAR = "CERTSTUDY_DATA"
 RAY_EXPERIMENT = "ray"
 STUDY_FILE = "study.yaml"  # the study as launched, in its folder (and, by the same name, in its MLflow runs)
+PROGRESS_FILE = "progress.json"  # a running study's trials: epoch and phase, rewritten every second
 STORES_FILE = "stores.json"  # the stores a study was launched with, in its folder
 TRACKING_STORE = "tracking_uri"  # keys of STORES_FILE
 OPTUNA_STORE = "optuna_storage"
@@ -130,6 +131,10 @@ class Workdir:
                 launched_name,
                 f"the study in folder {study!r} must be named {study!r}; refusing to reach another study's records",
             )
+
+    def progress_file(self, study: str) -> Path:
+        """Where a running study's driver keeps each running trial's epoch and phase (``status`` reads it)."""
+        return self.study_dir(study) / PROGRESS_FILE
 
     def export_path(self, study: str) -> Path:
         return self.study_dir(study) / "best.yaml"

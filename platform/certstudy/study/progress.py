@@ -12,10 +12,13 @@ trials' Ray Tune reports. At the end, a table of the top trials.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -118,22 +121,53 @@ class Progress:
             self._live.__exit__(*exc)
             self._live = None
 
-    def watch(self, board: Any) -> None:
-        """Reads the study's progress board every ``BOARD_POLL_S`` from a daemon thread, until exit."""
+    def watch(self, board: Any, snapshot: Path | None = None) -> None:
+        """Reads the study's progress board every ``BOARD_POLL_S`` from a daemon thread, until exit,
+        and writes where each running trial is to ``snapshot`` (``certstudy status`` reads it)."""
         import ray
 
         def poll() -> None:
             while not self._stop.wait(BOARD_POLL_S):
                 try:
-                    snapshot = ray.get(board.snapshot.remote(), timeout=10)
+                    entries = ray.get(board.snapshot.remote(), timeout=10)
                 except Exception:  # noqa: BLE001 - a slow or restarting board costs a refresh, nothing else
                     continue
-                for trial_id, phase in snapshot.items():
+                for trial_id, phase in entries.items():
                     self.phase(trial_id, phase)
+                if snapshot is not None:
+                    self.write_snapshot(snapshot)
 
         self._stop.clear()
         self._watcher = threading.Thread(target=poll, name="certstudy-progress-board", daemon=True)
         self._watcher.start()
+
+    def write_snapshot(self, path: Path) -> None:
+        """``{trial number: {epoch, epochs, phase, state}}`` of the running trials, replaced whole."""
+        with self._lock:
+            rows = {
+                v.label.removeprefix("trial "): {
+                    "epoch": (v.board_epoch if v.board_epoch >= 0 else max(v.epoch, 0)) + 1,
+                    "epochs": v.epochs,
+                    "phase": self._phase_text(v),
+                }
+                for v in self.trials.values()
+                if v.state == "running"
+            }
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(json.dumps({"at": time.time(), "trials": rows}))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a full disk stops the study elsewhere; the snapshot is only a convenience
+
+    @staticmethod
+    def _phase_text(view: TrialView) -> str:
+        text = view.phase or "starting"
+        if view.step:
+            text += f" {view.step}"
+        if view.total:
+            text += f" {view.done}/{view.total}"
+        return text
 
     def phase(self, trial_id: str, phase: dict[str, Any]) -> None:
         """A trial's phase as its board entry has it; steps of the end phases are events."""
@@ -280,11 +314,7 @@ class Progress:
 
     def _trial_line(self, view: TrialView, now: float) -> str:
         epoch = view.board_epoch if view.board_epoch >= 0 else max(view.epoch, 0)
-        phase = view.phase or "starting"
-        if view.step:
-            phase += f" {view.step}"
-        if view.total:
-            phase += f" {view.done}/{view.total}"
+        phase = self._phase_text(view)
         latest = self._objective_text(view) or "-"
         eta = view.eta_s(now)
         eta_text = _clock(eta) if eta is not None else "-"

@@ -295,7 +295,7 @@ class StudySession:
         clear_disk_full(self.spec.name)
         install_atomic_sync()
         with self.progress:
-            self.progress.watch(open_progress_board(self.spec.name))
+            self.progress.watch(open_progress_board(self.spec.name), self.workdir.progress_file(self.spec.name))
             try:
                 tuner.fit()
                 if self.tracking_cb is not None:

@@ -60,6 +60,7 @@ class TrialRow:
     epochs: int | None = None
     run_status: str = "-"
     note: str = ""
+    phase: str = "-"  # a running trial's phase, from the driver's progress file
 
 
 @dataclass
@@ -69,6 +70,7 @@ class StudyStatus:
     parent_status: str
     resumable: bool
     counts: dict[str, int] = field(default_factory=dict)
+    running: str | None = None  # the live process that runs the study, as its lock names it
 
     @property
     def best(self) -> TrialRow | None:
@@ -140,7 +142,9 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
     parent_status = "-"
     # Runs left RUNNING by a driver that could not close them (killed, or its disk full) are
     # interrupted, not running, when no certstudy process holds the study.
-    orphaned = running_holder(workdir, study) is None
+    holder = running_holder(workdir, study)
+    orphaned = holder is None
+    live = {} if orphaned else _progress(workdir, study)
     if records.parent is not None:
         parent = records.parent
         parent_status = f"{parent.info.status} ({parent.data.tags.get(STATUS_TAG, '')})"
@@ -166,12 +170,29 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
                 row.note = tags[REASON_TAG]
         elif FAIL_REASON_ATTR in t.user_attrs:
             row.note = str(t.user_attrs[FAIL_REASON_ATTR])
+        now = live.get(str(t.number))
+        if now is not None and state == "running":
+            row.phase = str(now.get("phase", "-"))
+            row.epochs = max(row.epochs or 0, int(now.get("epoch", 0)))
         rows.append(row)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     resumable = (
-        can_resume(records.ray_experiment)
+        orphaned
+        and can_resume(records.ray_experiment)
         and counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0) < launched.num_trials
     )
-    return StudyStatus(launched, rows, parent_status, resumable, counts)
+    return StudyStatus(launched, rows, parent_status, resumable, counts, holder)
+
+
+def _progress(workdir: Workdir, study: str) -> dict[str, dict[str, Any]]:
+    """The running driver's progress file: each running trial's epoch and phase ({} when absent)."""
+    import json
+
+    try:
+        data = json.loads(workdir.progress_file(study).read_text())
+        trials = data["trials"]
+        return trials if isinstance(trials, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
