@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -205,3 +206,77 @@ def test_the_mlflow_ui_shows_the_study_run_and_its_nested_trials(study: dict, ch
         os.killpg(proc.pid, 9)
         proc.wait(timeout=30)
     assert sorted(names) == sorted(r["info"]["run_name"] for r in nested)
+
+
+@pytest.mark.integration
+def test_the_dashboard_draws_what_was_measured_on_axes_that_fit(study: dict, chromium: str) -> None:
+    """Certified accuracy as markers at the measured radii only, radius axes from 0 past the largest
+    radius, a log axis for the log-searched learning rate, the searched parameters in the top table."""
+    from playwright.sync_api import sync_playwright
+
+    page_path = study["work"] / "dash" / "dashboard.html"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(page_path.as_uri())
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length > 0", timeout=30000)
+        panels = page.evaluate(
+            """() => Array.from(document.querySelectorAll('section.panel')).map(s => {
+                 const gd = s.querySelector('.js-plotly-plot');
+                 const x = gd.layout.xaxis || {};
+                 return {type: s.dataset.panel, title: (x.title || {}).text || '', xtype: x.type, xrange: x.range,
+                         modes: gd.data.map(d => d.mode || ''),
+                         header: gd.data[0].header ? gd.data[0].header.values : []};
+               })"""
+        )
+        browser.close()
+    curves = [p for p in panels if p["type"] == "certified_curves"]
+    assert curves and all(set(p["modes"]) == {"markers"} for p in curves), curves
+    for p in curves:  # l2 grid up to 0.25, linf up to 0.02
+        top = 0.25 if "l2" in p["title"] else 0.02
+        assert p["xrange"][0] < 0 < top < p["xrange"][1] < 1.2 * top, p
+    lr = [p for p in panels if p["type"] == "param_effects" and p["title"] == "training.lr"]
+    assert lr and lr[0]["xtype"] == "log", lr
+    (table,) = [p for p in panels if p["type"] == "top_table"]
+    assert "training.lr" in table["header"] and "adversarial.eps" in table["header"], table
+
+
+@pytest.mark.integration
+def test_the_experiment_page_opens_on_its_runs_not_the_genai_overview(study: dict, chromium: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from certstudy.cli import _free_port
+    from certstudy.study.records import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    exp_id = study["exp"].experiment_id
+    # as an experiment made before the tag existed: `certstudy ui` tags it when it starts
+    study["client"].delete_experiment_tag(exp_id, EXPERIMENT_KIND_TAG)
+    port = _free_port("127.0.0.1", 5100)
+    proc = subprocess.Popen(
+        [shutil.which("certstudy") or "", "ui", "--workdir", str(study["work"]), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        first = proc.stdout.readline() if proc.stdout else ""
+        assert first.startswith("MLflow UI for ") and f":{port}" in first, first  # printed once it answers
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        assert study["client"].get_experiment(exp_id).tags.get(EXPERIMENT_KIND_TAG) == EXPERIMENT_KIND
+        listed = proc.stdout.readline() if proc.stdout else ""
+        printed = re.search(r"^  dash: (http://\S+)$", listed.rstrip("\n"))
+        assert printed, listed
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(printed.group(1))  # the study's experiment, as printed
+            page.wait_for_selector("[role=gridcell] >> text=dash", timeout=60000)  # the runs table, parent run listed
+            assert page.locator("text=No data available").count() == 0 and "/overview" not in page.url, page.url
+            page.screenshot(path=str(ARTIFACTS / "mlflow_experiment_page.png"), full_page=True)
+            browser.close()
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait(timeout=30)
+    out = proc.stdout.read() if proc.stdout else ""
+    assert "--host 0.0.0.0" not in out and "Deprecat" not in out, out  # MLflow's own output stays in its log

@@ -108,6 +108,9 @@ def test_with_stdout_to_a_file_each_event_is_one_plain_line(tmp_path: Path) -> N
         assert any(re.search(r"epoch 3/3: val/robust_acc=", line) for line in mine), mine  # --verbose
         assert any("certifying smoothing" in line for line in mine), mine
         assert any("completed: " in line for line in mine), mine
+    # the results table: certified accuracy at the main radius for each certificate, the searched parameter
+    assert "top trials of logged by val/robust_acc (max), 2 finished" in text, text[-3000:]
+    assert "certified smoothing l2 r=0.25" in text and "training.lr" in text, text[-3000:]
 
 
 def test_status_tells_a_running_study_from_an_interrupted_one(

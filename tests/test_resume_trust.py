@@ -75,7 +75,10 @@ def test_a_tampered_state_file_is_refused_before_it_is_unpickled_and_the_intact_
     study._storage.set_study_user_attr(study._study_id, RAY_STATE_DIGESTS_ATTR, recorded)
 
     searcher_file.write_bytes(intact)
+    capsys.readouterr()
     assert main(["resume", "trusted", "--workdir", str(work)]) == 0
+    # the end-of-study table covers every trial of the study, those ended before the resume included
+    assert "top trials of trusted by val/robust_acc (max), 3 finished" in capsys.readouterr().out
     states = [t.state for t in optuna.load_study(study_name="trusted", storage=study._storage).get_trials()]
     assert len(states) == 3 and all(s == optuna.trial.TrialState.COMPLETE for s in states), states
 

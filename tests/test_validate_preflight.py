@@ -73,7 +73,7 @@ def test_dataset_files_present_pass(tmp_path: Path, capsys: pytest.CaptureFixtur
     [
         ("http://127.0.0.1:{port}", "is unreachable"),
         ("sqlite:///{tmp}/notes.db", "is not a sqlite database"),
-        ("sqlite://", "in-memory"),
+        ("sqlite://", "inside the work directory"),  # a study file's sqlite database is a file in the work directory
     ],
 )
 def test_a_tracking_store_that_cannot_keep_records(

@@ -601,6 +601,10 @@ def _check_ui_exposure(host: str, port: int, allowed_hosts: str | None) -> list[
 
 
 UI_START_TIMEOUT_S = 180.0
+# MLflow 3.17's UI opens experiments in its GenAI view unless the browser chose otherwise (a setting
+# kept in the browser) or the URL says ``workflowType``, which the UI keeps while one navigates.
+ML_VIEW = "workflowType=machine_learning"
+UI_LISTED_EXPERIMENTS = 10
 UI_LOG_DIR = ".ui"  # <workdir>/.ui/mlflow-ui-<port>.log: the server's own output, off the console
 
 
@@ -628,7 +632,10 @@ def _study_link(workdir: Workdir, study: str, url: str) -> str | None:
     parent = tracker.latest_study_run(exp.experiment_id, spec.name) if exp else None
     if parent is None:
         return None
-    return f"study {spec.name}: {url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+    return (
+        f"study {spec.name}: its runs {url}/#/experiments/{exp.experiment_id}/runs?{ML_VIEW}, its parent run "
+        f"{url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}?{ML_VIEW}"
+    )
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -648,11 +655,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
             highlight=False,
         )
     link = _study_link(workdir, args.study, url) if args.study else None
+    experiments: list[tuple[str, str]] = []
     if (workdir.root / "mlflow.db").is_file():
         from certstudy.study.stored_sqlite import existing_store
         from certstudy.study.tracking import Tracker
 
-        Tracker(existing_store(workdir.tracking_uri, "MLflow tracking store")).mark_study_experiments()
+        experiments = Tracker(existing_store(workdir.tracking_uri, "MLflow tracking store")).mark_study_experiments()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [
         sys.executable,
@@ -680,9 +688,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
             server.wait(timeout=30)
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise CertstudyError(f"the MLflow UI did not start ({collapse(tail[0], 200)}); its log: {log_path}")
-        console.print(f"MLflow UI for {workdir.root} at {url}  (Ctrl-C to stop; its log: {log_path})", highlight=False)
+        console.print(
+            f"MLflow UI for {workdir.root} at {url}/#/experiments?{ML_VIEW}  (Ctrl-C to stop; its log: {log_path})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for name, experiment_id in experiments[:UI_LISTED_EXPERIMENTS]:
+            console.print(
+                f"  {name}: {url}/#/experiments/{experiment_id}/runs?{ML_VIEW}", highlight=False, soft_wrap=True
+            )
+        if len(experiments) > UI_LISTED_EXPERIMENTS:
+            console.print(f"  ({len(experiments) - UI_LISTED_EXPERIMENTS} older experiments in the list)")
         if link:
-            console.print(link, highlight=False)
+            console.print(link, highlight=False, soft_wrap=True)
         sys.stdout.flush()
         return server.wait()
     except KeyboardInterrupt:

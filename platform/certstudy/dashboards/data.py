@@ -61,6 +61,16 @@ class StudyData:
     def searched(self) -> list[str]:
         return sorted({k for t in self.trials for k in t.params})
 
+    @property
+    def log_searched(self) -> set[str]:
+        """The parameters Optuna searched on a log scale (their distributions say so)."""
+        return {
+            name
+            for t in self.optuna_study.get_trials(deepcopy=False)
+            for name, dist in t.distributions.items()
+            if getattr(dist, "log", False)
+        }
+
 
 def load_study_data(workdir: Workdir, spec: StudySpec, series: tuple[str, ...] = SERIES) -> StudyData:
     stored = StoredStudy.open(workdir, spec)

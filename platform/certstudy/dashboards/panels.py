@@ -23,6 +23,7 @@ from certstudy.dashboards.layout import (
     TopTable,
 )
 from certstudy.metric_names import autoattack_acc_name, cert_gap_name, certified_acc_name, robust_acc_name
+from certstudy.study.space import METHOD_PARAM
 from certstudy.study.spec import certificates_of
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -78,14 +79,25 @@ def certified_curves(panel: CertifiedCurves, data: StudyData) -> list[go.Figure]
                     go.Scatter(
                         x=grid,
                         y=ys,
-                        mode="lines+markers",
+                        mode="markers",  # measured at the grid radii only: nothing is known between them
                         name=f"{method} #{rank + 1} (trial {t.number})",
-                        line={"color": _color(m_i), "dash": ["solid", "dash", "dot"][rank % 3]},
+                        marker={"color": _color(m_i), "size": 10, "symbol": MARKERS[rank % len(MARKERS)]},
                     )
                 )
         if fig.data:
+            _fit_radius_axes(fig, grid)
             figures.append(fig)
     return figures or None
+
+
+MARKERS = ("circle", "diamond", "square", "triangle-up", "x")
+
+
+def _fit_radius_axes(fig: go.Figure, grid: list[float]) -> None:
+    """Radius from 0 to a little past the largest measured one; accuracy from 0 to 1."""
+    top = max(grid, default=1.0) or 1.0
+    fig.update_xaxes(range=[-0.04 * top, 1.08 * top])
+    fig.update_yaxes(range=[-0.02, 1.02])
 
 
 def _fill(color: str) -> str:
@@ -129,9 +141,9 @@ def certification_gap(panel: CertificationGap, data: StudyData) -> list[go.Figur
                 go.Scatter(
                     x=grid,
                     y=attacked,
-                    mode="lines+markers",
+                    mode="markers",
                     name=f"{name}: {source}",
-                    line={"color": color, "dash": "dash"},
+                    marker={"color": color, "symbol": "x", "size": 10},
                     legendgroup=name,
                 )
             )
@@ -139,11 +151,18 @@ def certification_gap(panel: CertificationGap, data: StudyData) -> list[go.Figur
                 go.Scatter(
                     x=grid,
                     y=certified,
-                    mode="lines+markers",
+                    mode="markers",
                     name=f"{name}: certified{alarm}",
-                    line={"color": color},
-                    fill="tonexty",
-                    fillcolor=_fill(color),
+                    marker={"color": color, "symbol": "circle", "size": 10},
+                    error_y={  # the gap: from the certified (lower) to the attacked (upper) accuracy
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [
+                            max(0.0, a - c) if math.isfinite(a - c) else 0.0 for a, c in zip(attacked, certified)
+                        ],
+                        "arrayminus": [0.0] * len(grid),
+                        "color": color,
+                    },
                     legendgroup=name,
                 )
             )
@@ -154,15 +173,21 @@ def certification_gap(panel: CertificationGap, data: StudyData) -> list[go.Figur
                         go.Scatter(
                             x=grid,
                             y=pgd,
-                            mode="lines",
+                            mode="markers",
                             name=f"{name}: PGD",
-                            line={"color": color, "dash": "dot", "width": 1},
+                            marker={"color": color, "symbol": "triangle-up", "size": 7},
                             legendgroup=name,
                         )
                     )
         if fig.data:
+            _fit_radius_axes(fig, grid)
             figures.append(fig)
     return figures or None
+
+
+def _gap_bar(attacked: float, certified: float) -> float:
+    gap = attacked - certified
+    return max(0.0, gap) if math.isfinite(gap) else 0.0
 
 
 def _default_certified(data: StudyData) -> str:
@@ -265,6 +290,7 @@ def param_effects(panel: ParamEffects, data: StudyData) -> list[go.Figure] | Non
     metric, _ = _objective(data, panel.metric)
     trials = [t for t in data.finished if math.isfinite(t.value(metric))]
     params = panel.params or data.searched
+    log_searched = data.log_searched
     figures = []
     for name in params:
         mine = [t for t in trials if name in t.params]
@@ -287,10 +313,7 @@ def param_effects(panel: ParamEffects, data: StudyData) -> list[go.Figure] | Non
                     text=[f"trial {t.number} ({t.state})" for t in group],
                 )
             )
-        if (
-            all(isinstance(v, (int, float)) and v > 0 for v in _param_values(mine, name))
-            and max(_param_values(mine, name)) / min(_param_values(mine, name)) > 20
-        ):
+        if name in log_searched:
             fig.update_xaxes(type="log")
         figures.append(fig)
     return figures or None
@@ -360,16 +383,24 @@ def importances(panel: Importances, data: StudyData) -> list[go.Figure] | None:
     return [fig]
 
 
+def _param_text(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def top_table(panel: TopTable, data: StudyData) -> list[go.Figure] | None:
     metric, mode = _objective(data)
     ranked = _ranked(data.finished, metric, mode)[: panel.top]
     if not ranked:
         return None
     columns = [metric] + [m for m in panel.metrics if m != metric]
-    header = ["rank", "trial", "method", "state"] + columns + ["export"]
+    params = [p for p in data.searched if p != METHOD_PARAM]
+    header = ["rank", "trial", "method", "state"] + columns + params + ["export"]
     rows = [
         [i + 1, t.number, t.method, t.state + (f" at {t.pruned_at} ({t.prune_reason})" if t.prune_reason else "")]
         + [f"{t.value(c):.4f}" for c in columns]
+        + [_param_text(t.params.get(p)) for p in params]
         + [f"certstudy export {data.spec.name} --trial {t.number}"]
         for i, t in enumerate(ranked)
     ]

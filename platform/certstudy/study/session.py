@@ -311,13 +311,24 @@ class StudySession:
         self.timings["fit"] = time.perf_counter() - t
         self.timings["tracking"] = self.tracking_cb.seconds if self.tracking_cb is not None else 0.0
         self.timings.update(self.progress.trial_seconds())
-        self.console.print(self.progress.summary())  # before teardown and the end hooks: the user has the results
+        self._print_results()  # before teardown and the end hooks: the user has the results
         counts = self.progress.counts()
         ended = counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0)
         if ended < self.spec.search.num_trials:  # Ray Tune turns a first Ctrl-C into a graceful stop
             self._status = ("KILLED", f"interrupted after {ended} of {self.spec.search.num_trials} trials")
         else:
             self._status = ("FINISHED", "")
+
+    def _print_results(self) -> None:
+        """The stored records' top trials (every trial of a resumed study); this session's own view
+        where the stores cannot be read back."""
+        from certstudy.study.results_table import results_table
+
+        try:
+            self.console.print(results_table(self.workdir, self.spec))
+        except Exception as exc:  # noqa: BLE001 - the records are written; the table is a convenience
+            self.console.print(f"warning: the results table was read from this session only ({collapse(str(exc))})")
+            self.console.print(self.progress.summary())
 
     # closing -----------------------------------------------------------------------------------
 

@@ -193,9 +193,8 @@ def refuse_password(uri: str) -> None:
     found = secret_parts(uri)
     if found:
         raise ValueError(
-            f"carries a password or secret ({', '.join(found)}), which would be stored with the study's records; "
-            f"leave it out and put it in a password file (PostgreSQL: ~/.pgpass or $PGPASSFILE; an MLflow server: "
-            f"$MLFLOW_TRACKING_PASSWORD)"
+            f"carries a secret ({', '.join(found)}) that the study's records would keep; put it in a password file "
+            f"(PostgreSQL: ~/.pgpass or $PGPASSFILE; an MLflow server: $MLFLOW_TRACKING_PASSWORD)"
         )
 
 
@@ -235,7 +234,8 @@ def check_tracking_uri(uri: str, schemes: tuple[str, ...] = TRACKING_SCHEMES) ->
             f"a study file may name an http(s):// server or a sqlite:/// database inside the work directory; "
             f"give a {scheme} store with --tracking-uri"
         )
-    refuse_in_memory(uri)
+    if schemes != FILE_TRACKING_SCHEMES:  # a study file's sqlite path is confined to the work directory instead
+        refuse_in_memory(uri)
     return uri
 
 

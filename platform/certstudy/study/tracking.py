@@ -68,16 +68,14 @@ class Tracker:
         location = (self.artifact_root / name).as_uri() if self.artifact_root else None
         return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
 
-    def mark_study_experiments(self) -> int:
+    def mark_study_experiments(self) -> list[tuple[str, str]]:
         """Sets the experiment-kind tag on every certstudy experiment of the store (created before the
-        tag, or re-kinded by the UI's inference), so the UI opens each on its runs; returns how many
-        were changed."""
-        changed = 0
-        for exp in self.client.search_experiments(filter_string="tags.certstudy = '1'"):
+        tag, or re-kinded by the UI's inference); returns their (name, id), the newest first."""
+        found = self.client.search_experiments(filter_string="tags.certstudy = '1'", order_by=["last_update_time DESC"])
+        for exp in found:
             if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
                 self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-                changed += 1
-        return changed
+        return [(exp.name, exp.experiment_id) for exp in found]
 
     def start_study(
         self,
