@@ -44,11 +44,13 @@ import math
 import os
 import secrets
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import ray
 import ray._private.node as ray_node
@@ -209,12 +211,57 @@ def join_cluster(address: str, verbose: bool) -> None:
                         f"({exc.strerror or exc}); is its head running (ray start --head)?"
                     ) from None
                 time.sleep(1)
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        log_to_driver=verbose,
-        logging_level="INFO" if verbose else "WARNING",
-    )
+    with _captured_stderr() as captured:
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=verbose,
+                logging_level="INFO" if verbose else "WARNING",
+            )
+        except Exception:
+            said = captured.read()
+            if any(sign in said for sign in TOKEN_REFUSED):
+                raise SpecError(
+                    "--address",
+                    "",
+                    address,
+                    "the cluster refused this driver's token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to the "
+                    "cluster's token file (README: Running on a cluster)",
+                ) from None
+            sys.stderr.write(said)
+            raise
+        if verbose:
+            sys.stderr.write(captured.read())
+
+
+TOKEN_REFUSED = ("InvalidAuthToken", "Authentication token is missing or incorrect")
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[_Rewound]:
+    """The process's file descriptor 2 into a temporary file for the block (Ray's core logs its
+    connection retries there, a line a second, from C++), readable afterwards from the start."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+", errors="replace") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield _Rewound(sink)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+class _Rewound:
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh = fh
+
+    def read(self) -> str:
+        self.fh.flush()
+        self.fh.seek(0)
+        return self.fh.read()
 
 
 def stop_ray() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from rich.console import Console
@@ -22,6 +23,7 @@ from certstudy.study.callbacks import MlflowTrialCallback, ProgressCallback, res
 from certstudy.study.lock import StudyLock
 from certstudy.study.optuna_bridge import StudyScheduler
 from certstudy.study.preflight import PreflightError, alive_nodes, check_resources, check_storage
+from certstudy.study.ray_start import join_cluster, stop_ray
 from certstudy.study.records import OPTUNA_TRIAL_KEY, RAY_EXPERIMENT_ATTR
 from certstudy.study.session import EndHook, StudyOutcome, StudySession
 from certstudy.study.spec import StudySpec
@@ -131,6 +133,44 @@ def launch(
     takes it over)."""
     console = console or Console()
     _check_state_key(workdir)
+    joined = address is not None and not ray.is_initialized()
+    if joined:
+        join_cluster(address, verbose)  # first: a refused token or a dead head leaves no folder and no run behind
+        ray_started = True
+    try:
+        return _launch_session(
+            spec,
+            workdir,
+            console,
+            address,
+            tracking_uri,
+            optuna_storage,
+            storage,
+            autoscaling,
+            overwrite,
+            verbose,
+            on_end,
+            ray_started,
+        )
+    finally:
+        if joined and ray.is_initialized():  # refused before its session took the connection over
+            stop_ray()
+
+
+def _launch_session(
+    spec: StudySpec,
+    workdir: Workdir,
+    console: Console,
+    address: str | None,
+    tracking_uri: str | None,
+    optuna_storage: str | None,
+    storage: str | None,
+    autoscaling: bool,
+    overwrite: bool,
+    verbose: bool,
+    on_end: Sequence[EndHook],
+    ray_started: bool,
+) -> StudyOutcome:
     session = StudySession(spec, workdir, console)
     session.progress.verbose = verbose
     storage_path = f"{storage.rstrip('/')}/{spec.name}" if storage else str(workdir.study_dir(spec.name))

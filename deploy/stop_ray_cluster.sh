@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Stops exactly one Ray cluster's processes on this machine: those of the nodes started with
+# `ray start ... --temp-dir TEMP_DIR` (GCS, raylets, monitors, the dashboard), the head's client
+# server (it names the head's port), and their children (agents, workers). `ray stop` would stop
+# every Ray process of the machine, other clusters' and other users' studies' included.
+#
+#   deploy/stop_ray_cluster.sh TEMP_DIR HEAD_PORT [GRACE_S]
+#
+# SIGTERM first; whatever is left after GRACE_S seconds (default 15) gets SIGKILL.
+set -u
+if [ $# -lt 2 ]; then
+    echo "usage: $0 TEMP_DIR HEAD_PORT [GRACE_S]" >&2
+    exit 2
+fi
+temp_dir=${1%/}
+port=$2
+grace=${3:-15}
+roots=$( { pgrep -f -- "$temp_dir/"; pgrep -f -- "--address=[^ ]*:$port( |\$)"; } | sort -u )
+if [ -z "$roots" ]; then
+    echo "no Ray process of $temp_dir (port $port) runs here"
+    exit 0
+fi
+pids=$roots
+for pid in $roots; do
+    pids="$pids $(pgrep -P "$pid")"
+done
+kill -TERM $pids 2>/dev/null
+for _ in $(seq "$grace"); do
+    alive=""
+    for pid in $pids; do
+        kill -0 "$pid" 2>/dev/null && alive="$alive $pid"
+    done
+    [ -z "$alive" ] && break
+    sleep 1
+done
+alive=""
+for pid in $pids; do
+    kill -0 "$pid" 2>/dev/null && alive="$alive $pid"
+done
+if [ -n "$alive" ]; then
+    kill -KILL $alive 2>/dev/null
+fi
+echo "stopped the Ray cluster of $temp_dir (port $port): $(echo $pids | wc -w) processes"
