@@ -150,13 +150,7 @@ def test_a_spoofed_localhost_host_header_from_another_address_is_refused(tmp_pat
     )
 
     def get(host_header: str) -> int:
-        conn = http.client.HTTPConnection(ip, port, timeout=10, source_address=(ip, 0))  # from a non-loopback address
-        conn.putrequest("GET", "/ajax-api/2.0/mlflow/experiments/search?max_results=1", skip_host=True)
-        conn.putheader("Host", host_header)
-        conn.endheaders()
-        status = conn.getresponse().status
-        conn.close()
-        return status
+        return _get(ip, port, host_header, ip)  # from a non-loopback address
 
     try:
         deadline = time.time() + 120

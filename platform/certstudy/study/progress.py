@@ -51,17 +51,29 @@ class TrialView:
     board_epoch: int = -1  # the epoch the board last saw it in
     epoch_times: list[float] = field(default_factory=list)  # monotonic times of its epoch reports
 
+    phase_started: float = 0.0  # when its current phase step began (monotonic)
+
     def eta_s(self, now: float) -> float | None:
-        """Seconds to the end of its epochs, from its own epoch times (None before two of them);
-        the end phases (test, certification) are not in it."""
-        if not self.epochs or len(self.epoch_times) < 1:
+        """Seconds to the end of what it is doing, from its own pace: its remaining epochs at its
+        epoch time (measured, or extrapolated from the batches of its first epoch), or, in an end
+        phase that counts points, that step's remaining points at its rate so far. None before
+        either is known. Steps of the end not yet begun are not in it."""
+        if self.phase in END_PHASES:
+            if self.total and self.done:
+                return (now - self.phase_started) * (self.total - self.done) / self.done
             return None
-        marks = [self.started_at, *self.epoch_times]
-        per_epoch = (marks[-1] - marks[0]) / (len(marks) - 1)
-        left = self.epochs - (self.epoch + 1)
-        if left <= 0:
-            return 0.0
-        return max(0.0, per_epoch * left - (now - marks[-1]))
+        if not self.epochs:
+            return None
+        current = self.board_epoch if self.board_epoch >= 0 else self.epoch + 1
+        fraction = self.done / self.total if self.phase == phases.TRAINING and self.total else 0.0
+        if self.epoch_times:
+            marks = [self.started_at, *self.epoch_times]
+            per_epoch = (marks[-1] - marks[0]) / (len(marks) - 1)
+        elif fraction > 0:
+            per_epoch = (now - self.phase_started) / fraction
+        else:
+            return None
+        return max(0.0, per_epoch * (self.epochs - current - fraction))
 
 
 def _clock(seconds: float) -> str:
@@ -129,7 +141,7 @@ class Progress:
         def poll() -> None:
             while not self._stop.wait(BOARD_POLL_S):
                 try:
-                    entries = ray.get(board.snapshot.remote(), timeout=10)
+                    entries = ray.get(board.phases.remote(), timeout=10)
                 except Exception:  # noqa: BLE001 - a slow or restarting board costs a refresh, nothing else
                     continue
                 for trial_id, phase in entries.items():
@@ -177,6 +189,8 @@ class Progress:
                 return
             name, step = str(phase.get("name", "")), str(phase.get("step", ""))
             new_step = (name, step) != (view.phase, view.step) or int(phase.get("epoch", -1)) != view.board_epoch
+            if new_step:
+                view.phase_started = time.monotonic()
             view.phase, view.step = name, step
             view.done, view.total = int(phase.get("done", 0)), int(phase.get("total", 0))
             view.epochs = int(phase.get("epochs", 0)) or view.epochs
@@ -205,7 +219,7 @@ class Progress:
                 if view.phase in ("", phases.TRAINING, phases.EVALUATING) and epoch + 1 < view.epochs:
                     # reported: it trains the next epoch now (the board may not have said so yet)
                     view.phase, view.step, view.done, view.total = phases.TRAINING, "", 0, 0
-                    view.board_epoch = epoch + 1
+                    view.board_epoch, view.phase_started = epoch + 1, time.monotonic()
             view.epoch = epoch
             view.compute_s = float(result.get("time_total_s", view.compute_s))
             view.metrics = summary_metrics(

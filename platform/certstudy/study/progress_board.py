@@ -1,10 +1,11 @@
-"""The study's progress board: where each running trial is, between its epoch reports.
+"""Where each running trial is, between its epoch reports.
 
 A trial reports to Ray Tune only at evaluated epochs, and its end (test, certification, AutoAttack,
 audit) can run for minutes after the last one. So a trial also posts its phase (``certstudy.phases``)
-to a small named actor (no CPU, owned by the driver, one per study), at most every
-``POST_INTERVAL_S`` and whenever the phase or its step changes, without waiting for an answer;
-the driver's live view reads the board every second. Losing a post loses nothing but a refresh.
+to the study's board (``study/stop_board.py``: a small named actor, no CPU, owned by the driver),
+at most every ``POST_INTERVAL_S`` and whenever the phase or its step changes, without waiting for
+an answer; the driver's live view reads the board every second. Losing a post loses nothing but a
+refresh.
 """
 
 from __future__ import annotations
@@ -16,32 +17,9 @@ from typing import Any
 import ray
 
 from certstudy.phases import Phase
-from certstudy.study.stop_board import NAMESPACE
+from certstudy.study.stop_board import NAMESPACE, board_name
 
 POST_INTERVAL_S = 0.5
-
-
-@ray.remote(num_cpus=0)
-class ProgressBoard:
-    def __init__(self) -> None:
-        self._phases: dict[str, dict[str, Any]] = {}
-
-    def post(self, trial_id: str, phase: dict[str, Any]) -> None:
-        self._phases[trial_id] = phase
-
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        return dict(self._phases)
-
-
-def board_name(study: str) -> str:
-    return f"certstudy-progress-{study}"
-
-
-def open_progress_board(study: str) -> Any:
-    """The study's board, created by the driver (which keeps the handle: the board dies with it)."""
-    return ProgressBoard.options(
-        name=board_name(study), namespace=NAMESPACE, get_if_exists=True, lifetime=None
-    ).remote()  # type: ignore[attr-defined]
 
 
 class PhasePoster:
@@ -66,5 +44,5 @@ class PhasePoster:
             except ValueError:
                 self._board = None  # a driver without a board: nothing to post to
         if self._board is not None:
-            self._board.post.remote(self.trial_id, {**asdict(phase), "at": time.time()})
+            self._board.post_phase.remote(self.trial_id, {**asdict(phase), "at": time.time()})
         self._last, self._sent_at = key, now

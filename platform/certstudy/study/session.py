@@ -44,13 +44,13 @@ from certstudy.study.lock import running_studies, store_setup
 from certstudy.study.optuna_bridge import StudySearcher, make_sampler, open_storage
 from certstudy.study.preflight import check_optuna_storage
 from certstudy.study.progress import Progress
-from certstudy.study.progress_board import open_progress_board
 from certstudy.study.quiet import quiet_libraries
 from certstudy.study.ray_start import join_cluster, start_local_ray, stop_ray, study_cpus
 from certstudy.study.records import EXPERIMENT_ATTR, PARENT_ATTR, REASON_TAG, STATUS_TAG, TRACKING_ATTR
 from certstudy.study.space import SearchSpace, grid_points
 from certstudy.study.spec import StudySpec, dump_study, load_study, tracking_scheme
 from certstudy.study.status import state_name
+from certstudy.study.stop_board import open_board
 from certstudy.study.store_probe import check_store
 from certstudy.study.stored import StoredStudy
 from certstudy.study.tracking import Tracker
@@ -295,7 +295,7 @@ class StudySession:
         clear_disk_full(self.spec.name)
         install_atomic_sync()
         with self.progress:
-            self.progress.watch(open_progress_board(self.spec.name), self.workdir.progress_file(self.spec.name))
+            self.progress.watch(open_board(self.spec.name), self.workdir.progress_file(self.spec.name))
             try:
                 tuner.fit()
                 if self.tracking_cb is not None:

@@ -1,4 +1,5 @@
-"""The study's stop board: how a prune decision taken on the driver reaches the running trial.
+"""The study's board: how a prune decision taken on the driver reaches the running trial, and
+where each running trial posts its phase for the live view (``study/progress_board.py``).
 
 Ray Tune can only kill a trial (``STOP``), and a killed trial cannot finish on its best epoch
 (test metrics, certificates and weights of that epoch). So the scheduler posts the decision on a
@@ -22,6 +23,7 @@ class StopBoard:
     def __init__(self) -> None:
         self._requests: dict[str, tuple[str, int]] = {}
         self._delivered: set[str] = set()
+        self._phases: dict[str, dict[str, Any]] = {}  # trial id -> its latest phase (certstudy.phases)
 
     def post(self, trial_id: str, reason: str, epoch: int) -> bool:
         """Posts a request; True when an earlier one was already read (the trial went on anyway)."""
@@ -33,6 +35,12 @@ class StopBoard:
         if request is not None:
             self._delivered.add(trial_id)
         return request
+
+    def post_phase(self, trial_id: str, phase: dict[str, Any]) -> None:
+        self._phases[trial_id] = phase
+
+    def phases(self) -> dict[str, dict[str, Any]]:
+        return dict(self._phases)
 
 
 def board_name(study: str) -> str:
