@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from certstudy.analysis.reruns import write_section  # noqa: E402
-from certstudy.study.export import finished_trials, study_spec  # noqa: E402
+from certstudy.study.export import finished_trials  # noqa: E402
+from certstudy.study.launched import study_spec  # noqa: E402
 from certstudy.study.tracking import Tracker  # noqa: E402
 from certstudy.workdir import Workdir  # noqa: E402
 

@@ -301,5 +301,10 @@ def test_the_dashboard_has_the_certification_gap_panel(aa_study: dict) -> None:
     html = (aa_study["work"] / "aastudy" / "dashboard.html").read_text()
     traces = [int(n) for n in re.findall(r'data-panel="certification_gap" data-traces="(\d+)"', html)]
     assert len(traces) == 2, traces  # one figure per certificate in the attack's norm: ibp and crown
-    assert all(n >= 3 for n in traces)  # per trial: AutoAttack, certified (the gap shaded between them), PGD
-    assert "certification gap: crown vs AutoAttack (linf)" in html and '"fill":"tonexty"' in html.replace(" ", "")
+    assert all(n >= 3 for n in traces)  # per trial: AutoAttack, certified (the gap as a bar up to AutoAttack), PGD
+    # measured at the grid radii only: markers, the gap a one-sided bar from certified up to AutoAttack
+    # (it was a band shaded between lines, which drew values between the radii; issue 31)
+    flat = html.replace(" ", "")
+    assert "certification gap: crown vs AutoAttack (linf)" in html and '"error_y":{"array":' in flat
+    gap_sections = [part for part in flat.split("<section") if 'data-panel="certification_gap"' in part]
+    assert len(gap_sections) == 2 and not any('"fill":"tonexty"' in p or '"mode":"lines' in p for p in gap_sections)

@@ -481,7 +481,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"re-run one with: certstudy run {out} --index 1", highlight=False)
     if registering:
-        from certstudy.study.export import study_spec
+        from certstudy.study.launched import study_spec
         from certstudy.study.model_registry import BEST_ALIAS, register
         from certstudy.study.stored import study_tracking_uri
 
@@ -624,7 +624,8 @@ def _ui_answers(url: str, server: subprocess.Popen[bytes], timeout_s: float) -> 
 
 
 def _study_link(workdir: Workdir, study: str, url: str) -> str | None:
-    from certstudy.study.export import study_spec, study_tracker
+    from certstudy.study.export import study_tracker
+    from certstudy.study.launched import study_spec
 
     spec = study_spec(workdir, study)
     tracker = study_tracker(workdir, spec)

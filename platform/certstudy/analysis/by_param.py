@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 
 from certstudy.analysis.reruns import fmt_value
-from certstudy.study.export import Candidate, finished_trials, rank, study_spec, study_tracker
+from certstudy.study.export import Candidate, finished_trials, rank, study_tracker
+from certstudy.study.launched import study_spec
 from certstudy.study.records import METHOD_LABEL_TAG
 from certstudy.study.spec import StudySpec, space_names
 from certstudy.workdir import Workdir

@@ -16,7 +16,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from certstudy.study.export import finished_trials, rank, study_spec, study_tracker
+from certstudy.study.export import finished_trials, rank, study_tracker
+from certstudy.study.launched import study_spec
 from certstudy.study.records import METHOD_LABEL_TAG, TRIAL_STUDY_ARTIFACT
 from certstudy.study.spec import StudySpec, validate_spec
 from certstudy.workdir import Workdir

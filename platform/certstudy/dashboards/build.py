@@ -19,7 +19,7 @@ from plotly.offline import get_plotlyjs
 from certstudy.dashboards.data import StudyData, load_study_data
 from certstudy.dashboards.layout import Layout, load_layout
 from certstudy.dashboards.panels import PANELS
-from certstudy.study.export import study_spec
+from certstudy.study.launched import study_spec
 from certstudy.study.records import DASHBOARD_ARTIFACT
 from certstudy.workdir import Workdir
 

@@ -20,7 +20,7 @@ import yaml
 
 from certstudy.errors import CertstudyError, SpecError
 from certstudy.safe_yaml import load_file
-from certstudy.study.launched import LaunchedObjective, LaunchedStudy
+from certstudy.study.launched import LaunchedObjective, LaunchedStudy, study_spec
 from certstudy.study.records import (
     BEST_EPOCH_KEY,
     EXPERIMENT_ATTR,
@@ -33,7 +33,8 @@ from certstudy.study.records import (
     PruneDecision,
     summary_metrics,
 )
-from certstudy.study.stored_sqlite import latest_study_runs, local_artifact, sqlite_path
+from certstudy.study.store_urls import sqlite_path
+from certstudy.study.stored_sqlite import latest_study_runs, local_artifact
 from certstudy.workdir import TRACKING_STORE, Workdir
 
 if TYPE_CHECKING:
@@ -53,21 +54,6 @@ class Candidate:
 
     def value(self, metric: str) -> float:
         return self.metrics.get(metric, math.nan)
-
-
-def study_spec(workdir: Workdir, study: str) -> StudySpec:
-    """The study as launched from its current folder (``Workdir.check_current``)."""
-    workdir.check_current(study)
-    path = workdir.study_file(study)
-    if not path.exists():
-        raise SpecError(
-            str(workdir.root), "study", study, f"no study of that name in this work directory (looked for {path})"
-        )
-    from certstudy.study.spec import load_study
-
-    spec = load_study(path)
-    workdir.check_current(study, spec.name)
-    return spec
 
 
 def study_tracker(workdir: Workdir, spec: StudySpec, tracking_uri: str | None = None) -> Tracker:

@@ -9,11 +9,14 @@ A file that lacks them (edited by hand) is validated instead, which names what i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certstudy.errors import SpecError
 from certstudy.safe_yaml import load_file
 from certstudy.workdir import Workdir
+
+if TYPE_CHECKING:
+    from certstudy.study.spec import StudySpec
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,6 @@ class LaunchedStudy:
                 raise ValueError("no objectives")
             launched = cls(str(doc["name"]), objectives, int(doc["search"]["num_trials"]), str(experiment))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            from certstudy.study.export import study_spec  # not as launched: the schema says what is wrong
-
             spec = study_spec(workdir, study)
             return cls(
                 spec.name,
@@ -68,3 +69,19 @@ class LaunchedStudy:
             )
         workdir.check_current(study, launched.name)
         return launched
+
+
+def study_spec(workdir: Workdir, study: str) -> StudySpec:
+    """The study as launched from its current folder (``Workdir.check_current``), validated by the
+    schema (which imports torch: seconds; ``LaunchedStudy.read`` is the light reading)."""
+    workdir.check_current(study)
+    path = workdir.study_file(study)
+    if not path.exists():
+        raise SpecError(
+            str(workdir.root), "study", study, f"no study of that name in this work directory (looked for {path})"
+        )
+    from certstudy.study.spec import load_study
+
+    spec = load_study(path)
+    workdir.check_current(study, spec.name)
+    return spec

@@ -25,7 +25,7 @@ from contextlib import closing
 from importlib.metadata import version
 from pathlib import Path
 
-from certstudy.study.stored_sqlite import sqlite_path
+from certstudy.study.store_urls import sqlite_path
 
 SCHEMA_DIR = Path(__file__).with_name("mlflow_schema")
 _SKIPPED_ROWS = ('INSERT INTO "experiments"',)  # the Default experiment: MLflow adds it where the store is opened

@@ -27,7 +27,8 @@ import yaml
 
 from certstudy.errors import CertstudyError, SpecError
 from certstudy.metric_names import CERTIFICATION_METRIC
-from certstudy.study.export import study_spec, study_tracker
+from certstudy.study.export import study_tracker
+from certstudy.study.launched import study_spec
 from certstudy.study.records import MODEL_ARTIFACT_DIR, RANK_TAG, RANKED_BY_TAG, STUDY_TAG, TRIAL_TAG
 from certstudy.study.spec import StudySpec
 from certstudy.study.tracking import Tracker

@@ -37,7 +37,7 @@ from certstudy.safe_yaml import load_all, load_file, read_text
 from certstudy.schema import DiscriminatedSchema, Schema
 from certstudy.study.certifiable import check_certifiable
 from certstudy.study.pruning import PruningConfig
-from certstudy.study.stored_sqlite import is_sqlite, sqlite_path
+from certstudy.study.store_urls import is_sqlite, sqlite_path
 from certstudy.trial.build import certifier_params
 from certstudy.trial.config import (
     MAX_SEED,

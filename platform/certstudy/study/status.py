@@ -7,7 +7,7 @@ failed or was pruned; the Ray Tune folder says whether an interrupted study can 
 The study as launched (``<study>/study.yaml``, complete with its defaults) gives the name, the
 objective and the planned trial count, read as plain YAML: validating it again would import the
 schema's registries (torch). Sqlite stores are read with ``stored_sqlite`` (no Optuna, no MLflow
-import); other stores through the libraries. Both give the same rows (``tests/test_status_fast.py``).
+import); other stores through the libraries. Both give the same rows (``tests/test_fast_reads.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from certstudy.study.records import (
     TRACKING_ATTR,
     summary_metrics,
 )
+from certstudy.study.store_urls import sqlite_path
 from certstudy.study.stored_sqlite import (
     StoredRun,
     TrialRecord,
@@ -38,7 +39,6 @@ from certstudy.study.stored_sqlite import (
     existing_store,
     mlflow_runs,
     optuna_study,
-    sqlite_path,
 )
 from certstudy.workdir import TRACKING_STORE, Workdir
 
@@ -118,7 +118,7 @@ def read_records(workdir: Workdir, study: LaunchedStudy) -> StoredRecords:
 
 
 def _library_records(workdir: Workdir, study: LaunchedStudy) -> StoredRecords:
-    from certstudy.study.export import study_spec
+    from certstudy.study.launched import study_spec
     from certstudy.study.stored import StoredStudy
 
     stored = StoredStudy.open(workdir, study_spec(workdir, study.name))

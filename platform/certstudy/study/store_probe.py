@@ -12,7 +12,7 @@ Light by design: ``requests`` and SQLAlchemy only, so ``launch`` can ask before 
 from __future__ import annotations
 
 from certstudy.errors import CertstudyError, collapse
-from certstudy.study.stored_sqlite import SQLITE_HEADER, is_sqlite, sqlite_path
+from certstudy.study.store_urls import SQLITE_HEADER, is_sqlite, sqlite_path
 from certstudy.url_secrets import redacted
 
 DEFAULT_TIMEOUT_S = 10.0

@@ -7,7 +7,7 @@ read-only (``mode=ro``: a reader never creates, migrates or locks a store for wr
 stores (PostgreSQL, an MLflow server) go through the libraries (``stored.StoredStudy``).
 
 Only what status shows is read, from tables whose layout Optuna and MLflow keep across releases
-(MLflow is pinned; ``tests/test_status_fast.py`` checks both readers against the libraries' own
+(MLflow is pinned; ``tests/test_fast_reads.py`` checks both readers against the libraries' own
 view of the same study): Optuna's ``studies``, ``trials``, ``trial_params``, ``trial_values``,
 ``trial_user_attributes`` and ``study_user_attributes``; MLflow's ``runs``, ``tags`` and
 ``latest_metrics``.
@@ -27,8 +27,9 @@ from urllib.parse import unquote, urlsplit
 
 from certstudy.errors import CertstudyError
 from certstudy.study.records import OPTUNA_TAG, PARENT_TAG, ROLE_TAG, SERIES_PROBE, STUDY_TAG
+from certstudy.study.store_probe import check_store
+from certstudy.study.store_urls import SQLITE_HEADER, is_sqlite, sqlite_path
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 TUNER_STATE = "tuner.pkl"  # Ray Tune's: what ``Tuner.can_restore`` looks for
 
 
@@ -48,8 +49,6 @@ def existing_store(uri: str, what: str) -> str:
     empty, in memory, failing sqlite's ``quick_check``, not answering). A file is opened read-only,
     so the check itself writes nothing."""
     if uri.startswith(("http://", "https://")):  # a dead server is one line within seconds, not a hang
-        from certstudy.study.store_probe import check_store
-
         check_store(uri, what)
         return uri
     if not is_sqlite(uri):
@@ -118,28 +117,6 @@ class StoredRun:
             RunData(dict(run.data.tags), dict(run.data.metrics)),
             epochs,
         )
-
-
-def is_sqlite(uri: str) -> bool:
-    """Whether ``uri`` is a SQLAlchemy sqlite URL, with any driver (``sqlite+pysqlite://``)."""
-    scheme, sep, _ = uri.partition("://")
-    return bool(sep) and scheme.split("+", 1)[0].lower() == "sqlite"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite URL of any driver (``sqlite:///rel``, ``sqlite:////abs``,
-    ``sqlite+pysqlite:///...``, options after ``?`` dropped); None for any other URL and for an
-    in-memory database (``sqlite://``, ``:memory:``, a ``file:`` URI), which holds no file."""
-    if not is_sqlite(uri):
-        return None
-    rest = uri.partition("://")[2]
-    path_part, _, query = rest.partition("?")
-    if not path_part.startswith("/"):
-        return None
-    database = unquote(path_part[1:])
-    if database in ("", ":memory:") or database.startswith("file:") or "mode=memory" in query:
-        return None
-    return Path(database)
 
 
 @contextmanager
