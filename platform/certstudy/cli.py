@@ -25,6 +25,7 @@ from rich.table import Table
 
 from certstudy import __version__
 from certstudy.errors import ERROR_LINE_LIMIT, CertstudyError, collapse, disk_full_message, elide_middle
+from certstudy.study.records import FINISHED
 from certstudy.workdir import NAME_PATTERN, Workdir
 
 if TYPE_CHECKING:
@@ -436,7 +437,7 @@ def _report_outcome(outcome: StudyOutcome, workdir: Workdir) -> int:
             highlight=False,
         )
         return 130
-    return 0 if c.get("completed", 0) + c.get("pruned", 0) > 0 else 1
+    return 0 if sum(c.get(s, 0) for s in FINISHED) > 0 else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:

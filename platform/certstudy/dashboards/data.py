@@ -13,7 +13,14 @@ from typing import Any
 
 import optuna
 
-from certstudy.study.records import METHOD_LABEL_TAG, PRUNE_REASON_TAG, PRUNED_AT_TAG, STATUS_TAG, summary_metrics
+from certstudy.study.records import (
+    FINISHED,
+    METHOD_LABEL_TAG,
+    PRUNE_REASON_TAG,
+    PRUNED_AT_TAG,
+    STATUS_TAG,
+    summary_metrics,
+)
 from certstudy.study.spec import StudySpec
 from certstudy.study.status import state_name
 from certstudy.study.stored import StoredStudy
@@ -55,7 +62,7 @@ class StudyData:
 
     @property
     def finished(self) -> list[TrialData]:
-        return [t for t in self.trials if t.state in ("completed", "pruned")]
+        return [t for t in self.trials if t.state in FINISHED]
 
     @property
     def searched(self) -> list[str]:

@@ -23,6 +23,7 @@ from certstudy.dashboards.layout import (
     TopTable,
 )
 from certstudy.metric_names import autoattack_acc_name, cert_gap_name, certified_acc_name, robust_acc_name
+from certstudy.study.records import State
 from certstudy.study.space import METHOD_PARAM
 from certstudy.study.spec import certificates_of
 
@@ -308,7 +309,7 @@ def param_effects(panel: ParamEffects, data: StudyData) -> list[go.Figure] | Non
                     marker={
                         "color": _color(m_i),
                         "size": 9,
-                        "symbol": ["circle" if t.state == "completed" else "x" for t in group],
+                        "symbol": ["circle" if t.state == State.COMPLETED else "x" for t in group],
                     },
                     text=[f"trial {t.number} ({t.state})" for t in group],
                 )

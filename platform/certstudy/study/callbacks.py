@@ -38,6 +38,7 @@ from certstudy.study.records import (
     STATUS_TAG,
     STUDY_TAG,
     TRIAL_ID_TAG,
+    State,
     failure_reason,
     result_epoch,
     result_tags,
@@ -470,7 +471,7 @@ class MlflowTrialCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         reason = failure_reason(trial.last_result)
         if reason is not None:
-            self._end(trial, "FAILED", {STATUS_TAG: "failed", REASON_TAG: reason})
+            self._end(trial, "FAILED", {STATUS_TAG: State.FAILED, REASON_TAG: reason})
             return
         model_dir = None
         checkpoint = trial.checkpoint
@@ -482,14 +483,14 @@ class MlflowTrialCallback(Callback):
                     if (Path(d) / ARTIFACTS_DIR).is_dir():
                         shutil.copytree(Path(d) / ARTIFACTS_DIR, Path(model_dir) / ARTIFACTS_DIR)
         decision = self.searcher.prune_decision(trial.trial_id) if self.searcher is not None else None
-        self._end(trial, "FINISHED", decision.tags() if decision else {STATUS_TAG: "completed"}, model_dir)
+        self._end(trial, "FINISHED", decision.tags() if decision else {STATUS_TAG: State.COMPLETED}, model_dir)
 
     @timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if stopping(self.study.name):  # a full disk stopped it: interrupted, to be resumed
-            self._end(trial, "KILLED", {STATUS_TAG: "killed", REASON_TAG: "the study stopped: disk full"})
+            self._end(trial, "KILLED", {STATUS_TAG: State.KILLED, REASON_TAG: "the study stopped: disk full"})
             return
-        self._end(trial, "FAILED", {STATUS_TAG: "failed", REASON_TAG: trial_error_reason(trial)})
+        self._end(trial, "FAILED", {STATUS_TAG: State.FAILED, REASON_TAG: trial_error_reason(trial)})
 
     @timed
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -503,7 +504,7 @@ class MlflowTrialCallback(Callback):
                 self._end(
                     trial,
                     "KILLED",
-                    {STATUS_TAG: "killed", REASON_TAG: f"study ended while the trial was {trial.status}"},
+                    {STATUS_TAG: State.KILLED, REASON_TAG: f"study ended while the trial was {trial.status}"},
                 )
         self.flush()
 

@@ -24,6 +24,7 @@ from certstudy.study.launched import LaunchedObjective, LaunchedStudy, study_spe
 from certstudy.study.records import (
     BEST_EPOCH_KEY,
     EXPERIMENT_ATTR,
+    FINISHED,
     OPTUNA_TAG,
     PARENT_ATTR,
     PRUNE_REASON_ATTR,
@@ -78,7 +79,7 @@ def _candidates(runs: Sequence[Any]) -> list[Candidate]:
     return [
         Candidate(r, summary_metrics(r.data.metrics))
         for r in runs
-        if r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) in ("completed", "pruned")
+        if r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) in FINISHED
     ]
 
 

@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from certstudy import phases
-from certstudy.study.records import PruneDecision, summary_metrics
+from certstudy.study.records import ENDED, FINISHED, PruneDecision, State, summary_metrics
 from certstudy.study.spec import Objective
 from certstudy.trial.robustness import ALARM_RESULT
 
@@ -36,7 +36,7 @@ from certstudy.trial.robustness import ALARM_RESULT
 class TrialView:
     label: str
     method: str
-    state: str = "running"
+    state: str = State.RUNNING
     epoch: int = -1
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
@@ -163,7 +163,7 @@ class Progress:
                     "phase": self._phase_text(v),
                 }
                 for v in self.trials.values()
-                if v.state == "running"
+                if v.state == State.RUNNING
             }
         tmp = path.with_name(f".{path.name}.tmp")
         try:
@@ -185,7 +185,7 @@ class Progress:
         """A trial's phase as its board entry has it; steps of the end phases are events."""
         with self._lock:
             view = self.trials.get(trial_id)
-            if view is None or view.state != "running":
+            if view is None or view.state != State.RUNNING:
                 return
             name, step = str(phase.get("name", "")), str(phase.get("step", ""))
             new_step = (name, step) != (view.phase, view.step) or int(phase.get("epoch", -1)) != view.board_epoch
@@ -204,7 +204,7 @@ class Progress:
         view = self.trials.setdefault(
             trial_id, TrialView(label, method or self.default_method, started_at=time.monotonic(), epochs=self.epochs)
         )
-        view.state = "running"
+        view.state = State.RUNNING
         self._event(f"{label} ({view.method}) started")
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -225,7 +225,7 @@ class Progress:
             view.metrics = summary_metrics(
                 {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             )
-        if self.verbose and view.state == "running" and new_epoch:
+        if self.verbose and view.state == State.RUNNING and new_epoch:
             self._event(f"{view.label} ({view.method}) epoch {self._epoch_text(view)}: {self._objective_text(view)}")
         self._refresh()
 
@@ -238,7 +238,7 @@ class Progress:
             self.result(trial_id, result)
             if result.get(ALARM_RESULT):
                 self._event(f"ALARM {view.label} ({view.method}): {result[ALARM_RESULT]}")
-        view.state, view.ended_at = ("pruned" if pruned else "completed"), time.monotonic()
+        view.state, view.ended_at = (State.PRUNED if pruned else State.COMPLETED), time.monotonic()
         if pruned:
             view.reason = pruned.reason
             self._event(
@@ -252,13 +252,13 @@ class Progress:
         view = self.trials.get(trial_id)
         if view is None:
             return
-        view.state, view.reason, view.ended_at = "failed", reason, time.monotonic()
+        view.state, view.reason, view.ended_at = State.FAILED, reason, time.monotonic()
         self._event(f"{view.label} ({view.method}) failed: {reason}")
 
     # rendering -------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        out = {"running": 0, "completed": 0, "pruned": 0, "failed": 0}
+        out = {str(s): 0 for s in (State.RUNNING, State.COMPLETED, State.PRUNED, State.FAILED)}
         for state, n in self.earlier.items():
             out[state] = out.get(state, 0) + n
         for v in self.trials.values():
@@ -281,7 +281,7 @@ class Progress:
         done = [
             v
             for v in self.trials.values()
-            if v.state in ("completed", "pruned") and math.isfinite(v.metrics.get(obj.metric, math.nan))
+            if v.state in FINISHED and math.isfinite(v.metrics.get(obj.metric, math.nan))
         ]
         if not done:
             return None
@@ -297,12 +297,12 @@ class Progress:
         best = self.best()
         best_text = f"best {self._objective_text(best)} ({best.label}, {best.method})" if best else "best: none yet"
         now = time.monotonic()
-        ended = c["completed"] + c["pruned"] + c["failed"]
-        pending = max(0, self.num_trials - ended - c["running"])
+        ended = sum(c[s] for s in ENDED)
+        pending = max(0, self.num_trials - ended - c[State.RUNNING])
         eta = self._study_eta(now, pending)
         return Text(
-            f"{self.study}: {c['completed'] + c['pruned']}/{self.num_trials} done ({c['pruned']} pruned), "
-            f"{c['running']} running, {pending} pending, {c['failed']} failed | {best_text} | "
+            f"{self.study}: {sum(c[s] for s in FINISHED)}/{self.num_trials} done ({c[State.PRUNED]} pruned), "
+            f"{c[State.RUNNING]} running, {pending} pending, {c[State.FAILED]} failed | {best_text} | "
             f"elapsed {_clock(now - self.t0)}" + (f", ETA {_clock(eta)}" if eta is not None else ""),
         )
 
@@ -310,7 +310,7 @@ class Progress:
         """The running trials' longest ETA, plus the pending trials at the mean wall of ended ones
         spread over as many at a time as run now; None while nothing allows a guess."""
         with self._lock:
-            running = [v for v in self.trials.values() if v.state == "running"]
+            running = [v for v in self.trials.values() if v.state == State.RUNNING]
             walls = [v.ended_at - v.started_at for v in self.trials.values() if v.ended_at]
         etas = [e for e in (v.eta_s(now) for v in running) if e is not None]
         if running and not etas:
@@ -339,7 +339,7 @@ class Progress:
         """The live view: the study line, then one line per running trial."""
         now = time.monotonic()
         with self._lock:
-            running = [v for v in self.trials.values() if v.state == "running"]
+            running = [v for v in self.trials.values() if v.state == State.RUNNING]
             lines = [self._trial_line(v, now) for v in running]
         return Group(self._status(), *(Text(line) for line in lines))
 
@@ -360,7 +360,7 @@ class Progress:
 
     def summary(self, top: int = 5) -> Table:
         obj = self.objectives[0]
-        done = [v for v in self.trials.values() if v.state in ("completed", "pruned") and obj.metric in v.metrics]
+        done = [v for v in self.trials.values() if v.state in FINISHED and obj.metric in v.metrics]
         done.sort(key=lambda v: v.metrics[obj.metric], reverse=obj.mode == "max")
         table = Table(title=f"top trials of {self.study} by {obj.metric} ({obj.mode})")
         columns = [o.metric for o in self.objectives] + [
@@ -374,7 +374,7 @@ class Progress:
         for col in columns:
             table.add_column(col, justify="right")
         for v in done[:top]:
-            epochs = f"{v.epoch + 1}" + (f" (pruned: {v.reason})" if v.state == "pruned" else "")
+            epochs = f"{v.epoch + 1}" + (f" (pruned: {v.reason})" if v.state == State.PRUNED else "")
             table.add_row(
                 v.label, v.method, epochs, *(f"{v.metrics[c]:.4f}" if c in v.metrics else "-" for c in columns)
             )

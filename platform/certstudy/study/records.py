@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from certstudy.metric_names import (
@@ -95,6 +96,27 @@ __all__ = [
 ]
 
 
+# --- where a trial or a study stands ----------------------------------------------------------
+
+
+class State(StrEnum):
+    """certstudy's words for where a trial or a study stands, one spelling everywhere: the live
+    progress and its counts, the MLflow ``STATUS_TAG``, ``certstudy status`` (Optuna's states in
+    these words), the results table and export."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    PRUNED = "pruned"
+    FAILED = "failed"
+    KILLED = "killed"
+    INTERRUPTED = "interrupted"  # RUNNING in the stores, but no process holds the study
+    WAITING = "waiting"
+
+
+FINISHED = frozenset({State.COMPLETED, State.PRUNED})  # ended with metrics: ranked, exported, tabulated
+ENDED = FINISHED | {State.FAILED}  # counts against the planned trials
+
+
 # --- prune decisions ----------------------------------------------------------------------------
 
 
@@ -107,7 +129,7 @@ class PruneDecision:
     def tags(self) -> dict[str, str]:
         """The pruned trial's MLflow run tags."""
         return {
-            STATUS_TAG: "pruned",
+            STATUS_TAG: State.PRUNED,
             PRUNE_REASON_TAG: self.reason,
             PRUNED_AT_TAG: str(self.epoch),
             PRUNE_DETAIL_TAG: self.detail,

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from certstudy.metric_names import radius_label
 from certstudy.study.launched import LaunchedStudy
-from certstudy.study.records import summary_metrics
+from certstudy.study.records import FINISHED, State, summary_metrics
 from certstudy.study.space import METHOD_PARAM
 from certstudy.study.spec import StudySpec
 from certstudy.study.status import read_records, state_name
@@ -52,7 +52,7 @@ def results_table(workdir: Workdir, spec: StudySpec, top: int = 5) -> Table:
     for trial in records.trials:
         state = state_name(trial.state)
         run = records.runs.get(trial.number)
-        if state not in ("completed", "pruned") or run is None:
+        if state not in FINISHED or run is None:
             continue
         metrics = summary_metrics(run.data.metrics)
         value = metrics.get(objective.metric, trial.values[0] if trial.values else math.nan)
@@ -82,7 +82,7 @@ def results_table(workdir: Workdir, spec: StudySpec, top: int = 5) -> Table:
         table.add_column(column, justify="right")
     default_method = spec.method_entries[0].key
     for _, trial, state, metrics, epochs in rows[:top]:
-        shown_epochs = str(epochs) + (" (pruned)" if state == "pruned" else "")
+        shown_epochs = str(epochs) + (" (pruned)" if state == State.PRUNED else "")
         table.add_row(
             f"{trial.number}",
             str(trial.params.get(METHOD_PARAM, default_method)),

@@ -46,7 +46,15 @@ from certstudy.study.preflight import check_optuna_storage
 from certstudy.study.progress import Progress
 from certstudy.study.quiet import quiet_libraries
 from certstudy.study.ray_start import join_cluster, start_local_ray, stop_ray, study_cpus
-from certstudy.study.records import EXPERIMENT_ATTR, PARENT_ATTR, REASON_TAG, STATUS_TAG, TRACKING_ATTR
+from certstudy.study.records import (
+    ENDED,
+    EXPERIMENT_ATTR,
+    PARENT_ATTR,
+    REASON_TAG,
+    STATUS_TAG,
+    TRACKING_ATTR,
+    State,
+)
 from certstudy.study.space import SearchSpace, grid_points
 from certstudy.study.spec import StudySpec, dump_study, load_study, tracking_scheme
 from certstudy.study.status import state_name
@@ -279,7 +287,7 @@ class StudySession:
         self.experiment_id = self.tracker.client.get_run(parent).info.experiment_id
         self.tracker.client.update_run(parent, status="RUNNING")
         self.parent_run_id = parent
-        self.tracker.client.set_tag(parent, STATUS_TAG, "running")
+        self.tracker.client.set_tag(parent, STATUS_TAG, State.RUNNING)
 
     def start_ray(self, address: str | None, verbose: bool) -> None:
         self.started_ray = _init_ray(address, verbose, self.workdir, self.spec)
@@ -313,7 +321,7 @@ class StudySession:
         self.timings.update(self.progress.trial_seconds())
         self._print_results()  # before teardown and the end hooks: the user has the results
         counts = self.progress.counts()
-        ended = counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0)
+        ended = sum(counts.get(s, 0) for s in ENDED)
         if ended < self.spec.search.num_trials:  # Ray Tune turns a first Ctrl-C into a graceful stop
             self._status = ("KILLED", f"interrupted after {ended} of {self.spec.search.num_trials} trials")
         else:
@@ -379,7 +387,7 @@ class StudySession:
         if self.tracker is not None and self.parent_run_id:
             for run in self.tracker.child_runs(self.experiment_id, self.parent_run_id):
                 if run.info.status in ("RUNNING", "SCHEDULED"):
-                    tags = {STATUS_TAG: "killed", REASON_TAG: reason or "study ended before the trial finished"}
+                    tags = {STATUS_TAG: State.KILLED, REASON_TAG: reason or "study ended before the trial finished"}
                     self.tracker.end_run(run.info.run_id, "KILLED", tags)
             tags = {STATUS_TAG: status.lower(), **({REASON_TAG: reason} if reason else {})}
             if status == "FINISHED":

@@ -20,7 +20,9 @@ from certstudy.errors import CertstudyError
 from certstudy.study.launched import LaunchedStudy
 from certstudy.study.lock import running_holder
 from certstudy.study.records import (
+    ENDED,
     FAIL_REASON_ATTR,
+    FINISHED,
     PARENT_ATTR,
     PRUNE_REASON_TAG,
     PRUNED_AT_TAG,
@@ -29,6 +31,7 @@ from certstudy.study.records import (
     SERIES_PROBE,
     STATUS_TAG,
     TRACKING_ATTR,
+    State,
     summary_metrics,
 )
 from certstudy.study.store_urls import sqlite_path
@@ -42,7 +45,13 @@ from certstudy.study.stored_sqlite import (
 )
 from certstudy.workdir import TRACKING_STORE, Workdir
 
-STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+STATES = {
+    "COMPLETE": State.COMPLETED,
+    "PRUNED": State.PRUNED,
+    "FAIL": State.FAILED,
+    "RUNNING": State.RUNNING,
+    "WAITING": State.WAITING,
+}
 
 
 def state_name(state: Any) -> str:
@@ -75,11 +84,7 @@ class StudyStatus:
     @property
     def best(self) -> TrialRow | None:
         obj = self.study.objective
-        done = [
-            r
-            for r in self.rows
-            if r.state in ("completed", "pruned") and r.value is not None and math.isfinite(r.value)
-        ]
+        done = [r for r in self.rows if r.state in FINISHED and r.value is not None and math.isfinite(r.value)]
         if not done:
             return None
         return (max if obj.mode == "max" else min)(done, key=lambda r: r.value)  # type: ignore[arg-type, return-value]
@@ -153,15 +158,15 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
     rows = []
     objective = launched.objective.metric
     for t in records.trials:
-        state = "interrupted" if orphaned and t.state == "RUNNING" else state_name(t.state)
+        state = State.INTERRUPTED if orphaned and t.state == "RUNNING" else state_name(t.state)
         value = t.values[0] if t.values else None
         row = TrialRow(t.number, state, dict(t.params), value)
         run = records.runs.get(t.number)
         if run is not None:
             metrics = summary_metrics(run.data.metrics)
             row.epochs = run.epochs
-            row.run_status = "interrupted" if orphaned and run.info.status == "RUNNING" else run.info.status
-            if state in ("completed", "pruned") and objective in metrics:
+            row.run_status = State.INTERRUPTED if orphaned and run.info.status == "RUNNING" else run.info.status
+            if state in FINISHED and objective in metrics:
                 row.value = metrics[objective]  # the best epoch's, where the trial ended on one
             tags = run.data.tags
             if PRUNE_REASON_TAG in tags:
@@ -171,7 +176,7 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
         elif FAIL_REASON_ATTR in t.user_attrs:
             row.note = str(t.user_attrs[FAIL_REASON_ATTR])
         now = live.get(str(t.number))
-        if now is not None and state == "running":
+        if now is not None and state == State.RUNNING:
             row.phase = str(now.get("phase", "-"))
             row.epochs = max(row.epochs or 0, int(now.get("epoch", 0)))
         rows.append(row)
@@ -179,9 +184,7 @@ def study_status(workdir: Workdir, study: str) -> StudyStatus:
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     resumable = (
-        orphaned
-        and can_resume(records.ray_experiment)
-        and counts.get("completed", 0) + counts.get("pruned", 0) + counts.get("failed", 0) < launched.num_trials
+        orphaned and can_resume(records.ray_experiment) and sum(counts.get(s, 0) for s in ENDED) < launched.num_trials
     )
     return StudyStatus(launched, rows, parent_status, resumable, counts, holder)
 

@@ -31,6 +31,7 @@ from certstudy.study.records import (
     STUDY_TAG,
     TRIAL_ID_TAG,
     TRIAL_STUDY_ARTIFACT,
+    State,
 )
 
 _MAX_BATCH = 100  # MLflow accepts at most 100 params (and 1000 metrics) per log_batch
@@ -88,7 +89,7 @@ class Tracker:
         run = self.client.create_run(
             experiment_id,
             run_name=study,
-            tags={ROLE_TAG: "study", STUDY_TAG: study, STATUS_TAG: "running", **(tags or {})},
+            tags={ROLE_TAG: "study", STUDY_TAG: study, STATUS_TAG: State.RUNNING, **(tags or {})},
         )
         self._log_params(run.info.run_id, flatten(params))
         self.client.log_text(run.info.run_id, study_yaml, STUDY_ARTIFACT)
@@ -142,7 +143,13 @@ class Tracker:
         run = self.client.create_run(
             experiment_id,
             run_name=run_name,
-            tags={ROLE_TAG: "trial", PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, STATUS_TAG: "running", **tags},
+            tags={
+                ROLE_TAG: "trial",
+                PARENT_TAG: parent_run_id,
+                TRIAL_ID_TAG: trial_id,
+                STATUS_TAG: State.RUNNING,
+                **tags,
+            },
         )
         run_id = run.info.run_id
         self._log_params(run_id, flatten(params))
@@ -187,9 +194,9 @@ class Tracker:
         for parent in stale:
             for run in self.child_runs(experiment_id, parent.info.run_id):
                 if run.info.status in ("RUNNING", "SCHEDULED"):
-                    self.end_run(run.info.run_id, "KILLED", {STATUS_TAG: "killed", REASON_TAG: reason})
+                    self.end_run(run.info.run_id, "KILLED", {STATUS_TAG: State.KILLED, REASON_TAG: reason})
                     closed += 1
-            self.end_run(parent.info.run_id, "KILLED", {STATUS_TAG: "killed", REASON_TAG: reason})
+            self.end_run(parent.info.run_id, "KILLED", {STATUS_TAG: State.KILLED, REASON_TAG: reason})
             closed += 1
         return closed
 
