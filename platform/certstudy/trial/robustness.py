@@ -62,12 +62,14 @@ def autoattack_accuracy(
     """AutoAttack on ``x[points]`` at every positive radius (one seed for all radii)."""
     out = Empirical("autoattack", norm, points)
     xs, ys = x[points.to(x.device)], y[points.to(y.device)]
-    for r in radii:
-        if r > 0:
-            phases.enter(phases.ATTACKING, step=f"autoattack r={r:g}", total=len(ys))
-            out.robust[r] = autoattack_robust(
-                model, xs, ys, norm=norm, eps=r, attacks=config.attack_names, batch_size=config.batch_size, seed=seed
-            ).cpu()  # type: ignore[arg-type]
+    positive = [r for r in radii if r > 0]
+    # AutoAttack runs its attacks over all the points in one call: its progress is counted in radii
+    phases.enter(phases.ATTACKING, step="autoattack", total=len(positive))
+    for k, r in enumerate(positive):
+        out.robust[r] = autoattack_robust(
+            model, xs, ys, norm=norm, eps=r, attacks=config.attack_names, batch_size=config.batch_size, seed=seed
+        ).cpu()  # type: ignore[arg-type]
+        phases.advance(k + 1, len(positive))
     return out
 
 
@@ -107,6 +109,7 @@ def pgd_accuracy(
                 )
                 with torch.no_grad():
                     verdicts.append((model(adv).argmax(1) == yb).cpu())
+                phases.advance(min(i + batch_size, len(y)), len(y))
         out.robust[r] = torch.cat(verdicts)
     return out
 
