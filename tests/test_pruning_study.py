@@ -119,3 +119,16 @@ def test_an_interrupted_study_resumes_with_its_pruning_decisions(tmp_path: Path)
         assert steps[-1] <= 2, steps  # pruned at epoch 1 (a trial interrupted after it resumes at most one epoch later)
     parent = [r for r in runs if r.data.tags.get("certstudy.role") == "study"]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+
+
+def test_a_pruning_study_after_another_study_in_the_same_process_reaches_its_own_board(tmp_path: Path) -> None:
+    """One study launched twice in a row in one process, unpruned then pruned, in two work directories
+    (as bench/pruning_savings.py does): each launch starts its own Ray, whose job ids start at 1
+    again, and the second one's prune decisions must reach its own board, not the first Ray's dead one."""
+    one = {"search": {"num_trials": 1, "max_concurrent": 1, "seed": 1}}
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    launch_study(tmp_path / "first", tiny_study("twice", **one))
+    out = launch_study(tmp_path / "second", pruned_study("twice", **one))
+    (trial,) = out["optuna"].get_trials()
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs["prune_reason"] == "threshold"

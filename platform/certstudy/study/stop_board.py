@@ -48,13 +48,16 @@ def board_name(study: str) -> str:
 
 
 # The driver keeps the creating handle: Ray ends an actor once its owner's handles are gone (a
-# handle found by name does not count). Keyed by Ray job, since tests start Ray more than once.
-_HANDLES: dict[tuple[str, str], Any] = {}
+# handle found by name does not count). Keyed by the driver's node and job: one process may start
+# Ray more than once (two studies in a row, tests), and a fresh Ray numbers its jobs from 1 again,
+# so the job id alone would hand a later study the dead board of an earlier one.
+_HANDLES: dict[tuple[str, str, str], Any] = {}
 
 
 def open_board(study: str) -> Any:
     """The study's board, created on first use (by the driver: it owns it, it dies with it)."""
-    key = (study, ray.get_runtime_context().get_job_id())
+    context = ray.get_runtime_context()
+    key = (study, context.get_node_id(), context.get_job_id())
     if key not in _HANDLES:
         _HANDLES[key] = StopBoard.options(
             name=board_name(study), namespace=NAMESPACE, get_if_exists=True, lifetime=None
