@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from certstudy.analysis.reruns import write_section  # noqa: E402
-from certstudy.study.export import finished_trials  # noqa: E402
-from certstudy.study.launched import study_spec  # noqa: E402
-from certstudy.study.tracking import Tracker  # noqa: E402
+from certstudy.study.records.export import finished_trials
+from certstudy.study.records.launched import study_spec
+from certstudy.study.records.tracking import Tracker
 from certstudy.workdir import Workdir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,11 +27,12 @@ from rich.console import Console
 from certstudy.analysis.reruns import write_section
 from certstudy.errors import CertstudyError
 from certstudy.metric_names import autoattack_acc_name, cert_gap_name, certified_acc_name, noise_acc_name
-from certstudy.study.export import Candidate, finished_trials
-from certstudy.study.launched import study_spec
-from certstudy.study.records import METHOD_LABEL_TAG
-from certstudy.study.spec import StudySpec, certificates_of
-from certstudy.study.tracking import Tracker
+from certstudy.study.records.export import Candidate, finished_trials
+from certstudy.study.records.launched import study_spec
+from certstudy.study.records.names import METHOD_LABEL_TAG
+from certstudy.study.records.tracking import Tracker
+from certstudy.study.spec.checks import certificates_of
+from certstudy.study.spec.schema import StudySpec
 from certstudy.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[1]

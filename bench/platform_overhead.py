@@ -31,8 +31,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from certstudy.study.space import resolve
-from certstudy.study.spec import validate_spec
+from certstudy.study.spec.loading import validate_spec
+from certstudy.study.spec.space import resolve
 from launched import launch_timed
 
 CONCURRENT = 2

@@ -24,11 +24,13 @@ from rich.table import Table
 
 from certstudy.analysis.by_param import searched_values
 from certstudy.analysis.reruns import write_section
-from certstudy.study.export import finished_trials
-from certstudy.study.pruning import PruningConfig
-from certstudy.study.runner import launch
-from certstudy.study.spec import StudySpec, load_study, read_overrides
-from certstudy.study.tracking import Tracker
+from certstudy.study.engine.runner import launch
+from certstudy.study.records.export import finished_trials
+from certstudy.study.records.tracking import Tracker
+from certstudy.study.spec.loading import load_study
+from certstudy.study.spec.overrides import read_overrides
+from certstudy.study.spec.pruning import PruningConfig
+from certstudy.study.spec.schema import StudySpec
 from certstudy.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[1]

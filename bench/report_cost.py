@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from certstudy.study.spec import validate_spec
+from certstudy.study.spec.loading import validate_spec
 from launched import launch_timed
 
 NEVER_PRUNES = {"pruner": {"name": "median", "n_startup_trials": 100000}}  # prunes nothing, but reports block

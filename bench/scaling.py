@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from certstudy.analysis.reruns import write_section
-from certstudy.study.runner import StudyOutcome, launch
-from certstudy.study.spec import validate_spec
+from certstudy.study.engine.runner import StudyOutcome, launch
+from certstudy.study.spec.loading import validate_spec
 from certstudy.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ from rich.console import Console
 from certstudy.analysis.by_param import best_per_param, markdown_table
 from certstudy.analysis.reruns import write_section
 from certstudy.metric_names import autoattack_acc_name, cert_gap_name, certified_acc_name, radius_label, robust_acc_name
-from certstudy.study.launched import study_spec
-from certstudy.study.spec import certificates_of
+from certstudy.study.records.launched import study_spec
+from certstudy.study.spec.checks import certificates_of
 from certstudy.workdir import Workdir
 
 

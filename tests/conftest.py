@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# The tests' own state key (study/state_key.py), outside every test's work directory and the user's
+# The tests' own state key (study/records/state_key.py), outside every test's work directory and the user's
 # config; subprocesses inherit it.
 os.environ["CERTSTUDY_STATE_KEY"] = os.path.join(tempfile.mkdtemp(prefix="certstudy-key-"), "state.key")
 
@@ -84,7 +84,7 @@ def launch_and_interrupt(
     workdir: Path | None = None,
 ) -> tuple[int, str, Path]:
     """``certstudy launch`` in a subprocess whose trials numbered ``hold_from`` and later wait after
-    reporting epoch ``hold_epoch`` (the test-only hold of ``study/trainable.py``); once ``held`` trials
+    reporting epoch ``hold_epoch`` (the test-only hold of ``study/engine/trainable.py``); once ``held`` trials
     are waiting there, Ctrl-C (``kill``: SIGKILL to the driver and the Ray processes it started, a
     lost driver; ``act``: calls it with the hold folder instead, and then lets the trials go on).
     Nothing depends on how fast the trials run. Returns the exit code, the output and the work
@@ -95,7 +95,7 @@ def launch_and_interrupt(
 
     import yaml
 
-    from certstudy.study.trainable import TEST_HOLD_ENV
+    from certstudy.study.engine.trainable import TEST_HOLD_ENV
 
     path = root / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -1,4 +1,4 @@
-"""study/atomic_sync.py: the experiment state reaches its folder through renames, with Ray's exclude rule."""
+"""study/engine/atomic_sync.py: the experiment state reaches its folder through renames, with Ray's exclude rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.fs
 from ray.train._internal.storage import _ExcludingLocalFilesystem, _FilesystemSyncer
 
-from certstudy.study import atomic_sync
+from certstudy.study.engine import atomic_sync
 
 
 def _tree(root: Path) -> dict[str, bytes]:

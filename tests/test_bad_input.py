@@ -206,7 +206,8 @@ def test_a_methods_own_per_epoch_metric_may_steer_its_study(tmp_path: Path) -> N
 )
 def test_every_per_epoch_metric_a_method_reports_is_declared(method: dict, tmp_path: Path) -> None:
     """What validation checks objectives against (``epoch_metrics_of``) is what a trial reports."""
-    from certstudy.study.spec import epoch_metrics_of, validate_spec
+    from certstudy.study.spec.checks import epoch_metrics_of
+    from certstudy.study.spec.loading import validate_spec
     from certstudy.trial import run_trial
 
     study = tiny_study("declared", methods=[method])

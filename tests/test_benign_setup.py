@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from certstudy.errors import SpecError
 from certstudy.models import MODELS
-from certstudy.study.space import grid_points
-from certstudy.study.spec import load_study, validate_spec
+from certstudy.study.spec.loading import load_study, validate_spec
+from certstudy.study.spec.space import grid_points
 from certstudy.trial import run_trial
 from certstudy.trial.config import TrainingConfig, TrialConfig
 from conftest import REPO, tiny_study

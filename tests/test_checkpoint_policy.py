@@ -165,7 +165,7 @@ def test_resuming_from_an_older_save_reruns_the_rest_bit_exactly(tmp_path: Path)
 )
 def test_a_bad_checkpoint_section_names_the_field(section: dict, message: str, tmp_path: Path) -> None:
     pytest.importorskip("optuna", reason="the study layer needs Optuna (absent where the GPU check runs)")
-    from certstudy.study.spec import load_study
+    from certstudy.study.spec.loading import load_study
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(tiny_study("s", checkpoint=section)))

@@ -15,10 +15,10 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from certstudy.study.preflight import PreflightError, check_resources, check_storage
-from certstudy.study.runner import launch
-from certstudy.study.spec import validate_spec
-from certstudy.study.store_probe import StoreUnreachable, check_store
+from certstudy.study.engine.preflight import PreflightError, check_resources, check_storage
+from certstudy.study.engine.runner import launch
+from certstudy.study.records.store_probe import StoreUnreachable, check_store
+from certstudy.study.spec.loading import validate_spec
 from certstudy.workdir import Workdir
 from conftest import tiny_study
 

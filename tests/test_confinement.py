@@ -57,7 +57,7 @@ def test_a_study_files_tracking_store_stays_in_the_work_directory(
 
 
 def test_a_relative_sqlite_store_lands_inside_the_work_directory(tmp_path: Path) -> None:
-    from certstudy.study.spec import validate_spec
+    from certstudy.study.spec.loading import validate_spec
     from certstudy.workdir import Workdir
 
     spec = validate_spec(tiny_study("rel", tracking={"tracking_uri": "sqlite:///stores/m.db"}), "s.yaml")

@@ -246,7 +246,7 @@ def test_the_experiment_page_opens_on_its_runs_not_the_genai_overview(study: dic
     from playwright.sync_api import sync_playwright
 
     from certstudy.cli import _free_port
-    from certstudy.study.records import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from certstudy.study.records.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
     exp_id = study["exp"].experiment_id
     # as an experiment made before the tag existed: `certstudy ui` tags it when it starts

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from certstudy.study.export import export
-from certstudy.study.launched import LaunchedStudy
-from certstudy.study.status import _library_records, read_records, study_status
+from certstudy.study.records.export import export
+from certstudy.study.records.launched import LaunchedStudy
+from certstudy.study.records.status import _library_records, read_records, study_status
 from certstudy.workdir import Workdir
 from conftest import launch_study, tiny_study
 

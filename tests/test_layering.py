@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from certstudy.cli import main
-from certstudy.study import records
+from certstudy.study.records import names as records
 from conftest import REPO, tiny_study
 
 PACKAGE = REPO / "platform" / "certstudy"
@@ -29,7 +29,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_study_never_imports_dashboards_and_lower_layers_never_import_study_or_the_trackers() -> None:
-    for path in (PACKAGE / "study").glob("*.py"):
+    for path in (PACKAGE / "study").rglob("*.py"):
         assert not [m for m in _imports(path) if m.startswith("certstudy.dashboards")], path
     for layer in LOWER:
         for path in (PACKAGE / layer).glob("*.py"):
@@ -39,6 +39,58 @@ def test_study_never_imports_dashboards_and_lower_layers_never_import_study_or_t
                 if m.split(".")[0] in ("ray", "optuna", "mlflow") or m.startswith("certstudy.study")
             ]
             assert not bad, (path, bad)
+
+
+FLOORS = ("spec", "records", "engine")  # lowest first: each imports only the floors below it
+
+
+def _floor_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["certstudy", "study"] and len(parts) > 2 else None
+
+
+def test_the_study_floors_import_downwards_and_the_spec_floor_loads_no_ray_optuna_or_mlflow() -> None:
+    """spec <- records <- engine, counting imports inside functions too; the spec floor imports Ray,
+    Optuna and MLflow nowhere at module level (a pruner is built with Optuna only when asked)."""
+    assert sorted(p.name for p in (PACKAGE / "study").iterdir() if p.suffix == ".py") == ["__init__.py"]
+    for floor in FLOORS:
+        allowed = FLOORS[: FLOORS.index(floor) + 1]
+        for path in (PACKAGE / "study" / floor).glob("*.py"):
+            upward = [m for m in _imports(path) if _floor_of(m) is not None and _floor_of(m) not in allowed]
+            assert not upward, (path, upward)
+    for path in (PACKAGE / "study" / "spec").glob("*.py"):
+        top = ast.parse(path.read_text()).body
+        heavy = [
+            m
+            for node in top
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for m in ([node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names])
+            if m and m.split(".")[0] in ("ray", "optuna", "mlflow")
+        ]
+        assert not heavy, (path, heavy)
+
+
+def test_the_study_layer_has_no_import_cycles() -> None:
+    """Module-level and function-level imports between the study layer's modules form no cycle."""
+    modules = {
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts): path
+        for path in (PACKAGE / "study").rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    edges = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, trail: list[str]) -> None:
+        state[m] = 1
+        for n in edges[m]:
+            assert state.get(n) != 1, " -> ".join([*trail, m, n])
+            if n not in state:
+                visit(n, [*trail, m])
+        state[m] = 2
+
+    for m in modules:
+        if m not in state:
+            visit(m, [])
 
 
 def test_every_record_name_is_spelled_only_in_records() -> None:
@@ -51,7 +103,7 @@ def test_every_record_name_is_spelled_only_in_records() -> None:
     names = {n for n in names if any(c in n for c in "._/")}  # not plain words such as "model"
     assert len(names) >= 25
     for path in PACKAGE.rglob("*.py"):
-        if path.name == "records.py":
+        if path == Path(records.__file__):
             continue
         text = path.read_text()
         spelled = sorted(n for n in names if f'"{n}"' in text)

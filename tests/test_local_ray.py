@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from certstudy.cli import main
-from certstudy.study.trainable import TEST_HOLD_ENV
+from certstudy.study.engine.trainable import TEST_HOLD_ENV
 from conftest import tiny_study, wait_until_held
 
 pytestmark = pytest.mark.integration

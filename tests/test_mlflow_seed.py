@@ -1,4 +1,4 @@
-"""A seeded sqlite tracking store is the store MLflow's migrations make (study/mlflow_seed.py).
+"""A seeded sqlite tracking store is the store MLflow's migrations make (study/records/mlflow_seed.py).
 
 The saved schema is compared with a store the installed MLflow creates itself, table by table,
 index by index and row by row; a seeded store then works as one (MLflow's own schema check on
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from certstudy.study import mlflow_seed
-from certstudy.study.tracking import Tracker
+from certstudy.study.records import mlflow_seed
+from certstudy.study.records.tracking import Tracker
 
 _CONSTRAINTS = ("CONSTRAINT ", "FOREIGN KEY", "CHECK ", "CHECK(", "PRIMARY KEY", "UNIQUE")
 
@@ -47,7 +47,7 @@ def test_the_saved_schema_is_the_installed_mlflows_own(tmp_path: Path) -> None:
     if not mlflow_seed.schema_file().exists():  # another 3.17.x: MLflow creates stores itself (slower, same result)
         pytest.skip(
             f"no schema saved for this MLflow ({mlflow_seed.schema_file().name}): python -m "
-            "certstudy.study.mlflow_seed --write saves it"
+            "certstudy.study.records.mlflow_seed --write saves it"
         )
     migrated, seeded = tmp_path / "migrated.db", tmp_path / "seeded.db"
     MlflowClient(f"sqlite:///{migrated}").search_experiments()  # MLflow migrates a new store itself

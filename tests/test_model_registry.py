@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from certstudy.cli import main
-from certstudy.study.model_registry import BEST_ALIAS, RANK_TAG, TRIAL_TAG
-from certstudy.study.spec import StudySpec
+from certstudy.study.records.model_registry import BEST_ALIAS, RANK_TAG, TRIAL_TAG
+from certstudy.study.spec.schema import StudySpec
 from certstudy.trial.build import load_splits
 from certstudy.trial.loop import _fixed_subset
 from conftest import launch_study, tiny_study
@@ -80,8 +80,8 @@ def test_a_name_owned_by_another_study_an_empty_name_and_a_tampered_model(
     import subprocess
     import sys
 
-    from certstudy.study.model_registry import check_name, default_name
-    from certstudy.study.records import MODEL_ARTIFACT_DIR
+    from certstudy.study.records.model_registry import check_name, default_name
+    from certstudy.study.records.names import MODEL_ARTIFACT_DIR
     from certstudy.trial.checkpoint import MODEL_FILE
 
     one = {"search": {"num_trials": 1, "max_concurrent": 1, "seed": 2}}

@@ -13,7 +13,8 @@ from torch import nn
 
 from certstudy.cli import main
 from certstudy.methods.gloro import GloroParams, scheduled_eps, scheduled_lambda
-from certstudy.study.spec import load_documents, read_overrides
+from certstudy.study.spec.loading import load_documents
+from certstudy.study.spec.overrides import read_overrides
 from certstudy.trial.robustness import noise_accuracy
 from conftest import REPO, tiny_study
 

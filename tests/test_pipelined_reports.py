@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from certstudy.study.trainable import PipelinedReports
+from certstudy.study.engine.trainable import PipelinedReports
 
 
 def test_submit_returns_at_once_and_drain_waits_for_every_result_in_order() -> None:

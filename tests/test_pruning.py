@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from certstudy.errors import SpecError
-from certstudy.study.optuna_bridge import StudySearcher
-from certstudy.study.pruning import OverfittingRule, PrunerConfig, PruningConfig
-from certstudy.study.spec import validate_spec
+from certstudy.study.engine.optuna_bridge import StudySearcher
+from certstudy.study.spec.loading import validate_spec
+from certstudy.study.spec.pruning import OverfittingRule, PrunerConfig, PruningConfig
 from certstudy.trial import run_trial
 from certstudy.trial.checkpoint import MODEL_FILE, load
 from certstudy.trial.config import CheckpointPolicy, TrialConfig
@@ -323,7 +323,7 @@ def test_best_metric_must_be_reported_every_epoch(tmp_path: Path) -> None:
 
 
 def test_study_file_round_trips_with_a_pruning_section(tmp_path: Path) -> None:
-    from certstudy.study.spec import dump_study, load_study
+    from certstudy.study.spec.loading import dump_study, load_study
 
     spec = validate_spec(
         study_with(

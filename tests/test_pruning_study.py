@@ -92,7 +92,7 @@ def test_an_interrupted_study_resumes_with_its_pruning_decisions(tmp_path: Path)
     assert sorted(pruned_before) == [0, 1], first
 
     from certstudy.cli import main
-    from certstudy.study.status import study_status
+    from certstudy.study.records.status import study_status
     from certstudy.workdir import Workdir
 
     halfway = study_status(Workdir(work), "resumed")  # read from storage; Ray is not started

@@ -1,4 +1,4 @@
-"""Contract with Ray Tune internals that study/optuna_bridge.py relies on (Ray is pinned 2.60.*).
+"""Contract with Ray Tune internals that study/engine/optuna_bridge.py relies on (Ray is pinned 2.60.*).
 
 If any of these fail after an upgrade, re-read ray/tune/search/optuna/optuna_search.py and
 ray/tune/execution/tune_controller.py before changing the pin.
@@ -13,9 +13,9 @@ import ray
 from ray.tune.execution import tune_controller
 from ray.tune.search.optuna import OptunaSearch
 
-from certstudy.study.optuna_bridge import StudySearcher
-from certstudy.study.pruning import PruningConfig
-from certstudy.study.records import FAILURE_KEY, OPTUNA_TRIAL_KEY
+from certstudy.study.engine.optuna_bridge import StudySearcher
+from certstudy.study.records.names import FAILURE_KEY, OPTUNA_TRIAL_KEY
+from certstudy.study.spec.pruning import PruningConfig
 
 
 def test_ray_is_the_pinned_version() -> None:
@@ -67,7 +67,7 @@ def test_study_searcher_leaves_a_trial_told_elsewhere_as_it_was_recorded() -> No
     assert "fail_reason" not in trial.user_attrs
 
 
-# --- pruning (study/optuna_bridge.py, study/stop_board.py, study/runner.py:resume) -------------
+# --- pruning (study/engine/optuna_bridge.py, study/engine/stop_board.py, study/engine/runner.py:resume) -------------
 
 
 def test_the_scheduler_sees_each_result_before_the_searcher() -> None:
@@ -122,7 +122,7 @@ def test_define_by_run_suggest_reuses_a_trial_object_we_place_in_ot_trials() -> 
 
 
 def test_ray_init_rewrites_a_loopback_node_ip_through_the_function_study_ray_start_switches_off() -> None:
-    """``study/ray_start.py`` keeps a local study's Ray on 127.0.0.1 by replacing this one call."""
+    """``study/engine/ray_start.py`` keeps a local study's Ray on 127.0.0.1 by replacing this one call."""
     import ray._private.services as services
     from ray._private import worker
 
@@ -161,7 +161,7 @@ def test_a_local_experiment_is_restorable_exactly_when_its_tuner_state_file_exis
     from ray.tune import Tuner
     from ray.tune.impl.tuner_internal import _TUNER_PKL
 
-    from certstudy.study.stored_sqlite import TUNER_STATE, can_resume
+    from certstudy.study.records.stored_sqlite import TUNER_STATE, can_resume
 
     assert TUNER_STATE == _TUNER_PKL
     assert not Tuner.can_restore(str(tmp_path)) and not can_resume(str(tmp_path))
@@ -178,11 +178,11 @@ def test_ray_deletes_old_checkpoints_through_the_module_function_study_atomic_sy
 
 
 def test_tune_gives_its_actors_the_environment_a_local_study_gives_its_workers_instead() -> None:
-    """``study/ray_start.py`` sets Tune's per-actor variables before the local raylet starts and
+    """``study/engine/ray_start.py`` sets Tune's per-actor variables before the local raylet starts and
     then has Tune add none, so its actors can take the raylet's prestarted, preloaded workers."""
     from ray.tune.execution import class_cache
 
-    from certstudy.study.ray_start import TUNE_ACTOR_ENV
+    from certstudy.study.engine.ray_start import TUNE_ACTOR_ENV
 
     assert class_cache.DEFAULT_ENV_VARS == TUNE_ACTOR_ENV
     assert isinstance(class_cache.ENV_VARS_TO_PROPAGATE, (set, frozenset))
@@ -192,7 +192,7 @@ def test_tune_gives_its_actors_the_environment_a_local_study_gives_its_workers_i
 
 
 def test_a_local_head_can_start_without_its_api_server_and_monitor_and_preload_worker_modules() -> None:
-    """``study/ray_start.py`` skips these two head processes and asks the raylet to preload the
+    """``study/engine/ray_start.py`` skips these two head processes and asks the raylet to preload the
     trial module in its workers."""
     import ray._private.node as node
     from ray._private.workers import default_worker

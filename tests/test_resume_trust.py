@@ -18,9 +18,9 @@ import yaml
 
 from certstudy.cli import main
 from certstudy.errors import CertstudyError
-from certstudy.study.records import RAY_STATE_DIGESTS_ATTR
-from certstudy.study.state_digests import keyed_digest
-from certstudy.study.state_key import state_key
+from certstudy.study.records.names import RAY_STATE_DIGESTS_ATTR
+from certstudy.study.records.state_digests import keyed_digest
+from certstudy.study.records.state_key import state_key
 from conftest import launch_and_interrupt, tiny_study
 
 pytestmark = pytest.mark.integration
@@ -97,7 +97,7 @@ def test_a_study_without_recorded_digests_is_not_resumed(tmp_path: Path, capsys:
 def test_the_state_key_is_private_to_its_user_and_kept_outside_the_work_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from certstudy.study import state_key as key_module
+    from certstudy.study.records import state_key as key_module
 
     monkeypatch.delenv(key_module.ENV_VAR)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from certstudy.cli import main
-from certstudy.study.single import run_fixed
-from certstudy.study.spec import load_study
+from certstudy.study.engine.single import run_fixed
+from certstudy.study.spec.loading import load_study
 from certstudy.workdir import Workdir
 from conftest import launch_study
 

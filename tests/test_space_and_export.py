@@ -5,10 +5,11 @@ from __future__ import annotations
 import optuna
 from mlflow.entities import Run, RunData, RunInfo, RunTag
 
-from certstudy.study.export import Candidate, pareto_front, rank
-from certstudy.study.records import OPTUNA_TAG
-from certstudy.study.space import SearchSpace, resolve
-from certstudy.study.spec import Objective, dump_study, validate_spec
+from certstudy.study.records.export import Candidate, pareto_front, rank
+from certstudy.study.records.names import OPTUNA_TAG
+from certstudy.study.spec.loading import dump_study, validate_spec
+from certstudy.study.spec.schema import Objective
+from certstudy.study.spec.space import SearchSpace, resolve
 from conftest import tiny_study
 
 
@@ -88,7 +89,7 @@ def test_launching_a_study_again_keeps_the_earlier_results_aside(tmp_path) -> No
 
     from rich.console import Console
 
-    from certstudy.study.session import prepare_study_dir
+    from certstudy.study.engine.session import prepare_study_dir
     from certstudy.workdir import Workdir
 
     work = Workdir.resolve(tmp_path / "w")

@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from certstudy.cli import main
-from certstudy.study.trainable import TEST_HOLD_ENV
+from certstudy.study.engine.trainable import TEST_HOLD_ENV
 from conftest import tiny_study, wait_until_held
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def test_the_lock_file_records_the_command_line_without_any_url_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Round two, item 4: the holder's command line is recorded with every URL's secrets masked."""
-    from certstudy.study.lock import LOCKS_DIR, StudyLock
+    from certstudy.study.records.lock import LOCKS_DIR, StudyLock
     from certstudy.workdir import Workdir
 
     argv = [

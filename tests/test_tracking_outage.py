@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from certstudy.cli import main
-from certstudy.study.trainable import TEST_HOLD_ENV
+from certstudy.study.engine.trainable import TEST_HOLD_ENV
 from conftest import tiny_study
 
 pytestmark = pytest.mark.integration

@@ -25,12 +25,12 @@ from rich.table import Table
 
 from certstudy import __version__
 from certstudy.errors import ERROR_LINE_LIMIT, CertstudyError, collapse, disk_full_message, elide_middle
-from certstudy.study.records import FINISHED
+from certstudy.study.records.names import FINISHED
 from certstudy.workdir import NAME_PATTERN, Workdir
 
 if TYPE_CHECKING:
-    from certstudy.study.session import StudyOutcome
-    from certstudy.study.spec import StudySpec
+    from certstudy.study.engine.session import StudyOutcome
+    from certstudy.study.spec.schema import StudySpec
 
 # Off a terminal (CI logs, pipes) rich would wrap at 80 columns; tables read better wider.
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -188,7 +188,7 @@ def _load_documents(path: Path, workdir: Workdir, overrides: dict[str, Any] | No
     included, each one's dashboard layout checked and its tracking store confined to ``workdir``."""
     from certstudy.dashboards.layout import check_study_layout
     from certstudy.errors import SpecError
-    from certstudy.study.spec import load_documents
+    from certstudy.study.spec.loading import load_documents
 
     docs = load_documents(path, overrides)
     for spec in docs:
@@ -203,7 +203,7 @@ def _load_documents(path: Path, workdir: Workdir, overrides: dict[str, Any] | No
 def _overrides(args: argparse.Namespace) -> dict[str, Any] | None:
     """The dotted-key overrides of a command line: ``--overrides FILE``, then each ``--set``, then
     ``--num-trials``; later ones win. Bad input is a SpecError naming the option."""
-    from certstudy.study.spec import parse_set, read_overrides
+    from certstudy.study.spec.overrides import parse_set, read_overrides
 
     out: dict[str, Any] = {}
     if getattr(args, "overrides", None) is not None:
@@ -254,7 +254,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.files:
         for spec in _load_documents(path, workdir, _overrides(args)):
             if not args.no_preflight:
-                from certstudy.study.local_preflight import preflight
+                from certstudy.study.engine.local_preflight import preflight
 
                 preflight(str(path), spec, workdir, args.address)
             searched = sum(len(search) for _, search in spec.searched_sections())
@@ -270,8 +270,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _check_stores(args: argparse.Namespace, spec: StudySpec, workdir: Workdir) -> None:
     """Every store the study names beyond the work directory's own answers, before anything starts
-    (one line, exit 2, within a bounded time: ``study/store_probe.py``)."""
-    from certstudy.study.store_probe import check_store
+    (one line, exit 2, within a bounded time: ``study/records/store_probe.py``)."""
+    from certstudy.study.records.store_probe import check_store
 
     uri = spec.tracking_uri(workdir, args.tracking_uri)
     if uri != workdir.tracking_uri:
@@ -284,7 +284,7 @@ def _start_ray_early(args: argparse.Namespace, spec: StudySpec, workdir: Workdir
     """Once the study is valid, this machine's own Ray starts (in the main thread: Ray ties its
     processes' lives to the thread that starts them) while a helper thread imports Ray Tune, MLflow
     and Optuna; ``ray.init`` mostly waits on the processes it starts, so the 2 s of imports and
-    the 2.5 s of Ray start-up overlap, and the workers' preloading (``study/ray_start.py``) starts
+    the 2.5 s of Ray start-up overlap, and the workers' preloading (``study/engine/ray_start.py``) starts
     sooner. Only for the default stores on a local Ray: a tracking server or an Optuna database is
     checked before anything starts, which needs those imports first. Returns True when Ray runs."""
     if args.address is not None or args.optuna_storage is not None:
@@ -294,11 +294,11 @@ def _start_ray_early(args: argparse.Namespace, spec: StudySpec, workdir: Workdir
     import importlib
     import threading
 
-    from certstudy.study.quiet import quiet_libraries
-    from certstudy.study.ray_start import start_local_ray, study_cpus
+    from certstudy.study.engine.quiet import quiet_libraries
+    from certstudy.study.engine.ray_start import start_local_ray, study_cpus
 
     quiet_libraries(args.verbose)  # before Ray starts: its processes take this environment
-    imports = threading.Thread(target=importlib.import_module, args=("certstudy.study.runner",), daemon=True)
+    imports = threading.Thread(target=importlib.import_module, args=("certstudy.study.engine.runner",), daemon=True)
     imports.start()
     workdir.root.mkdir(parents=True, exist_ok=True)
     start_local_ray(workdir, args.verbose, study_cpus(spec))
@@ -311,14 +311,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
     spec = _pick_document(args.file, _load_documents(args.file, workdir, _overrides(args)), args.index)
     _check_stores(args, spec, workdir)
     if not args.no_preflight:  # on a cluster (--address), the session checks its nodes once it has joined
-        from certstudy.study.local_preflight import check_dataset, check_machine_resources
+        from certstudy.study.engine.local_preflight import check_dataset, check_machine_resources
 
         if args.address is None:
             check_machine_resources(str(args.file), spec)
         check_dataset(str(args.file), spec, workdir)
     ray_started = _start_ray_early(args, spec, workdir)
     try:
-        from certstudy.study.runner import launch
+        from certstudy.study.engine.runner import launch
 
         outcome = launch(
             spec,
@@ -336,14 +336,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
         )
     finally:
         if ray_started:  # refused before its session took Ray over (the study is running elsewhere)
-            from certstudy.study.ray_start import stop_ray
+            from certstudy.study.engine.ray_start import stop_ray
 
             stop_ray()
     return _report_outcome(outcome, workdir)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from certstudy.study.runner import resume
+    from certstudy.study.engine.runner import resume
 
     workdir = Workdir.resolve(args.workdir)
     return _report_outcome(
@@ -360,7 +360,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from certstudy.study.status import study_status
+    from certstudy.study.records.status import study_status
 
     workdir = Workdir.resolve(args.workdir)
     st = study_status(workdir, args.study)
@@ -441,13 +441,13 @@ def _report_outcome(outcome: StudyOutcome, workdir: Workdir) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from certstudy.study.export import export
+    from certstudy.study.records.export import export
 
     if args.top < 1:
         raise CertstudyError("--top: must be at least 1")
     registering = args.register or args.name is not None
     if registering:  # every check before anything is written
-        from certstudy.study.model_registry import check_name, check_owner, default_name
+        from certstudy.study.records.model_registry import check_name, check_owner, default_name
 
         name = default_name(args.study) if args.name is None else args.name
         check_name(name, args.name is not None)
@@ -482,9 +482,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"re-run one with: certstudy run {out} --index 1", highlight=False)
     if registering:
-        from certstudy.study.launched import study_spec
-        from certstudy.study.model_registry import BEST_ALIAS, register
-        from certstudy.study.stored import study_tracking_uri
+        from certstudy.study.records.launched import study_spec
+        from certstudy.study.records.model_registry import BEST_ALIAS, register
+        from certstudy.study.records.stored import study_tracking_uri
 
         workdir = Workdir.resolve(args.workdir)
         versions = register(workdir, docs, name, args.tracking_uri)
@@ -504,7 +504,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     workdir = Workdir.resolve(args.workdir)
     spec = _pick_document(args.file, _load_documents(args.file, workdir, _overrides(args)), args.index)
-    from certstudy.study.single import run_fixed
+    from certstudy.study.engine.single import run_fixed
 
     def on_epoch(m: dict[str, float]) -> None:
         console.print(
@@ -520,7 +520,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.compared:
         table.add_column("exported", justify="right")
         table.add_column("diff", justify="right")
-    from certstudy.study.records import numeric_metrics, result_tags
+    from certstudy.study.records.names import numeric_metrics, result_tags
 
     values = numeric_metrics(outcome.metrics)
     for key in sorted(values):
@@ -625,8 +625,8 @@ def _ui_answers(url: str, server: subprocess.Popen[bytes], timeout_s: float) -> 
 
 
 def _study_link(workdir: Workdir, study: str, url: str) -> str | None:
-    from certstudy.study.export import study_tracker
-    from certstudy.study.launched import study_spec
+    from certstudy.study.records.export import study_tracker
+    from certstudy.study.records.launched import study_spec
 
     spec = study_spec(workdir, study)
     tracker = study_tracker(workdir, spec)
@@ -659,8 +659,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     link = _study_link(workdir, args.study, url) if args.study else None
     experiments: list[tuple[str, str]] = []
     if (workdir.root / "mlflow.db").is_file():
-        from certstudy.study.stored_sqlite import existing_store
-        from certstudy.study.tracking import Tracker
+        from certstudy.study.records.stored_sqlite import existing_store
+        from certstudy.study.records.tracking import Tracker
 
         experiments = Tracker(existing_store(workdir.tracking_uri, "MLflow tracking store")).mark_study_experiments()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -758,7 +758,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     for flag in ("--tracking-uri", "--optuna-storage"):
         uri = getattr(args, flag[2:].replace("-", "_"), None)
         if uri is not None:
-            from certstudy.study.spec import check_optuna_storage, check_tracking_uri, shown_uri
+            from certstudy.study.spec.store_urls import check_optuna_storage, check_tracking_uri, shown_uri
 
             check = check_tracking_uri if flag == "--tracking-uri" else check_optuna_storage
             try:

@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass
 
 from certstudy.analysis.reruns import fmt_value
-from certstudy.study.export import Candidate, finished_trials, rank, study_tracker
-from certstudy.study.launched import study_spec
-from certstudy.study.records import METHOD_LABEL_TAG
-from certstudy.study.spec import StudySpec, space_names
+from certstudy.study.records.export import Candidate, finished_trials, rank, study_tracker
+from certstudy.study.records.launched import study_spec
+from certstudy.study.records.names import METHOD_LABEL_TAG
+from certstudy.study.spec.checks import space_names
+from certstudy.study.spec.schema import StudySpec
 from certstudy.workdir import Workdir
 
 

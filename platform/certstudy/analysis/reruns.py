@@ -16,10 +16,11 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from certstudy.study.export import finished_trials, rank, study_tracker
-from certstudy.study.launched import study_spec
-from certstudy.study.records import METHOD_LABEL_TAG, TRIAL_STUDY_ARTIFACT
-from certstudy.study.spec import StudySpec, validate_spec
+from certstudy.study.records.export import finished_trials, rank, study_tracker
+from certstudy.study.records.launched import study_spec
+from certstudy.study.records.names import METHOD_LABEL_TAG, TRIAL_STUDY_ARTIFACT
+from certstudy.study.spec.loading import validate_spec
+from certstudy.study.spec.schema import StudySpec
 from certstudy.workdir import Workdir
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -67,8 +68,8 @@ def best_per_method(workdir: Workdir, study: str, metric: str | None = None) -> 
 
 
 def _run_one(spec_json: dict[str, Any], workdir: str) -> dict[str, float]:
-    from certstudy.study.records import numeric_metrics
-    from certstudy.study.single import run_fixed
+    from certstudy.study.engine.single import run_fixed
+    from certstudy.study.records.names import numeric_metrics
 
     spec = StudySpec.model_validate(spec_json)
     return numeric_metrics(run_fixed(spec, Workdir.resolve(workdir), track=False).metrics)

@@ -19,8 +19,8 @@ from plotly.offline import get_plotlyjs
 from certstudy.dashboards.data import StudyData, load_study_data
 from certstudy.dashboards.layout import Layout, load_layout
 from certstudy.dashboards.panels import PANELS
-from certstudy.study.launched import study_spec
-from certstudy.study.records import DASHBOARD_ARTIFACT
+from certstudy.study.records.launched import study_spec
+from certstudy.study.records.names import DASHBOARD_ARTIFACT
 from certstudy.workdir import Workdir
 
 STYLE = """

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from certstudy.study.records import (
+from certstudy.study.records.names import (
     FINISHED,
     METHOD_LABEL_TAG,
     PRUNE_REASON_TAG,
@@ -21,9 +21,9 @@ from certstudy.study.records import (
     STATUS_TAG,
     summary_metrics,
 )
-from certstudy.study.spec import StudySpec
-from certstudy.study.status import state_name
-from certstudy.study.stored import StoredStudy
+from certstudy.study.records.status import state_name
+from certstudy.study.records.stored import StoredStudy
+from certstudy.study.spec.schema import StudySpec
 from certstudy.workdir import Workdir
 
 SERIES = ("train/robust_acc", "val/robust_acc")

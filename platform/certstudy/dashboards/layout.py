@@ -18,7 +18,8 @@ from pydantic import Field, ValidationError
 from certstudy.errors import SpecError
 from certstudy.safe_yaml import load_file
 from certstudy.schema import DiscriminatedSchema, Schema
-from certstudy.study.spec import LAYOUT_NAME_PATTERN, StudySpec, validate_spec
+from certstudy.study.spec.loading import validate_spec
+from certstudy.study.spec.schema import LAYOUT_NAME_PATTERN, StudySpec
 from certstudy.workdir import Workdir
 
 LAYOUTS_DIR = Path(__file__).resolve().parents[3] / "dashboards"

@@ -23,9 +23,9 @@ from certstudy.dashboards.layout import (
     TopTable,
 )
 from certstudy.metric_names import autoattack_acc_name, cert_gap_name, certified_acc_name, robust_acc_name
-from certstudy.study.records import State
-from certstudy.study.space import METHOD_PARAM
-from certstudy.study.spec import certificates_of
+from certstudy.study.records.names import State
+from certstudy.study.spec.checks import certificates_of
+from certstudy.study.spec.space import METHOD_PARAM
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
