@@ -95,7 +95,7 @@ def launch_and_interrupt(
 
     import yaml
 
-    from certstudy.study.engine.trainable import TEST_HOLD_ENV
+    from trial_hooks import hold_env
 
     path = root / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -108,7 +108,7 @@ def launch_and_interrupt(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, TEST_HOLD_ENV: f"{hold}:{hold_from}:{hold_epoch}"},
+        env={**os.environ, **hold_env(hold, hold_from, hold_epoch)},
     )
     try:
         wait_until_held(hold, held, proc, wait_s)

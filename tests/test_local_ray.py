@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from certstudy.cli import main
-from certstudy.study.engine.trainable import TEST_HOLD_ENV
 from conftest import tiny_study, wait_until_held
+from trial_hooks import hold_env
 
 pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).parent / "ray")  # the ray CLI of this environment
@@ -82,7 +82,7 @@ def test_a_local_study_starts_its_own_ray_on_loopback_only(tmp_path: Path, forei
     hold.mkdir()
     home_token = Path.home() / ".ray" / "auth_token"
     before = home_token.stat() if home_token.exists() else None
-    env = {**os.environ, TEST_HOLD_ENV: f"{hold}:0:0", "RAY_ADDRESS": foreign_cluster}
+    env = {**os.environ, **hold_env(hold, 0, 0), "RAY_ADDRESS": foreign_cluster}
     proc = subprocess.Popen(
         [sys.executable, "-m", "certstudy.cli", "launch", str(path), "--workdir", str(work)],
         stdout=subprocess.PIPE,

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from certstudy.errors import SpecError
-from certstudy.study.engine.optuna_bridge import StudySearcher
+from certstudy.study.engine.optuna_bridge import StudyPruner, StudySearcher
 from certstudy.study.spec.loading import validate_spec
 from certstudy.study.spec.pruning import OverfittingRule, PrunerConfig, PruningConfig
 from certstudy.trial import run_trial
@@ -196,7 +196,7 @@ def run_epochs(s: StudySearcher, trial_id: str, values: list[float], gaps: list[
 
 def test_searcher_prunes_with_the_optuna_pruner_and_records_pruned(tmp_path: Path) -> None:
     s = make_searcher(tmp_path, {"pruner": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1}})
-    assert isinstance(s.study.pruner, optuna.pruners.MedianPruner)
+    assert isinstance(s.study.pruner, StudyPruner) and isinstance(s.study.pruner.wrapped, optuna.pruners.MedianPruner)
     for tid, vals in (("a", [0.5, 0.6, 0.7]), ("b", [0.4, 0.5, 0.6])):
         s.suggest(tid)
         assert run_epochs(s, tid, vals) is None

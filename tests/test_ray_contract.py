@@ -1,46 +1,71 @@
-"""Contract with Ray Tune internals that study/engine/optuna_bridge.py relies on (Ray is pinned 2.60.*).
+"""What certstudy relies on in Ray Tune and Optuna, checked by behaviour (Ray is pinned 2.60.*).
 
-If any of these fail after an upgrade, re-read ray/tune/search/optuna/optuna_search.py and
-ray/tune/execution/tune_controller.py before changing the pin.
+Each private name or patched attribute in ``study/engine/ray_compat.py`` is exercised here through
+the library itself: a real local node, a real Ray Tune experiment, a real Optuna storage. A change
+of behaviour in an upgrade fails one of these tests; a change of the library's source text that
+keeps the behaviour does not.
 """
 
 from __future__ import annotations
 
-import inspect
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import optuna
+import psutil
+import pytest
 import ray
-from ray.tune.execution import tune_controller
-from ray.tune.search.optuna import OptunaSearch
+from ray import tune
+from ray.tune import Callback
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 
+from certstudy.study.engine import atomic_sync
 from certstudy.study.engine.optuna_bridge import StudySearcher
+from certstudy.study.engine.ray_compat import (
+    TUNE_ACTOR_ENV,
+    experiment_sync,
+    fast_start,
+    ray_experiment_sync,
+    stored_trial_handle,
+    trial_failures,
+)
+from certstudy.study.engine.ray_start import TRIAL_MODULE, start_local_ray, stop_ray
 from certstudy.study.records.names import FAILURE_KEY, OPTUNA_TRIAL_KEY
-from certstudy.study.spec.pruning import PruningConfig
+from certstudy.study.records.stored_sqlite import TUNER_STATE, can_resume
+from certstudy.workdir import Workdir
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+LOG: list[tuple[str, ...]] = []  # calls of the recording scheduler, searcher and callback (driver side)
 
 
 def test_ray_is_the_pinned_version() -> None:
     assert ray.__version__.startswith("2.60."), ray.__version__
 
 
-def test_optuna_search_private_state_names() -> None:
-    s = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max")
-    for name in ("_ot_trials", "_ot_study", "_completed_trials", "_setup_study"):
-        assert hasattr(s, name), f"OptunaSearch no longer has {name}"
-    assert isinstance(s._ot_study, optuna.Study)
-    assert isinstance(s._ot_trials, dict) and isinstance(s._completed_trials, set)
+# --- Optuna ----------------------------------------------------------------------------------------
 
 
-def test_failure_is_shown_to_the_scheduler_before_the_searcher_records_it() -> None:
-    src = inspect.getsource(tune_controller.TuneController._process_trial_failure)
-    assert src.index("_scheduler_alg.on_trial_error") < src.index(
-        "_search_alg.on_trial_complete(trial.trial_id, error=True)"
-    )
-
-
-def test_stock_optuna_search_records_an_errored_trial_with_results_as_complete() -> None:
-    """The reason StudySearcher overrides on_trial_complete; if Ray fixes it, simplify ours."""
-    src = inspect.getsource(OptunaSearch.on_trial_complete)
-    assert "if val is None:" in src and "if error:" in src
+def test_a_stored_trial_handle_reads_and_writes_the_trial_asked_elsewhere(tmp_path: Path) -> None:
+    """``stored_trial_handle``: the trial a lost driver asked, reopened by a new process's study,
+    suggests its stored values and records reports and attributes on that same trial."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    first = optuna.create_study(storage=url, study_name="s", direction="maximize")
+    asked = first.ask()
+    x = asked.suggest_float("x", 0, 1)
+    again = optuna.load_study(study_name="s", storage=url)
+    handle = stored_trial_handle(again, asked.number)
+    assert handle.number == asked.number and handle.suggest_float("x", 0, 1) == x
+    handle.report(0.25, 3)
+    handle.set_user_attr("k", "v")
+    frozen = optuna.load_study(study_name="s", storage=url).trials[0]
+    assert frozen.intermediate_values == {3: 0.25} and frozen.user_attrs == {"k": "v"}
+    with pytest.raises(KeyError):
+        stored_trial_handle(again, 7)
 
 
 def test_study_searcher_tags_trials_and_records_failures_as_fail() -> None:
@@ -67,136 +92,216 @@ def test_study_searcher_leaves_a_trial_told_elsewhere_as_it_was_recorded() -> No
     assert "fail_reason" not in trial.user_attrs
 
 
-# --- pruning (study/engine/optuna_bridge.py, study/engine/stop_board.py, study/engine/runner.py:resume) -------------
+# --- Ray Tune's experiment state, without a node ----------------------------------------------
 
 
-def test_the_scheduler_sees_each_result_before_the_searcher() -> None:
-    """StudyScheduler.on_trial_result reports to Optuna and decides; the searcher's own hook is then a no-op."""
-    src = inspect.getsource(tune_controller.TuneController._process_trial_result)
-    assert src.index("_scheduler_alg.on_trial_result") < src.index("_search_alg.on_trial_result")
-
-
-def test_optuna_search_hard_codes_a_nop_pruner_that_the_study_lets_us_replace() -> None:
-    src = inspect.getsource(OptunaSearch._setup_study)
-    assert "NopPruner()" in src and "create_study(" in src
-    s = StudySearcher(
-        space={"x": optuna.distributions.FloatDistribution(0, 1)},
-        metric="m",
-        mode="max",
-        pruning=PruningConfig(pruner={"name": "threshold", "lower": 0.5}),
-    )
-    assert isinstance(s._ot_study.pruner, optuna.pruners.ThresholdPruner)
-
-
-def test_optuna_search_checkpoints_its_whole_dict_and_restores_in_place() -> None:
-    """Pruning state lives in StudySearcher's __dict__ and must survive Ray's experiment checkpoints."""
-    assert "self.__dict__.copy()" in inspect.getsource(OptunaSearch.save)
-    assert "self.__dict__.update(save_object)" in inspect.getsource(OptunaSearch.restore)
-
-
-def test_tuner_state_is_one_pickle_so_scheduler_and_callbacks_keep_the_searcher() -> None:
-    from ray.tune.impl import tuner_internal
-
-    assert "pickle.dumps(self.__getstate__())" in inspect.getsource(tuner_internal.TunerInternal)
-    assert hasattr(tuner_internal.TunerInternal, "get_run_config")
-    src = inspect.getsource(tune_controller.TuneController)
-    assert "self._search_alg.restore_from_dir(" in src and "self._callbacks.restore_from_dir(" in src
-
-
-def test_a_stopped_trial_reaches_the_searcher_as_complete() -> None:
-    """Why pruning is not a Ray STOP: stock Ray would tell Optuna COMPLETE with a truncated value."""
-    src = inspect.getsource(tune_controller.TuneController.stop_trial)
-    assert "self._search_alg.on_trial_complete(" in src
-
-
-def test_define_by_run_suggest_reuses_a_trial_object_we_place_in_ot_trials() -> None:
-    """After a lost driver, StudySearcher.suggest hands a proposed-but-unknown Optuna trial to the
-    new Ray trial by putting it in _ot_trials before OptunaSearch.suggest runs."""
-    src = inspect.getsource(OptunaSearch.suggest)
-    assert "if trial_id not in self._ot_trials:" in src and "_suggest_from_define_by_run_func" in src
-    study = optuna.create_study(direction="maximize")
-    asked = study.ask()
-    asked.suggest_float("x", 0, 1)
-    again = optuna.trial.Trial(study, asked._trial_id)
-    assert again.suggest_float("x", 0, 1) == asked.params["x"]  # the stored value comes back
-
-
-def test_ray_init_rewrites_a_loopback_node_ip_through_the_function_study_ray_start_switches_off() -> None:
-    """``study/engine/ray_start.py`` keeps a local study's Ray on 127.0.0.1 by replacing this one call."""
-    import ray._private.services as services
-    from ray._private import worker
-
-    assert callable(services.resolve_ip_for_localhost)
-    assert "services.resolve_ip_for_localhost(_node_ip_address)" in inspect.getsource(worker.init)
-
-
-def test_ray_reads_its_token_path_from_the_environment_and_can_forget_a_cached_token() -> None:
-    from ray._private.authentication import authentication_token_setup
-    from ray._raylet import AuthenticationTokenLoader
-
-    assert callable(AuthenticationTokenLoader.instance().reset_cache)
-    assert "RAY_AUTH_TOKEN_PATH" in inspect.getsource(ray.exceptions)
-    assert authentication_token_setup._get_default_token_path().name == "auth_token"
-
-
-def test_the_experiment_syncer_builds_its_upload_in_the_method_study_atomic_sync_replaces() -> None:
-    from ray.train._internal import storage
-
-    params = list(inspect.signature(storage._FilesystemSyncer._sync_up_command).parameters)
-    assert params == ["self", "local_path", "uri", "exclude"], params
-    assert "storage_filesystem" in inspect.getsource(storage._FilesystemSyncer.__init__)
-    src = inspect.getsource(storage.StorageContext.__init__)
-    assert "_FilesystemSyncer(" in src  # the driver's experiment state is synced by this class
-
-
-def test_ray_tune_stops_gracefully_on_sigint_through_the_handler_disk_full_stop_raises() -> None:
-    from ray.tune import tune as tune_module
-
-    src = inspect.getsource(tune_module._setup_signal_catching)
-    assert "signal.SIGINT" in src and "experiment_interrupted_event.set()" in src
-    assert "not experiment_interrupted_event.is_set()" in inspect.getsource(tune_module.run)
-
-
-def test_a_local_experiment_is_restorable_exactly_when_its_tuner_state_file_exists(tmp_path) -> None:
-    from ray.tune import Tuner
-    from ray.tune.impl.tuner_internal import _TUNER_PKL
-
-    from certstudy.study.records.stored_sqlite import TUNER_STATE, can_resume
-
-    assert TUNER_STATE == _TUNER_PKL
-    assert not Tuner.can_restore(str(tmp_path)) and not can_resume(str(tmp_path))
+def test_a_local_experiment_is_restorable_exactly_when_its_tuner_state_file_exists(tmp_path: Path) -> None:
+    assert not tune.Tuner.can_restore(str(tmp_path)) and not can_resume(str(tmp_path))
     (tmp_path / TUNER_STATE).write_bytes(b"")
-    assert Tuner.can_restore(str(tmp_path)) and can_resume(str(tmp_path))
+    assert tune.Tuner.can_restore(str(tmp_path)) and can_resume(str(tmp_path))
 
 
-def test_ray_deletes_old_checkpoints_through_the_module_function_study_atomic_sync_defers() -> None:
-    from ray.train._internal import checkpoint_manager
-
-    src = inspect.getsource(checkpoint_manager._CheckpointManager.register_checkpoint)
-    assert "_delete_fs_path(fs=checkpoint.filesystem, fs_path=checkpoint.path)" in src
-    assert callable(checkpoint_manager._delete_fs_path)
-
-
-def test_tune_gives_its_actors_the_environment_a_local_study_gives_its_workers_instead() -> None:
-    """``study/engine/ray_start.py`` sets Tune's per-actor variables before the local raylet starts and
-    then has Tune add none, so its actors can take the raylet's prestarted, preloaded workers."""
-    from ray.tune.execution import class_cache
-
-    from certstudy.study.engine.ray_start import TUNE_ACTOR_ENV
-
-    assert class_cache.DEFAULT_ENV_VARS == TUNE_ACTOR_ENV
-    assert isinstance(class_cache.ENV_VARS_TO_PROPAGATE, (set, frozenset))
-    src = inspect.getsource(class_cache._ActorClassCache.get)
-    assert "DEFAULT_ENV_VARS.copy()" in src and "in ENV_VARS_TO_PROPAGATE" in src
-    assert 'runtime_env = {"env_vars": env_vars}' in src
+def test_the_experiment_sync_patch_lasts_for_its_block_only() -> None:
+    ray_own = ray_experiment_sync()
+    with atomic_sync.installed():
+        assert ray_experiment_sync() == (atomic_sync._sync_up_command, atomic_sync.delete_later)
+    assert ray_experiment_sync() == ray_own
 
 
-def test_a_local_head_can_start_without_its_api_server_and_monitor_and_preload_worker_modules() -> None:
-    """``study/engine/ray_start.py`` skips these two head processes and asks the raylet to preload the
-    trial module in its workers."""
-    import ray._private.node as node
-    from ray._private.workers import default_worker
+def test_ray_reads_its_token_path_again_only_when_told_to_forget_the_cached_token(tmp_path: Path) -> None:
+    """``forget_cached_token``, in a fresh process (the token cache is process-wide)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("a" * 64)
+    b.write_text("b" * 64)
+    code = f"""
+import os
+from ray._raylet import AuthenticationTokenLoader
+from certstudy.study.engine.ray_compat import forget_cached_token
+def token():
+    raw = AuthenticationTokenLoader.instance().get_raw_token()
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+os.environ["RAY_AUTH_TOKEN_PATH"] = {str(a)!r}
+forget_cached_token()
+first = token()
+os.environ["RAY_AUTH_TOKEN_PATH"] = {str(b)!r}
+cached = token()
+forget_cached_token()
+print(first[:1], cached[:1], token()[:1])
+"""
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["a", "a", "b"], out.stdout
 
-    src = inspect.getsource(node.Node.start_head_processes)
-    assert "self.start_monitor()" in src and "self.start_api_server(" in src
-    assert "worker_preload_modules" in inspect.getsource(default_worker)
+
+# --- a local node and a Ray Tune experiment on it -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workdir]:
+    assert fast_start(), "these tests check the fast start; run them without CERTSTUDY_RAY_FAST_START=0"
+    workdir = Workdir(tmp_path_factory.mktemp("work"))
+    start_local_ray(workdir, verbose=False, cpus=2)
+    try:
+        yield workdir
+    finally:
+        stop_ray()
+
+
+def _session_processes() -> list[str]:
+    """Command lines of this driver's Ray processes."""
+    me = psutil.Process()
+    out = []
+    for p in me.children(recursive=True):
+        try:
+            out.append(" ".join(p.cmdline()))
+        except psutil.Error:
+            pass
+    return out
+
+
+@pytest.mark.integration
+def test_a_local_node_is_on_loopback_without_the_head_helpers_and_preloads_the_trial_module(
+    local_node: Workdir,
+) -> None:
+    assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
+    commands = _session_processes()
+    assert any("raylet" in c for c in commands), commands
+    assert not [c for c in commands if "autoscaler/_private/monitor.py" in c or "dashboard/dashboard.py" in c], commands
+
+    @ray.remote(num_cpus=1)
+    def preloaded(module: str) -> bool:
+        import sys
+
+        return module in sys.modules
+
+    assert ray.get(preloaded.remote(TRIAL_MODULE))
+
+
+class _Recorder(Searcher):
+    """Proposes the given configurations in order and records Ray Tune's calls."""
+
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        super().__init__(metric="score", mode="max")
+        self.configs = list(configs)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        return self.configs.pop(0) if self.configs else Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        LOG.append(("searcher.result", trial_id, str(result["step"])))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        LOG.append(("searcher.complete", trial_id, "error" if error else "ok"))
+
+
+class _Scheduler(FIFOScheduler):
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        LOG.append(("scheduler.result", trial.trial_id, str(result["step"])))
+        if trial.config["kind"] == "stop":
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        LOG.append(("scheduler.error", trial.trial_id, trial.config["kind"]))
+        super().on_trial_error(tune_controller, trial)
+
+
+class _Callback(Callback):
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        LOG.append(("callback.complete", trial.config["kind"], str(trial_failures(trial))))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        LOG.append(("callback.env", trial.config["kind"], result["tune_env"], result["inherited_env"]))
+
+
+def _trainable(config: dict) -> None:
+    import json
+    import tempfile
+
+    marker = Path(config["marks"]) / config["kind"]
+    env = ray.get_runtime_context().runtime_env.get("env_vars") or {}
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            start = json.loads(Path(d, "s.json").read_text())["step"] + 1
+    for step in range(start, 3):
+        if config["kind"] == "error" or (config["kind"] == "flaky" and step == 1 and not marker.exists()):
+            marker.touch()
+            raise RuntimeError("boom")
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "s.json").write_text(json.dumps({"step": step}))
+            tune.report(
+                {
+                    "score": float(step),
+                    "step": step,
+                    "tune_env": json.dumps(sorted(env)),
+                    "inherited_env": json.dumps({k: os.environ.get(k) for k in TUNE_ACTOR_ENV}),
+                },
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
+
+
+@pytest.mark.integration
+def test_ray_tune_calls_the_hooks_certstudy_relies_on_in_order(local_node: Workdir, tmp_path: Path) -> None:
+    """One experiment on the fast-started node, inside the atomic-sync block:
+    - every result reaches the scheduler before the searcher (the scheduler decides pruning);
+    - an errored trial reaches the scheduler's ``on_trial_error`` before the searcher's completion;
+    - a trial the scheduler stops reaches the searcher as complete, not errored;
+    - ``trial_failures`` counts a trial's restarts;
+    - Tune's actors carry no runtime environment and inherit ``TUNE_ACTOR_ENV`` from the workers;
+    - the syncer builds its uploads, and the checkpoint manager deletes old checkpoints, through the
+      functions ``experiment_sync`` put in place."""
+    LOG.clear()
+    (tmp_path / "marks").mkdir()
+    uploads: list[str] = []
+    deletions: list[str] = []
+    sync_up, delete = ray_experiment_sync()
+
+    def recording_sync_up(self: Any, local_path: str, uri: str, exclude: list | None = None) -> Any:
+        uploads.append(uri)
+        return sync_up(self, local_path, uri, exclude)
+
+    def recording_delete(fs: Any, fs_path: str) -> None:
+        deletions.append(fs_path)
+        delete(fs=fs, fs_path=fs_path)
+
+    kinds = ["ok", "stop", "error", "flaky"]
+    tuner = tune.Tuner(
+        _trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_Recorder([{"kind": k, "marks": str(tmp_path / "marks")} for k in kinds]),
+            scheduler=_Scheduler(),
+            num_samples=len(kinds),
+            max_concurrent_trials=1,
+        ),
+        run_config=tune.RunConfig(
+            name="exp",
+            storage_path=str(tmp_path / "storage"),
+            callbacks=[_Callback()],
+            failure_config=tune.FailureConfig(max_failures=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+    with experiment_sync(recording_sync_up, recording_delete):
+        tuner.fit()
+
+    results = [e for e in LOG if e[0] in ("scheduler.result", "searcher.result")]
+    for kind, step in {(e[1], e[2]) for e in results}:
+        seen = [e[0] for e in results if e[1:] == (kind, step)]
+        assert seen[0] == "scheduler.result", (kind, step, seen)
+    errored = [i for i, e in enumerate(LOG) if e[0] == "scheduler.error" and e[2] == "error"]
+    assert errored, LOG
+    error_id = LOG[errored[-1]][1]
+    told = [i for i, e in enumerate(LOG) if e == ("searcher.complete", error_id, "error")]
+    assert told and told[0] > errored[-1], [e for e in LOG if error_id in e]
+    stop_complete = [e for e in LOG if e[0] == "searcher.complete" and e[2] == "ok"]
+    assert len(stop_complete) == 3, LOG  # ok, stop (stopped by the scheduler) and flaky
+    assert ("callback.complete", "flaky", "1") in LOG and ("callback.complete", "ok", "0") in LOG, LOG
+    envs = {e[2:] for e in LOG if e[0] == "callback.env"}
+    assert envs == {("[]", '{"PL_DISABLE_FORK": "1"}')}, envs
+    assert uploads and all(u.endswith("exp") for u in uploads), uploads
+    assert len(deletions) >= 2 and all("checkpoint_" in d for d in deletions), deletions
+    assert tune.Tuner.can_restore(str(tmp_path / "storage" / "exp"))

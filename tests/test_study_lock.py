@@ -14,8 +14,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from certstudy.cli import main
-from certstudy.study.engine.trainable import TEST_HOLD_ENV
 from conftest import tiny_study, wait_until_held
+from trial_hooks import hold_env
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def test_a_running_study_refuses_a_second_launch_and_a_resume(
     path, work, hold = tmp_path / "busy.yaml", tmp_path / "work", tmp_path / "hold"
     path.write_text(yaml.safe_dump(_one_trial("busy")))
     hold.mkdir()
-    first = _launch(path, work, {TEST_HOLD_ENV: f"{hold}:0:0"})
+    first = _launch(path, work, hold_env(hold, 0, 0))
     try:
         wait_until_held(hold, 1, first)  # the first launch is mid-trial, held there
         for argv in (["launch", str(path)], ["resume", "busy"]):
@@ -119,7 +119,7 @@ def test_the_moved_aside_folder_is_not_a_way_around_the_lock(
     path.write_text(yaml.safe_dump(_one_trial("aside")))
     assert main(["launch", str(path), "--workdir", str(work)]) == 0
     hold.mkdir()
-    live = _launch(path, work, {TEST_HOLD_ENV: f"{hold}:0:0"})
+    live = _launch(path, work, hold_env(hold, 0, 0))
     try:
         wait_until_held(hold, 1, live)
         (aside,) = [p.name for p in work.iterdir() if p.name.startswith("aside.prev-")]

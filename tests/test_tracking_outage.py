@@ -20,8 +20,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from certstudy.cli import main
-from certstudy.study.engine.trainable import TEST_HOLD_ENV
 from conftest import tiny_study
+from trial_hooks import hold_env
 
 pytestmark = pytest.mark.integration
 EPOCHS = 4
@@ -87,7 +87,7 @@ def _launch_held(tmp_path: Path, server: Server, wait_s: float) -> tuple[subproc
         stdout=open(log, "w"),  # noqa: SIM115 - closed with the process
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, TEST_HOLD_ENV: f"{hold}:0:1"},
+        env={**os.environ, **hold_env(hold, 0, 1)},
     )
     deadline = time.time() + 180
     while len(list(hold.glob("held-*"))) < 2:  # both trials have reported two epochs

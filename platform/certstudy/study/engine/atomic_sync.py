@@ -20,10 +20,9 @@ deletion is deferred until a state saved after it has reached the folder: each u
 it is launched (right after Ray saves the state), and when it completes it deletes the checkpoints
 whose deletion was asked before that stamp.
 
-This replaces ``_FilesystemSyncer._sync_up_command`` and the checkpoint manager's
-``_delete_fs_path`` (Ray 2.60 is pinned; ``tests/test_ray_contract.py`` fails loudly if either
-changes). Remote storage (``s3://``) keeps Ray's own copy and deletion: an object store writes each
-object whole.
+While a study runs (``installed``), ``ray_compat.experiment_sync`` puts these functions in place of
+Ray's upload builder and checkpoint deletion. Remote storage (``s3://``) keeps Ray's own copy and
+deletion: an object store writes each object whole.
 """
 
 from __future__ import annotations
@@ -34,17 +33,17 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
-from ray.train._internal import checkpoint_manager
-from ray.train._internal.storage import _FilesystemSyncer
+
+from certstudy.study.engine.ray_compat import experiment_sync, ray_experiment_sync
 
 TMP_PREFIX = "tmp-"  # the state digests (study/records/state_digests.py) skip files named so
 
-_ray_sync_up_command = _FilesystemSyncer._sync_up_command
-_ray_delete = checkpoint_manager._delete_fs_path
+_ray_sync_up_command, _ray_delete = ray_experiment_sync()
 _deferred: list[tuple[float, Any, str]] = []  # (asked at, filesystem, path) of checkpoints to delete
 _deferred_lock = threading.Lock()
 
@@ -112,7 +111,7 @@ def upload_state(local_path: str, fs: Any, fs_path: str, exclude: list[str] | No
 
 
 def _sync_up_command(
-    self: _FilesystemSyncer, local_path: str, uri: str, exclude: list | None = None
+    self: Any, local_path: str, uri: str, exclude: list | None = None
 ) -> tuple[Callable[..., None], dict[str, Any]]:
     if isinstance(self.storage_filesystem, pyarrow.fs.LocalFileSystem):
         args = {"local_path": local_path, "fs": None, "fs_path": uri, "exclude": exclude}
@@ -120,7 +119,7 @@ def _sync_up_command(
     return _ray_sync_up_command(self, local_path, uri, exclude)
 
 
-def install() -> None:
-    """Makes this process's Ray Tune syncers copy atomically and defer checkpoint deletion (idempotent)."""
-    _FilesystemSyncer._sync_up_command = _sync_up_command  # type: ignore[method-assign]
-    checkpoint_manager._delete_fs_path = delete_later  # type: ignore[attr-defined]
+def installed() -> AbstractContextManager[None]:
+    """The block in which this process's Ray Tune syncers copy atomically and defer checkpoint
+    deletion; Ray's own functions are back after it."""
+    return experiment_sync(_sync_up_command, delete_later)

@@ -23,6 +23,7 @@ from certstudy.errors import CertstudyError, collapse
 from certstudy.study.engine.disk_full_stop import request_stop, stopping
 from certstudy.study.engine.optuna_bridge import StudySearcher, trial_error_reason
 from certstudy.study.engine.progress import Progress
+from certstudy.study.engine.ray_compat import trial_failures
 from certstudy.study.records.names import (
     BEST_EPOCH_KEY,
     DATASET_TAG,
@@ -495,7 +496,7 @@ class MlflowTrialCallback(Callback):
 
     @timed
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._submit(self._write_retry, trial.trial_id, dict(trial.config), trial.run_metadata.num_failures)
+        self._submit(self._write_retry, trial.trial_id, dict(trial.config), trial_failures(trial))
 
     @timed
     def on_experiment_end(self, trials: list, **info: Any) -> None:

@@ -1,47 +1,48 @@
-"""Optuna inside Ray Tune: a searcher that proposes and records trials, a scheduler that prunes.
+"""Optuna inside Ray Tune, on Optuna's ask/tell interface and Ray Tune's public ``Searcher``.
 
-Ray's ``OptunaSearch`` proposes configurations well but records outcomes poorly: it hard-codes a
-no-op pruner and never asks Optuna whether to prune, a trial stopped by a Ray scheduler reaches
-Optuna as COMPLETE with its truncated value, a trial that errored after reporting is told as
-COMPLETE too, and nothing links an Optuna trial to its Ray trial. ``StudySearcher`` subclasses it
-(Ray 2.60 is pinned; ``tests/test_ray_contract.py`` fails loudly if the private names used here
-change) and ``StudyScheduler``, a thin ``FIFOScheduler``, holds a reference to it.
+``StudySearcher`` proposes each Ray trial's configuration by asking the Optuna study (the
+define-by-run space of ``study/spec/space.py``), tags the Optuna trial with its Ray trial id, and
+tells the outcome: COMPLETE with the objective values, FAIL with a one-line reason (Ray's stock
+``OptunaSearch`` tells an errored trial that had reported as COMPLETE), PRUNED when a prune
+decision was taken (its last intermediate value kept).
 
-Pruning, after every epoch (Ray calls the scheduler before the searcher, and only the scheduler
-can act on a running trial): the scheduler hands the result to ``StudySearcher.observe``, which
-reports the objective to Optuna at step = epoch, asks the study's pruner, applies the
-overfitting rule, and records a decision (Optuna user attrs ``prune_reason``,
-``pruned_at_epoch``). The scheduler posts the decision on the study's stop board; the trial reads
-it as soon as its ``tune.report`` returns, stops training and finishes on its best epoch; the
-searcher then tells Optuna PRUNED (its last intermediate value kept).
+Pruning, after every epoch (Ray calls the scheduler before the searcher, and only the scheduler can
+act on a running trial): ``StudyScheduler`` hands the result to ``StudySearcher.observe``, which
+reports the objective to Optuna at step = epoch (and the overfitting rule's series as a user attr)
+and asks ``StudyPruner``, an Optuna ``BasePruner`` holding the study's pruner and the overfitting
+rule. A decision is recorded on the trial (user attrs ``prune_reason``, ``pruned_at_epoch``); the
+scheduler posts it on the study's stop board; the trial reads it as soon as its ``tune.report``
+returns, stops training and finishes on its best epoch.
 
-All pruning state lives in the searcher, which Ray saves with every experiment checkpoint and
-restores in place; ``tuner.pkl`` pickles searcher, scheduler and callbacks together, so after
-``Tuner.restore`` the scheduler and the callbacks still point at the restored searcher. The
-Optuna storage (sqlite) is the second record: decisions found there are taken back on restore.
+Every record of pruning lives in the Optuna storage, so a restored searcher reads it back instead
+of reconciling a pickled copy: the searcher's own saved state is the map from Ray trial ids to
+Optuna trial numbers, the error reasons not yet told and the sampler.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import pickle
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from certstudy.study.engine.disk_full_stop import request_stop, stopping
+from certstudy.study.engine.ray_compat import stored_trial_handle
 from certstudy.study.engine.stop_board import post_stop
 from certstudy.study.records.names import (
     BEST_EPOCH_KEY,
     FAIL_REASON_ATTR,
     FAILURE_KEY,
     OPTUNA_TRIAL_KEY,
+    OVERFITTING_SERIES_ATTR,
     RAY_TRIAL_ID_ATTR,
     PruneDecision,
     failure_reason,
@@ -81,27 +82,198 @@ def make_sampler(
     return optuna.samplers.TPESampler(seed=seed)
 
 
-class StudySearcher(OptunaSearch):
-    """``OptunaSearch`` that prunes, records failures as FAIL (with a reason) and pruned trials as
-    PRUNED, and tags each Optuna trial with its Ray trial id."""
+class StudyPruner(optuna.pruners.BasePruner):
+    """The study's pruning section as one Optuna pruner: the configured Optuna pruner (single
+    objective) on the reported objective, then the overfitting rule (Rice et al. 2020) on the series
+    ``observe`` keeps in the trial's user attrs. A decision already recorded on the trial stands.
+    Its only state is the trial in the storage."""
 
-    def __init__(self, *args: Any, pruning: PruningConfig | None = None, **kwargs: Any) -> None:
-        self._pruning = pruning or PruningConfig()
-        self._errors: dict[str, str] = {}
-        self._pruned: dict[str, PruneDecision] = {}
-        self._observed: dict[str, int] = {}  # trial id -> last epoch observed
-        self._series: dict[str, dict[int, tuple[float, float]]] = {}  # for the overfitting rule
+    def __init__(self, pruning: PruningConfig, metric: str) -> None:
+        self.pruning = pruning
+        self.metric = metric
+        self.wrapped = pruning.pruner.build() if pruning.pruner.name != "none" else None
+
+    def decide(self, study: optuna.Study, trial: FrozenTrial) -> PruneDecision | None:
+        recorded = PruneDecision.from_attrs(trial.user_attrs)
+        if recorded is not None:
+            return recorded
+        step = trial.last_step
+        if self.wrapped is not None and step is not None and self.wrapped.prune(study, trial):
+            value = trial.intermediate_values[step]
+            return PruneDecision(self.pruning.pruner.name, step, f"{self.metric} {value:.4f} at epoch {step}")
+        rule = self.pruning.overfitting
+        series = overfitting_series(trial)
+        if rule is not None and series:
+            detail = rule.check(series)
+            if detail is not None:
+                return PruneDecision("overfitting", max(series), detail)
+        return None
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return self.decide(study, trial) is not None
+
+
+def overfitting_series(trial: FrozenTrial) -> dict[int, tuple[float, float]]:
+    """epoch -> (metric, gap) as ``observe`` recorded them (JSON: keys are strings, non-finite values
+    null)."""
+    stored = trial.user_attrs.get(OVERFITTING_SERIES_ATTR) or {}
+    return {
+        int(e): (math.nan if v is None else float(v), math.nan if g is None else float(g))
+        for e, (v, g) in stored.items()
+    }
+
+
+def _finite_or_none(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+class StudySearcher(Searcher):
+    """Proposes trials by asking the Optuna study, prunes through ``StudyPruner``, records failures
+    as FAIL (with a reason) and pruned trials as PRUNED, and tags each Optuna trial with its Ray
+    trial id. ``space`` is a define-by-run function of an Optuna trial, or fixed distributions by name."""
+
+    def __init__(
+        self,
+        space: Callable[[Any], Any] | Mapping[str, optuna.distributions.BaseDistribution],
+        metric: str | list[str],
+        mode: str | list[str],
+        *,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        study_name: str | None = None,
+        storage: optuna.storages.BaseStorage | None = None,
+        points_to_evaluate: list[dict[str, Any]] | None = None,
+        pruning: PruningConfig | None = None,
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.space = space
+        self.pruning = pruning or PruningConfig()
+        self.sampler = sampler or optuna.samplers.TPESampler()
+        self.storage = storage or optuna.storages.InMemoryStorage()
+        self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        self.errors: dict[str, str] = {}  # Ray trial id -> why it errored, until told
+        self.orphans: list[int] = []  # proposed after the last saved state, before a driver was lost
         self.staging_dir: str | None = None  # where Ray Tune last saved the experiment state
-        super().__init__(*args, **kwargs)
+        self.pruner = StudyPruner(self.pruning, metric if isinstance(metric, str) else ",".join(metric))
+        modes = mode if isinstance(mode, list) else [mode]
+        study = optuna.create_study(
+            storage=self.storage,
+            sampler=self.sampler,
+            pruner=self.pruner,
+            study_name=study_name,
+            load_if_exists=study_name is not None,
+            directions=["minimize" if m == "min" else "maximize" for m in modes],
+        )
+        self.study_name = study.study_name
+        if points_to_evaluate and not study.get_trials(deepcopy=False):
+            for point in points_to_evaluate:
+                study.enqueue_trial(point)
+        self._study: optuna.Study | None = study
+        self._handles: dict[int, optuna.trial.Trial] = {}
+
+    # the Optuna study, reopened after unpickling ---------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray Tune pickles the searcher in ``tuner.pkl``: the storage (a URL and options, for an
+        RDB storage) and the sampler travel, the live study and trial handles do not."""
+        return {**self.__dict__, "_study": None, "_handles": {}}
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = optuna.load_study(
+                study_name=self.study_name, storage=self.storage, sampler=self.sampler, pruner=self.pruner
+            )
+        return self._study
+
+    def _stored(self, trial_id: str) -> FrozenTrial | None:
+        number = self.numbers.get(trial_id)
+        if number is None:
+            return None
+        trials = self.study.get_trials(deepcopy=False)
+        if number < len(trials) and trials[number].number == number:
+            return trials[number]
+        return next((t for t in trials if t.number == number), None)
+
+    def _handle(self, number: int) -> optuna.trial.Trial:
+        if number not in self._handles:
+            self._handles[number] = stored_trial_handle(self.study, number)
+        return self._handles[number]
+
+    # Ray Tune's Searcher ---------------------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id in self.numbers:
+            trial = self._handle(self.numbers[trial_id])
+        elif self.orphans:
+            # A trial Optuna proposed after Ray's last experiment checkpoint, before the driver
+            # died: the new Ray trial takes it over (same parameters), so the study keeps
+            # exactly its planned number of Optuna trials.
+            trial = self._handle(self.orphans.pop(0))
+        else:
+            trial = self.study.ask(None if callable(self.space) else dict(self.space))
+            self._handles[trial.number] = trial
+        if callable(self.space):
+            self.space(trial)  # a stored trial hands back the values it was given
+        trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        self.numbers[trial_id] = trial.number
+        return {**trial.params, OPTUNA_TRIAL_KEY: trial.number}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Nothing: ``observe`` (called by the scheduler, which runs first) has recorded the epoch."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stored = self._stored(trial_id)
+        if stored is None or stored.state.is_finished():
+            # Unknown, or told already (before a lost driver, and run again after the resume, or
+            # by a restored driver's last moments): the first outcome stands as recorded.
+            return
+        if error and stopping(self.study_name):
+            return  # stopped by a full disk, not failed: the trial resumes (study/engine/disk_full_stop.py)
+        number = stored.number
+        reason = failure_reason(result) or (self.errors.get(trial_id, "trial errored") if error else None)
+        if reason is not None:
+            self._handle(number).set_user_attr(FAIL_REASON_ATTR, reason)
+            self.study.tell(number, state=TrialState.FAIL)
+        elif PruneDecision.from_attrs(stored.user_attrs) is not None:
+            self.study.tell(number, state=TrialState.PRUNED)  # keeps the last intermediate value
+        else:
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            values = [(result or {}).get(m) for m in metrics]
+            try:
+                if any(v is None for v in values):
+                    self.study.tell(number, state=TrialState.PRUNED)  # ended without its objective
+                else:
+                    self.study.tell(number, values if len(values) > 1 else values[0])
+            except (ValueError, TypeError) as exc:  # Optuna refuses a NaN objective, and tells it FAIL
+                logger.warning("trial %s: %s", trial_id, exc)
+        self.errors.pop(trial_id, None)
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         super().save_to_dir(checkpoint_dir, session_str)
         self.staging_dir = checkpoint_dir
 
-    def _setup_study(self, mode: Any) -> None:
-        super()._setup_study(mode)
-        if self._pruning.pruner.name != "none" and isinstance(mode, str):
-            self._ot_study.pruner = self._pruning.pruner.build()
+    def save(self, checkpoint_path: str) -> None:
+        """The searcher's own state (the Optuna storage holds the rest): trial ids to numbers,
+        untold error reasons and the sampler (its random state)."""
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"numbers": self.numbers, "errors": self.errors, "sampler": self.sampler}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """The saved state, then what reached the Optuna storage after it: trials that ended stay
+        ended (Ray may run them again from a checkpoint; Optuna keeps the first outcome), prune
+        decisions are read from the trials, and trials proposed but unknown to the saved state are
+        handed to the next Ray trials that ``suggest`` is asked for. The file is one the study
+        wrote, authenticated before anything is unpickled (``study/records/state_digests.py``)."""
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)  # noqa: S301 - verified by its HMAC digest before Ray restores
+        self.numbers, self.errors, self.sampler = dict(state["numbers"]), dict(state["errors"]), state["sampler"]
+        self._study, self._handles = None, {}
+        known = set(self.numbers.values())
+        self.orphans = [
+            t.number
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number not in known
+        ]
 
     # pruning ---------------------------------------------------------------------------------
 
@@ -109,110 +281,44 @@ class StudySearcher(OptunaSearch):
         """Records one epoch's result and returns the trial's prune decision (a new one, or the
         one taken earlier), or None. Each epoch is taken once: a result seen again (Ray's final
         duplicate, or an epoch repeated after a resume) changes nothing."""
+        stored = self._stored(trial_id)
+        if stored is None:
+            return None
+        recorded = PruneDecision.from_attrs(stored.user_attrs)
         if (
-            failure_reason(result) is not None
+            recorded is not None
+            or failure_reason(result) is not None
             or BEST_EPOCH_KEY in result
-            or trial_id not in self._ot_trials
-            or trial_id in self._completed_trials
+            or stored.state.is_finished()
         ):
-            return self._pruned.get(trial_id)
+            return recorded
         epoch = result_epoch(result)
-        if epoch <= self._observed.get(trial_id, -1) or trial_id in self._pruned:
-            return self._pruned.get(trial_id)
-        self._observed[trial_id] = epoch
-        ot_trial = self._ot_trials[trial_id]
-        decision = None
+        series = overfitting_series(stored)
+        if epoch <= max([*stored.intermediate_values, *series], default=-1):
+            return None
+        handle = self._handle(stored.number)
         value = result.get(self.metric) if isinstance(self.metric, str) else None
         if isinstance(value, (int, float)) and math.isfinite(value):
-            ot_trial.report(float(value), epoch)
-            if self._pruning.pruner.name != "none" and ot_trial.should_prune():
-                decision = PruneDecision(
-                    self._pruning.pruner.name, epoch, f"{self.metric} {value:.4f} at epoch {epoch}"
-                )
-        rule = self._pruning.overfitting
-        if decision is None and rule is not None:
-            series = self._series.setdefault(trial_id, {})
+            handle.report(float(value), epoch)
+        rule = self.pruning.overfitting
+        if rule is not None:
             series[epoch] = (float(result.get(rule.metric, math.nan)), float(result.get(rule.gap_metric, math.nan)))
-            detail = rule.check(series)
-            if detail is not None:
-                decision = PruneDecision("overfitting", epoch, detail)
+            handle.set_user_attr(
+                OVERFITTING_SERIES_ATTR,
+                {str(e): [_finite_or_none(v), _finite_or_none(g)] for e, (v, g) in sorted(series.items())},
+            )
+        decision = self.pruner.decide(self.study, self._stored(trial_id) or stored)
         if decision is not None:
-            self._pruned[trial_id] = decision
             for key, value in decision.attrs().items():
-                ot_trial.set_user_attr(key, value)
+                handle.set_user_attr(key, value)
         return decision
 
     def prune_decision(self, trial_id: str) -> PruneDecision | None:
-        return self._pruned.get(trial_id)
-
-    def restore(self, checkpoint_path: str) -> None:
-        """Ray's restore, then what reached the Optuna storage after the checkpoint: trials that
-        ended (Ray may run them again from a checkpoint; Optuna keeps their first outcome), prune
-        decisions, and trials proposed but unknown to the checkpoint (taken over by ``suggest``)."""
-        super().restore(checkpoint_path)
-        self.__dict__.setdefault("_pruned", {})
-        by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
-        known = {t.number for t in self._ot_trials.values()}
-        self._orphans = [
-            t._trial_id for n, t in sorted(by_number.items()) if t.state == TrialState.RUNNING and n not in known
-        ]
-        for trial_id, ot_trial in self._ot_trials.items():
-            stored = by_number.get(ot_trial.number)
-            if stored is not None and stored.state.is_finished():
-                self._completed_trials.add(trial_id)
-            decision = PruneDecision.from_attrs(stored.user_attrs) if stored is not None else None
-            if decision is not None and trial_id not in self._pruned:
-                self._pruned[trial_id] = decision
-
-    # Ray hooks -------------------------------------------------------------------------------
-
-    def suggest(self, trial_id: str) -> dict | None:
-        orphans = self.__dict__.setdefault("_orphans", [])
-        if trial_id not in self._ot_trials and orphans:
-            # A trial Optuna proposed after Ray's last experiment checkpoint, before the driver
-            # died: the new Ray trial takes it over (same parameters), so the study keeps
-            # exactly its planned number of Optuna trials.
-            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))
-        config = super().suggest(trial_id)
-        if config is None:
-            return None
-        ot_trial = self._ot_trials[trial_id]
-        ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
-        return {**config, OPTUNA_TRIAL_KEY: ot_trial.number}
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Nothing: ``observe`` (called by the scheduler, which runs first) has recorded the epoch."""
+        stored = self._stored(trial_id)
+        return None if stored is None else PruneDecision.from_attrs(stored.user_attrs)
 
     def note_error(self, trial_id: str, reason: str) -> None:
-        self._errors[trial_id] = reason
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
-            return  # told once already (e.g. before a lost driver, and run again after the resume)
-        if error and stopping(self._study_name):
-            return  # stopped by a full disk, not failed: the trial resumes (study/engine/disk_full_stop.py)
-        reason = failure_reason(result) or (self._errors.get(trial_id, "trial errored") if error else None)
-        if reason is None and trial_id not in self._pruned:
-            super().on_trial_complete(trial_id, result=result, error=error)
-            return
-        if trial_id not in self._ot_trials:
-            return
-        ot_trial = self._ot_trials[trial_id]
-        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
-            # Told already by a path this searcher did not see (a restored driver's last moments):
-            # Optuna refuses to update a finished trial, and its outcome stands as recorded.
-            self._completed_trials.add(trial_id)
-            return
-        if reason is not None:
-            ot_trial.set_user_attr(FAIL_REASON_ATTR, reason)
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        else:
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)  # keeps the last intermediate value
-        self._completed_trials.add(trial_id)
-
-    @property
-    def study(self) -> optuna.Study:
-        return self._ot_study
+        self.errors[trial_id] = reason
 
 
 class StudyScheduler(FIFOScheduler):

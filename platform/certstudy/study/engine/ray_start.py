@@ -5,36 +5,23 @@ Without ``--address`` a study starts its own single-node Ray and never joins one
 with every listening socket on the loopback interface and token authentication from a token file
 of the work directory (mode 0600).
 
-Loopback binding: Ray's C++ servers (GCS, raylet, core workers) and its agents bind to
-``127.0.0.1`` exactly when the node's IP is the loopback address, and to every interface
-otherwise; ``ray.init`` rewrites a loopback ``_node_ip_address`` to the machine's routable address
-(``ray._private.services.resolve_ip_for_localhost``, made for clusters). That one rewrite is
-switched off while the local node starts; ``tests/test_ray_contract.py`` guards the names this
-relies on, and ``tests/test_local_ray.py`` lists the sockets of a running study.
+Loopback binding: Ray's servers (GCS, raylet, core workers) and its agents bind to ``127.0.0.1``
+exactly when the node's IP is the loopback address, and to every interface otherwise; the node is
+started with that IP (``ray_compat.init_local``). ``tests/test_local_ray.py`` lists the sockets of
+a running study.
 
-Token: Ray 2.60 turns token authentication on for a local cluster and reads the token from
+Token: Ray turns token authentication on for a local cluster and reads the token from
 ``$RAY_AUTH_TOKEN_PATH``, else writes ``~/.ray/auth_token`` world-readable; certstudy points it at
 ``<workdir>/.ray/auth_token``, created 0600 once and kept so.
 
-Start-up cost (2 cores, measured): a local node is the GCS, the raylet with its agents, and, on
-the head, two Python processes a study never uses: the API server (started even with
-``include_dashboard=False``, to run the usage-stats module; ``ray.init`` waits until it has
-published its URL, about 1.2 s) and the autoscaler monitor (nothing to scale on one machine;
-it takes about 1 s to stop at shutdown). A local study's node starts without both
-(``Node.start_api_server`` / ``Node.start_monitor`` are skipped while it starts), so ``ray.init``
-takes about 2.4 s instead of 4 and ``ray.shutdown`` 0.15 s instead of 1.2. Its workers preload the
-trial module (``preload_python_modules``: torch, Ray Tune's function trainable, the trial loop):
-the raylet prestarts one worker per CPU at start-up, the first trials' actors take those workers,
-and their 2.2 s of imports overlap the driver's set-up instead of following it. The node offers
-the CPUs the study's concurrent trials use, at most the machine's (``study_cpus``): the raylet
-prestarts one worker per CPU it offers, and on 2 cores a second worker preloading for a study that
-runs one trial at a time took the CPU the first one needed. A prestarted
-worker serves only actors without a runtime environment, and Ray Tune gives each trainable
-actor one of environment variables (``PL_DISABLE_FORK=1`` and those of the driver it
-propagates); on a local node the raylet, started by the driver after those variables are set,
-passes the same environment to every worker, so while the node runs Tune adds none
-(``_tune_adds_no_actor_env``) and the actors land on the warm workers (0.25 s to a ready actor
-instead of 2.5 s).
+Fast start (on unless ``CERTSTUDY_RAY_FAST_START=0``; ``bench/fixed_cost.py`` measures it): a
+local study needs neither of the head's two Python helpers (the API server, which ``ray.init``
+waits for, and the autoscaler monitor), so the head starts without them; the raylet's prestarted
+workers import the trial module while the driver sets up; and Ray Tune starts its actors without
+a runtime environment (the workers inherited Tune's variables from the driver), so that the
+actors can take those prestarted workers. The node offers the CPUs the study's concurrent trials
+use, at most the machine's (``study_cpus``), so no worker preloads for a trial that never runs.
+Without the fast start the node is Ray's default head on the loopback interface.
 """
 
 from __future__ import annotations
@@ -48,22 +35,27 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import ray
-import ray._private.node as ray_node
-import ray._private.services as ray_services
-from ray._raylet import AuthenticationTokenLoader
 
 from certstudy.errors import CertstudyError, SpecError
+from certstudy.study.engine.ray_compat import (
+    TOKEN_SETUP_LOGGER,
+    TUNE_ACTOR_ENV,
+    fast_start,
+    forget_cached_token,
+    init_local,
+    lean_head,
+    tune_actors_without_env,
+)
 from certstudy.workdir import Workdir
 
 if TYPE_CHECKING:
     from certstudy.study.spec.schema import StudySpec
 
-LOOPBACK = "127.0.0.1"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 
 
@@ -81,35 +73,10 @@ def token_file(workdir: Workdir) -> Path:
     return path
 
 
-@contextmanager
-def _loopback_node_ip() -> Iterator[None]:
-    """``ray.init`` keeps a loopback ``_node_ip_address`` instead of replacing it (see the module docstring)."""
-    original = ray_services.resolve_ip_for_localhost
-    ray_services.resolve_ip_for_localhost = lambda host: host
-    try:
-        yield
-    finally:
-        ray_services.resolve_ip_for_localhost = original
-
-
 TRIAL_MODULE = "certstudy.study.engine.trainable"  # what every trial worker imports first (torch, Ray Tune, the loop)
 
 
-@contextmanager
-def _lean_head() -> Iterator[None]:
-    """The local head starts without the API server and the autoscaler monitor (module docstring)."""
-    node_class = ray_node.Node
-    originals = node_class.start_api_server, node_class.start_monitor
-    node_class.start_api_server = lambda self, **_: None  # type: ignore[method-assign]
-    node_class.start_monitor = lambda self: None  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        node_class.start_api_server, node_class.start_monitor = originals  # type: ignore[method-assign]
-
-
-TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}  # Ray Tune's DEFAULT_ENV_VARS (tests/test_ray_contract.py)
-_tune_defaults: tuple[dict[str, str], frozenset[str]] | None = None  # Tune's own, while a local node runs
+_tune_actor_env = ExitStack()  # Tune's actor-env patch while a fast-started local node runs
 
 
 def _workers_inherit_env() -> None:
@@ -117,26 +84,6 @@ def _workers_inherit_env() -> None:
     worker it starts have them (module docstring). Light: Ray Tune is not imported here."""
     for key, value in TUNE_ACTOR_ENV.items():
         os.environ.setdefault(key, value)
-
-
-def _tune_adds_no_actor_env() -> None:
-    """Has Ray Tune give its actors no runtime environment (their workers inherited it)."""
-    global _tune_defaults
-    from ray.tune.execution import class_cache
-
-    if _tune_defaults is None:
-        _tune_defaults = dict(class_cache.DEFAULT_ENV_VARS), frozenset(class_cache.ENV_VARS_TO_PROPAGATE)
-    class_cache.DEFAULT_ENV_VARS = {}
-    class_cache.ENV_VARS_TO_PROPAGATE = frozenset()
-
-
-def _tune_sets_actor_env() -> None:
-    global _tune_defaults
-    if _tune_defaults is not None:
-        from ray.tune.execution import class_cache
-
-        class_cache.DEFAULT_ENV_VARS, class_cache.ENV_VARS_TO_PROPAGATE = dict(_tune_defaults[0]), _tune_defaults[1]
-        _tune_defaults = None
 
 
 _UNSET = object()
@@ -149,10 +96,7 @@ def _use_token_path(value: str | None) -> None:
         os.environ.pop(TOKEN_PATH_ENV, None)
     else:
         os.environ[TOKEN_PATH_ENV] = value
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+    forget_cached_token()
 
 
 def study_cpus(spec: StudySpec) -> int:
@@ -171,18 +115,19 @@ def start_local_ray(workdir: Workdir, verbose: bool, cpus: int | None = None) ->
     if not verbose:  # its "token authentication is enabled ... to opt out" is certstudy's choice, not news
         logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     try:
-        _workers_inherit_env()
-        with _loopback_node_ip(), _lean_head():
-            ray.init(
-                address="local",
-                num_cpus=cpus,
-                _node_ip_address=LOOPBACK,
-                _system_config={"preload_python_modules": [TRIAL_MODULE]},
+        fast = fast_start()
+        if fast:
+            _workers_inherit_env()
+        with lean_head() if fast else nullcontext():
+            init_local(
+                cpus,
+                (TRIAL_MODULE,) if fast else (),
                 include_dashboard=False,
                 log_to_driver=verbose,
                 logging_level="INFO" if verbose else "WARNING",
             )
-        _tune_adds_no_actor_env()
+        if fast:
+            _tune_actor_env.enter_context(tune_actors_without_env())
     except BaseException:
         stop_ray()
         raise
@@ -269,7 +214,7 @@ def stop_ray() -> None:
     setting (a later study in this process may join a cluster, with that cluster's token)."""
     global _saved_token_path
     ray.shutdown()
-    _tune_sets_actor_env()
+    _tune_actor_env.close()
     if _saved_token_path is not _UNSET:
         _use_token_path(_saved_token_path)  # type: ignore[arg-type]
         _saved_token_path = _UNSET

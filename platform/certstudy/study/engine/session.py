@@ -36,7 +36,7 @@ from ray import tune
 from rich.console import Console
 
 from certstudy.errors import CertstudyError, collapse, disk_full_cause
-from certstudy.study.engine.atomic_sync import install as install_atomic_sync
+from certstudy.study.engine import atomic_sync
 from certstudy.study.engine.callbacks import MlflowTrialCallback
 from certstudy.study.engine.disk_full_stop import clear as clear_disk_full
 from certstudy.study.engine.disk_full_stop import raise_if_stopped as raise_if_disk_full
@@ -303,8 +303,7 @@ class StudySession:
         self.timings["fit_start"] = t - self.t0
         where = str(self.workdir.root)
         clear_disk_full(self.spec.name)
-        install_atomic_sync()
-        with self.progress:
+        with self.progress, atomic_sync.installed():
             self.progress.watch(open_board(self.spec.name), self.workdir.progress_file(self.spec.name))
             try:
                 tuner.fit()

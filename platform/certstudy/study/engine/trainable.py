@@ -17,13 +17,13 @@ before them are taken, so the driver sees every result in order.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,7 +51,20 @@ def cap_gpu_memory(share: float) -> None:
         torch.cuda.set_per_process_memory_fraction(share, 0)
 
 
-TEST_HOLD_ENV = "CERTSTUDY_TEST_HOLD"
+TRIAL_HOOK_ENV = "CERTSTUDY_TRIAL_HOOK"
+"""``module:function`` called as ``function(trial_number, epoch)`` in the trial's process after each
+epoch's report has reached the driver (every report is then a blocking one). For tools that must act
+while a trial sits at a known point (the test suite's hold, ``tests/trial_hooks.py``); unset in a
+real study, where it costs one lookup per trial."""
+
+
+@functools.cache
+def trial_hook() -> Callable[[int, int], None] | None:
+    named = os.environ.get(TRIAL_HOOK_ENV)
+    if not named:
+        return None
+    module, _, function = named.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 class PipelinedReports:
@@ -105,36 +118,14 @@ class PipelinedReports:
                 self._queue.task_done()
 
 
-def held_for_test(trial_number: int, epoch: int) -> bool:
-    """Whether ``hold_for_test`` holds this trial at this epoch (its report is then a blocking one,
-    so the driver has the epoch before the test acts)."""
-    setting = os.environ.get(TEST_HOLD_ENV)
-    if not setting:
-        return False
-    _, first, at = setting.rsplit(":", 2)
-    return trial_number >= int(first) and epoch == int(at)
-
-
-def hold_for_test(trial_number: int, epoch: int) -> None:
-    """Test-only: with ``$CERTSTUDY_TEST_HOLD`` set to ``DIR:FIRST:EPOCH``, trial FIRST and every later
-    one, having reported epoch EPOCH, create ``DIR/held-<number>`` and wait until ``DIR/release``
-    exists. An interrupt or kill test then acts while trials sit at a known point instead of racing
-    them. Unset (every real study): one environment lookup per epoch."""
-    if not held_for_test(trial_number, epoch):
-        return
-    folder = os.environ[TEST_HOLD_ENV].rsplit(":", 2)[0]
-    (Path(folder) / f"held-{trial_number}").touch()
-    while not (Path(folder) / "release").exists():
-        time.sleep(0.05)
-
-
 def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) -> None:
     spec = StudySpec.model_validate(study)
     cfg = resolve(spec, config).trial_config()
     cap_gpu_memory(spec.resources.gpu)
     last: dict[str, float] = {}
     board = BoardReader(spec.name) if spec.pruning.enabled else None
-    pipeline = PipelinedReports(tune.report) if board is None else None
+    hook = trial_hook()
+    pipeline = PipelinedReports(tune.report) if board is None and hook is None else None
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> StopRequest | None:
         last.clear()
@@ -144,13 +135,14 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], data_dir: str) ->
         # of a trial that ends on its best epoch carries the best epoch's value.
         metrics = {**{o.metric: metrics.get(BEST_PREFIX + o.metric, math.nan) for o in spec.objectives}, **metrics}
         number, epoch = int(config.get(OPTUNA_TRIAL_KEY, -1)), int(metrics.get("epoch", -1))
-        if pipeline is not None and checkpoint_dir is None and not held_for_test(number, epoch):
+        if pipeline is not None and checkpoint_dir is None:
             pipeline.submit(metrics)  # no prune decision can come: the trial trains on
             return None
         if pipeline is not None:
             pipeline.drain()  # the driver takes every result in order
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
-        hold_for_test(number, epoch)
+        if hook is not None:
+            hook(number, epoch)
         request = board.read(tune.get_context().get_trial_id()) if board is not None else None
         return StopRequest(*request) if request is not None else None
 

@@ -77,6 +77,7 @@ FAIL_REASON_ATTR = "fail_reason"
 PRUNE_REASON_ATTR = "prune_reason"
 PRUNED_AT_ATTR = "pruned_at_epoch"
 PRUNE_DETAIL_ATTR = "prune_detail"
+OVERFITTING_SERIES_ATTR = "overfitting_series"  # epoch -> [metric, gap] the overfitting rule reads
 
 # --- a trial's results (Ray Tune reports) -------------------------------------------------------
 
