@@ -81,7 +81,7 @@ _RELAXATION = {
 class StudyTable:
     """How one MNIST study's trials become rows."""
 
-    names: tuple[str, ...]  # study names to look for in the work directory, first found wins
+    names: tuple[str, ...]  # studies to look for in the work directory: first found wins; a glob takes all
     setting: Callable[[Candidate], str]
     csv_metrics: Callable[[StudySpec], list[tuple[str, str]]]  # (CSV metric, MLflow metric)
     extra_metrics: Callable[[StudySpec], list[tuple[str, str]]] = lambda spec: []
@@ -181,6 +181,20 @@ TABLES: dict[str, StudyTable] = {
             + [("HR bound (train)", "test/hr_objective"), ("adversarial test loss", "test/hr_robust_loss")]
         ),
     ),
+    "hr_grid": StudyTable(
+        names=("mnist_hr_grid_f*_cpu",),
+        setting=lambda c: (
+            f"hr alpha={_param(c, 'method.params.alpha')} r={_param(c, 'method.params.r')} "
+            f"flips={_param(c, 'dataset.poisoning.rate')}"
+        ),
+        csv_metrics=lambda spec: [
+            ("clean_acc", "test/clean_acc"),
+            ("hr_bound", "test/hr_objective"),
+            ("adv_test_loss", "test/hr_robust_loss"),
+            ("bound_held", "test/hr_bound_holds"),
+        ],
+        extra_metrics=lambda spec: _pgd(spec) + [("train acc (poisoned labels)", "train/acc")],
+    ),
     "robust_overfitting": StudyTable(
         names=("mnist_robust_overfitting_cpu", "mnist_robust_overfitting"),
         setting=lambda c: f"lr={float(_param(c, 'training.lr')):.2e}",
@@ -207,15 +221,24 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}" if v == v else ""
 
 
-def study_rows(workdir: Workdir, table: StudyTable) -> tuple[StudySpec, list[dict[str, str]], list[str], float]:
-    """The CSV rows of the first study of ``table.names`` found in ``workdir``, the extra docs
-    columns per trial, and the study's wall time."""
+def studies_of(workdir: Workdir, table: StudyTable) -> list[str]:
+    """The studies of ``table`` in ``workdir``: every match of a glob, else the first name found."""
     for name in table.names:
-        if workdir.study_file(name).exists():
-            spec = study_spec(workdir, name)
-            break
-    else:
-        raise CertstudyError(f"none of the studies {', '.join(table.names)} is in {workdir.root}")
+        if any(ch in name for ch in "*?["):
+            found = sorted(p.parent.name for p in workdir.root.glob(f"{name}/{workdir.study_file('x').name}"))
+            if found:
+                return found
+        elif workdir.study_file(name).exists():
+            return [name]
+    raise CertstudyError(f"none of the studies {', '.join(table.names)} is in {workdir.root}")
+
+
+def study_rows(
+    workdir: Workdir, table: StudyTable, name: str
+) -> tuple[StudySpec, list[dict[str, str]], list[str], float]:
+    """The CSV rows of study ``name`` in ``workdir``, the extra docs columns per trial, and the
+    study's wall time."""
+    spec = study_spec(workdir, name)
     parent, candidates = finished_trials(Tracker(spec.tracking_uri(workdir)), spec)
     end = parent.info.end_time or max((c.run.info.end_time or 0) for c in candidates)
     wall = (end - parent.info.start_time) / 1000 if end else float("nan")
@@ -261,12 +284,13 @@ def main() -> None:
     rows, extra, walls = [], [], []
     for folder in args.workdir:
         workdir = Workdir.resolve(folder)
-        spec, these, more, wall = study_rows(workdir, table)
-        if len(args.workdir) > 1:
-            for r in these:
-                r["setting"] = f"{workdir.root.name}: {r['setting']}"
-            more = [line.replace("| ", f"| {workdir.root.name}: ", 1) for line in more]
-        rows, extra, walls = rows + these, extra + more, walls + [wall]
+        for name in studies_of(workdir, table):
+            spec, these, more, wall = study_rows(workdir, table, name)
+            if len(args.workdir) > 1:
+                for r in these:
+                    r["setting"] = f"{workdir.root.name}: {r['setting']}"
+                more = [line.replace("| ", f"| {workdir.root.name}: ", 1) for line in more]
+            rows, extra, walls = rows + these, extra + more, walls + [wall]
     wall = sum(walls)
 
     buf = io.StringIO()

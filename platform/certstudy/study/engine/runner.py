@@ -20,6 +20,7 @@ from rich.console import Console
 
 from certstudy.errors import CertstudyError, stops_on_disk_full
 from certstudy.study.engine.callbacks import MlflowTrialCallback, ProgressCallback, restoring
+from certstudy.study.engine.digest_callback import StateDigestsCallback
 from certstudy.study.engine.optuna_bridge import StudyScheduler
 from certstudy.study.engine.preflight import PreflightError, alive_nodes, check_resources, check_storage
 from certstudy.study.engine.ray_start import join_cluster, stop_ray
@@ -83,6 +84,7 @@ def _new_tuner(spec: StudySpec, workdir: Workdir, session: StudySession, storage
             name=experiment,
             storage_path=storage_path,
             callbacks=[
+                StateDigestsCallback(searcher, spec.name),
                 session.tracking_cb,
                 ProgressCallback(session.progress, searcher, spec.name),
                 JsonLoggerCallback(),
