@@ -25,7 +25,16 @@ from rich.table import Table
 
 from certstudy import __version__
 from certstudy.errors import ERROR_LINE_LIMIT, CertstudyError, collapse, disk_full_message, elide_middle
-from certstudy.study.records.names import FINISHED
+from certstudy.study.records.names import (
+    FINISHED,
+    PROV_BY,
+    PROV_METRICS,
+    PROV_OBJECTIVES,
+    PROV_PARETO,
+    PROV_RANK,
+    PROV_RUN_ID,
+    PROVENANCE,
+)
 from certstudy.workdir import NAME_PATTERN, Workdir
 
 if TYPE_CHECKING:
@@ -470,14 +479,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     table.add_column("value", justify="right")
     table.add_column("mlflow run")
     for doc in docs:
-        prov = doc["provenance"]
-        by = prov["by"] if prov["by"] != "pareto" else prov["objectives"][0]["metric"]
+        prov = doc[PROVENANCE]
+        by = prov[PROV_BY] if prov[PROV_BY] != PROV_PARETO else prov[PROV_OBJECTIVES][0]["metric"]
         table.add_row(
-            str(prov["rank"]),
+            str(prov[PROV_RANK]),
             doc["method"]["name"],
             by,
-            f"{prov['metrics'].get(by, float('nan')):.4f}",
-            prov["mlflow_run_id"],
+            f"{prov[PROV_METRICS].get(by, float('nan')):.4f}",
+            prov[PROV_RUN_ID],
         )
     console.print(table)
     console.print(f"re-run one with: certstudy run {out} --index 1", highlight=False)

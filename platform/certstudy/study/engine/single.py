@@ -15,7 +15,14 @@ from pathlib import Path
 import yaml
 
 from certstudy.errors import SpecError
-from certstudy.study.records.names import METHOD_TAG, STUDY_ARTIFACT, result_tags, series_metrics, summary_metrics
+from certstudy.study.records.names import (
+    METHOD_TAG,
+    PROV_METRICS,
+    STUDY_ARTIFACT,
+    result_tags,
+    series_metrics,
+    summary_metrics,
+)
 from certstudy.study.spec.loading import dump_study
 from certstudy.study.spec.schema import StudySpec
 from certstudy.trial import run_trial
@@ -86,7 +93,7 @@ def run_fixed(
     if tracker is not None and run_id is not None:
         tracker.end_run(run_id, "FINISHED")
     outcome = RunOutcome(metrics, run_id)
-    exported = (spec.provenance or {}).get("metrics") or {}
+    exported = (spec.provenance or {}).get(PROV_METRICS) or {}
     reached = summary_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
     for key, value in exported.items():
         now = reached.get(key)

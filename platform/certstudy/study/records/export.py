@@ -27,6 +27,18 @@ from certstudy.study.records.names import (
     FINISHED,
     OPTUNA_TAG,
     PARENT_ATTR,
+    PROV_BEST_EPOCH,
+    PROV_BY,
+    PROV_METRICS,
+    PROV_MODE,
+    PROV_OBJECTIVES,
+    PROV_OPTUNA_TRIAL,
+    PROV_PARETO,
+    PROV_RANK,
+    PROV_RUN_ID,
+    PROV_STUDY,
+    PROV_TRIAL,
+    PROVENANCE,
     PRUNE_REASON_ATTR,
     PRUNED_AT_ATTR,
     STATUS_TAG,
@@ -149,20 +161,20 @@ def _entry(
 ) -> dict[str, Any]:
     doc = trial_study(cand.run.info.run_id)
     doc["name"] = f"{study}-best-{rank_}"
-    doc["description"] = f"rank {rank_} of study {study} by {selection['by']}"
+    doc["description"] = f"rank {rank_} of study {study} by {selection[PROV_BY]}"
     optuna_number = cand.run.data.tags.get(OPTUNA_TAG)
     pruned = PruneDecision.from_tags(cand.run.data.tags)  # provenance keys spelled as the Optuna attrs
-    doc["provenance"] = {
-        "study": study,
-        "rank": rank_,
+    doc[PROVENANCE] = {
+        PROV_STUDY: study,
+        PROV_RANK: rank_,
         **selection,
-        "mlflow_run_id": cand.run.info.run_id,
+        PROV_RUN_ID: cand.run.info.run_id,
         PARENT_ATTR: parent.info.run_id,
         EXPERIMENT_ATTR: cand.run.info.experiment_id,
-        "optuna_trial": int(optuna_number) if optuna_number not in (None, "None") else None,
-        **({"best_epoch": int(cand.metrics[BEST_EPOCH_KEY])} if BEST_EPOCH_KEY in cand.metrics else {}),
+        PROV_OPTUNA_TRIAL: int(optuna_number) if optuna_number not in (None, "None") else None,
+        **({PROV_BEST_EPOCH: int(cand.metrics[BEST_EPOCH_KEY])} if BEST_EPOCH_KEY in cand.metrics else {}),
         **({PRUNE_REASON_ATTR: pruned.reason, PRUNED_AT_ATTR: pruned.epoch} if pruned else {}),
-        "metrics": {k: cand.metrics[k] for k in sorted(cand.metrics)},
+        PROV_METRICS: {k: cand.metrics[k] for k in sorted(cand.metrics)},
     }
     return doc
 
@@ -198,7 +210,11 @@ def export(
             raise SpecError(
                 study, "--trial", trial, f"no finished trial of that number; finished: {', '.join(map(str, finished))}"
             )
-        selection = {"by": metric or spec.objectives[0].metric, "mode": mode or spec.objectives[0].mode, "trial": trial}
+        selection = {
+            PROV_BY: metric or spec.objectives[0].metric,
+            PROV_MODE: mode or spec.objectives[0].mode,
+            PROV_TRIAL: trial,
+        }
     elif pareto:
         if not spec.multi_objective:
             raise SpecError(
@@ -208,7 +224,7 @@ def export(
                 "a Pareto front needs a study with two or more objectives; use --metric/--top",
             )
         chosen = pareto_front(candidates, spec.objectives)
-        selection = {"by": "pareto", "objectives": [o.model_dump() for o in spec.objectives]}
+        selection = {PROV_BY: PROV_PARETO, PROV_OBJECTIVES: [o.model_dump() for o in spec.objectives]}
     else:
         objective = next((o for o in spec.objectives if o.metric == (metric or spec.objectives[0].metric)), None)
         metric = metric or spec.objectives[0].metric
@@ -217,14 +233,14 @@ def export(
         if metric not in known:
             raise SpecError(study, "--metric", metric, f"not a metric of this study's runs; known: {', '.join(known)}")
         chosen = rank(candidates, metric, mode)[:top]
-        selection = {"by": metric, "mode": mode}
+        selection = {PROV_BY: metric, PROV_MODE: mode}
     docs = [_entry(trial_study, spec.name, parent, c, i + 1, selection) for i, c in enumerate(chosen)]
     out = out or workdir.export_path(study)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w") as fh:
         fh.write(
-            f"# best configurations of study {study} ({selection['by']}); each document is a study file: certstudy "
+            f"# best configurations of study {study} ({selection[PROV_BY]}); each document is a study file: certstudy "
             f"run {out.name} --index K\n"
         )
         yaml.safe_dump_all(docs, fh, sort_keys=False)

@@ -29,7 +29,20 @@ from certstudy.errors import CertstudyError, SpecError
 from certstudy.metric_names import CERTIFICATION_METRIC
 from certstudy.study.records.export import study_tracker
 from certstudy.study.records.launched import study_spec
-from certstudy.study.records.names import MODEL_ARTIFACT_DIR, RANK_TAG, RANKED_BY_TAG, STUDY_TAG, TRIAL_TAG
+from certstudy.study.records.names import (
+    MODEL_ARTIFACT_DIR,
+    PROV_BY,
+    PROV_METRICS,
+    PROV_OPTUNA_TRIAL,
+    PROV_RANK,
+    PROV_RUN_ID,
+    PROV_STUDY,
+    PROVENANCE,
+    RANK_TAG,
+    RANKED_BY_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+)
 from certstudy.study.records.tracking import Tracker
 from certstudy.study.spec.schema import StudySpec
 from certstudy.trial.checkpoint import MODEL_FILE
@@ -54,7 +67,7 @@ class RegisteredVersion:
 
 def model_metadata(doc: dict[str, Any]) -> dict[str, Any]:
     """The study document and the metrics a user of the model asks about (certificates, test)."""
-    metrics = doc["provenance"]["metrics"]
+    metrics = doc[PROVENANCE][PROV_METRICS]
     kept = {k: v for k, v in metrics.items() if CERTIFICATION_METRIC.match(k) or k.startswith("test/")}
     return {"study": yaml.safe_dump(doc, sort_keys=False), "metrics": kept}
 
@@ -66,7 +79,7 @@ def _trained_model(tracker: Tracker, doc: dict[str, Any], data_dir: str) -> tupl
 
     from certstudy.trial.build import build_parts
 
-    run_id = doc["provenance"]["mlflow_run_id"]
+    run_id = doc[PROVENANCE][PROV_RUN_ID]
     spec = StudySpec.model_validate(doc)
     parts = build_parts(spec.trial_config(), data_dir, torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,22 +114,22 @@ def register(
 
     if not docs:
         return []
-    tracker = study_tracker(workdir, study_spec(workdir, docs[0]["provenance"]["study"]), tracking_uri)
+    tracker = study_tracker(workdir, study_spec(workdir, docs[0][PROVENANCE][PROV_STUDY]), tracking_uri)
     data_dir = str(workdir.data_dir)
     mlflow.set_tracking_uri(tracker.tracking_uri)
     versions = []
     for doc in docs:
-        prov = doc["provenance"]
+        prov = doc[PROVENANCE]
         model, example = _trained_model(tracker, doc, data_dir)
         # The logged model belongs to the trial's experiment, whose artifacts live in the work
         # directory (MLflow's default experiment would put them under ./mlruns of the caller).
-        mlflow.set_experiment(experiment_id=tracker.client.get_run(prov["mlflow_run_id"]).info.experiment_id)
+        mlflow.set_experiment(experiment_id=tracker.client.get_run(prov[PROV_RUN_ID]).info.experiment_id)
         with torch.no_grad():
             output = model(example)
         info = mlflow.pytorch.log_model(
             model,
             name=MODEL_ARTIFACT_DIR + "-registered",
-            run_id=prov["mlflow_run_id"],
+            run_id=prov[PROV_RUN_ID],
             registered_model_name=name,
             signature=infer_signature(example.numpy(), output.numpy()),
             input_example=example.numpy(),
@@ -126,15 +139,15 @@ def register(
         )
         version = str(info.registered_model_version)
         for key, value in (
-            (RANK_TAG, prov["rank"]),
-            (RANKED_BY_TAG, prov["by"]),
-            (TRIAL_TAG, prov.get("optuna_trial")),
-            (STUDY_TAG, prov["study"]),
+            (RANK_TAG, prov[PROV_RANK]),
+            (RANKED_BY_TAG, prov[PROV_BY]),
+            (TRIAL_TAG, prov.get(PROV_OPTUNA_TRIAL)),
+            (STUDY_TAG, prov[PROV_STUDY]),
         ):
             tracker.client.set_model_version_tag(name, version, key, str(value))
-        if prov["rank"] == 1:
+        if prov[PROV_RANK] == 1:
             tracker.client.set_registered_model_alias(name, BEST_ALIAS, version)
-        versions.append(RegisteredVersion(name, version, int(prov["rank"]), prov["mlflow_run_id"]))
+        versions.append(RegisteredVersion(name, version, int(prov[PROV_RANK]), prov[PROV_RUN_ID]))
     return versions
 
 

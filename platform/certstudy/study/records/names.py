@@ -79,6 +79,21 @@ PRUNED_AT_ATTR = "pruned_at_epoch"
 PRUNE_DETAIL_ATTR = "prune_detail"
 OVERFITTING_SERIES_ATTR = "overfitting_series"  # epoch -> [metric, gap] the overfitting rule reads
 
+# --- export: the provenance block of an exported configuration -----------------------------------
+
+PROVENANCE = "provenance"
+PROV_STUDY = "study"
+PROV_RANK = "rank"
+PROV_BY = "by"  # the metric ranked by, or PROV_PARETO
+PROV_MODE = "mode"
+PROV_TRIAL = "trial"
+PROV_OBJECTIVES = "objectives"
+PROV_PARETO = "pareto"
+PROV_RUN_ID = "mlflow_run_id"
+PROV_OPTUNA_TRIAL = "optuna_trial"
+PROV_BEST_EPOCH = "best_epoch"
+PROV_METRICS = "metrics"
+
 # --- a trial's results (Ray Tune reports) -------------------------------------------------------
 
 FAILURE_KEY = "certstudy_failure"  # a trial that failed in its own code reports its reason here
