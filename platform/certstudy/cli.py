@@ -373,9 +373,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     workdir = Workdir.resolve(args.workdir)
     st = study_status(workdir, args.study)
-    obj = st.study.objective
+    obj = st.launched.objective
     table = Table(
-        title=f"study {st.study.name}: {len(st.rows)} of {st.study.num_trials} trials proposed; parent run "
+        title=f"study {st.launched.name}: {len(st.rows)} of {st.launched.num_trials} trials proposed; parent run "
         f"{st.parent_status}"
     )
     columns = ["trial", "state", "epochs", *(["phase"] if st.running else []), obj.metric, "params", "mlflow run"]
@@ -400,7 +400,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(f"running now: {st.running}", highlight=False)
     elif st.resumable:
         console.print(
-            f"unfinished: continue with certstudy resume {st.study.name} --workdir {workdir.root}", highlight=False
+            f"unfinished: continue with certstudy resume {st.launched.name} --workdir {workdir.root}", highlight=False
         )
     return 0
 

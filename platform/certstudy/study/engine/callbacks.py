@@ -133,9 +133,9 @@ class MlflowTrialCallback(Callback):
         if self._writer is None:
             runs = self.runs
             self._writer = MlflowWriter(
-                runs.study.name,
+                runs.spec.name,
                 self.tracking_uri,
-                runs.study.tracking.unreachable_wait_s,
+                runs.spec.tracking.unreachable_wait_s,
                 periodic=runs.write_pending,
                 buffering=runs.buffer_metrics,
                 backlog=runs.buffered,
@@ -231,7 +231,7 @@ class MlflowTrialCallback(Callback):
 
     @timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if stopping(self.runs.study.name):  # a full disk stopped it: interrupted, to be resumed
+        if stopping(self.runs.spec.name):  # a full disk stopped it: interrupted, to be resumed
             self._end(trial, "KILLED", {STATUS_TAG: State.KILLED, REASON_TAG: "the study stopped: disk full"})
             return
         self._end(trial, "FAILED", {STATUS_TAG: State.FAILED, REASON_TAG: trial_error_reason(trial)})
@@ -265,14 +265,14 @@ class ProgressCallback(Callback):
     def __init__(self, progress: Progress | None, searcher: StudySearcher | None = None, study: str = "") -> None:
         self.progress = progress
         self.searcher = searcher
-        self.study = study
+        self.study_name = study
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"progress": None, "searcher": self.searcher, "study": self.study}
+        return {"progress": None, "searcher": self.searcher, "study_name": self.study_name}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        _unpickled(self.study, self)
+        _unpickled(self.study_name, self)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress:
@@ -292,7 +292,7 @@ class ProgressCallback(Callback):
                 self.progress.failed(trial.trial_id, reason)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.progress and not stopping(self.study):  # stopped by a full disk: not a failure
+        if self.progress and not stopping(self.study_name):  # stopped by a full disk: not a failure
             self.progress.failed(trial.trial_id, trial_error_reason(trial))
 
 

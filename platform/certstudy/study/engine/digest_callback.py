@@ -19,7 +19,7 @@ class StateDigestsCallback(Callback):
 
     def __init__(self, searcher: Any, study: str) -> None:
         self.searcher = searcher  # knows the staging folder and the Optuna study
-        self.study = study
+        self.study_name = study
 
     def get_state(self) -> None:
         """Ray Tune asks for this while it saves the experiment state: after writing the state files
@@ -31,7 +31,7 @@ class StateDigestsCallback(Callback):
         try:
             record_digests(self.searcher.study, Path(staging))
         except Exception as exc:
-            if not request_stop(self.study, exc, "the Optuna storage"):
+            if not request_stop(self.study_name, exc, "the Optuna storage"):
                 raise
             for path in state_files(Path(staging)):  # unrecorded: must not reach the experiment folder
                 path.unlink(missing_ok=True)

@@ -62,7 +62,7 @@ class MlflowWriter:
         buffering: Callable[..., None],
         backlog: Callable[[], int],
     ) -> None:
-        self.study, self.tracking_uri, self.unreachable_wait_s = study, tracking_uri, unreachable_wait_s
+        self.study_name, self.tracking_uri, self.unreachable_wait_s = study, tracking_uri, unreachable_wait_s
         self.periodic, self.buffering, self.backlog = periodic, buffering, backlog
         self.fatal: str | None = None  # set when the store stayed unreachable too long: the study stops
         self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.Queue()
@@ -98,7 +98,7 @@ class MlflowWriter:
                         self._reachable_again()
                         break
                     except Exception as exc:  # noqa: BLE001 - tracking must not take the study down
-                        if request_stop(self.study, exc, "the MLflow tracking store"):
+                        if request_stop(self.study_name, exc, "the MLflow tracking store"):
                             break  # disk full: the study stops, and resume back-fills from result.json
                         if not transient(exc):
                             logger.warning("MLflow write failed (%s): %s", getattr(fn, "__name__", fn), exc)
@@ -137,7 +137,7 @@ class MlflowWriter:
         if left <= 0:
             self.fatal = (
                 f"tracking server {self.tracking_uri} unreachable for {wait:.0f} s ({self._backlog()} results not "
-                f"recorded); the study stopped: certstudy resume {self.study} once it is back"
+                f"recorded); the study stopped: certstudy resume {self.study_name} once it is back"
             )
             return False
         if now - self._warned >= self.WARN_SECONDS:

@@ -328,18 +328,18 @@ class StudyScheduler(FIFOScheduler):
     def __init__(self, searcher: StudySearcher, study: str) -> None:
         super().__init__()
         self.searcher = searcher
-        self.study = study
+        self.study_name = study
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         try:
             decision = self.searcher.observe(trial.trial_id, result)
         except Exception as exc:
-            if request_stop(self.study, exc, "the Optuna storage"):  # its disk is full: the study stops
+            if request_stop(self.study_name, exc, "the Optuna storage"):  # its disk is full: the study stops
                 return TrialScheduler.CONTINUE
             raise
         if decision is None or BEST_EPOCH_KEY in result or failure_reason(result) is not None:
             return TrialScheduler.CONTINUE
-        if post_stop(self.study, trial.trial_id, decision.reason, decision.epoch):
+        if post_stop(self.study_name, trial.trial_id, decision.reason, decision.epoch):
             # The trial read the request and still trained another epoch: stop it the hard way.
             logger.warning("trial %s ignored its stop request; stopping it", trial.trial_id)
             return TrialScheduler.STOP
@@ -348,7 +348,7 @@ class StudyScheduler(FIFOScheduler):
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         reason = trial_error_reason(trial)
         request_stop(
-            self.study, reason, "a trial's checkpoint"
+            self.study_name, reason, "a trial's checkpoint"
         )  # called first of Ray's error hooks: the others see ``stopping``
         self.searcher.note_error(trial.trial_id, reason)
         super().on_trial_error(tune_controller, trial)

@@ -97,7 +97,7 @@ class Progress:
         earlier: dict[str, int] | None = None,
         epochs: int = 0,
     ) -> None:
-        self.study = study
+        self.study_name = study
         self.earlier = dict(earlier or {})  # trials that ended before a resume
         self.objectives = objectives
         self.num_trials = num_trials
@@ -120,7 +120,7 @@ class Progress:
             self._live = Live(console=self.console, refresh_per_second=2, transient=False, get_renderable=self._view)
             self._live.__enter__()
         else:
-            self.console.print(f"study {self.study}: {self.num_trials} trials")
+            self.console.print(f"study {self.study_name}: {self.num_trials} trials")
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -301,7 +301,7 @@ class Progress:
         pending = max(0, self.num_trials - ended - c[State.RUNNING])
         eta = self._study_eta(now, pending)
         return Text(
-            f"{self.study}: {sum(c[s] for s in FINISHED)}/{self.num_trials} done ({c[State.PRUNED]} pruned), "
+            f"{self.study_name}: {sum(c[s] for s in FINISHED)}/{self.num_trials} done ({c[State.PRUNED]} pruned), "
             f"{c[State.RUNNING]} running, {pending} pending, {c[State.FAILED]} failed | {best_text} | "
             f"elapsed {_clock(now - self.t0)}" + (f", ETA {_clock(eta)}" if eta is not None else ""),
         )
@@ -362,7 +362,7 @@ class Progress:
         obj = self.objectives[0]
         done = [v for v in self.trials.values() if v.state in FINISHED and obj.metric in v.metrics]
         done.sort(key=lambda v: v.metrics[obj.metric], reverse=obj.mode == "max")
-        table = Table(title=f"top trials of {self.study} by {obj.metric} ({obj.mode})")
+        table = Table(title=f"top trials of {self.study_name} by {obj.metric} ({obj.mode})")
         columns = [o.metric for o in self.objectives] + [
             m
             for m in ("val/clean_acc", "test/clean_acc", "test/robust_acc")

@@ -26,7 +26,7 @@ class PhasePoster:
     """The trial's side: a ``certstudy.phases`` sink that posts to the board (looked up once)."""
 
     def __init__(self, study: str, trial_id: str) -> None:
-        self.study, self.trial_id = study, trial_id
+        self.study_name, self.trial_id = study, trial_id
         self._board: Any = None
         self._looked = False
         self._last: tuple[str, str] = ("", "")
@@ -40,7 +40,7 @@ class PhasePoster:
         if not self._looked:
             self._looked = True
             try:
-                self._board = ray.get_actor(board_name(self.study), namespace=NAMESPACE)
+                self._board = ray.get_actor(board_name(self.study_name), namespace=NAMESPACE)
             except ValueError:
                 self._board = None  # a driver without a board: nothing to post to
         if self._board is not None:

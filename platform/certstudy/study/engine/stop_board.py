@@ -73,13 +73,13 @@ class BoardReader:
     """The trial's side: reads its own request after each report (the handle is looked up once)."""
 
     def __init__(self, study: str) -> None:
-        self.study = study
+        self.study_name = study
         self._board: Any = None
 
     def read(self, trial_id: str) -> tuple[str, int] | None:
         if self._board is None:
             try:
-                self._board = ray.get_actor(board_name(self.study), namespace=NAMESPACE)
+                self._board = ray.get_actor(board_name(self.study_name), namespace=NAMESPACE)
             except ValueError:
                 return None  # no decision was ever posted in this study
         return ray.get(self._board.read.remote(trial_id))

@@ -34,8 +34,8 @@ from certstudy.trial.checkpoint import ARTIFACTS_DIR, MODEL_FILE
 class TrialRuns:
     """Ray trial id -> its MLflow run, and the writes to it."""
 
-    def __init__(self, tracker: Tracker, study: StudySpec, experiment_id: str, parent_run_id: str) -> None:
-        self.tracker, self.study = tracker, study
+    def __init__(self, tracker: Tracker, spec: StudySpec, experiment_id: str, parent_run_id: str) -> None:
+        self.tracker, self.spec = tracker, spec
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.runs: dict[str, str] = {}  # trial id -> MLflow run id
         self.pending: dict[str, tuple[dict[str, Any], list[tuple[dict[str, float], int, int]]]] = {}
@@ -45,12 +45,12 @@ class TrialRuns:
 
     def run_id(self, trial_id: str, config: dict[str, Any]) -> str:
         if trial_id not in self.runs:
-            resolved = resolve(self.study, config)
+            resolved = resolve(self.spec, config)
             cfg = resolved.trial_config()
             entry = resolved.method_entries[0]
             number = config.get(OPTUNA_TRIAL_KEY)
             tags = {
-                STUDY_TAG: self.study.name,
+                STUDY_TAG: self.spec.name,
                 METHOD_TAG: cfg.method.name,
                 METHOD_LABEL_TAG: entry.key,
                 DATASET_TAG: cfg.dataset.name,
@@ -58,7 +58,7 @@ class TrialRuns:
                 OPTUNA_TAG: str(number),
             }
             name = (
-                f"{self.study.name}-{number:04d}-{entry.key}" if number is not None else f"{self.study.name}-{trial_id}"
+                f"{self.spec.name}-{number:04d}-{entry.key}" if number is not None else f"{self.spec.name}-{trial_id}"
             )
             self.runs[trial_id] = self.tracker.start_trial(
                 self.experiment_id,

@@ -42,11 +42,11 @@ class StudyLock:
     """Held by ``launch`` / ``resume`` for one study of one work directory (a context manager)."""
 
     def __init__(self, workdir: Workdir, study: str) -> None:
-        self.workdir, self.study = workdir, study
+        self.workdir, self.study_name = workdir, study
         self.fd: int | None = None
 
     def __enter__(self) -> StudyLock:
-        path = _lock_path(self.workdir, self.study)
+        path = _lock_path(self.workdir, self.study_name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,7 +54,7 @@ class StudyLock:
             holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "unknown process"
             os.close(fd)
             raise StudyBusy(
-                f"study {self.study!r} is already running in {self.workdir.root} ({holder}); wait for it to end, "
+                f"study {self.study_name!r} is already running in {self.workdir.root} ({holder}); wait for it to end, "
                 f"or stop that process first"
             ) from None
         os.ftruncate(fd, 0)

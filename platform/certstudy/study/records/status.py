@@ -74,7 +74,7 @@ class TrialRow:
 
 @dataclass
 class StudyStatus:
-    study: LaunchedStudy
+    launched: LaunchedStudy
     rows: list[TrialRow]
     parent_status: str
     resumable: bool
@@ -83,7 +83,7 @@ class StudyStatus:
 
     @property
     def best(self) -> TrialRow | None:
-        obj = self.study.objective
+        obj = self.launched.objective
         done = [r for r in self.rows if r.state in FINISHED and r.value is not None and math.isfinite(r.value)]
         if not done:
             return None
