@@ -37,21 +37,39 @@ from typing import Any
 
 import optuna
 
+from certstudy.errors import SpecError
+
 LOOPBACK = "127.0.0.1"
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 """The logger of Ray's "token authentication is enabled" warning, which a local study silences."""
 
 FAST_START_ENV = "CERTSTUDY_RAY_FAST_START"
-"""``0`` turns the fast start off (a Ray upgrade can run without it); anything else, or unset, leaves
-it on for a local study's node. A cluster joined with ``--address`` never uses it."""
+"""The fast start's parts for a local study's node: unset or ``1``, all of ``FAST_START_PARTS``;
+``0``, none (a Ray upgrade can run without them); else a comma-separated list of parts. A cluster
+joined with ``--address`` never uses them."""
+
+FAST_START_PARTS = ("lean_head", "preload", "actor_env")
+
 
 TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
 """What Ray Tune gives each trainable actor as its runtime environment (``class_cache.DEFAULT_ENV_VARS``);
 a fast-started node's workers inherit it from the driver instead."""
 
 
-def fast_start() -> bool:
-    return os.environ.get(FAST_START_ENV, "1").strip() != "0"
+def fast_start() -> frozenset[str]:
+    """The fast start's parts this process uses (``FAST_START_ENV``); an unknown part is refused."""
+    value = os.environ.get(FAST_START_ENV, "1").strip()
+    if value in ("", "1"):
+        return frozenset(FAST_START_PARTS)
+    if value == "0":
+        return frozenset()
+    parts = frozenset(p.strip() for p in value.split(",") if p.strip())
+    unknown = sorted(parts - set(FAST_START_PARTS))
+    if unknown:
+        raise SpecError(
+            FAST_START_ENV, "", value, f"unknown part(s) {', '.join(unknown)}; 0, 1 or parts of {FAST_START_PARTS}"
+        )
+    return parts
 
 
 # --- a local node -------------------------------------------------------------------------------

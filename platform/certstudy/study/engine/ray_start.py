@@ -14,7 +14,7 @@ Token: Ray turns token authentication on for a local cluster and reads the token
 ``$RAY_AUTH_TOKEN_PATH``, else writes ``~/.ray/auth_token`` world-readable; certstudy points it at
 ``<workdir>/.ray/auth_token``, created 0600 once and kept so.
 
-Fast start (on unless ``CERTSTUDY_RAY_FAST_START=0``; ``bench/fixed_cost.py`` measures it): a
+Fast start (all on unless ``CERTSTUDY_RAY_FAST_START`` says otherwise; ``bench/fixed_cost.py`` measures it): a
 local study needs neither of the head's two Python helpers (the API server, which ``ray.init``
 waits for, and the autoscaler monitor), so the head starts without them; the raylet's prestarted
 workers import the trial module while the driver sets up; and Ray Tune starts its actors without
@@ -116,17 +116,17 @@ def start_local_ray(workdir: Workdir, verbose: bool, cpus: int | None = None) ->
         logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     try:
         fast = fast_start()
-        if fast:
+        if "actor_env" in fast:
             _workers_inherit_env()
-        with lean_head() if fast else nullcontext():
+        with lean_head() if "lean_head" in fast else nullcontext():
             init_local(
                 cpus,
-                (TRIAL_MODULE,) if fast else (),
+                (TRIAL_MODULE,) if "preload" in fast else (),
                 include_dashboard=False,
                 log_to_driver=verbose,
                 logging_level="INFO" if verbose else "WARNING",
             )
-        if fast:
+        if "actor_env" in fast:
             _tune_actor_env.enter_context(tune_actors_without_env())
     except BaseException:
         stop_ray()
