@@ -24,6 +24,7 @@ from rich.table import Table
 
 from certstudy.analysis.by_param import searched_values
 from certstudy.analysis.reruns import write_section
+from certstudy.metric_names import LAST_EPOCH_TEST
 from certstudy.study.engine.runner import launch
 from certstudy.study.records.export import finished_trials
 from certstudy.study.records.tracking import Tracker
@@ -47,6 +48,7 @@ class Outcome:
     best_test_robust: float
     best_test_clean: float
     best_epoch: int
+    best_last_test_robust: float  # the best trial's test robust accuracy at its last trained epoch
     per_trial: list[str]
 
 
@@ -85,7 +87,8 @@ def run(spec: StudySpec, label: str, root: Path, console: Console, reuse: bool =
         )
         per_trial.append(
             f"| {label} | {tags.get('optuna.trial_number')} | {searched} | {max(steps) + 1 if steps else 0} | "
-            f"{reason} | {int(c.value('best/epoch'))} | {c.value(objective.metric):.4f} |"
+            f"{reason} | {int(c.value('best/epoch'))} | {c.value(objective.metric):.4f} | "
+            f"{c.value('test/robust_acc'):.4f} | {c.value(LAST_EPOCH_TEST[1]):.4f} |"
         )
     best = max(
         candidates, key=lambda c: c.value(objective.metric) if objective.mode == "max" else -c.value(objective.metric)
@@ -100,6 +103,7 @@ def run(spec: StudySpec, label: str, root: Path, console: Console, reuse: bool =
         best.value("test/robust_acc"),
         best.value("test/clean_acc"),
         int(best.value("best/epoch")),
+        best.value(LAST_EPOCH_TEST[1]),
         per_trial,
     )
 
@@ -172,7 +176,9 @@ def main() -> None:
         f"on/off trial-epochs: {b.epochs}/{a.epochs} = {b.epochs / a.epochs:.3f} ({100 * saved:.1f} % fewer; target "
         f">= 40 %); "
         f"best {metric}: {b.best:.4f} vs {a.best:.4f} ({100 * (b.best - a.best):+.1f} points; target within 1 point); "
-        f"wall {b.wall_s / a.wall_s:.2f}x"
+        f"wall {b.wall_s / a.wall_s:.2f}x; robust overfitting in the off run's best trial: test/robust_acc "
+        f"{a.best_test_robust:.4f} at its best epoch vs {a.best_last_test_robust:.4f} at its last "
+        f"({100 * (a.best_test_robust - a.best_last_test_robust):+.1f} points; target >= 2)"
     )
     console.print(verdict)
     pruning = ", ".join(f"{k}: {v}" for k, v in spec.pruning.model_dump(exclude_none=True).items())
@@ -189,8 +195,10 @@ def main() -> None:
         + "\n"
         + "\n".join("| " + " | ".join(r) + " |" for r in rows)
         + f"\n\n{verdict}\n\n"
-        "Per trial (epochs run; the best epoch and its objective, what each trial reports):\n\n"
-        f"| pruning | trial | searched | epochs | ended | best epoch | best {metric} |\n|---|---|---|---|---|---|---|\n"
+        "Per trial (epochs run; the best epoch and its objective, what each trial reports; test robust accuracy "
+        "of the best epoch's model and of the last trained epoch's):\n\n"
+        f"| pruning | trial | searched | epochs | ended | best epoch | best {metric} | test/robust_acc (best) | "
+        "test/robust_acc (last epoch) |\n|---|---|---|---|---|---|---|---|---|\n"
         + "\n".join(a.per_trial + b.per_trial)
         + "\n"
     )

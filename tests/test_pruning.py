@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from certstudy.errors import SpecError
+from certstudy.metric_names import LAST_EPOCH_TEST
 from certstudy.study.engine.optuna_bridge import StudyPruner, StudySearcher
 from certstudy.study.spec.loading import validate_spec
 from certstudy.study.spec.pruning import OverfittingRule, PrunerConfig, PruningConfig
@@ -288,6 +289,22 @@ def test_a_stopped_trial_finishes_on_its_best_epoch(tmp_path: Path) -> None:
     best_state = saved["final"]["best"]
     assert best_state["epoch"] == best
     assert all(torch.equal(saved["weights"][k], best_state["model"][k]) for k in saved["weights"])
+
+
+def test_a_trial_ending_on_its_best_epoch_also_reports_its_last_epochs_test_accuracy(tmp_path: Path) -> None:
+    """Robust overfitting is the best epoch against the last: the summary carries both on the test points."""
+    out = run_trial(
+        small_trial(final_model="best", best_metric="val/clean_loss", best_mode="min"),
+        lambda m, d: None,
+        data_dir=str(tmp_path),
+    )
+    clean, robust = LAST_EPOCH_TEST
+    assert 0 <= out[clean] <= 1 and 0 <= out[robust] <= out[clean]
+    if out["best/epoch"] == 5:
+        assert (out[clean], out[robust]) == (out["test/clean_acc"], out["test/robust_acc"])
+    cfg = small_trial(final_model="last", best_metric="val/clean_loss", best_mode="min")
+    last = run_trial(cfg, lambda m, d: None, data_dir=str(tmp_path))
+    assert (out[clean], out[robust]) == (last["test/clean_acc"], last["test/robust_acc"])  # the same last model
 
 
 def test_final_model_best_and_resume_keep_the_same_best_epoch(tmp_path: Path) -> None:

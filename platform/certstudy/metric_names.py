@@ -18,6 +18,10 @@ BEST_PREFIX = "best/"
 """In the last report of a trial that ended on its best epoch: ``best/<metric>`` is that epoch's value."""
 BEST_EPOCH_KEY = "best/epoch"
 
+LAST_EPOCH_TEST = ("test/last_epoch_clean_acc", "test/last_epoch_robust_acc")
+"""In the last report of a trial that ended on its best epoch: clean and PGD accuracy on the test points
+of the model as its last trained epoch left it (robust overfitting is best epoch against last)."""
+
 SPLIT_METRIC = r"^(train|val|gap)/[A-Za-z0-9_.\-]+$"
 """A metric of the train or val split, or their gap: the only kind reported after every epoch."""
 

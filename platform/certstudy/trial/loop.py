@@ -23,7 +23,7 @@ from certstudy import phases
 from certstudy.certify.base import Certificate
 from certstudy.data.augmentation import augment
 from certstudy.errors import TrialFailed
-from certstudy.metric_names import BEST_EPOCH_KEY, BEST_PREFIX, robust_acc_name
+from certstudy.metric_names import BEST_EPOCH_KEY, BEST_PREFIX, LAST_EPOCH_TEST, robust_acc_name
 from certstudy.trial import checkpoint
 from certstudy.trial.best import BestEpoch
 from certstudy.trial.build import TrialParts, attack_at_training_radius, build_parts
@@ -388,19 +388,31 @@ class _Saves:
             self.save(metrics, state)
 
 
+def _last_epoch_test(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> dict[str, float | str]:
+    """Clean and PGD accuracy on the test points of the model as it is now (the last epoch's)."""
+    splits, ev = parts.splits, cfg.evaluation
+    x_test, y_test = splits.floats(splits.x_test[sub.test]), splits.y_test[sub.test]
+    test = evaluate(parts.model, x_test, y_test, ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
+    return {LAST_EPOCH_TEST[0]: test.clean_acc, LAST_EPOCH_TEST[1]: test.robust_acc}
+
+
 def _finish_on_best(
     parts: TrialParts, cfg: TrialConfig, sub: _Subsets, best: BestEpoch, state: dict, saves: _Saves
 ) -> dict[str, float | str]:
     """The last report of a trial that ends on its best epoch (chosen, or stopped early)."""
     if best.epoch is None:
         raise TrialFailed(f"no epoch had a finite {best.metric}; there is no best epoch to finish on")
+    last = _last_epoch_test(parts, cfg, sub) if best.epoch != state["epoch"] else None
     best.restore(parts.model, parts.method)
     end, files = _end_metrics(parts, cfg, sub)
+    if last is None:  # the best epoch is the last one
+        last = {LAST_EPOCH_TEST[0]: end["test/clean_acc"], LAST_EPOCH_TEST[1]: end["test/robust_acc"]}
     summary: dict[str, float | str] = {
         "epoch": float(state["epoch"]),
         BEST_EPOCH_KEY: float(best.epoch),
         **{f"{BEST_PREFIX}{k}": v for k, v in best.metrics.items() if k != "epoch"},
         **end,
+        **last,
     }
     _check_finite(summary, int(state["epoch"]))
     saves.save(summary, {**state, "finished": summary}, parts.model.state_dict(), files)
