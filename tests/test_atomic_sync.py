@@ -43,19 +43,23 @@ def test_a_failed_copy_leaves_the_previous_version_and_no_temporary_file(tmp_pat
     assert not list(tmp_path.glob(atomic_sync.TMP_PREFIX + "*"))
 
 
+def _ours(fn: object) -> bool:
+    return getattr(fn, "__func__", None) is atomic_sync.DeferredDeletions.upload_state
+
+
 def test_install_routes_local_storage_through_the_atomic_upload_and_leaves_remote_to_ray(tmp_path: Path) -> None:
-    atomic_sync.install()
-    local = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=1, sync_timeout=10)
-    fn, kwargs = local._sync_up_command(str(tmp_path), str(tmp_path / "out"))
-    assert fn is atomic_sync.upload_state
-    fn(**kwargs)
-    remote = _FilesystemSyncer(
-        storage_filesystem=pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem()),
-        sync_period=1,
-        sync_timeout=10,
-    )
-    fn, _ = remote._sync_up_command(str(tmp_path), "out")
-    assert fn is not atomic_sync.upload_state
+    with atomic_sync.installed():
+        local = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=1, sync_timeout=10)
+        fn, kwargs = local._sync_up_command(str(tmp_path), str(tmp_path / "out"))
+        assert _ours(fn)
+        fn(**kwargs)
+        remote = _FilesystemSyncer(
+            storage_filesystem=pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem()),
+            sync_period=1,
+            sync_timeout=10,
+        )
+        fn, _ = remote._sync_up_command(str(tmp_path), "out")
+        assert not _ours(fn)
 
 
 def test_the_trial_folders_reach_the_experiment_folder_before_its_state(tmp_path: Path, monkeypatch) -> None:
@@ -74,21 +78,21 @@ def test_the_trial_folders_reach_the_experiment_folder_before_its_state(tmp_path
 
 
 def test_a_checkpoint_is_deleted_only_after_a_state_saved_later_has_been_uploaded(tmp_path: Path) -> None:
-    atomic_sync.install()
-    from ray.train._internal import checkpoint_manager
+    with atomic_sync.installed():
+        from ray.train._internal import checkpoint_manager
 
-    old, new = tmp_path / "trial_0" / "checkpoint_000001", tmp_path / "trial_0" / "checkpoint_000009"
-    for folder in (old, new):
-        folder.mkdir(parents=True)
-        (folder / "state.pt").write_bytes(b"x")
-    staging, experiment = tmp_path / "staging", tmp_path / "experiment"
-    staging.mkdir()
-    (staging / "experiment_state-x.json").write_text("{}")
-    syncer = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=1, sync_timeout=10)
-    fn, kwargs = syncer._sync_up_command(str(staging), str(experiment))  # launched before the deletion
-    checkpoint_manager._delete_fs_path(fs=pyarrow.fs.LocalFileSystem(), fs_path=str(old))
-    fn(**kwargs)
-    assert old.is_dir()  # the uploaded state may still name it
-    fn, kwargs = syncer._sync_up_command(str(staging), str(experiment))  # launched after: its state does not
-    fn(**kwargs)
-    assert not old.exists() and new.is_dir()
+        old, new = tmp_path / "trial_0" / "checkpoint_000001", tmp_path / "trial_0" / "checkpoint_000009"
+        for folder in (old, new):
+            folder.mkdir(parents=True)
+            (folder / "state.pt").write_bytes(b"x")
+        staging, experiment = tmp_path / "staging", tmp_path / "experiment"
+        staging.mkdir()
+        (staging / "experiment_state-x.json").write_text("{}")
+        syncer = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=1, sync_timeout=10)
+        fn, kwargs = syncer._sync_up_command(str(staging), str(experiment))  # launched before the deletion
+        checkpoint_manager._delete_fs_path(fs=pyarrow.fs.LocalFileSystem(), fs_path=str(old))
+        fn(**kwargs)
+        assert old.is_dir()  # the uploaded state may still name it
+        fn, kwargs = syncer._sync_up_command(str(staging), str(experiment))  # launched after: its state does not
+        fn(**kwargs)
+        assert not old.exists() and new.is_dir()

@@ -35,7 +35,7 @@ from certstudy.study.engine.ray_compat import (
     stored_trial_handle,
     trial_failures,
 )
-from certstudy.study.engine.ray_start import TRIAL_MODULE, start_local_ray, stop_ray
+from certstudy.study.engine.ray_start import TRIAL_MODULE, start_local_ray
 from certstudy.study.records.names import FAILURE_KEY, OPTUNA_TRIAL_KEY
 from certstudy.study.records.stored_sqlite import TUNER_STATE, can_resume
 from certstudy.workdir import Workdir
@@ -105,7 +105,8 @@ def test_a_local_experiment_is_restorable_exactly_when_its_tuner_state_file_exis
 def test_the_experiment_sync_patch_lasts_for_its_block_only() -> None:
     ray_own = ray_experiment_sync()
     with atomic_sync.installed():
-        assert ray_experiment_sync() == (atomic_sync._sync_up_command, atomic_sync.delete_later)
+        patched = ray_experiment_sync()
+        assert patched[0] is not ray_own[0] and patched[1] is not ray_own[1]
     assert ray_experiment_sync() == ray_own
 
 
@@ -142,11 +143,11 @@ print(first[:1], cached[:1], token()[:1])
 def local_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workdir]:
     assert fast_start() == frozenset(FAST_START_PARTS), "these tests check the whole fast start"
     workdir = Workdir(tmp_path_factory.mktemp("work"))
-    start_local_ray(workdir, verbose=False, cpus=2)
+    connection = start_local_ray(workdir, verbose=False, cpus=2)
     try:
         yield workdir
     finally:
-        stop_ray()
+        connection.close()
 
 
 def _session_processes() -> list[str]:

@@ -38,6 +38,7 @@ from certstudy.study.records.names import (
 from certstudy.workdir import NAME_PATTERN, Workdir
 
 if TYPE_CHECKING:
+    from certstudy.study.engine.ray_start import RayConnection
     from certstudy.study.engine.session import StudyOutcome
     from certstudy.study.spec.schema import StudySpec
 
@@ -289,17 +290,18 @@ def _check_stores(args: argparse.Namespace, spec: StudySpec, workdir: Workdir) -
         check_store(args.optuna_storage, "--optuna-storage")
 
 
-def _start_ray_early(args: argparse.Namespace, spec: StudySpec, workdir: Workdir) -> bool:
+def _start_ray_early(args: argparse.Namespace, spec: StudySpec, workdir: Workdir) -> RayConnection | None:
     """Once the study is valid, this machine's own Ray starts (in the main thread: Ray ties its
     processes' lives to the thread that starts them) while a helper thread imports Ray Tune, MLflow
     and Optuna; ``ray.init`` mostly waits on the processes it starts, so the 2 s of imports and
     the 2.5 s of Ray start-up overlap, and the workers' preloading (``study/engine/ray_start.py``) starts
     sooner. Only for the default stores on a local Ray: a tracking server or an Optuna database is
-    checked before anything starts, which needs those imports first. Returns True when Ray runs."""
+    checked before anything starts, which needs those imports first. Returns the local node's connection,
+    which the study's session takes over."""
     if args.address is not None or args.optuna_storage is not None:
-        return False
+        return None
     if spec.tracking_uri(workdir, args.tracking_uri).startswith(("http://", "https://")):
-        return False
+        return None
     import importlib
     import threading
 
@@ -310,9 +312,9 @@ def _start_ray_early(args: argparse.Namespace, spec: StudySpec, workdir: Workdir
     imports = threading.Thread(target=importlib.import_module, args=("certstudy.study.engine.runner",), daemon=True)
     imports.start()
     workdir.root.mkdir(parents=True, exist_ok=True)
-    start_local_ray(workdir, args.verbose, study_cpus(spec))
+    connection = start_local_ray(workdir, args.verbose, study_cpus(spec))
     imports.join()
-    return True
+    return connection
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -325,7 +327,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         if args.address is None:
             check_machine_resources(str(args.file), spec)
         check_dataset(str(args.file), spec, workdir)
-    ray_started = _start_ray_early(args, spec, workdir)
+    connection = _start_ray_early(args, spec, workdir)
     try:
         from certstudy.study.engine.runner import launch
 
@@ -341,13 +343,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
             verbose=args.verbose,
             console=console,
             on_end=[_dashboard_hook(workdir)],
-            ray_started=ray_started,
+            connection=connection,
         )
     finally:
-        if ray_started:  # refused before its session took Ray over (the study is running elsewhere)
-            from certstudy.study.engine.ray_start import stop_ray
-
-            stop_ray()
+        if connection is not None:  # closed by the session, or refused before it took it over
+            connection.close()
     return _report_outcome(outcome, workdir)
 
 

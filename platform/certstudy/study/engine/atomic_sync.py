@@ -44,8 +44,6 @@ from certstudy.study.engine.ray_compat import experiment_sync, ray_experiment_sy
 TMP_PREFIX = "tmp-"  # the state digests (study/records/state_digests.py) skip files named so
 
 _ray_sync_up_command, _ray_delete = ray_experiment_sync()
-_deferred: list[tuple[float, Any, str]] = []  # (asked at, filesystem, path) of checkpoints to delete
-_deferred_lock = threading.Lock()
 
 
 def _excluded(relative: Path, exclude: list[str]) -> bool:
@@ -83,43 +81,54 @@ def upload_atomically(local_path: str, fs: Any, fs_path: str, exclude: list[str]
         copy_atomically(source / relative, destination / relative)
 
 
-def delete_later(fs: Any, fs_path: str) -> None:
-    """Ray's checkpoint deletion, deferred for a local folder until a later state has been uploaded."""
-    if not isinstance(fs, pyarrow.fs.LocalFileSystem):
-        _ray_delete(fs=fs, fs_path=fs_path)
-        return
-    with _deferred_lock:
-        _deferred.append((time.monotonic(), fs, fs_path))
+class DeferredDeletions:
+    """One study's checkpoint deletions, each waiting for a state upload launched after it was asked."""
 
+    def __init__(self) -> None:
+        self.deferred: list[tuple[float, Any, str]] = []  # (asked at, filesystem, path)
+        self.lock = threading.Lock()
 
-def delete_asked_before(launched: float) -> None:
-    """Deletes the checkpoints whose deletion was asked before ``launched``."""
-    with _deferred_lock:
-        due = [d for d in _deferred if d[0] < launched]
-        _deferred[:] = [d for d in _deferred if d[0] >= launched]
-    for _, fs, path in due:
-        try:
-            _ray_delete(fs=fs, fs_path=path)
-        except FileNotFoundError:
-            pass  # already gone (a resumed study asks again for what an earlier driver deleted)
+    def delete_later(self, fs: Any, fs_path: str) -> None:
+        """Ray's checkpoint deletion, deferred for a local folder until a later state has been uploaded."""
+        if not isinstance(fs, pyarrow.fs.LocalFileSystem):
+            _ray_delete(fs=fs, fs_path=fs_path)
+            return
+        with self.lock:
+            self.deferred.append((time.monotonic(), fs, fs_path))
 
+    def delete_asked_before(self, launched: float) -> None:
+        """Deletes the checkpoints whose deletion was asked before ``launched``."""
+        with self.lock:
+            due = [d for d in self.deferred if d[0] < launched]
+            self.deferred[:] = [d for d in self.deferred if d[0] >= launched]
+        for _, fs, path in due:
+            try:
+                _ray_delete(fs=fs, fs_path=path)
+            except FileNotFoundError:
+                pass  # already gone (a resumed study asks again for what an earlier driver deleted)
 
-def upload_state(local_path: str, fs: Any, fs_path: str, exclude: list[str] | None, launched: float) -> None:
-    """The experiment state's upload, then the deletions it has made safe."""
-    upload_atomically(local_path, fs, fs_path, exclude)
-    delete_asked_before(launched)
+    def upload_state(self, local_path: str, fs: Any, fs_path: str, exclude: list[str] | None, launched: float) -> None:
+        """The experiment state's upload, then the deletions it has made safe."""
+        upload_atomically(local_path, fs, fs_path, exclude)
+        self.delete_asked_before(launched)
 
-
-def _sync_up_command(
-    self: Any, local_path: str, uri: str, exclude: list | None = None
-) -> tuple[Callable[..., None], dict[str, Any]]:
-    if isinstance(self.storage_filesystem, pyarrow.fs.LocalFileSystem):
-        args = {"local_path": local_path, "fs": None, "fs_path": uri, "exclude": exclude}
-        return upload_state, {**args, "launched": time.monotonic()}
-    return _ray_sync_up_command(self, local_path, uri, exclude)
+    def sync_up_command(
+        self, syncer: Any, local_path: str, uri: str, exclude: list | None = None
+    ) -> tuple[Callable[..., None], dict[str, Any]]:
+        """What Ray's syncer runs to upload ``local_path`` to ``uri``: for a local folder, this
+        module's upload (stamped now, right after Ray saved the state); else Ray's own."""
+        if isinstance(syncer.storage_filesystem, pyarrow.fs.LocalFileSystem):
+            args = {"local_path": local_path, "fs": None, "fs_path": uri, "exclude": exclude}
+            return self.upload_state, {**args, "launched": time.monotonic()}
+        return _ray_sync_up_command(syncer, local_path, uri, exclude)
 
 
 def installed() -> AbstractContextManager[None]:
     """The block in which this process's Ray Tune syncers copy atomically and defer checkpoint
     deletion; Ray's own functions are back after it."""
-    return experiment_sync(_sync_up_command, delete_later)
+    deletions = DeferredDeletions()
+
+    def sync_up_command(syncer: Any, local_path: str, uri: str, exclude: list | None = None) -> Any:
+        return deletions.sync_up_command(syncer, local_path, uri, exclude)
+
+    return experiment_sync(sync_up_command, deletions.delete_later)

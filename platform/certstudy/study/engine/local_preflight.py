@@ -47,18 +47,17 @@ def check_machine_resources(source: str, spec: StudySpec) -> None:
 
 def check_cluster_resources(source: str, spec: StudySpec, address: str, verbose: bool = False) -> None:
     """A trial's ``resources`` fit on some alive node of the Ray cluster at ``address``."""
-    import ray
 
     from certstudy.study.engine.preflight import PreflightError, check_resources
     from certstudy.study.engine.ray_start import join_cluster
 
-    join_cluster(address, verbose)
+    connection = join_cluster(address, verbose)
     try:
         check_resources(spec.resources.cpu, spec.resources.gpu)
     except PreflightError as exc:
         raise SpecError(source, "resources", f"cpu={spec.resources.cpu:g}, gpu={spec.resources.gpu:g}", str(exc))
     finally:
-        ray.shutdown()
+        connection.close()
 
 
 def check_dataset(source: str, spec: StudySpec, workdir: Workdir) -> None:

@@ -76,18 +76,11 @@ def token_file(workdir: Workdir) -> Path:
 TRIAL_MODULE = "certstudy.study.engine.trainable"  # what every trial worker imports first (torch, Ray Tune, the loop)
 
 
-_tune_actor_env = ExitStack()  # Tune's actor-env patch while a fast-started local node runs
-
-
 def _workers_inherit_env() -> None:
     """Sets Tune's per-actor variables in this process, so the local raylet started next and every
     worker it starts have them (module docstring). Light: Ray Tune is not imported here."""
     for key, value in TUNE_ACTOR_ENV.items():
         os.environ.setdefault(key, value)
-
-
-_UNSET = object()
-_saved_token_path: object = _UNSET  # the caller's $RAY_AUTH_TOKEN_PATH while a local Ray runs
 
 
 def _use_token_path(value: str | None) -> None:
@@ -106,16 +99,41 @@ def study_cpus(spec: StudySpec) -> int:
     return max(1, min(os.cpu_count() or 1, math.ceil(spec.resources.cpu * concurrent)))
 
 
-def start_local_ray(workdir: Workdir, verbose: bool, cpus: int | None = None) -> None:
+class RayConnection:
+    """This process's Ray for one study: a local node it started, or a cluster it joined. Whoever
+    holds it closes it (the study's session, once handed over); ``close`` is idempotent. A local node
+    brings the token path and Ray Tune's actor environment it set; closing gives them back, so a
+    later study in this process may join a cluster with that cluster's token."""
+
+    def __init__(self) -> None:
+        self._undo = ExitStack()
+        self.open = True
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            try:
+                ray.shutdown()
+            finally:
+                self._undo.close()
+
+
+def _token_path_for(connection: RayConnection, path: Path) -> None:
+    """``$RAY_AUTH_TOKEN_PATH`` is ``path`` until ``connection`` closes, then what it was."""
+    saved = os.environ.get(TOKEN_PATH_ENV)
+    _use_token_path(str(path))
+    connection._undo.callback(_use_token_path, saved)
+
+
+def start_local_ray(workdir: Workdir, verbose: bool, cpus: int | None = None) -> RayConnection:
     """This machine's own Ray for one study (see the module docstring), offering ``cpus`` CPUs
-    (default: the machine's); ``stop_ray`` ends it."""
-    global _saved_token_path
-    _saved_token_path = os.environ.get(TOKEN_PATH_ENV)
-    _use_token_path(str(token_file(workdir)))
+    (default: the machine's)."""
+    connection = RayConnection()
     if not verbose:  # its "token authentication is enabled ... to opt out" is certstudy's choice, not news
         logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     try:
         fast = fast_start()
+        _token_path_for(connection, token_file(workdir))
         if "actor_env" in fast:
             _workers_inherit_env()
         with lean_head() if "lean_head" in fast else nullcontext():
@@ -127,16 +145,17 @@ def start_local_ray(workdir: Workdir, verbose: bool, cpus: int | None = None) ->
                 logging_level="INFO" if verbose else "WARNING",
             )
         if "actor_env" in fast:
-            _tune_actor_env.enter_context(tune_actors_without_env())
+            connection._undo.enter_context(tune_actors_without_env())
     except BaseException:
-        stop_ray()
+        connection.close()
         raise
+    return connection
 
 
 ADDRESS_TIMEOUT_S = 20.0
 
 
-def join_cluster(address: str, verbose: bool) -> None:
+def join_cluster(address: str, verbose: bool) -> RayConnection:
     """Connects to the Ray cluster at ``address`` (``auto`` or HOST:PORT). A HOST:PORT that accepts
     no TCP connection within ``ADDRESS_TIMEOUT_S`` is a one-line error (``ray.init`` itself would
     retry for minutes)."""
@@ -178,6 +197,7 @@ def join_cluster(address: str, verbose: bool) -> None:
             raise
         if verbose:
             sys.stderr.write(captured.read())
+    return RayConnection()
 
 
 TOKEN_REFUSED = ("InvalidAuthToken", "Authentication token is missing or incorrect")
@@ -207,14 +227,3 @@ class _Rewound:
         self.fh.flush()
         self.fh.seek(0)
         return self.fh.read()
-
-
-def stop_ray() -> None:
-    """Disconnects from Ray (shutting down a local one) and gives the process back its own token
-    setting (a later study in this process may join a cluster, with that cluster's token)."""
-    global _saved_token_path
-    ray.shutdown()
-    _tune_actor_env.close()
-    if _saved_token_path is not _UNSET:
-        _use_token_path(_saved_token_path)  # type: ignore[arg-type]
-        _saved_token_path = _UNSET

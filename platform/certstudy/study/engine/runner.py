@@ -23,7 +23,7 @@ from certstudy.study.engine.callbacks import MlflowTrialCallback, ProgressCallba
 from certstudy.study.engine.digest_callback import StateDigestsCallback
 from certstudy.study.engine.optuna_bridge import StudyScheduler
 from certstudy.study.engine.preflight import PreflightError, alive_nodes, check_resources, check_storage
-from certstudy.study.engine.ray_start import join_cluster, stop_ray
+from certstudy.study.engine.ray_start import RayConnection, join_cluster
 from certstudy.study.engine.session import EndHook, StudyOutcome, StudySession
 from certstudy.study.engine.stop_board import open_board
 from certstudy.study.engine.trainable import train_trial
@@ -127,18 +127,15 @@ def launch(
     verbose: bool = False,
     console: Console | None = None,
     on_end: Sequence[EndHook] = (),
-    ray_started: bool = False,
+    connection: RayConnection | None = None,
 ) -> StudyOutcome:
     """``storage``: Ray Tune's storage (shared path or s3://; default ``<workdir>/<study>``);
     ``optuna_storage``: an Optuna database URL (default: sqlite in the study's folder);
-    ``ray_started``: the caller has started this process's local Ray for the study (the session
-    takes it over)."""
+    ``connection``: the Ray connection the caller opened for the study (the session takes it over)."""
     console = console or Console()
     _check_state_key(workdir)
-    joined = address is not None and not ray.is_initialized()
-    if joined:
-        join_cluster(address, verbose)  # first: a refused token or a dead head leaves no folder and no run behind
-        ray_started = True
+    if address is not None and connection is None and not ray.is_initialized():
+        connection = join_cluster(address, verbose)  # first: a refused token or a dead head leaves nothing behind
     try:
         return _launch_session(
             spec,
@@ -152,11 +149,11 @@ def launch(
             overwrite,
             verbose,
             on_end,
-            ray_started,
+            connection,
         )
     finally:
-        if joined and ray.is_initialized():  # refused before its session took the connection over
-            stop_ray()
+        if connection is not None:  # the session closed it, or was refused before it took it over
+            connection.close()
 
 
 def _launch_session(
@@ -171,7 +168,7 @@ def _launch_session(
     overwrite: bool,
     verbose: bool,
     on_end: Sequence[EndHook],
-    ray_started: bool,
+    connection: RayConnection | None,
 ) -> StudyOutcome:
     session = StudySession(spec, workdir, console)
     session.progress.verbose = verbose
@@ -185,7 +182,7 @@ def _launch_session(
                 address=address,
                 overwrite=overwrite,
                 verbose=verbose,
-                ray_started=ray_started,
+                connection=connection,
             )
             assert session.tracker is not None and session.searcher is not None
             searcher = session.searcher

@@ -44,7 +44,7 @@ from certstudy.study.engine.optuna_bridge import StudySearcher, make_sampler, op
 from certstudy.study.engine.preflight import check_optuna_storage
 from certstudy.study.engine.progress import Progress
 from certstudy.study.engine.quiet import quiet_libraries
-from certstudy.study.engine.ray_start import join_cluster, start_local_ray, stop_ray, study_cpus
+from certstudy.study.engine.ray_start import RayConnection, join_cluster, start_local_ray, study_cpus
 from certstudy.study.engine.stop_board import open_board
 from certstudy.study.records.lock import running_studies, store_setup
 from certstudy.study.records.names import (
@@ -101,9 +101,9 @@ def prepare_study_dir(spec: StudySpec, workdir: Workdir, overwrite: bool, consol
     return study_dir
 
 
-def _init_ray(address: str | None, verbose: bool, workdir: Workdir, spec: StudySpec) -> bool:
+def _init_ray(address: str | None, verbose: bool, workdir: Workdir, spec: StudySpec) -> RayConnection | None:
     """Joins the cluster at ``address``, or starts this machine's own Ray (``study/engine/ray_start.py``);
-    returns True when this call started it.
+    returns the connection, or None when this process was connected already.
 
     (Pre-warming worker processes with import tasks was measured and dropped: Ray does not give a
     worker that ran tasks to an actor, so on 2 cores the warm-up workers competed with the trials'
@@ -111,12 +111,10 @@ def _init_ray(address: str | None, verbose: bool, workdir: Workdir, spec: StudyS
     instead: ``study/engine/ray_start.py``.)
     """
     if ray.is_initialized():
-        return False
+        return None
     if address is None:
-        start_local_ray(workdir, verbose, study_cpus(spec))
-    else:
-        join_cluster(address, verbose)
-    return True
+        return start_local_ray(workdir, verbose, study_cpus(spec))
+    return join_cluster(address, verbose)
 
 
 def _make_searcher(spec: StudySpec, workdir: Workdir) -> StudySearcher:
@@ -160,7 +158,7 @@ class StudySession:
         self.experiment_id = ""
         self.parent_run_id = ""
         self.searcher: StudySearcher | None = None  # a new study's; a reopened one's is restored by Ray Tune
-        self.started_ray = False
+        self.ray_connection: RayConnection | None = None  # this session's Ray: it alone closes it
         self.earlier = dict(earlier or {})  # trials that had ended before a resume
         self.progress = Progress(
             spec.name,
@@ -187,13 +185,13 @@ class StudySession:
         address: str | None = None,
         overwrite: bool = False,
         verbose: bool = False,
-        ray_started: bool = False,
+        connection: RayConnection | None = None,
     ) -> None:
         """A new study's folder, then its records (MLflow, Optuna) and Ray, the last two concurrently.
         ``optuna_storage``: a database shared beyond this work directory (default: sqlite in the
         study's folder); the folder's ``stores.json`` names both stores for every later command.
-        ``ray_started``: the caller started this process's local Ray for the study (``certstudy
-        launch`` does, while it imports the rest); the session owns it from here and shuts it down."""
+        ``connection``: a Ray connection the caller opened for the study (``certstudy launch`` starts the local
+        node while it imports the rest; ``--address`` joins first); the session owns it from here."""
         quiet_libraries(verbose)
         uri = self.spec.tracking_uri(self.workdir, tracking_uri)
         if uri != self.workdir.tracking_uri:
@@ -203,8 +201,8 @@ class StudySession:
         prepare_study_dir(self.spec, self.workdir, overwrite, self.console)
         self.workdir.record_stores(self.spec.name, uri, optuna_storage or self.workdir.own_optuna_url(self.spec.name))
         self._note_shared_sqlite(uri)
-        if ray_started:
-            self.started_ray = True
+        if connection is not None:
+            self.ray_connection = connection
             self._open_records(uri)
         else:
             with ThreadPoolExecutor(max_workers=1) as pool:
@@ -292,7 +290,7 @@ class StudySession:
         self.tracker.client.set_tag(parent, STATUS_TAG, State.RUNNING)
 
     def start_ray(self, address: str | None, verbose: bool) -> None:
-        self.started_ray = _init_ray(address, verbose, self.workdir, self.spec)
+        self.ray_connection = _init_ray(address, verbose, self.workdir, self.spec)
         self.timings["ray_start"] = time.perf_counter() - self.t0
 
     # running -----------------------------------------------------------------------------------
@@ -378,8 +376,8 @@ class StudySession:
                     highlight=False,
                 )
         finally:
-            if self.started_ray:
-                stop_ray()
+            if self.ray_connection is not None:
+                self.ray_connection.close()
             self.timings["teardown"] = time.perf_counter() - t
 
     def _end_runs(self, status: str, reason: str) -> None:
