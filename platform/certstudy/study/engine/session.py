@@ -104,11 +104,6 @@ def prepare_study_dir(spec: StudySpec, workdir: Workdir, overwrite: bool, consol
 def _init_ray(address: str | None, verbose: bool, workdir: Workdir, spec: StudySpec) -> RayConnection | None:
     """Joins the cluster at ``address``, or starts this machine's own Ray (``study/engine/ray_start.py``);
     returns the connection, or None when this process was connected already.
-
-    (Pre-warming worker processes with import tasks was measured and dropped: Ray does not give a
-    worker that ran tasks to an actor, so on 2 cores the warm-up workers competed with the trials'
-    own and made an 8-trial study 40 % slower. A local node's workers preload the trial module
-    instead: ``study/engine/ray_start.py``.)
     """
     if ray.is_initialized():
         return None

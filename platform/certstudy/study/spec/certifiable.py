@@ -2,7 +2,7 @@
 
 The deterministic certifiers (ibp, crown, lipschitz) and the methods whose loss bounds the network
 (gloro, crown_ibp) accept only chains of layers they reproduce (``certify/network.py``). A model
-outside that set used to fail at the end of a trial; here it is built on the meta device (shapes,
+outside that set would fail at the end of a trial; here it is built on the meta device (shapes,
 no weights, no data read) for every value a searched model parameter can take, walked with each
 certifier's and method's needs, and refused with one line naming the model, the certifier or
 method, and the layer.
