@@ -26,7 +26,13 @@ from rich.console import Console
 
 from certstudy.analysis.reruns import write_section
 from certstudy.errors import CertstudyError
-from certstudy.metric_names import autoattack_acc_name, cert_gap_name, certified_acc_name, noise_acc_name
+from certstudy.metric_names import (
+    LAST_EPOCH_TEST,
+    autoattack_acc_name,
+    cert_gap_name,
+    certified_acc_name,
+    noise_acc_name,
+)
 from certstudy.study.records.export import Candidate, finished_trials
 from certstudy.study.records.launched import study_spec
 from certstudy.study.records.names import METHOD_LABEL_TAG
@@ -200,7 +206,9 @@ TABLES: dict[str, StudyTable] = {
         setting=lambda c: f"lr={float(_param(c, 'training.lr')):.2e}",
         csv_metrics=lambda spec: [("clean_acc", "test/clean_acc")] + _autoattack(spec),
         extra_metrics=lambda spec: (
-            _pgd(spec) + [("best val/robust_acc", "val/robust_acc"), ("best epoch", "best/epoch")]
+            _pgd(spec)
+            + [("pgd at the last epoch", LAST_EPOCH_TEST[1])]
+            + [("best val/robust_acc", "val/robust_acc"), ("best epoch", "best/epoch")]
         ),
     ),
 }
