@@ -136,6 +136,34 @@ print(first[:1], cached[:1], token()[:1])
     assert out.stdout.split() == ["a", "a", "b"], out.stdout
 
 
+@pytest.mark.integration
+def test_ray_warns_about_token_authentication_through_the_logger_a_local_study_silences(tmp_path: Path) -> None:
+    """``TOKEN_SETUP_LOGGER``: a local node with token authentication warns through that logger, and
+    raising its level silences the warning (in fresh processes: Ray warns once per process)."""
+    code = """
+import logging, sys, ray
+from certstudy.study.engine.ray_compat import TOKEN_SETUP_LOGGER
+if sys.argv[1] == "silenced":
+    logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
+ray.init(address="local", num_cpus=1, include_dashboard=False)
+ray.shutdown()
+"""
+    said = {}
+    for mode in ("silenced", "default"):
+        token = tmp_path / f"{mode}.token"
+        token.write_text("c" * 64)
+        token.chmod(0o600)
+        env = {
+            k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"
+        }  # Ray's default: token auth, with the warning
+        env["RAY_AUTH_TOKEN_PATH"] = str(token)
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, timeout=180)
+        assert out.returncode == 0, out.stderr[-2000:]
+        said[mode] = out.stdout + out.stderr
+    assert "Token authentication is enabled" in said["default"], said["default"][-2000:]
+    assert "Token authentication is enabled" not in said["silenced"], said["silenced"][-2000:]
+
+
 # --- a local node and a Ray Tune experiment on it -----------------------------------------------
 
 
