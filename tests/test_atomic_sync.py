@@ -96,3 +96,14 @@ def test_a_checkpoint_is_deleted_only_after_a_state_saved_later_has_been_uploade
         fn, kwargs = syncer._sync_up_command(str(staging), str(experiment))  # launched after: its state does not
         fn(**kwargs)
         assert not old.exists() and new.is_dir()
+
+
+def test_the_upload_command_ray_keeps_with_its_syncer_pickles(tmp_path: Path) -> None:
+    """Ray keeps the last upload command on its syncer and pickles it with the experiment state."""
+    from ray import cloudpickle
+
+    with atomic_sync.installed():
+        syncer = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=1, sync_timeout=10)
+        command = syncer._sync_up_command(str(tmp_path), str(tmp_path / "out"))
+        fn, kwargs = cloudpickle.loads(cloudpickle.dumps(command))
+        assert _ours(fn) and kwargs["fs_path"] == str(tmp_path / "out")

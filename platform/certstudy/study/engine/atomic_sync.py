@@ -88,6 +88,14 @@ class DeferredDeletions:
         self.deferred: list[tuple[float, Any, str]] = []  # (asked at, filesystem, path)
         self.lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray keeps the last upload command with its syncer and pickles it in the experiment state;
+        a copy there has nothing to delete."""
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
     def delete_later(self, fs: Any, fs_path: str) -> None:
         """Ray's checkpoint deletion, deferred for a local folder until a later state has been uploaded."""
         if not isinstance(fs, pyarrow.fs.LocalFileSystem):
