@@ -93,6 +93,20 @@ def test_study_searcher_leaves_a_trial_told_elsewhere_as_it_was_recorded() -> No
     assert "fail_reason" not in trial.user_attrs
 
 
+def test_study_searcher_tells_the_last_point_of_a_grid_without_an_error() -> None:
+    """Optuna's grid sampler asks the study to stop after its last point, which raises outside
+    ``study.optimize``; the searcher records the outcome and leaves the stopping to Ray Tune."""
+    sampler = optuna.samplers.GridSampler({"x": [0.1, 0.2]}, seed=0)
+    s = StudySearcher(
+        space={"x": optuna.distributions.CategoricalDistribution([0.1, 0.2])}, metric="m", mode="max", sampler=sampler
+    )
+    for tid in ("a", "b"):
+        s.suggest(tid)
+        s.on_trial_complete(tid, result={"m": 0.5})
+    assert [t.state for t in s.study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(t.params["x"] for t in s.study.trials) == [0.1, 0.2]
+
+
 # --- Ray Tune's experiment state, without a node ----------------------------------------------
 
 

@@ -245,20 +245,32 @@ class StudySearcher(Searcher):
         reason = failure_reason(result) or (self.errors.get(trial_id, "trial errored") if error else None)
         if reason is not None:
             self._handle(number).set_user_attr(FAIL_REASON_ATTR, reason)
-            self.study.tell(number, state=TrialState.FAIL)
+            self._tell(number, state=TrialState.FAIL)
         elif PruneDecision.from_attrs(stored.user_attrs) is not None:
-            self.study.tell(number, state=TrialState.PRUNED)  # keeps the last intermediate value
+            self._tell(number, state=TrialState.PRUNED)  # keeps the last intermediate value
         else:
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
             values = [(result or {}).get(m) for m in metrics]
             try:
                 if any(v is None for v in values):
-                    self.study.tell(number, state=TrialState.PRUNED)  # ended without its objective
+                    self._tell(number, state=TrialState.PRUNED)  # ended without its objective
                 else:
-                    self.study.tell(number, values if len(values) > 1 else values[0])
+                    self._tell(number, values if len(values) > 1 else values[0])
             except (ValueError, TypeError) as exc:  # Optuna refuses a NaN objective, and tells it FAIL
                 logger.warning("trial %s: %s", trial_id, exc)
         self.errors.pop(trial_id, None)
+
+    def _tell(self, number: int, values: Any = None, state: TrialState | None = None) -> None:
+        """``study.tell``. Optuna's grid sampler asks the study to stop once every grid point has been
+        tried, which Optuna allows only inside ``study.optimize``: with ask/tell it raises after the
+        outcome is stored. The study's end is Ray Tune's to decide (its ``num_samples``), so that
+        request is dropped; any other error stands."""
+        try:
+            self.study.tell(number, values, state=state)
+        except RuntimeError:
+            told = next((t for t in self.study.get_trials(deepcopy=False) if t.number == number), None)
+            if told is None or not told.state.is_finished():
+                raise
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         super().save_to_dir(checkpoint_dir, session_str)
