@@ -33,7 +33,7 @@ def _suggest(trial: SuggestingTrial, name: str, dist: FloatRange | IntRange | Ca
 
 
 class SearchSpace:
-    """Define-by-run space for ``OptunaSearch`` (a module-level class, so Tune can pickle it)."""
+    """Define-by-run space: called on each asked Optuna trial (a module-level class, so Tune can pickle it)."""
 
     def __init__(self, spec: StudySpec) -> None:
         self.spec = spec
