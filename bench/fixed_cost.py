@@ -26,10 +26,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from certstudy.study.engine.ray_compat import FAST_START_ENV, FAST_START_PARTS
 from launched import launch_timed
-
-FAST_START_ENV = "CERTSTUDY_RAY_FAST_START"  # study/engine/ray_compat.py
-FAST_START_PARTS = ("lean_head", "preload", "actor_env")
 
 TARGET_S = 8.0
 STUDY = {

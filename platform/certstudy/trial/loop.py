@@ -145,12 +145,20 @@ class _Subsets:
     cert_val: Tensor | None
 
 
+def _test_scores(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> tuple[Tensor, Tensor, Scores]:
+    """The test points (as floats) and the model's clean and PGD scores on them, with the attack's
+    fixed seed: the same points and attack for every model the trial evaluates."""
+    splits, ev = parts.splits, cfg.evaluation
+    x_test, y_test = splits.floats(splits.x_test[sub.test]), splits.y_test[sub.test]
+    test = evaluate(parts.model, x_test, y_test, ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
+    return x_test, y_test, test
+
+
 def _end_metrics(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> tuple[dict[str, float | str], dict[str, bytes]]:
     """Test split, the method's own final metrics and every certificate, for the model as it is now."""
     phases.enter(phases.TESTING)
     model, splits, ev = parts.model, parts.splits, cfg.evaluation
-    x_test, y_test = splits.floats(splits.x_test[sub.test]), splits.y_test[sub.test]
-    test = evaluate(model, x_test, y_test, ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
+    x_test, y_test, test = _test_scores(parts, cfg, sub)
     metrics: dict[str, float | str] = dict(_scores("test", test))
     if ev.attack_grid:
         metrics.update(attack_grid(model, x_test, y_test, cfg, splits.bounds))
@@ -390,9 +398,7 @@ class _Saves:
 
 def _last_epoch_test(parts: TrialParts, cfg: TrialConfig, sub: _Subsets) -> dict[str, float | str]:
     """Clean and PGD accuracy on the test points of the model as it is now (the last epoch's)."""
-    splits, ev = parts.splits, cfg.evaluation
-    x_test, y_test = splits.floats(splits.x_test[sub.test]), splits.y_test[sub.test]
-    test = evaluate(parts.model, x_test, y_test, ev.attack, splits.bounds, batch_size=ev.batch_size, seed=cfg.seed + 13)
+    test = _test_scores(parts, cfg, sub)[2]
     return {LAST_EPOCH_TEST[0]: test.clean_acc, LAST_EPOCH_TEST[1]: test.robust_acc}
 
 

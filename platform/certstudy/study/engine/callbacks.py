@@ -117,15 +117,19 @@ class MlflowTrialCallback(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        _unpickled(str(self.spec.get("name")), self)
+        _unpickled(self.study_name, self)
+
+    @property
+    def study_name(self) -> str:
+        return str(self.spec.get("name"))
 
     @property
     def runs(self) -> TrialRuns:
         if self._runs is None:
             tracker = Tracker(self.tracking_uri, Path(self.artifact_root) if self.artifact_root else None)
             study = StudySpec.model_validate(self.spec)
-            self._runs = TrialRuns(tracker, study, self.experiment_id, self.parent_run_id)
-            self._runs.runs = self.run_ids  # shared: the writer's thread adds, the pickled state keeps
+            # run_ids is shared: the writer's thread adds to it, the pickled state keeps it
+            self._runs = TrialRuns(tracker, study, self.experiment_id, self.parent_run_id, self.run_ids)
         return self._runs
 
     @property
@@ -231,7 +235,7 @@ class MlflowTrialCallback(Callback):
 
     @timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if stopping(self.runs.spec.name):  # a full disk stopped it: interrupted, to be resumed
+        if stopping(self.study_name):  # a full disk stopped it: interrupted, to be resumed
             self._end(trial, "KILLED", {STATUS_TAG: State.KILLED, REASON_TAG: "the study stopped: disk full"})
             return
         self._end(trial, "FAILED", {STATUS_TAG: State.FAILED, REASON_TAG: trial_error_reason(trial)})

@@ -199,8 +199,10 @@ class StudySearcher(Searcher):
 
     def _stored(self, trial_id: str) -> FrozenTrial | None:
         number = self.numbers.get(trial_id)
-        if number is None:
-            return None
+        return None if number is None else self._stored_number(number)
+
+    def _stored_number(self, number: int) -> FrozenTrial | None:
+        """Trial ``number`` as the storage has it now (trials are listed by number in one study)."""
         trials = self.study.get_trials(deepcopy=False)
         if number < len(trials) and trials[number].number == number:
             return trials[number]
@@ -268,7 +270,7 @@ class StudySearcher(Searcher):
         try:
             self.study.tell(number, values, state=state)
         except RuntimeError:
-            told = next((t for t in self.study.get_trials(deepcopy=False) if t.number == number), None)
+            told = self._stored_number(number)
             if told is None or not told.state.is_finished():
                 raise
 

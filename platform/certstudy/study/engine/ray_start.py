@@ -34,8 +34,8 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -109,6 +109,14 @@ class RayConnection:
         self._undo = ExitStack()
         self.open = True
 
+    def on_close(self, fn: Callable[..., object], *args: object) -> None:
+        """``fn(*args)`` when the connection closes (after Ray has shut down), last registered first."""
+        self._undo.callback(fn, *args)
+
+    def hold(self, context: AbstractContextManager[object]) -> None:
+        """Enters ``context`` now and leaves it when the connection closes."""
+        self._undo.enter_context(context)
+
     def close(self) -> None:
         if self.open:
             self.open = False
@@ -122,7 +130,7 @@ def _token_path_for(connection: RayConnection, path: Path) -> None:
     """``$RAY_AUTH_TOKEN_PATH`` is ``path`` until ``connection`` closes, then what it was."""
     saved = os.environ.get(TOKEN_PATH_ENV)
     _use_token_path(str(path))
-    connection._undo.callback(_use_token_path, saved)
+    connection.on_close(_use_token_path, saved)
 
 
 def start_local_ray(workdir: Workdir, verbose: bool, cpus: int | None = None) -> RayConnection:
@@ -145,7 +153,7 @@ def start_local_ray(workdir: Workdir, verbose: bool, cpus: int | None = None) ->
                 logging_level="INFO" if verbose else "WARNING",
             )
         if "actor_env" in fast:
-            connection._undo.enter_context(tune_actors_without_env())
+            connection.hold(tune_actors_without_env())
     except BaseException:
         connection.close()
         raise

@@ -34,10 +34,17 @@ from certstudy.trial.checkpoint import ARTIFACTS_DIR, MODEL_FILE
 class TrialRuns:
     """Ray trial id -> its MLflow run, and the writes to it."""
 
-    def __init__(self, tracker: Tracker, spec: StudySpec, experiment_id: str, parent_run_id: str) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        spec: StudySpec,
+        experiment_id: str,
+        parent_run_id: str,
+        runs: dict[str, str] | None = None,
+    ) -> None:
         self.tracker, self.spec = tracker, spec
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
-        self.runs: dict[str, str] = {}  # trial id -> MLflow run id
+        self.runs: dict[str, str] = {} if runs is None else runs  # trial id -> MLflow run id
         self.pending: dict[str, tuple[dict[str, Any], list[tuple[dict[str, float], int, int]]]] = {}
 
     def buffered(self) -> int:
