@@ -68,6 +68,20 @@ _SMOOTHING = {
     ("gaussian sigma=0.5", "certified_acc_l2_r0.5"): Published(
         0.966, f"{_CONSISTENCY_REPO} data/certify/mnist/cohen/noise_0.50_4490, rows 0-499"
     ),
+    # Jeong & Shin's consistency-trained LeNet (m = 2, lambda 20, eta 0.5; the first of the three released
+    # runs per sigma), counted the same way
+    ("consistency sigma=0.25", "certified_acc_l2_r0"): Published(
+        0.996, f"{_CONSISTENCY_REPO} data/certify/mnist/consistency/cohen/num_2/lbd_20.0/noise_0.25_3981, rows 0-499"
+    ),
+    ("consistency sigma=0.25", "certified_acc_l2_r0.5"): Published(
+        0.978, f"{_CONSISTENCY_REPO} data/certify/mnist/consistency/cohen/num_2/lbd_20.0/noise_0.25_3981, rows 0-499"
+    ),
+    ("consistency sigma=0.5", "certified_acc_l2_r0"): Published(
+        0.990, f"{_CONSISTENCY_REPO} data/certify/mnist/consistency/cohen/num_2/lbd_20.0/noise_0.50_1172, rows 0-499"
+    ),
+    ("consistency sigma=0.5", "certified_acc_l2_r0.5"): Published(
+        0.968, f"{_CONSISTENCY_REPO} data/certify/mnist/consistency/cohen/num_2/lbd_20.0/noise_0.50_1172, rows 0-499"
+    ),
 }
 _GLORO = {
     ("gloro_2c2f l2 eps=0.3", "certified_acc_l2_r0.3"): Published(
@@ -77,9 +91,23 @@ _GLORO = {
 # Gowal et al. 2018, Table 3 (IBP, DM-large, trained at eps 0.2): test error 1.06 %, verified error
 # 2.23 % at eps 0.1, as quoted in google-deepmind/interval-bound-propagation issue #1.
 _IBP_SOURCE = "Gowal et al. 2018 Table 3 (DM-large), quoted in google-deepmind/interval-bound-propagation#1"
+# The released CROWN-IBP models (DM-large; verified accuracy by IBP, as our certified_acc_ibp), from the
+# README of google-deepmind/interval-bound-propagation, "CROWN-IBP models": mnist_0.2_large at eps 0.1,
+# mnist_0.4_large at eps 0.3; and its IBP model mnist_0.4_large_200 at eps 0.3.
+_DM_README = "google-deepmind/interval-bound-propagation README, pretrained"
 _RELAXATION = {
     ("ibp linf eps=0.1", "clean_acc"): Published(0.9894, _IBP_SOURCE),
     ("ibp linf eps=0.1", "certified_acc_ibp_linf_r0.1"): Published(0.9777, _IBP_SOURCE),
+    ("crown_ibp linf eps=0.1", "clean_acc"): Published(0.9903, f"{_DM_README} crown-ibp/mnist_0.2_large"),
+    ("crown_ibp linf eps=0.1", "certified_acc_ibp_linf_r0.1"): Published(
+        0.9775, f"{_DM_README} crown-ibp/mnist_0.2_large"
+    ),
+    ("crown_ibp linf eps=0.3", "clean_acc"): Published(0.9838, f"{_DM_README} crown-ibp/mnist_0.4_large"),
+    ("crown_ibp linf eps=0.3", "certified_acc_ibp_linf_r0.3"): Published(
+        0.9332, f"{_DM_README} crown-ibp/mnist_0.4_large"
+    ),
+    ("ibp linf eps=0.3", "clean_acc"): Published(0.9834, f"{_DM_README} ibp/mnist_0.4_large_200"),
+    ("ibp linf eps=0.3", "certified_acc_ibp_linf_r0.3"): Published(0.9179, f"{_DM_README} ibp/mnist_0.4_large_200"),
 }
 
 
@@ -151,7 +179,7 @@ TABLES: dict[str, StudyTable] = {
         published=_GLORO,
     ),
     "smoothing": StudyTable(
-        names=("mnist_smoothing_cpu", "mnist_smoothing"),
+        names=("mnist_smoothing*_cpu", "mnist_smoothing"),  # the CPU budget runs in parts
         setting=lambda c: f"{_label(c)} sigma={_param(c, 'method.params.sigma')}",
         csv_metrics=lambda spec: (
             _certified(spec, "smoothing", "l2", "certified_acc_")
@@ -162,7 +190,7 @@ TABLES: dict[str, StudyTable] = {
         published=_SMOOTHING,
     ),
     "ibp_crown_ibp": StudyTable(
-        names=("mnist_ibp_crown_ibp_eps0.1_cpu", "mnist_ibp_crown_ibp_eps0.1", "mnist_ibp_crown_ibp_eps0.3"),
+        names=("mnist_ibp_crown_ibp_eps*_cpu", "mnist_ibp_crown_ibp_eps*"),
         setting=lambda c: f"{_label(c)} linf eps={_test_eps(c)}",
         csv_metrics=lambda spec: (
             [("clean_acc", "test/clean_acc")]
@@ -289,17 +317,26 @@ def main() -> None:
     parser.add_argument("--csv-dir", type=Path, default=REPO / "docs" / "results")
     args = parser.parse_args()
     table = TABLES[args.study]
-    rows, extra, walls = [], [], []
+    found = []  # (folder name, spec, rows, extra lines, wall) per study
     for folder in args.workdir:
         workdir = Workdir.resolve(folder)
-        for name in studies_of(workdir, table):
-            spec, these, more, wall = study_rows(workdir, table, name)
-            if len(args.workdir) > 1:
-                for r in these:
-                    r["setting"] = f"{workdir.root.name}: {r['setting']}"
-                more = [line.replace("| ", f"| {workdir.root.name}: ", 1) for line in more]
-            rows, extra, walls = rows + these, extra + more, walls + [wall]
-    wall = sum(walls)
+        found += [(workdir.root.name, *study_rows(workdir, table, name)) for name in studies_of(workdir, table)]
+    # several folders holding the same settings (the off/ and on/ runs of one study): each setting is
+    # prefixed with its folder's name; folders holding different parts of a study keep the plain names
+    settings = [(folder, r["setting"]) for folder, _, these, _, _ in found for r in these]
+    prefix = len({s for _, s in settings}) < len(set(settings))
+    rows, extra = [], []
+    for folder, _, these, more, _ in found:
+        if prefix:
+            for r in these:
+                r["setting"] = f"{folder}: {r['setting']}"
+            more = [line.replace("| ", f"| {folder}: ", 1) for line in more]
+        rows, extra = rows + these, extra + more
+    spec = found[-1][1]
+    studies = "; ".join(
+        f"`{folder + '/' if prefix else ''}{s.name}` ({s.model.name}, {s.training.epochs} epochs, {w:.0f} s)"
+        for folder, s, _, _, w in found
+    )
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -313,7 +350,7 @@ def main() -> None:
 
     compared = [r for r in rows if r["published"]]
     lines = [
-        f"Study `{spec.name}` ({rows[0]['budget'] if rows else ''}; {wall:.0f} s wall on 2 CPU cores). "
+        f"{'Studies' if len(found) > 1 else 'Study'} {studies}: wall on 2 CPU cores. "
         f"Regenerate: `python bench/mnist_results.py {args.study}`; machine-readable: "
         f"`docs/results/mnist_{args.study}.csv`.\n",
         "| setting | metric | ours | published | ours - published | source |",
