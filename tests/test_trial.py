@@ -67,3 +67,18 @@ def test_diverging_loss_fails_the_trial_with_its_reason(tmp_path: Path) -> None:
     )
     with pytest.raises(TrialFailed, match="epoch"):
         run_trial(cfg, lambda m, d: None, data_dir=str(tmp_path))
+
+
+def test_poisoned_points_are_scored_against_their_flipped_labels_at_every_epoch(tmp_path: Path) -> None:
+    history: list[dict] = []
+    cfg = _cfg(method={"name": "erm"}, training={"epochs": 3, "lr": 3e-3}, dataset={"poisoning": {"rate": 0.3}})
+    run_trial(cfg, lambda m, d: history.append(m), data_dir=str(tmp_path))
+    fits = [m["train/poisoned_acc"] for m in history]
+    assert len(fits) == 3
+    # three epochs teach the digits, not the flips: the net predicts the true class of a flipped point, so
+    # it fits few of the flipped labels while it fits most observed labels (70 % of them are clean)
+    assert fits[-1] < 0.3 and history[-1]["train/acc"] > 0.5
+
+    clean: list[dict] = []
+    run_trial(_cfg(dataset={"poisoning": {"rate": 0.0}}), lambda m, d: clean.append(m), data_dir=str(tmp_path))
+    assert clean and all("train/poisoned_acc" not in m for m in clean)

@@ -28,6 +28,11 @@ SPLIT_METRIC = r"^(train|val|gap)/[A-Za-z0-9_.\-]+$"
 TRAIN_LOSS = "train/loss"
 """The training loss, reported at every evaluated epoch (the records read epochs from its steps)."""
 
+POISONED_FIT = "train/poisoned_acc"
+"""At every evaluated epoch of a study whose train labels are poisoned: clean accuracy on every poisoned
+training point against its poisoned (observed) label, i.e. the share of the flips the net has fitted.
+Bennouna et al.'s section 6.1 contrasts HR with ERM and PGD-AT once those have memorised the flips."""
+
 EPOCH_METRICS = (
     TRAIN_LOSS,
     "train/acc",

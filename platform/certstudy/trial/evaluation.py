@@ -81,3 +81,17 @@ def evaluate(
                 ).to(sums.dtype)
     a, b, c, d = (sums / max(n, 1)).tolist()
     return Scores(a, b, c, d)
+
+
+@torch.no_grad()
+def clean_accuracy(
+    model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int, to_float: Callable[[Tensor], Tensor] = _identity
+) -> float:
+    """Clean accuracy of ``model`` on (x, y), without an attack (NaN on no points); one host sync."""
+    if len(y) == 0:
+        return float("nan")
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    with eval_mode(model):
+        for i in range(0, len(y), batch_size):
+            correct += (model(to_float(x[i : i + batch_size])).argmax(dim=1) == y[i : i + batch_size]).sum()
+    return float(correct) / len(y)

@@ -23,14 +23,14 @@ from certstudy import phases
 from certstudy.certify.base import Certificate
 from certstudy.data.augmentation import augment
 from certstudy.errors import TrialFailed
-from certstudy.metric_names import BEST_EPOCH_KEY, BEST_PREFIX, LAST_EPOCH_TEST, robust_acc_name
+from certstudy.metric_names import BEST_EPOCH_KEY, BEST_PREFIX, LAST_EPOCH_TEST, POISONED_FIT, robust_acc_name
 from certstudy.trial import checkpoint
 from certstudy.trial.best import BestEpoch
 from certstudy.trial.build import TrialParts, attack_at_training_radius, build_parts
 from certstudy.trial.certification import certify_all
 from certstudy.trial.config import CheckpointPolicy, TrialConfig
 from certstudy.trial.environment import seed_everything, select_device, sum_dtype
-from certstudy.trial.evaluation import Scores, evaluate
+from certstudy.trial.evaluation import Scores, clean_accuracy, evaluate
 from certstudy.trial.optim import build_optimizer, build_schedule
 from certstudy.trial.precision import Precision
 from certstudy.trial.robustness import (
@@ -317,6 +317,14 @@ def run_trial(
                 "gap/robust_loss": val.robust_loss - tr.robust_loss,
                 **parts.method.epoch_metrics(),
             }
+            if len(splits.poisoned):
+                metrics[POISONED_FIT] = clean_accuracy(
+                    model,
+                    splits.x_train[splits.poisoned],
+                    splits.y_train[splits.poisoned],
+                    batch_size=ev.batch_size,
+                    to_float=splits.floats,
+                )
             history.append(metrics)
             best.update(epoch, metrics, model, parts.method)
             files: dict[str, bytes] = {}

@@ -17,6 +17,7 @@ from certstudy.metric_names import (
     CERTIFICATION_METRIC,
     END_ONLY_METRIC,
     EPOCH_METRICS,
+    POISONED_FIT,
     certificate_metric_names,
     per_epoch_metric,
 )
@@ -138,6 +139,8 @@ END_ONLY_HINT = (
 def epoch_metrics_of(spec: StudySpec) -> frozenset[str]:
     """Every metric a trial of ``spec`` reports after each epoch: the loop's own and its methods'."""
     names = set(EPOCH_METRICS)
+    if spec.dataset.poisoning.rate > 0:
+        names.add(POISONED_FIT)
     for entry in spec.method_entries:
         names |= METHODS.get(entry.name).epoch_metric_names
     return frozenset(names)
