@@ -248,6 +248,30 @@ def test_method_losses_are_finite_and_train(regularizer: str) -> None:
     assert cls.certifier_defaults(method.params) == {"smoothing": {"sigma": 0.25}}
 
 
+def test_adre_term_is_floored_so_a_runaway_margin_stops_paying() -> None:
+    """A net whose logits separate by thousands: the bare log G of the runner-up would be about -5000
+    and keep pulling the logits apart (LeNet collapsed on MNIST that way); log(G + 1e-10) stops at
+    log 1e-10 and its gradient vanishes there."""
+    from certstudy.methods.smoothing import ADRE_LOG_FLOOR
+
+    cls = METHODS.get("smoothing")
+    lam = 0.5
+    method = cls(
+        cls.Params(sigma=0.01, regularizer="adre", k=2, **{"lambda": lam}),
+        MethodContext(3, (4,), (0.0, 1.0), torch.device("cpu"), 1),
+    )
+    scale = torch.tensor(5000.0, requires_grad=True)
+
+    class Runaway(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return scale * torch.tensor([1.0, 0.0, 0.0]).expand(len(x), 3)
+
+    loss = method.loss(Runaway(), torch.rand(8, 4), torch.zeros(8, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == pytest.approx(lam * ADRE_LOG_FLOOR, rel=1e-6)  # CE is 0 and the term sits on its floor
+    assert abs(scale.grad.item()) < 1e-6  # no push to separate further
+
+
 def test_method_params_defaults_follow_the_regularizer_and_accept_lambda() -> None:
     params = METHODS.get("smoothing").Params(regularizer="adre", **{"lambda": 0.3})
     assert (params.copies, params.weight) == (8, 0.3)
