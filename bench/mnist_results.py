@@ -22,12 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
+from scipy import stats
 
 from certstudy.analysis.reruns import write_section
 from certstudy.errors import CertstudyError
 from certstudy.metric_names import (
     LAST_EPOCH_TEST,
+    POISONED_FIT,
     autoattack_acc_name,
     cert_gap_name,
     certified_acc_name,
@@ -120,6 +123,8 @@ class StudyTable:
     csv_metrics: Callable[[StudySpec], list[tuple[str, str]]]  # (CSV metric, MLflow metric)
     extra_metrics: Callable[[StudySpec], list[tuple[str, str]]] = lambda spec: []
     published: dict[tuple[str, str], Published] = field(default_factory=dict)
+    pool_seeds: bool = False  # its studies are seeds of one study: one row per setting and metric, the mean
+    # over seeds with a 95 % t-interval (metric ``<metric>_ci95``: the interval's half-width)
 
 
 def _label(c: Candidate) -> str:
@@ -206,14 +211,16 @@ TABLES: dict[str, StudyTable] = {
         published=_RELAXATION,
     ),
     "hr": StudyTable(
-        names=("mnist_hr_cpu", "mnist_hr"),
+        names=("mnist_hr_s[0-9]*_cpu", "mnist_hr"),  # one study per seed: --set seed=N --set name=mnist_hr_sN_cpu
         setting=lambda c: _label(c),
-        csv_metrics=lambda spec: [("clean_acc", "test/clean_acc"), ("hr_loss_bound_l2_r0.2", "test/hr_objective")],
-        extra_metrics=lambda spec: (
-            _pgd(spec)
+        csv_metrics=lambda spec: (
+            [("clean_acc", "test/clean_acc")]
+            + _pgd(spec)
             + [(f"noise_acc_s{s:g}", noise_acc_name(s)) for s in spec.evaluation.noise_sigmas]
-            + [("HR bound (train)", "test/hr_objective"), ("adversarial test loss", "test/hr_robust_loss")]
+            + [("hr_bound", "test/hr_objective"), ("adv_test_loss", "test/hr_robust_loss")]
         ),
+        extra_metrics=lambda spec: [("train acc (poisoned labels)", "train/acc"), ("flips fitted", POISONED_FIT)],
+        pool_seeds=True,
     ),
     "hr_grid": StudyTable(
         names=("mnist_hr_grid_f*_cpu",),
@@ -303,6 +310,30 @@ def study_rows(
     return spec, rows, extra, wall
 
 
+def pooled(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """One row per (setting, metric) of seed studies: the mean over seeds, then ``<metric>_ci95``, the
+    half-width of the 95 % Student-t interval of that mean (empty with one seed); ``seeds`` counts
+    them and ``wall_s`` is the longest seed's wall."""
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["metric"]), []).append(r)
+    out = []
+    for (setting, metric), group in groups.items():
+        values = np.array([float(r["ours"]) for r in group])
+        n = len(values)
+        half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+        first = group[0]
+        common = {
+            "budget": first["budget"],
+            "seeds": str(n),
+            "wall_s": f"{max(float(r['wall_s']) for r in group):.0f}",
+        }
+        out.append({**first, "ours": _fmt(float(values.mean())), **common})
+        interval = {"setting": setting, "metric": f"{metric}_ci95", "ours": _fmt(half), "published": "", "source": ""}
+        out.append({**interval, **common})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=sorted(TABLES))
@@ -326,12 +357,16 @@ def main() -> None:
     settings = [(folder, r["setting"]) for folder, _, these, _, _ in found for r in these]
     prefix = len({s for _, s in settings}) < len(set(settings))
     rows, extra = [], []
-    for folder, _, these, more, _ in found:
+    for folder, study, these, more, _ in found:
+        if table.pool_seeds:
+            more = [line.replace("| ", f"| seed {study.seed}: ", 1) for line in more]
         if prefix:
             for r in these:
                 r["setting"] = f"{folder}: {r['setting']}"
             more = [line.replace("| ", f"| {folder}: ", 1) for line in more]
         rows, extra = rows + these, extra + more
+    if table.pool_seeds:
+        rows = pooled(rows)
     spec = found[-1][1]
     studies = "; ".join(
         f"`{folder + '/' if prefix else ''}{s.name}` ({s.model.name}, {s.training.epochs} epochs, {w:.0f} s)"
