@@ -283,7 +283,7 @@ def study_rows(
     study's wall time."""
     spec = study_spec(workdir, name)
     parent, candidates = finished_trials(Tracker(spec.tracking_uri(workdir)), spec)
-    end = parent.info.end_time or max((c.run.info.end_time or 0) for c in candidates)
+    end = parent.info.end_time or max((c.run.info.end_time or 0 for c in candidates), default=0)
     wall = (end - parent.info.start_time) / 1000 if end else float("nan")
     budget = "cpu" if spec.name.endswith("_cpu") else "published"
     rows, extra = [], []
@@ -351,7 +351,14 @@ def main() -> None:
     found = []  # (folder name, spec, rows, extra lines, wall) per study
     for folder in args.workdir:
         workdir = Workdir.resolve(folder)
-        found += [(workdir.root.name, *study_rows(workdir, table, name)) for name in studies_of(workdir, table)]
+        for name in studies_of(workdir, table):
+            study = (workdir.root.name, *study_rows(workdir, table, name))
+            if study[2]:
+                found.append(study)
+            else:
+                print(f"{name}: no finished trial yet, left out")
+    if not found:
+        raise CertstudyError("no finished trial in any of these studies")
     # several folders holding the same settings (the off/ and on/ runs of one study): each setting is
     # prefixed with its folder's name; folders holding different parts of a study keep the plain names
     settings = [(folder, r["setting"]) for folder, _, these, _, _ in found for r in these]
