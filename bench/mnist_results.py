@@ -54,37 +54,26 @@ class Published:
     source: str
 
 
-# Smoothing: the authors' released CERTIFY outputs of their LeNet (Cohen et al.'s Gaussian training,
-# n = 100,000, alpha = 0.001), approximate certified accuracy over rows 0-499 (the first 500 test
-# images, the points the CPU budget certifies), counted from the files.
+# Smoothing: the authors' released CERTIFY outputs of their LeNet (n = 100,000, alpha = 0.001),
+# approximate certified accuracy at r = 0 and 0.5 over rows 0-499 (the first 500 test images, the points
+# the CPU budget certifies), counted from the files: Cohen et al.'s Gaussian training, and Jeong & Shin's
+# consistency training (m = 2, lambda 20, eta 0.5; the first of the three released runs per sigma).
 _CONSISTENCY_REPO = "jh-jeong/smoothing-consistency"
+
+
+def _released(setting: str, path: str, at_r0: float, at_r05: float) -> dict[tuple[str, str], Published]:
+    source = f"{_CONSISTENCY_REPO} data/certify/mnist/{path}, rows 0-499"
+    return {
+        (setting, "certified_acc_l2_r0"): Published(at_r0, source),
+        (setting, "certified_acc_l2_r0.5"): Published(at_r05, source),
+    }
+
+
 _SMOOTHING = {
-    ("gaussian sigma=0.25", "certified_acc_l2_r0"): Published(
-        0.988, f"{_CONSISTENCY_REPO} data/certify/mnist/cohen/noise_0.25_4067, rows 0-499"
-    ),
-    ("gaussian sigma=0.25", "certified_acc_l2_r0.5"): Published(
-        0.976, f"{_CONSISTENCY_REPO} data/certify/mnist/cohen/noise_0.25_4067, rows 0-499"
-    ),
-    ("gaussian sigma=0.5", "certified_acc_l2_r0"): Published(
-        0.986, f"{_CONSISTENCY_REPO} data/certify/mnist/cohen/noise_0.50_4490, rows 0-499"
-    ),
-    ("gaussian sigma=0.5", "certified_acc_l2_r0.5"): Published(
-        0.966, f"{_CONSISTENCY_REPO} data/certify/mnist/cohen/noise_0.50_4490, rows 0-499"
-    ),
-    # Jeong & Shin's consistency-trained LeNet (m = 2, lambda 20, eta 0.5; the first of the three released
-    # runs per sigma), counted the same way
-    ("consistency sigma=0.25", "certified_acc_l2_r0"): Published(
-        0.996, f"{_CONSISTENCY_REPO} data/certify/mnist/consistency/cohen/num_2/lbd_20.0/noise_0.25_3981, rows 0-499"
-    ),
-    ("consistency sigma=0.25", "certified_acc_l2_r0.5"): Published(
-        0.978, f"{_CONSISTENCY_REPO} data/certify/mnist/consistency/cohen/num_2/lbd_20.0/noise_0.25_3981, rows 0-499"
-    ),
-    ("consistency sigma=0.5", "certified_acc_l2_r0"): Published(
-        0.990, f"{_CONSISTENCY_REPO} data/certify/mnist/consistency/cohen/num_2/lbd_20.0/noise_0.50_1172, rows 0-499"
-    ),
-    ("consistency sigma=0.5", "certified_acc_l2_r0.5"): Published(
-        0.968, f"{_CONSISTENCY_REPO} data/certify/mnist/consistency/cohen/num_2/lbd_20.0/noise_0.50_1172, rows 0-499"
-    ),
+    **_released("gaussian sigma=0.25", "cohen/noise_0.25_4067", 0.988, 0.976),
+    **_released("gaussian sigma=0.5", "cohen/noise_0.50_4490", 0.986, 0.966),
+    **_released("consistency sigma=0.25", "consistency/cohen/num_2/lbd_20.0/noise_0.25_3981", 0.996, 0.978),
+    **_released("consistency sigma=0.5", "consistency/cohen/num_2/lbd_20.0/noise_0.50_1172", 0.990, 0.968),
 }
 _GLORO = {
     ("gloro_2c2f l2 eps=0.3", "certified_acc_l2_r0.3"): Published(
