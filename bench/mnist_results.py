@@ -362,7 +362,7 @@ def main() -> None:
     # prefixed with its folder's name; folders holding different parts of a study keep the plain names
     settings = [(folder, r["setting"]) for folder, _, these, _, _ in found for r in these]
     prefix = len({s for _, s in settings}) < len(set(settings))
-    rows, extra = [], []
+    rows, extra = [], {}  # the empirical lines per column list: studies at different radii get a table each
     for folder, study, these, more, _ in found:
         if table.pool_seeds:
             more = [line.replace("| ", f"| seed {study.seed}: ", 1) for line in more]
@@ -370,10 +370,10 @@ def main() -> None:
             for r in these:
                 r["setting"] = f"{folder}: {r['setting']}"
             more = [line.replace("| ", f"| {folder}: ", 1) for line in more]
-        rows, extra = rows + these, extra + more
+        rows = rows + these
+        extra.setdefault(tuple(n for n, _ in table.extra_metrics(study)), []).extend(more)
     if table.pool_seeds:
         rows = pooled(rows)
-    spec = found[-1][1]
     studies = "; ".join(
         f"`{folder + '/' if prefix else ''}{s.name}` ({s.model.name}, {s.training.epochs} epochs, {w:.0f} s)"
         for folder, s, _, _, w in found
@@ -400,16 +400,11 @@ def main() -> None:
     for r in rows:
         diff = f"{100 * (float(r['ours']) - float(r['published'])):+.2f} pts" if r["published"] and r["ours"] else ""
         lines.append(f"| {r['setting']} | {r['metric']} | {r['ours']} | {r['published']} | {diff} | {r['source']} |")
-    names = [n for n, _ in table.extra_metrics(spec)]
-    if extra and names:
-        lines += [
-            "",
-            "Empirical metrics (not in the CSV):",
-            "",
-            "| setting | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
-            *extra,
-        ]
+    tables = [(names, more) for names, more in extra.items() if names and more]
+    if tables:
+        lines += ["", "Empirical metrics (not in the CSV):"]
+    for names, more in tables:
+        lines += ["", "| setting | " + " | ".join(names) + " |", "|---|" + "---|" * len(names), *more]
     if not compared:
         lines += ["", "No published number was found for these settings (see the reading)."]
     body = "\n".join(lines) + "\n"
