@@ -178,7 +178,7 @@ class LipschitzCertifier(Certifier):
         prefix = [math.prod(n for n, _ in norms[:i]) for i in range(len(layers))]
         k_sub = prefix[-1]
         margin = margin_constants(k_sub, last_layer_weight(layers).detach().double())
-        return MarginConstants(margin, all(ok for _, ok in norms), prefix)
+        return MarginConstants(margin, all(ok for _, ok in norms), prefix, [n for n, _ in norms] + [math.inf])
 
     def certify(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> CertifyResult:
         with eval_mode(model), torch.no_grad():
@@ -196,8 +196,9 @@ class LipschitzCertifier(Certifier):
         The prediction is the model's own. The margins come from the float64 network (less
         ``rounding_tolerance``), and the radius r0 they give is shrunk by the deployed network's
         rounding error (``deployment_error``) over the r0-ball: there every layer input z_l satisfies
-        |z_l(x')| <= |z_l(x)| + K_{<l}·r0 (K_{<l} the product of the norms below layer l), so the
-        float32 network keeps the predicted class at every point the smaller radius covers."""
+        ||z_l(x') - z_l(x)||_2 <= K_{<l}·r0 (K_{<l} the product of the norms below layer l), so the
+        float32 network keeps the predicted class at every point the smaller radius covers. The error
+        is tracked in l2 beside elementwise (the layers' norms), else deep nets certify nothing."""
         b = self.params.batch_size
         dtype = next(model.parameters(), x).dtype
         unit = unit_roundoff(dtype, x.device)
@@ -224,8 +225,8 @@ class LipschitzCertifier(Certifier):
         k = constants.margin.to(z.device)[top]  # (B, m): K_{j i} for the predicted j
         margins = z.gather(1, top[:, None]) - z - rounding_tolerance(z, len(layers)).unsqueeze(1)
         r0 = margin_ratios(margins, k, top).min(1).values.clamp_min(0.0)
-        magnitudes = [m + constants.prefix[i] * r0.view(-1, *([1] * (m.dim() - 1))) for i, m in enumerate(seen)]
-        error = deployment_error(layers, magnitudes, unit)
+        spreads = [constants.prefix[i] * r0 for i in range(len(layers))]  # ||z_l(x') - z_l(x)||_2 over the r0-ball
+        error = deployment_error(layers, seen, unit, spreads=spreads, norms=constants.norms)
         deployed = margins - error - error.gather(1, top[:, None])
         radius = margin_ratios(deployed, k, top).min(1).values
         return torch.where(radius > 0, radius, torch.full_like(radius, torch.nan))
@@ -239,3 +240,4 @@ class MarginConstants:
     margin: Tensor
     exact: bool
     prefix: list[float]
+    norms: list[float]  # each layer's l2 Lipschitz bound (the last layer's: inf, not computed)

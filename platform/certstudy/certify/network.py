@@ -117,8 +117,22 @@ class Layer:
         """A bound on |f̃(z̃) - f(z)| elementwise, where z̃ is the input as computed in a floating-point type
         of unit roundoff ``unit`` (|z̃ - z| <= ``error``, |z| <= ``magnitude``) and f̃ the layer computed in
         that type. Default: an exact operation whose output moves at most as far as the input does in
-        each coordinate (ReLU: 1-Lipschitz elementwise, no rounding)."""
+        each coordinate (ReLU: 1-Lipschitz elementwise, no rounding). With ``unit`` 0 it is the carried
+        part alone (how far the exact output moves), which ``carry`` relies on."""
         return error
+
+    def carry(self, error: Tensor, l2: Tensor) -> Tensor:
+        """A bound on |f(z̃) - f(z)| elementwise in exact arithmetic, for |z̃ - z| <= ``error`` elementwise
+        and ||z̃ - z||_2 <= ``l2`` (B,): ``rounding`` without rounding. Affine layers also use ``l2``."""
+        return self.rounding(error, error, 0.0)
+
+    def own_rounding(self, magnitude: Tensor, unit: float, spread: Tensor | None = None) -> Tensor:
+        """A bound on |f̃(z) - f(z)| elementwise, the rounding of this layer alone on an exactly given input
+        z with |z| <= ``magnitude`` + d, d any vector of l2 norm at most ``spread`` (B,; None: 0).
+        Default: each coordinate of d is at most ``spread``."""
+        if spread is not None:
+            magnitude = magnitude + _per_example(spread, magnitude)
+        return self.rounding(torch.zeros_like(magnitude), magnitude, unit)
 
     relaxes_inputs: ClassVar[bool] = True
     """Its relaxation reads bounds of its inputs themselves (else of linear forms of them, e.g. MinMax's
@@ -187,6 +201,23 @@ class AffineLayer(Layer):
         if b is not None:
             scale = scale + b.detach().abs()
         return self.abs_linear(error) + gamma(self.terms(), unit) * scale
+
+    def carry(self, error: Tensor, l2: Tensor) -> Tensor:
+        """min(|W| e, ||W_k||_2 ||e||_2) per output k (Cauchy-Schwarz on each row)."""
+        rows = self.row_norms().unsqueeze(0)
+        return torch.minimum(self.abs_linear(error), rows * _per_example(l2, rows))
+
+    def own_rounding(self, magnitude: Tensor, unit: float, spread: Tensor | None = None) -> Tensor:
+        """gamma_n (|W| m + ||W_k||_2 spread + |b|): |W| |d| <= ||W_k||_2 ||d||_2 row by row, far below
+        the sum over the row of |W| times spread when rows are long."""
+        scale = self.abs_linear(magnitude)
+        b = self.bias()
+        if b is not None:
+            scale = scale + b.detach().abs()
+        if spread is not None:
+            rows = self.row_norms().unsqueeze(0)
+            scale = scale + rows * _per_example(spread, rows)
+        return gamma(self.terms(), unit) * scale
 
     def interval(self, lo: Tensor, hi: Tensor) -> Interval:
         centre = self.affine_map(hi + lo, 0.5)  # W mid + b with mid = (hi + lo) / 2
@@ -544,6 +575,9 @@ class FlattenLayer(AffineLayer):
     def rounding(self, error: Tensor, magnitude: Tensor, unit: float) -> Tensor:
         return error.flatten(1)  # a reshape: exact
 
+    carry = Layer.carry
+    own_rounding = Layer.own_rounding
+
 
 class ChannelAffineLayer(AffineLayer):
     """z ↦ s_c·z + t_c per channel c (a diagonal map): its norm is max |s| exactly."""
@@ -589,6 +623,9 @@ class ChannelAffineLayer(AffineLayer):
         mean = self.centre().detach().abs()
         spread = self._per_channel(s) * (magnitude + error + self._per_channel(mean)) + self._per_channel(t)
         return self._per_channel(s) * error + gamma(5, unit) * spread
+
+    carry = Layer.carry  # a diagonal map: |s| e elementwise, nothing tighter from the l2 norm
+    own_rounding = Layer.own_rounding
 
 
 @layer_kind
@@ -939,15 +976,45 @@ def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
     return torch.finfo(dtype).eps / 2
 
 
-def deployment_error(layers: list[Layer], magnitudes: list[Tensor], unit: float) -> Tensor:
+def _per_example(v: Tensor, like: Tensor) -> Tensor:
+    """A per-example value (B,) shaped to broadcast against ``like`` (B or 1, ...)."""
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def deployment_error(
+    layers: list[Layer],
+    magnitudes: list[Tensor],
+    unit: float,
+    *,
+    spreads: list[Tensor] | None = None,
+    norms: list[float] | None = None,
+) -> Tensor:
     """A bound on |f̃(x) - f(x)| per logit, f̃ the network computed in floating point of unit roundoff
     ``unit`` and f in exact arithmetic, for every input x whose every layer input z_l satisfies
-    |z_l| <= ``magnitudes[l]`` (B, *layer l's input shape). The input itself is exact (a value of the
-    deployed type). Each layer adds its own ``rounding`` bound (Higham's error analysis of sums of
-    products, in any order, FMA or not; not Winograd or FFT convolutions)."""
+    |z_l| <= ``magnitudes[l]`` + d_l (B, *layer l's input shape), d_l any vector of l2 norm at most
+    ``spreads[l]`` (B,; None: 0). The input itself is exact (a value of the deployed type). Each layer
+    adds its own rounding (Higham's error analysis of sums of products, in any order, FMA or not; not
+    Winograd or FFT convolutions).
+
+    Elementwise alone, the carried error grows by each layer's largest absolute row sum, which on deep
+    wide networks buries every margin (a 4C3F GloRo net: about 30 logits of error at the point
+    itself). With ``norms`` (each layer's l2 Lipschitz bound, guaranteed from above; ``inf`` where
+    unknown) the error's l2 norm is tracked beside it: ||e_{l+1}|| <= norm_l ||e_l|| + ||own rounding||,
+    each coordinate is at most that norm, and an affine row moves at most its l2 norm times it."""
     error = torch.zeros_like(magnitudes[0])
-    for layer, magnitude in zip(layers, magnitudes):
-        error = layer.rounding(error, magnitude, unit)
+    if norms is None:
+        for i, (layer, magnitude) in enumerate(zip(layers, magnitudes)):
+            if spreads is not None:
+                magnitude = magnitude + _per_example(spreads[i], magnitude)
+            error = layer.rounding(error, magnitude, unit)
+        return error
+    l2 = torch.zeros(error.shape[0], dtype=error.dtype, device=error.device)
+    for i, (layer, magnitude) in enumerate(zip(layers, magnitudes)):
+        own = layer.own_rounding(magnitude + error, unit, None if spreads is None else spreads[i])
+        error = layer.carry(error, l2) + own
+        through = norms[i] * l2 if math.isfinite(norms[i]) else torch.full_like(l2, math.inf)  # 0 * inf is NaN
+        l2 = torch.minimum(through + own.flatten(1).norm(dim=1), error.flatten(1).norm(dim=1))
+        error = torch.minimum(error, _per_example(l2, error))
     return error
 
 
