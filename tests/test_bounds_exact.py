@@ -270,6 +270,15 @@ def test_l2_bounds_never_exceed_the_minimum_over_a_dense_grid(arch: str) -> None
             assert (lower[0] <= grid_min + 1e-9).all(), (arch, e)
 
 
+def _input_magnitudes(layers: list, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(|z_l| for each layer's input z_l, the network's output) of the exact network at ``x``."""
+    seen, z = [], x
+    for layer in layers:
+        seen.append(z.abs())
+        z = layer.forward(z)
+    return seen, z
+
+
 @pytest.mark.parametrize("arch", list(_nets()))
 def test_the_rounding_bound_covers_the_float32_networks_actual_error(arch: str) -> None:
     """|f_float32(x) - f(x)| (f in float64 from the same float32 weights) stays below ``deployment_error``
@@ -285,10 +294,7 @@ def test_the_rounding_bound_covers_the_float32_networks_actual_error(arch: str) 
         out32 = model(x).double()
         wide = copy.deepcopy(model).double()
         layers = layers_of(wide, SHAPE)
-        z, seen = x.double(), []
-        for layer in layers:
-            seen.append(z.abs())
-            z = layer.forward(z)
+        seen, z = _input_magnitudes(layers, x.double())
         bound = deployment_error(layers, seen, 2.0**-24)
     actual = (out32 - z).abs()
     assert (actual <= bound).all()
@@ -322,10 +328,7 @@ def test_the_l2_tracked_rounding_bound_covers_the_actual_error_over_a_ball(arch:
         wide = copy.deepcopy(model).double()
         layers = layers_of(wide, SHAPE)
         norms = _norms(layers)
-        z, seen = centre.double(), []
-        for layer in layers:
-            seen.append(z.abs())
-            z = layer.forward(z)
+        seen, _ = _input_magnitudes(layers, centre.double())
         prefix = [math.prod(norms[:i]) for i in range(len(layers))]
         spreads = [torch.full((len(centre),), p * rho, dtype=torch.float64) for p in prefix]
         bound = deployment_error(layers, seen, 2.0**-24, spreads=spreads, norms=norms[:-1] + [math.inf])
@@ -348,10 +351,7 @@ def test_tracking_the_error_in_l2_keeps_a_deep_wide_net_certifiable() -> None:
     x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     with torch.no_grad():
         layers = layers_of(model, (1, 28, 28))
-        z, seen = x, []
-        for layer in layers:
-            seen.append(z.abs())
-            z = layer.forward(z)
+        seen, _ = _input_magnitudes(layers, x)
         elementwise = deployment_error(layers, seen, 2.0**-24)
         tracked = deployment_error(layers, seen, 2.0**-24, norms=_norms(layers)[:-1] + [math.inf])
     assert (tracked <= elementwise).all()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from pydantic import Field
@@ -175,10 +176,9 @@ class LipschitzCertifier(Certifier):
         p = self.params
         layers = layers_of(model, self.context.input_shape, self.needs)
         norms = [spectral_norm(layer, max_exact_dim=p.max_exact_dim) for layer in layers[:-1]]
-        prefix = [math.prod(n for n, _ in norms[:i]) for i in range(len(layers))]
-        k_sub = prefix[-1]
+        k_sub = math.prod(n for n, _ in norms)
         margin = margin_constants(k_sub, last_layer_weight(layers).detach().double())
-        return MarginConstants(margin, all(ok for _, ok in norms), prefix, [n for n, _ in norms] + [math.inf])
+        return MarginConstants(margin, all(ok for _, ok in norms), [n for n, _ in norms] + [math.inf])
 
     def certify(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> CertifyResult:
         with eval_mode(model), torch.no_grad():
@@ -225,7 +225,7 @@ class LipschitzCertifier(Certifier):
         k = constants.margin.to(z.device)[top]  # (B, m): K_{j i} for the predicted j
         margins = z.gather(1, top[:, None]) - z - rounding_tolerance(z, len(layers)).unsqueeze(1)
         r0 = margin_ratios(margins, k, top).min(1).values.clamp_min(0.0)
-        spreads = [constants.prefix[i] * r0 for i in range(len(layers))]  # ||z_l(x') - z_l(x)||_2 over the r0-ball
+        spreads = [k * r0 for k in constants.prefix]  # ||z_l(x') - z_l(x)||_2 over the r0-ball
         error = deployment_error(layers, seen, unit, spreads=spreads, norms=constants.norms)
         deployed = margins - error - error.gather(1, top[:, None])
         radius = margin_ratios(deployed, k, top).min(1).values
@@ -234,10 +234,14 @@ class LipschitzCertifier(Certifier):
 
 @dataclass(frozen=True)
 class MarginConstants:
-    """A model's margin Lipschitz constants K (m x m), whether every layer norm was exact, and per layer l
-    the product of the norms of the layers below it (``prefix[-1]`` is K_sub)."""
+    """A model's margin Lipschitz constants K (m x m), whether every layer norm was exact, and each layer's
+    l2 Lipschitz bound (the last layer's: inf, not computed)."""
 
     margin: Tensor
     exact: bool
-    prefix: list[float]
-    norms: list[float]  # each layer's l2 Lipschitz bound (the last layer's: inf, not computed)
+    norms: list[float]
+
+    @cached_property
+    def prefix(self) -> list[float]:
+        """Per layer l, the product of the norms of the layers below it (``prefix[-1]`` is K_sub)."""
+        return [math.prod(self.norms[:i]) for i in range(len(self.norms))]
